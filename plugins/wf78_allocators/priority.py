@@ -1,0 +1,18 @@
+"""``priority``: agents in configured order; the first with a free slot takes the task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from wf78_core.agents import Agent
+from wf78_core.hookspecs import hookimpl
+
+__all__ = ["wf78_allocate_agent"]
+
+
+@hookimpl(trylast=True)
+def wf78_allocate_agent(agents: Sequence[Agent]) -> Agent | None:
+    ordered = sorted(agents, key=lambda agent: agent.order)
+    return next(
+        (agent for agent in ordered if agent.has_free_slot), ordered[0] if ordered else None
+    )

@@ -1,0 +1,141 @@
+"""``memory``: an in-process data source for tests and benchmarks.
+
+It keeps rows in dictionaries and answers at once, so it measures the engine alone.
+Options: ``latency`` (seconds each operation sleeps, to make work overlap in tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+
+from wf78_core.datasource import SourceSpec
+from wf78_core.definitions import Operation
+from wf78_core.errors import DataSourceError, InvalidOperation
+from wf78_core.hookspecs import hookimpl
+from wf78_core.ids import snowflake_id
+
+__all__ = ["MemorySource", "wf78_register_datasources"]
+
+
+class MemorySource:
+    """Rows in dicts keyed by id; a key-value cache beside them."""
+
+    class Options(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+        latency: float = 0.0
+        concurrency: int = 100_000
+
+    actions = frozenset(
+        {
+            "noop",
+            "add",
+            "add_many",
+            "get",
+            "update",
+            "upsert",
+            "delete",
+            "delete_many",
+            "cache_get",
+            "cache_set",
+            "cache_delete",
+        }
+    )
+
+    def __init__(self, spec: SourceSpec) -> None:
+        options = spec.options
+        if isinstance(options, dict):
+            options = msgspec.convert(options, self.Options)
+        self.name = spec.name
+        self.latency = options.latency
+        self.concurrency = options.concurrency
+        self.tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self.cache: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.tables.clear()
+        self.cache.clear()
+
+    async def health(self) -> None:
+        return None
+
+    async def execute(self, op: Operation) -> Any:
+        if self.latency:
+            await anyio.sleep(self.latency)
+        action = op.action
+        if action == "noop":
+            return None
+        if action.startswith("cache_"):
+            return self._cache(op)
+        if not op.table:
+            raise InvalidOperation(f"{action} needs a table", data_source=self.name)
+        rows = self.tables.setdefault(op.table, {})
+        if action == "add":
+            row = dict(op.values or {})
+            row.setdefault("id", snowflake_id())
+            if row["id"] in rows:
+                raise DataSourceError(f"duplicate id {row['id']!r}", data_source=self.name)
+            rows[row["id"]] = row
+            return row["id"]
+        if action == "add_many":
+            ids = []
+            for values in op.rows or []:
+                row = dict(values)
+                row.setdefault("id", snowflake_id())
+                rows[row["id"]] = row
+                ids.append(row["id"])
+            return ids
+        if action == "upsert":
+            row = dict(op.values or {})
+            if "id" not in row:
+                raise InvalidOperation("upsert needs values.id", data_source=self.name)
+            rows.setdefault(row["id"], {}).update(row)
+            return row["id"]
+        matches = [row for row in rows.values() if _matches(row, op.where or {})]
+        if action == "get":
+            end = None if op.limit is None else op.offset + op.limit
+            found = matches[op.offset : end]
+            if op.columns:
+                found = [{c: row.get(c) for c in op.columns} for row in found]
+            return [dict(row) for row in found]
+        if not op.where:
+            raise InvalidOperation(f"{action} needs a where filter", data_source=self.name)
+        if action == "update":
+            for row in matches:
+                row.update(op.values or {})
+            return len(matches)
+        if action in ("delete", "delete_many"):
+            for row in matches:
+                del rows[row["id"]]
+            return len(matches)
+        raise InvalidOperation(f"memory source cannot {action!r}", data_source=self.name)
+
+    def _cache(self, op: Operation) -> Any:
+        if op.key is None:
+            raise InvalidOperation(f"{op.action} needs a key", data_source=self.name)
+        if op.action == "cache_get":
+            return self.cache.get(op.key)
+        if op.action == "cache_set":
+            self.cache[op.key] = op.values
+            return True
+        return self.cache.pop(op.key, None) is not None
+
+
+def _matches(row: dict[str, Any], where: dict[str, Any]) -> bool:
+    for column, wanted in where.items():
+        value = row.get(column)
+        if isinstance(wanted, list):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+@hookimpl(trylast=True)
+def wf78_register_datasources(registry: Any) -> None:
+    registry.add("memory", MemorySource)

@@ -1,0 +1,62 @@
+"""The note's data-source selection rules (section 4.1) as a ``trylast`` strategy.
+
+Rules, first match wins, each only among healthy candidates able to do the action:
+
+1. by data type: ``kind`` cache/temp -> redis; history/log -> sqlite; search ->
+   elasticsearch; core -> mysql;
+2. by performance need: ``latency = "low"`` -> redis, then sqlite;
+3. by volume: large -> elasticsearch, medium -> mysql, small -> sqlite.
+
+When the preferred type is not configured the next rule is tried; with no match the
+engine falls back to the first candidate. Slow sources are demoted: a candidate whose
+recent median latency is over four times the best candidate's is only chosen when no
+other candidate of an acceptable type exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from wf78_core.datasource import SourceInfo
+from wf78_core.hookspecs import hookimpl
+
+__all__ = ["RULES", "choose", "wf78_select_datasource"]
+
+# (hint, value) -> preferred source types, most preferred first.
+RULES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("kind", "cache"): ("redis",),
+    ("kind", "temp"): ("redis", "sqlite"),
+    ("kind", "history"): ("sqlite",),
+    ("kind", "log"): ("sqlite",),
+    ("kind", "search"): ("elasticsearch",),
+    ("kind", "core"): ("mysql", "sqlite"),
+    ("latency", "low"): ("redis", "sqlite"),
+    ("volume", "large"): ("elasticsearch", "mysql"),
+    ("volume", "medium"): ("mysql", "sqlite"),
+    ("volume", "small"): ("sqlite",),
+}
+_SLOW_FACTOR = 4.0
+
+
+def choose(operation: Any, candidates: Sequence[SourceInfo]) -> tuple[str, str] | None:
+    """The source the rules pick for ``operation`` and why, or ``None``."""
+    fastest = min((c.latency for c in candidates if c.latency), default=0.0)
+    for hint in ("kind", "latency", "volume"):
+        value = getattr(operation, hint, None)
+        if value is None:
+            continue
+        for source_type in RULES.get((hint, value), ()):
+            matching = [c for c in candidates if c.type == source_type]
+            if not matching:
+                continue
+            quick = [
+                c for c in matching if not fastest or c.latency <= fastest * _SLOW_FACTOR
+            ] or matching
+            return quick[0].name, f"rule {hint}={value} -> {source_type}"
+    return None
+
+
+@hookimpl(trylast=True)
+def wf78_select_datasource(operation: Any, candidates: Sequence[SourceInfo]) -> Any:
+    return choose(operation, candidates)

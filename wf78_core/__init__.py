@@ -1,0 +1,52 @@
+"""wf78: a workflow engine for data operations that installs as ASGI middleware."""
+
+from __future__ import annotations
+
+from .actions import TaskContext
+from .agents import Agent
+from .config import Config, load_config
+from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
+from .engine import Engine
+from .errors import (
+    ConfigError,
+    DataSourceError,
+    InvalidOperation,
+    NoAgentAvailable,
+    NoDataSource,
+    OperationError,
+    Overloaded,
+    TaskTimeout,
+    UnknownWorkflow,
+    Wf78Error,
+)
+from .events import TaskEvent
+from .hookspecs import hookimpl
+from .runs import Run, TaskRun
+from .stats import EngineStats
+
+__all__ = [
+    "Agent",
+    "Config",
+    "ConfigError",
+    "DataSourceError",
+    "Engine",
+    "EngineStats",
+    "InvalidOperation",
+    "NoAgentAvailable",
+    "NoDataSource",
+    "Operation",
+    "OperationError",
+    "Overloaded",
+    "Result",
+    "Run",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskEvent",
+    "TaskRun",
+    "TaskTimeout",
+    "UnknownWorkflow",
+    "Wf78Error",
+    "WorkflowDefinition",
+    "hookimpl",
+    "load_config",
+]

@@ -1,0 +1,105 @@
+"""Task actions: the context they receive and the built-in data-path actions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .definitions import Operation, TaskDefinition
+from .errors import InvalidOperation
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["TaskContext", "builtin_actions", "operation_from"]
+
+
+class TaskContext:
+    """What an action receives: its ``params``, its dependencies' ``results``, the run's
+    ``context`` and the ``engine``."""
+
+    __slots__ = ("context", "engine", "params", "priority", "results", "run_id", "task")
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        task: TaskDefinition,
+        run_id: str,
+        priority: int,
+        context: dict[str, Any],
+        results: dict[str, Any],
+    ) -> None:
+        self.engine = engine
+        self.task = task
+        self.run_id = run_id
+        self.priority = priority
+        self.params = task.params
+        self.context = context
+        self.results = results
+
+
+def operation_from(ctx: TaskContext) -> Operation:
+    """The task's operation: its ``params`` overlaid with the run context's ``operation``."""
+    fields: dict[str, Any] = dict(ctx.params)
+    extra = ctx.context.get("operation")
+    if isinstance(extra, Mapping):
+        fields.update(extra)
+    if "values" not in fields and isinstance(ctx.context.get("values"), Mapping):
+        fields["values"] = ctx.context["values"]
+    try:
+        return msgspec.convert(fields, Operation)
+    except msgspec.ValidationError as error:
+        raise InvalidOperation(f"task {ctx.task.id!r}: bad operation: {error}") from error
+
+
+async def select_action(ctx: TaskContext) -> dict[str, Any]:
+    """``datasource.select``: decide the source (note 3.1 step one) and say why."""
+    op = operation_from(ctx)
+    name, reason = await ctx.engine._choose_source(op, ctx.task, ctx.context)
+    return {"data_source": name, "reason": reason}
+
+
+async def execute_action(ctx: TaskContext) -> Any:
+    """``datasource.execute``: run the operation (note 3.1 step two), with the task's
+    timeout, retry and fallback, on the source chosen by a ``datasource.select``
+    dependency when there is one."""
+    op = operation_from(ctx)
+    task = ctx.task
+    reason = None
+    if op.data_source is None and task.data_source is None:
+        for result in ctx.results.values():
+            if isinstance(result, Mapping) and isinstance(result.get("data_source"), str):
+                op = msgspec.structs.replace(op, data_source=result["data_source"])
+                reason = str(result.get("reason", "chosen by datasource.select"))
+                break
+    if op.timeout is None:
+        timeout = task.timeout or ctx.engine.settings.default_timeout
+        if timeout is not None:
+            op = msgspec.structs.replace(op, timeout=timeout)
+    if op.retry is None:
+        op = msgspec.structs.replace(op, retry=task.retry)
+    if not op.fallback and task.fallback:
+        op = msgspec.structs.replace(op, fallback=task.fallback)
+    return await ctx.engine._data_path(
+        op, ctx.priority, ctx.context, task=task, reason=reason, run_id=ctx.run_id
+    )
+
+
+def noop_action(ctx: TaskContext) -> None:
+    """``noop``: does nothing (a join point in a DAG, or a benchmark task)."""
+    return None
+
+
+# The engine gives these actions the task's timeout and retry itself (per attempt).
+execute_action.wf78_owns_retry = True  # type: ignore[attr-defined]
+
+
+def builtin_actions() -> dict[str, Any]:
+    return {
+        "datasource.select": select_action,
+        "datasource.execute": execute_action,
+        "noop": noop_action,
+    }

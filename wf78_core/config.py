@@ -1,0 +1,489 @@
+"""Configuration: msgspec structs, TOML/JSON loading, and validation that names every path."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from croniter import croniter
+
+from .definitions import Kind, WorkflowDefinition
+from .errors import ConfigError, Problem
+
+__all__ = [
+    "DEFAULT_CONFIG_TOML",
+    "AgentConfig",
+    "AgentsConfig",
+    "AuthConfig",
+    "ColumnType",
+    "Config",
+    "DataSourceConfig",
+    "EngineSettings",
+    "Identity",
+    "ShardingConfig",
+    "TableConfig",
+    "check_references",
+    "load_config",
+    "parse_config",
+]
+
+ColumnType = Literal["text", "int", "float", "bool", "json", "datetime"]
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Columns every table has besides the declared ones (the koa78 base columns).
+BASE_COLUMNS: dict[str, ColumnType] = {"id": "text", "upby": "text", "uptime": "datetime"}
+
+
+class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[engine]``: queueing, limits, retry and shutdown behaviour."""
+
+    backend: Literal["memory"] = "memory"
+    # Operations accepted but not finished (queued + running); the bound on memory.
+    queue_size: int = 100_000
+    # How long submit/run wait for queue space before raising Overloaded.
+    overload_timeout: float = 1.0
+    # Tasks running at once across the whole engine.
+    max_running: int = 10_000
+    # Every aging_seconds a waiting task counts one priority level more urgent (0 = off).
+    aging_seconds: float = 5.0
+    event_queue_size: int = 1024
+    drain_timeout: float = 30.0
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 5.0
+    default_timeout: float | None = 30.0
+    submit_priority: int = 1
+    # Finished runs kept for get_run().
+    run_history: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "max_running", "event_queue_size", "run_history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("overload_timeout", "aging_seconds", "drain_timeout", "retry_backoff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.default_timeout is not None and self.default_timeout <= 0:
+            raise ValueError("default_timeout must be positive")
+
+
+class DataSourceConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[datasources.<name>]``: ``type``, ``url`` and the options of that type."""
+
+    type: str
+    url: str | None = None
+    # In-flight operations the source takes at once (the default agent's concurrency).
+    pool_size: int | None = None
+    timeout: float | None = None
+    options: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ValueError("pool_size must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One ``[[agents.pool]]`` entry."""
+
+    id: str
+    capabilities: tuple[str, ...]
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+
+
+class AgentsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[agents]``: the allocator, health checking, and optional explicit agents."""
+
+    allocator: str = "least_load"
+    health_interval: float = 5.0
+    pool: tuple[AgentConfig, ...] = ()
+
+
+class ShardingConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    type: Literal["daily", "monthly"]
+    retention_days: int = 5
+    ahead: int = 2
+
+
+class TableConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[tables.<Name>]``: the writable columns and how the table is served."""
+
+    columns: list[str] | dict[str, ColumnType]
+    owner: Literal["cid", "uid"] | None = None
+    route: str | None = None
+    data_source: str | None = None
+    kind: Kind | None = None
+    sharding: ShardingConfig | None = None
+    public_read: bool = False
+
+    def __post_init__(self) -> None:
+        for name in self.columns:
+            if not _IDENT.match(name):
+                raise ValueError(f"column name {name!r} is not a plain identifier")
+            if name in BASE_COLUMNS or name in ("cid", "uid"):
+                raise ValueError(f"column {name!r} is a base column and cannot be declared")
+        if self.route is not None and not re.fullmatch(r"api\w*/\w+", self.route):
+            raise ValueError(f"route {self.route!r} must look like 'apisys/apimicro'")
+
+    def schema(self) -> dict[str, ColumnType]:
+        """Every column of the table, base columns included, with its type."""
+        declared: dict[str, ColumnType] = (
+            dict.fromkeys(self.columns, "text")
+            if isinstance(self.columns, list)
+            else dict(self.columns)
+        )
+        out: dict[str, ColumnType] = {"id": "text"}
+        out.update(declared)
+        if self.owner:
+            out[self.owner] = "text"
+        out["upby"] = "text"
+        out["uptime"] = "datetime"
+        return out
+
+
+class Identity(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    uid: str = ""
+    cid: str = ""
+    uname: str = ""
+    roles: tuple[str, ...] = ()
+    max_priority: int | None = None
+
+
+class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    tokens: dict[str, Identity] = {}
+    guest: Identity | None = None
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The whole configuration file."""
+
+    engine: EngineSettings = EngineSettings()
+    datasources: dict[str, DataSourceConfig] = {}
+    agents: AgentsConfig = AgentsConfig()
+    workflows: tuple[WorkflowDefinition, ...] = ()
+    tables: dict[str, TableConfig] = {}
+    auth: AuthConfig = AuthConfig()
+
+
+DEFAULT_CONFIG_TOML = """\
+# The embedded default: one SQLite file and the two workflows of the koa78 note (3.3).
+[datasources.default]
+type = "sqlite"
+url = "sqlite:///./wf78.db"
+
+[tables.logs]
+columns = { level = "text", message = "text" }
+kind = "log"
+
+[tables.items]
+columns = { name = "text", qty = "int", price = "float" }
+owner = "cid"
+route = "api/demo"
+
+[[workflows]]
+id = "high_priority_db_ops"
+name = "High-priority database operations"
+priority = 0
+max_concurrent = 3
+trigger = "api"
+
+[[workflows.tasks]]
+id = "determine_data_source"
+action = "datasource.select"
+
+[[workflows.tasks]]
+id = "execute_db_operation"
+action = "datasource.execute"
+depends_on = ["determine_data_source"]
+timeout = 5.0
+retry = 2
+
+[[workflows]]
+id = "logging_workflow"
+name = "Logging"
+priority = 2
+max_concurrent = 5
+trigger = "event"
+event = "log"
+
+[[workflows.tasks]]
+id = "write_log"
+action = "datasource.execute"
+data_source = "sqlite"
+params = { action = "add", table = "logs" }
+timeout = 5.0
+retry = 3
+"""
+
+_SECTION_TYPES: dict[str, Any] = {
+    "engine": EngineSettings,
+    "agents": AgentsConfig,
+    "auth": AuthConfig,
+}
+_DATASOURCE_KEYS = frozenset({"type", "url", "pool_size", "timeout"})
+
+
+def _msgspec_problem(prefix: str, error: msgspec.ValidationError) -> Problem:
+    message = str(error)
+    path = prefix
+    if " - at `$" in message:
+        message, _, where = message.rpartition(" - at `$")
+        path = prefix + where.rstrip("`")
+    elif message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        path = f"{prefix}.{field}" if prefix else field
+        message = "unknown key"
+    return Problem(path.lstrip("."), message)
+
+
+def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as error:
+        problems.append(_msgspec_problem(path, error))
+        return None
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from decoded TOML/JSON, reporting every structural problem."""
+    problems: list[Problem] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the configuration must be a table/object")
+    known = {"engine", "datasources", "agents", "workflows", "tables", "auth"}
+    for key in raw:
+        if key not in known:
+            problems.append(Problem(str(key), f"unknown key (expected one of {sorted(known)})"))
+
+    sections: dict[str, Any] = {}
+    for key, type_ in _SECTION_TYPES.items():
+        if key in raw:
+            sections[key] = _convert(raw[key], type_, key, problems)
+
+    datasources: dict[str, DataSourceConfig] = {}
+    raw_sources = raw.get("datasources", {})
+    if not isinstance(raw_sources, Mapping):
+        problems.append(Problem("datasources", "must be a table of named sources"))
+        raw_sources = {}
+    for name, body in raw_sources.items():
+        path = f"datasources.{name}"
+        if not isinstance(body, Mapping):
+            problems.append(Problem(path, "must be a table"))
+            continue
+        common = {k: v for k, v in body.items() if k in _DATASOURCE_KEYS}
+        common["options"] = {k: v for k, v in body.items() if k not in _DATASOURCE_KEYS}
+        source = _convert(common, DataSourceConfig, path, problems)
+        if source is not None:
+            datasources[name] = source
+
+    workflows: list[WorkflowDefinition] = []
+    raw_workflows = raw.get("workflows", [])
+    if not isinstance(raw_workflows, list):
+        problems.append(Problem("workflows", "must be an array of tables"))
+        raw_workflows = []
+    for index, body in enumerate(raw_workflows):
+        workflow = _convert(body, WorkflowDefinition, f"workflows[{index}]", problems)
+        if workflow is not None:
+            workflows.append(workflow)
+
+    tables: dict[str, TableConfig] = {}
+    raw_tables = raw.get("tables", {})
+    if not isinstance(raw_tables, Mapping):
+        problems.append(Problem("tables", "must be a table of named tables"))
+        raw_tables = {}
+    for name, body in raw_tables.items():
+        if not _IDENT.match(str(name)):
+            problems.append(Problem(f"tables.{name}", "table name is not a plain identifier"))
+            continue
+        table = _convert(body, TableConfig, f"tables.{name}", problems)
+        if table is not None:
+            tables[name] = table
+
+    if problems:
+        raise ConfigError(problems)
+    config = Config(datasources=datasources, workflows=tuple(workflows), tables=tables, **sections)
+    problems.extend(check_definitions(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def check_definitions(config: Config) -> list[Problem]:
+    """Cross-field checks that need no plugins: ids, dependencies, cycles, schedules."""
+    problems: list[Problem] = []
+    seen_workflows: set[str] = set()
+    for w_index, workflow in enumerate(config.workflows):
+        base = f"workflows[{w_index}]"
+        problems.extend(_check_workflow(workflow, base))
+        if workflow.id in seen_workflows:
+            problems.append(Problem(f"{base}.id", f"duplicate workflow id {workflow.id!r}"))
+        seen_workflows.add(workflow.id)
+    seen_agents: set[str] = set()
+    for a_index, agent in enumerate(config.agents.pool):
+        if agent.id in seen_agents:
+            problems.append(
+                Problem(f"agents.pool[{a_index}].id", f"duplicate agent id {agent.id!r}")
+            )
+        seen_agents.add(agent.id)
+    return problems
+
+
+def _check_workflow(workflow: WorkflowDefinition, base: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if not workflow.id:
+        problems.append(Problem(f"{base}.id", "must not be empty"))
+    if workflow.max_concurrent < 1:
+        problems.append(Problem(f"{base}.max_concurrent", "must be >= 1"))
+    if not workflow.tasks:
+        problems.append(Problem(f"{base}.tasks", "a workflow needs at least one task"))
+    if workflow.trigger == "event" and not workflow.event:
+        problems.append(Problem(f"{base}.event", "an event-triggered workflow needs `event`"))
+    if workflow.trigger == "schedule":
+        schedule = workflow.schedule
+        if schedule is None:
+            problems.append(Problem(f"{base}.schedule", "a scheduled workflow needs `schedule`"))
+        elif isinstance(schedule, str):
+            if not croniter.is_valid(schedule):
+                problems.append(Problem(f"{base}.schedule", f"bad cron string {schedule!r}"))
+        elif schedule <= 0:
+            problems.append(Problem(f"{base}.schedule", "interval must be positive seconds"))
+    ids: dict[str, int] = {}
+    for index, task in enumerate(workflow.tasks):
+        path = f"{base}.tasks[{index}]"
+        if not task.id:
+            problems.append(Problem(f"{path}.id", "must not be empty"))
+        if task.id in ids:
+            problems.append(Problem(f"{path}.id", f"duplicate task id {task.id!r}"))
+        ids.setdefault(task.id, index)
+        if task.timeout is not None and task.timeout <= 0:
+            problems.append(Problem(f"{path}.timeout", f"must be positive, got {task.timeout}"))
+        if task.retry < 0:
+            problems.append(Problem(f"{path}.retry", f"must be >= 0, got {task.retry}"))
+        if not task.auto_select and task.data_source is None:
+            problems.append(
+                Problem(f"{path}.auto_select", "auto_select = false needs an explicit data_source")
+            )
+    for index, task in enumerate(workflow.tasks):
+        for dep in task.depends_on:
+            if dep not in ids:
+                problems.append(
+                    Problem(f"{base}.tasks[{index}].depends_on", f"unknown task {dep!r}")
+                )
+            elif dep == task.id:
+                problems.append(
+                    Problem(f"{base}.tasks[{index}].depends_on", "a task cannot depend on itself")
+                )
+    cycle = find_cycle(workflow)
+    if cycle:
+        index = ids[cycle[0]]
+        problems.append(
+            Problem(
+                f"{base}.tasks[{index}].depends_on",
+                "dependency cycle: " + " -> ".join([*cycle, cycle[0]]),
+            )
+        )
+    return problems
+
+
+def find_cycle(workflow: WorkflowDefinition) -> list[str]:
+    """A dependency cycle as a list of task ids, or ``[]`` (iterative DFS, any size)."""
+    graph = {task.id: [d for d in task.depends_on if d != task.id] for task in workflow.tasks}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    for root in graph:
+        if root in state:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = [root]
+        state[root] = 1
+        while stack:
+            node, index = stack[-1]
+            deps = graph.get(node, [])
+            if index < len(deps):
+                stack[-1] = (node, index + 1)
+                dep = deps[index]
+                if dep not in graph:
+                    continue
+                if state.get(dep) == 1:
+                    return path[path.index(dep) :]
+                if dep not in state:
+                    state[dep] = 1
+                    stack.append((dep, 0))
+                    path.append(dep)
+            else:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+    return []
+
+
+def check_references(
+    config: Config,
+    *,
+    source_types: Iterable[str],
+    actions: Iterable[str],
+) -> list[Problem]:
+    """Checks that need the plugins: known source types, data sources and actions."""
+    problems: list[Problem] = []
+    types = set(source_types)
+    action_names = set(actions)
+    for name, source in config.datasources.items():
+        if source.type not in types:
+            problems.append(
+                Problem(
+                    f"datasources.{name}.type",
+                    f"unknown data-source type {source.type!r} (known: {sorted(types)})",
+                )
+            )
+    usable = set(config.datasources) | {s.type for s in config.datasources.values()}
+
+    def check_source(path: str, name: str | None) -> None:
+        if name is not None and name not in usable:
+            problems.append(
+                Problem(path, f"unknown data source {name!r} (configured: {sorted(usable)})")
+            )
+
+    for w_index, workflow in enumerate(config.workflows):
+        for t_index, task in enumerate(workflow.tasks):
+            path = f"workflows[{w_index}].tasks[{t_index}]"
+            if task.action not in action_names:
+                problems.append(Problem(f"{path}.action", f"unknown action {task.action!r}"))
+            check_source(f"{path}.data_source", task.data_source)
+            for f_index, name in enumerate(task.fallback):
+                check_source(f"{path}.fallback[{f_index}]", name)
+    for name, table in config.tables.items():
+        check_source(f"tables.{name}.data_source", table.data_source)
+    for a_index, agent in enumerate(config.agents.pool):
+        for c_index, name in enumerate(agent.capabilities):
+            check_source(f"agents.pool[{a_index}].capabilities[{c_index}]", name)
+    return problems
+
+
+def _decode_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot parse {path}: {error}") from error
+
+
+def load_config(source: str | Path | Mapping[str, Any] | Config | None = None) -> Config:
+    """Load a config from a path (TOML or JSON), a mapping, or ``None`` (embedded default)."""
+    if isinstance(source, Config):
+        return source
+    if source is None:
+        return parse_config(tomllib.loads(DEFAULT_CONFIG_TOML))
+    if isinstance(source, Mapping):
+        return parse_config(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return parse_config(_decode_file(path))

@@ -1,0 +1,81 @@
+"""What a data-source adapter is: the protocol plugins implement and what they are given."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from .config import ColumnType, TableConfig
+from .definitions import Operation
+
+__all__ = ["DataSource", "DataSourceFactory", "SourceInfo", "SourceSpec", "TableSchema"]
+
+
+class TableSchema(msgspec.Struct, frozen=True):
+    """A declared table as an adapter sees it: every column (base ones too) and its type."""
+
+    name: str
+    columns: dict[str, ColumnType]
+    owner: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, table: TableConfig) -> TableSchema:
+        return cls(name=name, columns=table.schema(), owner=table.owner)
+
+
+class SourceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything an adapter factory is given to build one configured source."""
+
+    name: str
+    type: str
+    url: str | None
+    options: Any  # the factory's ``Options`` struct when it has one, else a dict
+    tables: Mapping[str, TableSchema]
+    base_dir: str = "."
+
+
+class SourceInfo(msgspec.Struct, frozen=True):
+    """A candidate source as selection strategies see it."""
+
+    name: str
+    type: str
+    actions: frozenset[str]
+    healthy: bool = True
+    latency: float = 0.0  # recent median seconds, 0 when unknown
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """An adapter instance serving one configured source.
+
+    ``actions`` lists the operation actions it performs; ``concurrency`` is how many
+    operations it takes in flight at once by default (the default agent's capacity).
+    ``execute`` raises :class:`~wf78_core.errors.OperationError` subclasses, with
+    ``retryable`` set when trying again can help (a lost connection) and unset when it
+    cannot (a duplicate key, bad SQL).
+    """
+
+    actions: frozenset[str]
+    concurrency: int
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def health(self) -> None: ...
+
+    async def execute(self, op: Operation) -> Any: ...
+
+
+class DataSourceFactory(Protocol):
+    def __call__(self, spec: SourceSpec) -> DataSource: ...
+
+
+def options_for(factory: Any, raw: Mapping[str, Any]) -> Any:
+    """Validate type-specific options with the factory's ``Options`` struct, if it has one."""
+    options_type = getattr(factory, "Options", None)
+    if options_type is None:
+        return dict(raw)
+    return msgspec.convert(dict(raw), options_type)

@@ -1,0 +1,105 @@
+"""The msgspec structs users write and read: workflows, tasks, operations, results."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Kind",
+    "Latency",
+    "Operation",
+    "Result",
+    "TaskDefinition",
+    "Trigger",
+    "Volume",
+    "WorkflowDefinition",
+]
+
+Trigger = Literal["event", "schedule", "api"]
+Kind = Literal["core", "cache", "temp", "history", "log", "search"]
+Latency = Literal["low", "normal", "high"]
+Volume = Literal["small", "medium", "large"]
+
+
+class TaskDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One step of a workflow (note 2.2.1)."""
+
+    id: str
+    name: str = ""
+    action: str = "datasource.execute"
+    depends_on: tuple[str, ...] = ()
+    timeout: float | None = None
+    retry: int = 0
+    data_source: str | None = None
+    auto_select: bool = True
+    params: dict[str, Any] = {}
+    fallback: tuple[str, ...] = ()
+
+
+class WorkflowDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A named DAG of tasks with a priority (smaller = more urgent) and a concurrency cap."""
+
+    id: str
+    name: str = ""
+    priority: int = 1
+    tasks: tuple[TaskDefinition, ...] = ()
+    max_concurrent: int = 10
+    trigger: Trigger = "api"
+    event: str | None = None
+    schedule: str | float | None = None
+
+
+class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One data operation: what to do, on what, and hints for choosing where.
+
+    ``action`` is one of the adapter actions (``add``, ``add_many``, ``get``, ``update``,
+    ``upsert``, ``delete``, ``delete_many``, ``execute`` on SQL sources; more on others).
+    ``data_source`` names a configured source or a source type and always wins; otherwise
+    ``kind``, ``latency`` and ``volume`` (or the table's configured kind) guide selection.
+    """
+
+    action: str
+    table: str | None = None
+    values: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] | None = None
+    where: dict[str, Any] | None = None
+    columns: list[str] | None = None
+    order: list[str] | None = None
+    limit: int | None = None
+    offset: int = 0
+    sql: str | None = None
+    params: list[Any] | dict[str, Any] | None = None
+    key: str | None = None
+    ttl: float | None = None
+    data_source: str | None = None
+    kind: Kind | None = None
+    latency: Latency | None = None
+    volume: Volume | None = None
+    timeout: float | None = None
+    retry: int | None = None
+    fallback: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.retry is not None and self.retry < 0:
+            raise ValueError(f"retry must be >= 0, got {self.retry}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
+
+
+class Result(msgspec.Struct, kw_only=True, frozen=True):
+    """The outcome of one operation: its value and who served it, and why."""
+
+    value: Any = None
+    data_source: str
+    source_type: str
+    reason: str
+    agent: str | None = None
+    attempts: int = 1
+    fallback_from: tuple[str, ...] = ()
+    elapsed: float = 0.0

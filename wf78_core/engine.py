@@ -1,0 +1,910 @@
+"""The workflow engine: one anyio task group, priority scheduling, the data path."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from uuid import uuid4
+
+import anyio
+import msgspec
+import pluggy
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from croniter import croniter
+
+from .actions import TaskContext, builtin_actions
+from .agents import Agent
+from .config import Config, check_references, load_config
+from .datasource import DataSource, SourceInfo, SourceSpec, TableSchema, options_for
+from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
+from .errors import (
+    ConfigError,
+    DataSourceError,
+    NoAgentAvailable,
+    NoDataSource,
+    OperationError,
+    Overloaded,
+    Problem,
+    TaskTimeout,
+    UnknownWorkflow,
+    Wf78Error,
+)
+from .events import TaskEvent, TaskState
+from .hookspecs import hookimpl
+from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
+from .runs import Run, RunState, TaskSlot
+from .scheduling import Limit, Scheduler
+from .stats import AgentStats, EngineStats, SourceCounters, SourceStats, WorkflowStats
+
+__all__ = ["Engine"]
+
+
+class _BuiltinActions:
+    """The core's own actions, registered like any plugin's (and overridable)."""
+
+    @hookimpl(trylast=True)
+    def wf78_register_actions(self, registry: Any) -> None:
+        for name, function in builtin_actions().items():
+            registry.add(name, function)
+
+
+class _Source:
+    """A configured data source at run time: adapter, limit, health and counters."""
+
+    __slots__ = ("adapter", "agents", "counters", "healthy", "info", "limit", "name", "type")
+
+    def __init__(self, name: str, type: str, adapter: DataSource, capacity: int) -> None:
+        self.name = name
+        self.type = type
+        self.adapter = adapter
+        self.limit = Limit(f"source:{name}", capacity)
+        self.healthy = True
+        self.agents: list[Agent] = []
+        self.counters = SourceCounters()
+        self.info = SourceInfo(name, type, frozenset(adapter.actions))
+
+
+class Engine:
+    """The wf78 workflow engine.
+
+    ``Engine(config)`` takes a :class:`~wf78_core.config.Config`, a mapping, a path, or
+    ``None`` for the embedded default. Use it as an async context manager: entering
+    opens data sources, starts agents, health checks and triggers; leaving stops the
+    triggers, lets accepted work finish (up to ``engine.drain_timeout``), cancels what
+    is left and closes the sources.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | str | Path | None = None,
+        *,
+        plugins: Iterable[Any] = (),
+        base_dir: str | Path | None = None,
+    ) -> None:
+        if isinstance(config, str | Path) and base_dir is None:
+            base_dir = Path(config).resolve().parent
+        self.config = load_config(config)
+        self.settings = self.config.engine
+        self.base_dir = str(base_dir or ".")
+        self._extra_plugins = tuple(plugins)
+        self.pm: pluggy.PluginManager = make_plugin_manager([_BuiltinActions(), *plugins])
+        self.workflows: dict[str, WorkflowDefinition] = {w.id: w for w in self.config.workflows}
+        self.scheduler = Scheduler(aging_seconds=self.settings.aging_seconds)
+        self._pending = Limit("pending", self.settings.queue_size)
+        self._global = Limit("running", self.settings.max_running)
+        self._workflow_limits = {
+            w.id: Limit(f"workflow:{w.id}", w.max_concurrent) for w in self.config.workflows
+        }
+        self._tables = {
+            name: TableSchema.from_config(name, table) for name, table in self.config.tables.items()
+        }
+        self._sources: dict[str, _Source] = {}
+        self._by_type: dict[str, list[_Source]] = {}
+        self._agents: list[Agent] = []
+        self._runs: dict[str, RunState] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._route_cache: dict[tuple[str, str], _Source] = {}
+        self._stack: AsyncExitStack | None = None
+        self._work: TaskGroup | None = None
+        self._running = False
+        self._closing = False
+        self._idle = anyio.Event()
+        self._events_send: MemoryObjectSendStream[RunState] | None = None
+        self._started_at = time.monotonic()
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.retries = 0
+        self.fallbacks = 0
+        self._running_by_workflow: dict[str, int] = {}
+        allocators = plugin_names(self.pm, "wf78_allocate_agent")
+        # Only the configured built-in allocator takes part; others stay registered.
+        self._allocators = allocators
+        self._allocate = HookChain(
+            self.pm,
+            "wf78_allocate_agent",
+            exclude=[p for n, p in allocators.items() if n != self.config.agents.allocator],
+        )
+        self._select = HookChain(self.pm, "wf78_select_datasource")
+        self._observers = HookChain(self.pm, "wf78_task_event")
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, plugins: Iterable[Any] = ()) -> Engine:
+        return cls(Path(path), plugins=plugins)
+
+    # -- start-up and shutdown -------------------------------------------------------
+
+    async def _load_plugins(self) -> None:
+        self._source_types = await collect_registry(
+            self.pm, "wf78_register_datasources", "data-source type"
+        )
+        self.actions = await collect_registry(self.pm, "wf78_register_actions", "action")
+        problems = check_references(
+            self.config, source_types=self._source_types, actions=self.actions
+        )
+        allocators = self._allocators
+        chosen = self.config.agents.allocator
+        if allocators and chosen not in allocators:
+            problems.append(
+                Problem(
+                    "agents.allocator",
+                    f"unknown allocator {chosen!r} (known: {sorted(allocators)})",
+                )
+            )
+        sources: dict[str, tuple[Any, Any]] = {}
+        for name, source in self.config.datasources.items():
+            factory = self._source_types.get(source.type)
+            if factory is None:
+                continue
+            try:
+                sources[name] = (factory, options_for(factory, source.options))
+            except msgspec.ValidationError as error:
+                problems.append(Problem(f"datasources.{name}", str(error)))
+        if problems:
+            raise ConfigError(problems)
+        self._factories = sources
+
+    def _build_agents(self) -> None:
+        pool = self.config.agents.pool
+        if pool:
+            for order, agent_config in enumerate(pool):
+                concurrency = agent_config.concurrency or max(
+                    (
+                        s.limit.capacity
+                        for s in self._sources.values()
+                        if s.name in agent_config.capabilities
+                        or s.type in agent_config.capabilities
+                    ),
+                    default=1,
+                )
+                self._agents.append(
+                    Agent(agent_config.id, agent_config.capabilities, concurrency, order)
+                )
+        else:
+            for order, source in enumerate(self._sources.values()):
+                self._agents.append(
+                    Agent(f"agent-{source.name}", (source.name,), source.limit.capacity, order)
+                )
+        for source in self._sources.values():
+            source.agents = [a for a in self._agents if a.serves(source.name, source.type)]
+            for agent in source.agents:
+                agent.sources.append(source.name)
+
+    async def __aenter__(self) -> Engine:
+        if self._running:
+            raise Wf78Error("engine is already running")
+        await self._load_plugins()
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            for name, (factory, options) in self._factories.items():
+                config = self.config.datasources[name]
+                spec = SourceSpec(
+                    name=name,
+                    type=config.type,
+                    url=config.url,
+                    options=options,
+                    tables=self._tables,
+                    base_dir=self.base_dir,
+                )
+                adapter: DataSource = factory(spec)
+                await adapter.open()
+                stack.push_async_callback(adapter.close)
+                capacity = config.pool_size or adapter.concurrency
+                source = _Source(name, config.type, adapter, capacity)
+                self._sources[name] = source
+                self._by_type.setdefault(config.type, []).append(source)
+            self._build_agents()
+            services = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(services.cancel_scope.cancel)
+            for source in self._sources.values():
+                run = getattr(source.adapter, "run", None)
+                if run is not None:
+                    await services.start(run)
+            services.start_soon(self._health_loop)
+            # Work (runs and triggers) lives in its own group so it can drain first.
+            self._work = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._drain)
+            send, receive = anyio.create_memory_object_stream[RunState](
+                self.settings.event_queue_size
+            )
+            self._events_send = send
+            self._work.start_soon(self._event_loop, receive)
+            for workflow in self.config.workflows:
+                if workflow.trigger == "schedule":
+                    self._work.start_soon(self._schedule_loop, workflow)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            self._reset()
+            raise
+        self._stack = stack
+        self._running = True
+        self._closing = False
+        self._started_at = time.monotonic()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._running = False
+        self._work = None
+        self._sources.clear()
+        self._by_type.clear()
+        self._agents.clear()
+        self._route_cache.clear()
+
+    async def _drain(self) -> None:
+        """Stop triggers, let accepted work finish for ``drain_timeout``, cancel the rest."""
+        self._closing = True
+        if self._events_send is not None:
+            await self._events_send.aclose()
+        with anyio.move_on_after(self.settings.drain_timeout):
+            while self._pending.in_use or any(not r.done.is_set() for r in self._runs.values()):
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        for run in list(self._runs.values()):
+            if not run.done.is_set():
+                self._cancel_run(run, "engine shut down")
+        assert self._work is not None
+        self._work.cancel_scope.cancel()
+
+    def _check_running(self) -> None:
+        if not self._running or self._closing:
+            raise Wf78Error("the engine is not running: use `async with engine:` first")
+
+    def _work_done(self) -> None:
+        if self._closing:
+            self._idle.set()
+
+    # -- the data path ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        op: Operation,
+        *,
+        priority: int | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """Run one operation: select a source, allocate an agent, execute; return its Result.
+
+        Waits up to ``engine.overload_timeout`` for queue space, then raises
+        :class:`~wf78_core.errors.Overloaded`. Failures raise
+        :class:`~wf78_core.errors.OperationError` subclasses after retries and fallbacks.
+        """
+        self._check_running()
+        level = self.settings.submit_priority if priority is None else priority
+        pending = self._pending
+        scheduler = self.scheduler
+        if not scheduler.try_acquire((pending,)):
+            await self._admit(level)
+        self.submitted += 1
+        try:
+            result = await self._data_path(
+                op, level, context or {}, task=None, outer=(self._global,)
+            )
+            self.completed += 1
+            return result
+        except BaseException:
+            self.failed += 1
+            raise
+        finally:
+            scheduler.release((pending,))
+            if self._closing:
+                self._work_done()
+
+    async def _admit(self, level: int) -> None:
+        with anyio.move_on_after(self.settings.overload_timeout) as scope:
+            await self.scheduler.acquire(level, (self._pending,))
+        if scope.cancelled_caught:
+            raise Overloaded(
+                f"engine queue full ({self._pending.capacity} operations accepted and not "
+                f"finished) for {self.settings.overload_timeout}s",
+                retry_after=max(self.settings.overload_timeout, 1.0),
+            )
+
+    def _resolve(self, name: str, action: str) -> _Source:
+        """A configured source by name, or the first healthy source of that type."""
+        key = (name, action)
+        cached = self._route_cache.get(key)
+        if cached is not None and cached.healthy:
+            return cached
+        source = self._sources.get(name)
+        if source is None:
+            of_type = self._by_type.get(name)
+            if not of_type:
+                raise NoDataSource(
+                    f"unknown data source {name!r} (configured: {sorted(self._sources)})",
+                    data_source=name,
+                )
+            able = [s for s in of_type if action in s.info.actions] or of_type
+            source = next((s for s in able if s.healthy), able[0])
+        self._route_cache[key] = source
+        return source
+
+    async def _choose_source(
+        self, op: Operation, task: TaskDefinition | None, context: Mapping[str, Any]
+    ) -> tuple[str, str]:
+        """The source for an operation and the reason (note 3.1, rules of 4.1)."""
+        explicit = op.data_source or (task.data_source if task is not None else None)
+        if explicit:
+            return self._resolve(explicit, op.action).name, "explicit data_source"
+        table = self.config.tables.get(op.table) if op.table else None
+        if table is not None and table.data_source:
+            return self._resolve(table.data_source, op.action).name, "table data_source"
+        if table is not None and table.kind and op.kind is None:
+            op = msgspec.structs.replace(op, kind=table.kind)
+        candidates = [
+            s.info for s in self._sources.values() if s.healthy and op.action in s.info.actions
+        ]
+        if not candidates:
+            raise NoDataSource(f"no healthy data source can perform {op.action!r}", retryable=True)
+        choice = await self._select.first(
+            operation=op, task=task, context=context, candidates=candidates
+        )
+        if choice is None:
+            return candidates[0].name, "first candidate (no strategy chose)"
+        name, reason = (choice, "strategy") if isinstance(choice, str) else choice
+        if name not in self._sources:
+            name = self._resolve(name, op.action).name
+        return name, reason
+
+    async def _data_path(
+        self,
+        op: Operation,
+        level: int,
+        context: Mapping[str, Any],
+        *,
+        task: TaskDefinition | None,
+        outer: tuple[Limit, ...] = (),
+        reason: str | None = None,
+        run_id: str | None = None,
+    ) -> Result:
+        if op.data_source is not None and reason is None:
+            source = self._resolve(op.data_source, op.action)
+            reason = "explicit data_source"
+        else:
+            name, chosen_reason = await self._choose_source(op, task, context)
+            source = self._sources[name]
+            reason = reason or chosen_reason
+        fallback = op.fallback or (task.fallback if task is not None else ())
+        retry = op.retry if op.retry is not None else (task.retry if task is not None else 0)
+        # engine.submit has no timeout unless the operation or its source sets one: a
+        # cancel scope per operation would cost more than the dispatch itself.
+        timeout = op.timeout or (task.timeout if task is not None else None)
+        if timeout is None:
+            timeout = self.config.datasources[source.name].timeout
+        attempts = 0
+        tried: list[str] = []
+        error: OperationError | None = None
+        started = time.perf_counter()
+        for index in range(1 + len(fallback)):
+            if index:
+                try:
+                    source = self._resolve(fallback[index - 1], op.action)
+                except NoDataSource as missing:
+                    error = missing
+                    continue
+                self.fallbacks += 1
+                source.counters.fallbacks += 1
+                reason = f"fallback after {tried[-1]} failed: {error}"
+            tries = 1 + retry if index == 0 else 1
+            for attempt in range(tries):
+                attempts += 1
+                try:
+                    value, agent = await self._attempt(op, source, level, outer, timeout)
+                except OperationError as failure:
+                    error = failure
+                    if not failure.retryable:
+                        failure.attempts = attempts
+                        raise
+                    if attempt + 1 < tries:
+                        self.retries += 1
+                        source.counters.retries += 1
+                        await anyio.sleep(self._backoff(attempt))
+                    continue
+                return Result(
+                    value=value,
+                    data_source=source.name,
+                    source_type=source.type,
+                    reason=reason,
+                    agent=agent,
+                    attempts=attempts,
+                    fallback_from=tuple(tried),
+                    elapsed=time.perf_counter() - started,
+                )
+            tried.append(source.name)
+        assert error is not None
+        error.attempts = attempts
+        error.exhausted = True  # type: ignore[attr-defined]
+        raise error
+
+    async def _attempt(
+        self,
+        op: Operation,
+        source: _Source,
+        level: int,
+        outer: tuple[Limit, ...],
+        time_limit: float | None,
+    ) -> tuple[Any, str]:
+        if not source.healthy:
+            raise NoAgentAvailable(
+                f"data source {source.name!r} failed its health check", data_source=source.name
+            )
+        agent = await self._allocate_agent(op, source)
+        limits = (*outer, source.limit, agent.limit)
+        scheduler = self.scheduler
+        if not scheduler.try_acquire(limits):
+            await scheduler.acquire(level, limits)
+        counters = source.counters
+        started = time.perf_counter()
+        try:
+            if time_limit is None:
+                value = await source.adapter.execute(op)
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + time_limit) as scope:
+                    value = await source.adapter.execute(op)
+                if scope.cancelled_caught:
+                    raise TaskTimeout(
+                        f"{op.action} on {source.name!r} timed out after {time_limit}s",
+                        data_source=source.name,
+                    )
+        except OperationError as error:
+            counters.errors += 1
+            if error.data_source is None:
+                error.data_source = source.name
+            raise
+        except Exception as error:
+            counters.errors += 1
+            raise DataSourceError(
+                f"{source.name!r} raised {type(error).__name__}: {error}",
+                data_source=source.name,
+            ) from error
+        finally:
+            scheduler.release(limits)
+        counters.ops += 1
+        counters.latency.record(time.perf_counter() - started)
+        agent.completed += 1
+        return value, agent.id
+
+    async def _allocate_agent(self, op: Operation, source: _Source) -> Agent:
+        agents = source.agents
+        if len(agents) == 1:
+            return agents[0]
+        if not agents:
+            raise NoAgentAvailable(
+                f"no agent serves data source {source.name!r}", data_source=source.name
+            )
+        free = [a for a in agents if a.has_free_slot] or agents
+        agent = await self._allocate.first(task=op, agents=free) if self._allocate else None
+        return agent if isinstance(agent, Agent) else free[0]
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+        ceiling = min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2**attempt)
+        return random.uniform(0, ceiling)
+
+    # -- health --------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        interval = self.config.agents.health_interval
+        while True:
+            await anyio.sleep(interval)
+            await self.check_health()
+
+    async def check_health(self) -> dict[str, bool]:
+        """Run every source's health check now; failing sources leave rotation."""
+        report: dict[str, bool] = {}
+        for source in list(self._sources.values()):
+            try:
+                with anyio.fail_after(max(self.config.agents.health_interval, 1.0)):
+                    await source.adapter.health()
+                healthy = True
+            except Exception:
+                healthy = False
+            if healthy != source.healthy:
+                source.healthy = healthy
+                self._route_cache.clear()
+            report[source.name] = healthy
+        return report
+
+    # -- workflow runs ---------------------------------------------------------------------
+
+    async def run(
+        self,
+        workflow_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        priority: int | None = None,
+    ) -> Run:
+        """Start a run of a workflow (the ``api`` trigger); wait for it unless ``wait=False``."""
+        self._check_running()
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            raise UnknownWorkflow(
+                f"unknown workflow {workflow_id!r} (known: {sorted(self.workflows)})"
+            )
+        if not self.scheduler.try_acquire((self._pending,)):
+            await self._admit(workflow.priority)
+        run = self._new_run(workflow, context, priority)
+        self._start_run(run)
+        if wait:
+            await run.done.wait()
+        return run.snapshot()
+
+    def _new_run(
+        self,
+        workflow: WorkflowDefinition,
+        context: Mapping[str, Any] | None,
+        priority: int | None,
+    ) -> RunState:
+        level = workflow.priority if priority is None else priority
+        run = RunState(uuid4().hex, workflow, dict(context or {}), level)
+        self._runs[run.id] = run
+        return run
+
+    async def emit(self, event: str, payload: Mapping[str, Any] | None = None) -> list[str]:
+        """The ``event`` trigger: queue a run of every workflow subscribed to ``event``."""
+        self._check_running()
+        assert self._events_send is not None
+        run_ids = []
+        for workflow in self.workflows.values():
+            if workflow.trigger != "event" or workflow.event != event:
+                continue
+            if not self.scheduler.try_acquire((self._pending,)):
+                await self._admit(workflow.priority)
+            run = self._new_run(workflow, payload, None)
+            try:
+                with anyio.fail_after(self.settings.overload_timeout):
+                    await self._events_send.send(run)
+            except TimeoutError:
+                self._runs.pop(run.id, None)
+                self.scheduler.release((self._pending,))
+                raise Overloaded(f"event queue full ({self.settings.event_queue_size})") from None
+            run_ids.append(run.id)
+        return run_ids
+
+    async def _event_loop(self, receive: MemoryObjectReceiveStream[RunState]) -> None:
+        async with receive:
+            async for run in receive:
+                self._start_run(run)
+
+    async def _schedule_loop(self, workflow: WorkflowDefinition) -> None:
+        schedule = workflow.schedule
+        assert schedule is not None
+        cron = croniter(schedule, datetime.now(UTC)) if isinstance(schedule, str) else None
+        while True:
+            if cron is not None:
+                delay = cron.get_next(datetime).timestamp() - time.time()
+            else:
+                assert isinstance(schedule, int | float)
+                delay = float(schedule)
+            await anyio.sleep(max(delay, 0.0))
+            if self._closing:
+                return
+            if not self.scheduler.try_acquire((self._pending,)):
+                continue  # queue full: skip this tick rather than pile up
+            self._start_run(self._new_run(workflow, {"scheduled_at": time.time()}, None))
+
+    def _start_run(self, run: RunState) -> None:
+        if run.done.is_set():  # cancelled while it waited in the event queue
+            return
+        run.status = "running"
+        run.started = time.time()
+        self._running_by_workflow.setdefault(run.workflow.id, 0)
+        for slot in run.tasks.values():
+            if slot.remaining == 0:
+                self._queue_task(run, slot)
+
+    def _queue_task(self, run: RunState, slot: TaskSlot) -> None:
+        work = self._work
+        assert work is not None
+        slot.state = "queued"
+        limits = (self._global, self._workflow_limits[run.workflow.id])
+        self._emit_event(run, slot, "queued")
+
+        def granted() -> None:
+            slot.waiter = None
+            work.start_soon(self._run_task, run, slot, limits)
+
+        slot.waiter = self.scheduler.enqueue(run.priority, limits, granted)
+
+    async def _run_task(self, run: RunState, slot: TaskSlot, limits: tuple[Limit, ...]) -> None:
+        task = slot.definition
+        action = self.actions[task.action]
+        owns_retry = getattr(action, "wf78_owns_retry", False)
+        slot.state = "running"
+        slot.attempts += 1
+        slot.started = slot.started or time.time()
+        self._running_by_workflow[run.workflow.id] += 1
+        self._emit_event(run, slot, "running")
+        ctx = TaskContext(
+            engine=self,
+            task=task,
+            run_id=run.id,
+            priority=run.priority,
+            context=run.context,
+            results={dep: run.tasks[dep].result for dep in task.depends_on},
+        )
+        error: BaseException | None = None
+        value: Any = None
+        with anyio.CancelScope() as scope:
+            slot.scope = scope
+            try:
+                timeout = None if owns_retry else (task.timeout or self.settings.default_timeout)
+                with anyio.fail_after(timeout):
+                    value = action(ctx)
+                    if inspect.isawaitable(value):
+                        value = await value
+            except TimeoutError:
+                error = TaskTimeout(f"task {task.id!r} timed out after {timeout}s")
+            except Exception as failure:
+                error = failure
+            finally:
+                slot.scope = None
+                self._running_by_workflow[run.workflow.id] -= 1
+                self.scheduler.release(limits)
+        if scope.cancelled_caught:
+            self._finish_task(run, slot, "cancelled", error=run.error or "cancelled")
+            return
+        if error is None:
+            slot.result = value
+            if isinstance(value, Result):
+                slot.data_source = value.data_source
+            self._finish_task(run, slot, "succeeded")
+            return
+        retryable = getattr(error, "retryable", not isinstance(error, Wf78Error))
+        exhausted = getattr(error, "exhausted", False) or owns_retry
+        if retryable and not exhausted and slot.attempts <= task.retry:
+            self.retries += 1
+            slot.state = "retrying"
+            self._emit_event(run, slot, "retrying", error=str(error))
+            with anyio.CancelScope() as backoff:
+                slot.scope = backoff
+                await anyio.sleep(self._backoff(slot.attempts - 1))
+            slot.scope = None
+            if slot.state == "retrying":
+                self._queue_task(run, slot)
+            return
+        self._finish_task(run, slot, "failed", error=f"{type(error).__name__}: {error}")
+
+    def _finish_task(
+        self, run: RunState, slot: TaskSlot, state: TaskState, *, error: str | None = None
+    ) -> None:
+        if slot.done:
+            return
+        slot.state = state
+        slot.error = error
+        slot.finished = time.time()
+        run.left -= 1
+        self._emit_event(run, slot, state, error=error)
+        if state == "succeeded":
+            for dependant in slot.dependants:
+                dependant.remaining -= 1
+                if dependant.remaining == 0 and dependant.state == "pending":
+                    self._queue_task(run, dependant)
+        else:
+            self._skip_dependants(run, slot)
+        if run.left == 0:
+            self._finish_run(run)
+
+    def _skip_dependants(self, run: RunState, slot: TaskSlot) -> None:
+        stack = list(slot.dependants)
+        while stack:
+            dependant = stack.pop()
+            if dependant.done:
+                continue
+            dependant.state = "skipped"
+            dependant.error = f"dependency {slot.definition.id!r} did not succeed"
+            dependant.finished = time.time()
+            run.left -= 1
+            self._emit_event(run, dependant, "skipped", error=dependant.error)
+            stack.extend(dependant.dependants)
+
+    def _finish_run(self, run: RunState) -> None:
+        if run.status == "running":
+            failed = any(s.state == "failed" for s in run.tasks.values())
+            run.status = "failed" if failed else "succeeded"
+            if failed:
+                run.error = next(
+                    f"task {s.definition.id!r}: {s.error}"
+                    for s in run.tasks.values()
+                    if s.state == "failed"
+                )
+        run.finished = time.time()
+        run.done.set()
+        self.scheduler.release((self._pending,))
+        self._finished[run.id] = None
+        while len(self._finished) > self.settings.run_history:
+            old, _ = self._finished.popitem(last=False)
+            self._runs.pop(old, None)
+        self._work_done()
+
+    def get_run(self, run_id: str) -> Run:
+        """The current snapshot of a run; :class:`UnknownWorkflow` if there is none."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownWorkflow(f"unknown run {run_id!r}")
+        return run.snapshot()
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run: queued tasks are withdrawn, running ones cancelled, slots freed."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownWorkflow(f"unknown run {run_id!r}")
+        self._cancel_run(run, "cancelled by request")
+        await anyio.lowlevel.checkpoint()
+        return run.snapshot()
+
+    def _cancel_run(self, run: RunState, why: str) -> None:
+        if run.done.is_set():
+            return
+        if run.status == "pending":
+            # Queued in the event stream: it will start and find every task cancelled.
+            run.status = "running"
+        run.status = "cancelled"
+        run.error = why
+        for slot in run.tasks.values():
+            if slot.done:
+                continue
+            if slot.state == "running" and slot.scope is not None:
+                slot.scope.cancel()  # _run_task finishes it and frees its slots
+                continue
+            if slot.waiter is not None:
+                self.scheduler.withdraw(slot.waiter)
+                slot.waiter = None
+            if slot.scope is not None:  # sleeping before a retry
+                slot.scope.cancel()
+            slot.state = "cancelled"
+            slot.error = why
+            slot.finished = time.time()
+            run.left -= 1
+            self._emit_event(run, slot, "cancelled", error=why)
+        if run.left == 0:
+            self._finish_run(run)
+
+    def _emit_event(
+        self, run: RunState, slot: TaskSlot, state: TaskState, *, error: str | None = None
+    ) -> None:
+        if self._observers:
+            self._notify(
+                TaskEvent(
+                    state=state,
+                    workflow=run.workflow.id,
+                    task=slot.definition.id,
+                    run_id=run.id,
+                    data_source=slot.data_source,
+                    attempt=slot.attempts,
+                    error=error,
+                    time=time.time(),
+                )
+            )
+
+    def _notify(self, event: TaskEvent) -> None:
+        """Call observers in order; async ones are awaited in the engine's task group."""
+        for _, function, _ in self._observers.impls:
+            result = function(event=event)
+            if inspect.isawaitable(result):
+                if self._work is not None:
+                    self._work.start_soon(_await, result)
+                else:
+                    result.close()  # type: ignore[attr-defined]
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        """A snapshot of queues, limits, agents, sources and totals."""
+        sources = []
+        for source in self._sources.values():
+            counters = source.counters
+            latency = counters.latency
+            sources.append(
+                SourceStats(
+                    name=source.name,
+                    type=source.type,
+                    healthy=source.healthy,
+                    in_flight=source.limit.in_use,
+                    capacity=source.limit.capacity,
+                    ops=counters.ops,
+                    errors=counters.errors,
+                    retries=counters.retries,
+                    fallbacks=counters.fallbacks,
+                    latency_mean=latency.total / latency.count if latency.count else 0.0,
+                    latency_p50=latency.percentile(0.5),
+                    latency_p90=latency.percentile(0.9),
+                    latency_p99=latency.percentile(0.99),
+                )
+            )
+        agents = []
+        for agent in self._agents:
+            in_rotation = any(self._sources[name].healthy for name in agent.sources)
+            agents.append(
+                AgentStats(
+                    id=agent.id,
+                    capabilities=agent.capabilities,
+                    status=agent.status if in_rotation else "out_of_rotation",
+                    running=agent.running,
+                    capacity=agent.capacity,
+                    load=agent.load,
+                    completed=agent.completed,
+                )
+            )
+        queued_by_workflow: dict[str, int] = {}
+        for run in self._runs.values():
+            if not run.done.is_set():
+                count = sum(1 for s in run.tasks.values() if s.state == "queued")
+                queued_by_workflow[run.workflow.id] = (
+                    queued_by_workflow.get(run.workflow.id, 0) + count
+                )
+        workflows = [
+            WorkflowStats(
+                id=w.id,
+                priority=w.priority,
+                running=self._workflow_limits[w.id].in_use,
+                max_concurrent=w.max_concurrent,
+                queued=queued_by_workflow.get(w.id, 0),
+            )
+            for w in self.workflows.values()
+        ]
+        active = sum(1 for run in self._runs.values() if not run.done.is_set())
+        return EngineStats(
+            queued=dict(sorted(self.scheduler.queued_by_priority.items())),
+            pending=self._pending.in_use,
+            running=self._global.in_use,
+            max_running=self._global.capacity,
+            workflows=workflows,
+            agents=agents,
+            sources=sources,
+            submitted=self.submitted,
+            completed=self.completed,
+            failed=self.failed,
+            retries=self.retries,
+            fallbacks=self.fallbacks,
+            runs_active=active,
+            runs_finished=len(self._runs) - active,
+            uptime=time.monotonic() - self._started_at if self._running else 0.0,
+        )
+
+
+async def _await(awaitable: Any) -> None:
+    await awaitable

@@ -1,0 +1,103 @@
+"""Loading plugins and calling hooks that may be sync or async."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError
+from .registry import Registry
+
+__all__ = ["HookChain", "collect_registry", "make_plugin_manager"]
+
+
+def make_plugin_manager(extra: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """Entry points of group ``wf78`` (built-ins included, as ``trylast``), then ``extra``.
+
+    ``WF78_DISABLE_PLUGINS`` (comma-separated entry-point names) blocks plugins;
+    ``WF78_TRACE_HOOKS=1`` prints every hook call to stderr.
+    """
+    pm = pluggy.PluginManager("wf78")
+    pm.add_hookspecs(hookspecs)
+    for name in os.environ.get("WF78_DISABLE_PLUGINS", "").split(","):
+        if name.strip():
+            pm.set_blocked(name.strip())
+    pm.load_setuptools_entrypoints("wf78")
+    for plugin in extra:
+        if isinstance(plugin, str):
+            plugin = __import__(plugin, fromlist=["_"])
+        if pm.is_registered(plugin):
+            continue
+        pm.register(plugin)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise ConfigError(f"plugin {error.plugin!r}: {error}") from error
+    if os.environ.get("WF78_TRACE_HOOKS"):
+        pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
+        pm.enable_tracing()
+    return pm
+
+
+class HookChain:
+    """The implementations of one hook in pluggy's call order, callable sync or async.
+
+    pluggy calls hooks synchronously; this calls each implementation itself and awaits
+    what it returns when that is awaitable (datasette's ``await_me_maybe``).
+    """
+
+    __slots__ = ("impls", "name")
+
+    def __init__(self, pm: pluggy.PluginManager, name: str, *, exclude: Iterable[Any] = ()):
+        excluded = set(map(id, exclude))
+        caller = getattr(pm.hook, name)
+        self.name = name
+        # get_hookimpls() lists in reverse call order (tryfirst last).
+        self.impls: list[tuple[str, Any, tuple[str, ...]]] = [
+            (impl.plugin_name, impl.function, tuple(impl.argnames))
+            for impl in reversed(caller.get_hookimpls())
+            if id(impl.plugin) not in excluded
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.impls)
+
+    async def first(self, **kwargs: Any) -> Any:
+        """The first non-``None`` result, or ``None``."""
+        for _, function, argnames in self.impls:
+            result = function(**{name: kwargs[name] for name in argnames})
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
+
+    async def notify(self, **kwargs: Any) -> None:
+        """Call every implementation, awaiting the async ones."""
+        for _, function, argnames in self.impls:
+            result = function(**{name: kwargs[name] for name in argnames})
+            if inspect.isawaitable(result):
+                await result
+
+
+async def collect_registry(pm: pluggy.PluginManager, hook: str, what: str) -> Registry[Any]:
+    """Fill a registry by calling a ``wf78_register_*`` hook, naming each plugin's additions."""
+    registry: Registry[Any] = Registry(what)
+    caller = getattr(pm.hook, hook)
+    for impl in reversed(caller.get_hookimpls()):
+        registry.owner = f"plugin {impl.plugin_name!r}"
+        result = impl.function(registry=registry)
+        if inspect.isawaitable(result):
+            await result
+    return registry
+
+
+def plugin_names(pm: pluggy.PluginManager, hook: str) -> dict[str, Any]:
+    """Plugin name -> plugin object for every plugin implementing ``hook``."""
+    return {impl.plugin_name: impl.plugin for impl in getattr(pm.hook, hook).get_hookimpls()}

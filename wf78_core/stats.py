@@ -1,0 +1,114 @@
+"""Counters and latency histograms behind ``engine.stats()``."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+import msgspec
+
+__all__ = [
+    "AgentStats",
+    "EngineStats",
+    "LatencyHistogram",
+    "SourceCounters",
+    "SourceStats",
+    "WorkflowStats",
+]
+
+# Bucket upper bounds: 1 µs to ~100 s, eight buckets per power of ten (< 34% error).
+_BOUNDS = [10 ** (exponent / 8) * 1e-6 for exponent in range(0, 8 * 8 + 1)]
+
+
+class LatencyHistogram:
+    """Fixed log buckets: O(1) memory, cheap to record, percentiles to within a bucket."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def percentile(self, q: float) -> float:
+        """The upper bound of the bucket holding the q-th fraction (0..1) of samples."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for index, bucket in enumerate(self.counts):
+            seen += bucket
+            if seen >= rank and bucket:
+                return _BOUNDS[min(index, len(_BOUNDS) - 1)]
+        return _BOUNDS[-1]
+
+
+class SourceCounters:
+    """Mutable per-source counters, updated on the hot path."""
+
+    __slots__ = ("errors", "fallbacks", "latency", "ops", "retries")
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.errors = 0
+        self.retries = 0
+        self.fallbacks = 0
+        self.latency = LatencyHistogram()
+
+
+class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    type: str
+    healthy: bool
+    in_flight: int
+    capacity: int
+    ops: int
+    errors: int
+    retries: int
+    fallbacks: int
+    latency_mean: float
+    latency_p50: float
+    latency_p90: float
+    latency_p99: float
+
+
+class AgentStats(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    capabilities: tuple[str, ...]
+    status: str  # idle | busy | out_of_rotation
+    running: int
+    capacity: int
+    load: float
+    completed: int
+
+
+class WorkflowStats(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    priority: int
+    running: int
+    max_concurrent: int
+    queued: int
+
+
+class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the engine: queues, limits, agents, sources and totals."""
+
+    queued: dict[int, int]
+    pending: int
+    running: int
+    max_running: int
+    workflows: list[WorkflowStats]
+    agents: list[AgentStats]
+    sources: list[SourceStats]
+    submitted: int
+    completed: int
+    failed: int
+    retries: int
+    fallbacks: int
+    runs_active: int
+    runs_finished: int
+    uptime: float
