@@ -173,6 +173,21 @@ class Engine:
             raise ConfigError(problems)
         self._factories = sources
 
+    @classmethod
+    async def check(
+        cls,
+        config: Config | Mapping[str, Any] | str | Path | None,
+        *,
+        plugins: Iterable[Any] = (),
+    ) -> list[Problem]:
+        """Every problem of a configuration, the plugin-dependent ones included; [] if valid."""
+        try:
+            engine = cls(config, plugins=plugins)
+            await engine._load_plugins()
+        except ConfigError as error:
+            return error.problems
+        return []
+
     def _build_agents(self) -> None:
         pool = self.config.agents.pool
         if pool:

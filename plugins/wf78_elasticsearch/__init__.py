@@ -1,0 +1,1 @@
+"""The elasticsearch data-source adapter (being written)."""

@@ -1,0 +1,1 @@
+"""The mysql data-source adapter (being written)."""

@@ -1,0 +1,1 @@
+"""The redis data-source adapter (being written)."""
