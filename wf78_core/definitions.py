@@ -55,7 +55,8 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     """One data operation: what to do, on what, and hints for choosing where.
 
     ``action`` is one of the adapter actions (``add``, ``add_many``, ``get``, ``update``,
-    ``upsert``, ``delete``, ``delete_many``, ``execute`` on SQL sources; more on others).
+    ``upsert``, ``delete``, ``delete_many``, ``execute`` on SQL sources; ``cache_get``,
+    ``cache_set``, ``cache_delete``, ``incr`` on caches; ``search`` on search engines).
     ``data_source`` names a configured source or a source type and always wins; otherwise
     ``kind``, ``latency`` and ``volume`` (or the table's configured kind) guide selection.
     """
@@ -72,6 +73,7 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     sql: str | None = None
     params: list[Any] | dict[str, Any] | None = None
     key: str | None = None
+    value: Any = None
     ttl: float | None = None
     data_source: str | None = None
     kind: Kind | None = None
