@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from croniter import croniter
 
 from .actions import TaskContext, builtin_actions
 from .agents import Agent
+from .backend import Backend, InProcessBackend
 from .config import Config, check_references, load_config
 from .datasource import DataSource, SourceInfo, SourceSpec, TableSchema, options_for
 from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
@@ -42,7 +42,7 @@ from .events import TaskEvent, TaskState
 from .hookspecs import hookimpl
 from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
 from .runs import Run, RunState, TaskSlot
-from .scheduling import Limit, Scheduler
+from .scheduling import Limit
 from .stats import AgentStats, EngineStats, SourceCounters, SourceStats, WorkflowStats
 
 __all__ = ["Engine"]
@@ -98,20 +98,16 @@ class Engine:
         self._extra_plugins = tuple(plugins)
         self.pm: pluggy.PluginManager = make_plugin_manager([_BuiltinActions(), *plugins])
         self.workflows: dict[str, WorkflowDefinition] = {w.id: w for w in self.config.workflows}
-        self.scheduler = Scheduler(aging_seconds=self.settings.aging_seconds)
-        self._pending = Limit("pending", self.settings.queue_size)
-        self._global = Limit("running", self.settings.max_running)
-        self._workflow_limits = {
-            w.id: Limit(f"workflow:{w.id}", w.max_concurrent) for w in self.config.workflows
-        }
+        self.backend: Backend = InProcessBackend(self.settings, self.config.workflows)
+        self.scheduler = self.backend.scheduler
+        self._pending = self.backend.pending
+        self._global = self.backend.running
         self._tables = {
             name: TableSchema.from_config(name, table) for name, table in self.config.tables.items()
         }
         self._sources: dict[str, _Source] = {}
         self._by_type: dict[str, list[_Source]] = {}
         self._agents: list[Agent] = []
-        self._runs: dict[str, RunState] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
         self._route_cache: dict[tuple[str, str], _Source] = {}
         self._stack: AsyncExitStack | None = None
         self._work: TaskGroup | None = None
@@ -294,10 +290,10 @@ class Engine:
         if self._events_send is not None:
             await self._events_send.aclose()
         with anyio.move_on_after(self.settings.drain_timeout):
-            while self._pending.in_use or any(not r.done.is_set() for r in self._runs.values()):
+            while self._pending.in_use or any(not r.done.is_set() for r in self.backend.runs()):
                 self._idle = anyio.Event()
                 await self._idle.wait()
-        for run in list(self._runs.values()):
+        for run in self.backend.runs():
             if not run.done.is_set():
                 self._cancel_run(run, "engine shut down")
         assert self._work is not None
@@ -559,6 +555,10 @@ class Engine:
             if healthy != source.healthy:
                 source.healthy = healthy
                 self._route_cache.clear()
+            # Strategies see recent latency so they can demote a slow source.
+            source.info = msgspec.structs.replace(
+                source.info, healthy=healthy, latency=source.counters.latency.percentile(0.5)
+            )
             report[source.name] = healthy
         return report
 
@@ -595,7 +595,7 @@ class Engine:
     ) -> RunState:
         level = workflow.priority if priority is None else priority
         run = RunState(uuid4().hex, workflow, dict(context or {}), level)
-        self._runs[run.id] = run
+        self.backend.add_run(run)
         return run
 
     async def emit(self, event: str, payload: Mapping[str, Any] | None = None) -> list[str]:
@@ -613,7 +613,7 @@ class Engine:
                 with anyio.fail_after(self.settings.overload_timeout):
                     await self._events_send.send(run)
             except TimeoutError:
-                self._runs.pop(run.id, None)
+                self.backend.discard_run(run.id)
                 self.scheduler.release((self._pending,))
                 raise Overloaded(f"event queue full ({self.settings.event_queue_size})") from None
             run_ids.append(run.id)
@@ -655,7 +655,7 @@ class Engine:
         work = self._work
         assert work is not None
         slot.state = "queued"
-        limits = (self._global, self._workflow_limits[run.workflow.id])
+        limits = (self._global, self.backend.workflow_limit(run.workflow.id))
         self._emit_event(run, slot, "queued")
 
         def granted() -> None:
@@ -769,22 +769,19 @@ class Engine:
         run.finished = time.time()
         run.done.set()
         self.scheduler.release((self._pending,))
-        self._finished[run.id] = None
-        while len(self._finished) > self.settings.run_history:
-            old, _ = self._finished.popitem(last=False)
-            self._runs.pop(old, None)
+        self.backend.finish_run(run)
         self._work_done()
 
     def get_run(self, run_id: str) -> Run:
         """The current snapshot of a run; :class:`UnknownWorkflow` if there is none."""
-        run = self._runs.get(run_id)
+        run = self.backend.get_run(run_id)
         if run is None:
             raise UnknownWorkflow(f"unknown run {run_id!r}")
         return run.snapshot()
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run: queued tasks are withdrawn, running ones cancelled, slots freed."""
-        run = self._runs.get(run_id)
+        run = self.backend.get_run(run_id)
         if run is None:
             raise UnknownWorkflow(f"unknown run {run_id!r}")
         self._cancel_run(run, "cancelled by request")
@@ -885,7 +882,8 @@ class Engine:
                 )
             )
         queued_by_workflow: dict[str, int] = {}
-        for run in self._runs.values():
+        runs = list(self.backend.runs())
+        for run in runs:
             if not run.done.is_set():
                 count = sum(1 for s in run.tasks.values() if s.state == "queued")
                 queued_by_workflow[run.workflow.id] = (
@@ -895,13 +893,13 @@ class Engine:
             WorkflowStats(
                 id=w.id,
                 priority=w.priority,
-                running=self._workflow_limits[w.id].in_use,
+                running=self.backend.workflow_limit(w.id).in_use,
                 max_concurrent=w.max_concurrent,
                 queued=queued_by_workflow.get(w.id, 0),
             )
             for w in self.workflows.values()
         ]
-        active = sum(1 for run in self._runs.values() if not run.done.is_set())
+        active = sum(1 for run in runs if not run.done.is_set())
         return EngineStats(
             queued=dict(sorted(self.scheduler.queued_by_priority.items())),
             pending=self._pending.in_use,
@@ -916,7 +914,7 @@ class Engine:
             retries=self.retries,
             fallbacks=self.fallbacks,
             runs_active=active,
-            runs_finished=len(self._runs) - active,
+            runs_finished=len(runs) - active,
             uptime=time.monotonic() - self._started_at if self._running else 0.0,
         )
 
