@@ -1,0 +1,43 @@
+"""Driver errors mapped to :class:`~wf78_core.errors.DataSourceError` at the adapter boundary."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from wf78_core.errors import DataSourceError
+
+__all__ = ["closed_error", "map_error"]
+
+
+def map_error(
+    error: BaseException, source: str, *, retryable: bool | None = None
+) -> DataSourceError:
+    """A DataSourceError for a driver error; ``retryable`` overrides the guess from its kind."""
+    message = str(error)
+    guess = False
+    if isinstance(error, sqlite3.IntegrityError):
+        unique = "UNIQUE" in message or "PRIMARY KEY" in message
+        what = "duplicate key" if unique else "constraint violated"
+        text = f"{what} on sqlite source {source!r}: {message}"
+    elif isinstance(error, sqlite3.OperationalError):
+        lowered = message.lower()
+        # Another connection holds the lock: waiting and trying again can succeed.
+        guess = "locked" in lowered or "busy" in lowered
+        text = f"sqlite source {source!r} failed: {message}"
+    elif isinstance(error, ValueError) and "closed" in message.lower():
+        guess = True
+        text = f"sqlite source {source!r} is closed: {message}"
+    else:
+        text = f"sqlite source {source!r} failed: {type(error).__name__}: {message}"
+    mapped = DataSourceError(
+        text, data_source=source, retryable=guess if retryable is None else retryable
+    )
+    mapped.__cause__ = error
+    return mapped
+
+
+def closed_error(source: str, state: str = "closing") -> DataSourceError:
+    """The retryable error of a write or read the source can no longer serve."""
+    return DataSourceError(
+        f"sqlite source {source!r} is {state}", data_source=source, retryable=True
+    )
