@@ -329,14 +329,40 @@ class Engine:
         if not scheduler.try_acquire((pending,)):
             await self._admit(level)
         self.submitted += 1
+        observed = bool(self._observers)
+        if observed:
+            self._notify(TaskEvent(state="running", workflow="submit", task=op.action))
         try:
             result = await self._data_path(
                 op, level, context or {}, task=None, outer=(self._global,)
             )
             self.completed += 1
+            if observed:
+                self._notify(
+                    TaskEvent(
+                        state="succeeded",
+                        workflow="submit",
+                        task=op.action,
+                        data_source=result.data_source,
+                        agent=result.agent,
+                        attempt=result.attempts,
+                        elapsed=result.elapsed,
+                    )
+                )
             return result
-        except BaseException:
+        except BaseException as error:
             self.failed += 1
+            if observed:
+                self._notify(
+                    TaskEvent(
+                        state="failed",
+                        workflow="submit",
+                        task=op.action,
+                        data_source=getattr(error, "data_source", None),
+                        attempt=getattr(error, "attempts", 0),
+                        error=f"{type(error).__name__}: {error}",
+                    )
+                )
             raise
         finally:
             scheduler.release((pending,))
