@@ -50,7 +50,7 @@ class InProcessBackend:
         self.pending = Limit("pending", settings.queue_size)
         self.running = Limit("running", settings.max_running)
         self._workflow_limits = {
-            w.id: Limit(f"workflow:{w.id}", w.max_concurrent) for w in workflows
+            w.id: Limit(f"workflow:{w.id}", max(1, w.max_concurrent)) for w in workflows
         }
         self._history = settings.run_history
         self._runs: dict[str, RunState] = {}

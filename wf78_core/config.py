@@ -28,8 +28,10 @@ __all__ = [
     "ShardingConfig",
     "TableConfig",
     "check_references",
+    "collect_config",
     "load_config",
     "parse_config",
+    "read_config",
 ]
 
 ColumnType = Literal["text", "int", "float", "bool", "json", "datetime"]
@@ -237,9 +239,9 @@ def _msgspec_problem(prefix: str, error: msgspec.ValidationError) -> Problem:
     if " - at `$" in message:
         message, _, where = message.rpartition(" - at `$")
         path = prefix + where.rstrip("`")
-    elif message.startswith("Object contains unknown field"):
+    if message.startswith("Object contains unknown field"):
         field = message.split("`")[1]
-        path = f"{prefix}.{field}" if prefix else field
+        path = f"{path}.{field}" if path else field
         message = "unknown key"
     return Problem(path.lstrip("."), message)
 
@@ -253,10 +255,21 @@ def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from decoded TOML/JSON, reporting every structural problem."""
+    """Build a :class:`Config` from decoded TOML/JSON; :class:`ConfigError` lists every problem."""
+    config, problems = collect_config(raw)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def collect_config(raw: Mapping[str, Any]) -> tuple[Config, list[Problem]]:
+    """The parts of ``raw`` that are well formed, and every problem found on the way.
+
+    Cross-field checks run on whatever parsed, so one report names every problem.
+    """
     problems: list[Problem] = []
     if not isinstance(raw, Mapping):
-        raise ConfigError("the configuration must be a table/object")
+        return Config(), [Problem("", "the configuration must be a table/object")]
     known = {"engine", "datasources", "agents", "workflows", "tables", "auth"}
     for key in raw:
         if key not in known:
@@ -306,13 +319,14 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         if table is not None:
             tables[name] = table
 
-    if problems:
-        raise ConfigError(problems)
-    config = Config(datasources=datasources, workflows=tuple(workflows), tables=tables, **sections)
+    config = Config(
+        datasources=datasources,
+        workflows=tuple(workflows),
+        tables=tables,
+        **{key: value for key, value in sections.items() if value is not None},
+    )
     problems.extend(check_definitions(config))
-    if problems:
-        raise ConfigError(problems)
-    return config
+    return config, problems
 
 
 def check_definitions(config: Config) -> list[Problem]:
@@ -466,7 +480,10 @@ def check_references(
 
 
 def _decode_file(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
@@ -479,11 +496,21 @@ def load_config(source: str | Path | Mapping[str, Any] | Config | None = None) -
     """Load a config from a path (TOML or JSON), a mapping, or ``None`` (embedded default)."""
     if isinstance(source, Config):
         return source
+    return parse_config(read_config(source))
+
+
+def read_config(source: str | Path | Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The raw mapping of a config: a path (TOML or JSON), a mapping, or the default."""
     if source is None:
-        return parse_config(tomllib.loads(DEFAULT_CONFIG_TOML))
+        return tomllib.loads(DEFAULT_CONFIG_TOML)
     if isinstance(source, Mapping):
-        return parse_config(source)
+        return source
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"config path {path} is a directory, not a file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    return parse_config(_decode_file(path))
+    data = _decode_file(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the configuration must be a table/object")
+    return data

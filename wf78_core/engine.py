@@ -23,7 +23,7 @@ from croniter import croniter
 from .actions import TaskContext, builtin_actions
 from .agents import Agent
 from .backend import Backend, InProcessBackend
-from .config import Config, check_references, load_config
+from .config import Config, check_references, collect_config, load_config, read_config
 from .datasource import DataSource, SourceInfo, SourceSpec, TableSchema, options_for
 from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
 from .errors import (
@@ -177,12 +177,17 @@ class Engine:
         plugins: Iterable[Any] = (),
     ) -> list[Problem]:
         """Every problem of a configuration, the plugin-dependent ones included; [] if valid."""
+        problems: list[Problem] = []
         try:
-            engine = cls(config, plugins=plugins)
+            if isinstance(config, Config):
+                partial = config
+            else:
+                partial, problems = collect_config(read_config(config))
+            engine = cls(partial, plugins=plugins)
             await engine._load_plugins()
         except ConfigError as error:
-            return error.problems
-        return []
+            problems.extend(error.problems)
+        return problems
 
     def _build_agents(self) -> None:
         pool = self.config.agents.pool

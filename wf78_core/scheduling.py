@@ -71,7 +71,14 @@ class Limit:
         level = self._levels.get(waiter.priority)
         if level is None:
             level = self._levels[waiter.priority] = deque()
-        level.append(waiter)
+        if level and level[-1].seq > waiter.seq:
+            # A waiter moved here from another limit keeps its place in time (FIFO by seq).
+            index = len(level)
+            while index and level[index - 1].seq > waiter.seq:
+                index -= 1
+            level.insert(index, waiter)
+        else:
+            level.append(waiter)
         waiter.queue = self
         self.waiting += 1
 

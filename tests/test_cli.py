@@ -1,0 +1,342 @@
+"""The ``wf78`` command line, in-process through ``main`` and once through the console script."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wf78_core.cli import main
+
+SOURCE = """\
+[datasources.main]
+type = "sqlite"
+url = "sqlite:///data/cli.db"
+
+[tables.items]
+columns = { name = "text", qty = "int" }
+"""
+
+WORKFLOWS = """\
+[[workflows]]
+id = "chain"
+
+[[workflows.tasks]]
+id = "start"
+action = "noop"
+
+[[workflows.tasks]]
+id = "left"
+action = "noop"
+depends_on = ["start"]
+
+[[workflows.tasks]]
+id = "store"
+action = "datasource.execute"
+depends_on = ["start"]
+params = { action = "add", table = "items", values = { name = "widget", qty = 2 } }
+
+[[workflows.tasks]]
+id = "join"
+action = "noop"
+depends_on = ["left", "store"]
+
+[[workflows]]
+id = "broken"
+
+[[workflows.tasks]]
+id = "read"
+data_source = "main"
+params = { action = "get", table = "no_such_table" }
+
+[[workflows.tasks]]
+id = "after"
+action = "noop"
+depends_on = ["read"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every database lands in tmp_path and no outer WF78_CONFIG leaks in."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WF78_CONFIG", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables one row per line
+
+
+def write(tmp_path: Path, text: str, name: str = "wf78.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, Any]]:
+    code = main(argv)
+    return code, json.loads(capsys.readouterr().out)
+
+
+# -- top level ---------------------------------------------------------------------------------
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("validate", "run", "demo"):
+        assert re.search(rf"^\s+{command}\s+\w", out, re.MULTILINE), out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"wf78 {version('wf78')}"
+
+
+def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: wf78" in capsys.readouterr().err
+
+
+# -- validate ----------------------------------------------------------------------------------
+
+
+def test_validate_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SOURCE + WORKFLOWS)
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: OK"
+
+
+# Each file holds problems of one kind (structure, definitions, references); the last
+# case mixes all three and every one must still be listed in the same report.
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            'colour = "blue"\n' + SOURCE + '[[workflows]]\nid = "w"\n'
+            '[[workflows.tasks]]\nid = "a"\naction = "noop"\nretries = 3\n',
+            ["colour: unknown key", "workflows[0].tasks[0].retries: unknown key"],
+            id="unknown-keys",
+        ),
+        pytest.param(
+            SOURCE + '[[workflows]]\nid = "w"\ntrigger = "schedule"\nschedule = "every tuesday"\n'
+            '[[workflows.tasks]]\nid = "a"\naction = "noop"\ndepends_on = ["c"]\ntimeout = -1\n'
+            '[[workflows.tasks]]\nid = "b"\naction = "noop"\ndepends_on = ["ghost"]\n'
+            '[[workflows.tasks]]\nid = "c"\naction = "noop"\ndepends_on = ["a"]\n',
+            [
+                "workflows[0].schedule: bad cron string",
+                "workflows[0].tasks[0].timeout: must be positive",
+                "workflows[0].tasks[1].depends_on: unknown task 'ghost'",
+                "workflows[0].tasks[0].depends_on: dependency cycle",
+            ],
+            id="definitions",
+        ),
+        pytest.param(
+            SOURCE + '[[workflows]]\nid = "w"\n[[workflows.tasks]]\nid = "a"\naction = "teleport"\n'
+            '[[workflows.tasks]]\nid = "b"\ndata_source = "oracle"\ndepends_on = ["a"]\n',
+            [
+                "workflows[0].tasks[0].action: unknown action 'teleport'",
+                "workflows[0].tasks[1].data_source: unknown data source 'oracle'",
+            ],
+            id="references",
+        ),
+        pytest.param(
+            'colour = "blue"\n' + SOURCE + '[[workflows]]\nid = "w"\n'
+            '[[workflows.tasks]]\nid = "a"\naction = "teleport"\ndepends_on = ["b"]\n'
+            '[[workflows.tasks]]\nid = "b"\naction = "noop"\ndepends_on = ["a"]\n',
+            [
+                "colour: unknown key",
+                "workflows[0].tasks[0].depends_on: dependency cycle",
+                "workflows[0].tasks[0].action: unknown action 'teleport'",
+            ],
+            id="all-stages-at-once",
+        ),
+    ],
+)
+def test_validate_lists_every_problem_on_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, expected: list[str]
+) -> None:
+    path = write(tmp_path, body)
+    assert main(["validate", str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    for start in expected:
+        assert any(line.startswith(start) for line in lines), (start, lines)
+    assert lines[-1] == f"{path}: {len(expected)} problems"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("[datasources\nx =", "cannot parse", id="toml-syntax"),
+        pytest.param(None, "does not exist", id="missing"),
+    ],
+)
+def test_validate_unreadable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    path = tmp_path / "config.toml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    assert main(["validate", str(path)]) != 0
+    captured = capsys.readouterr()
+    assert message in captured.out
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_validate_non_utf8_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe[engine]\n")
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"cannot read {path}")
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def test_run_succeeds_and_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SOURCE + WORKFLOWS)
+    code, run = run_json(capsys, ["run", "chain", "--config", str(path), "--json"])
+    assert code == 0
+    assert run["workflow"] == "chain"
+    assert run["status"] == "succeeded"
+    assert {task["state"] for task in run["tasks"].values()} == {"succeeded"}
+    assert set(run["tasks"]) == {"start", "left", "store", "join"}
+    assert run["tasks"]["store"]["data_source"] == "main"
+    assert run["tasks"]["store"]["attempts"] == 1
+    assert run["results"]["store"]["data_source"] == "main"
+    assert (tmp_path / "data" / "cli.db").is_file()  # relative to the config file
+
+
+def test_run_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SOURCE + WORKFLOWS)
+    assert main(["run", "chain", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"store\W+succeeded\W+1\W+main", out), out
+    assert "status: succeeded" in out
+
+
+def test_run_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, SOURCE + WORKFLOWS)
+    code, run = run_json(capsys, ["run", "broken", "--config", str(path), "--json"])
+    assert code == 1
+    assert run["status"] == "failed"
+    assert run["tasks"]["read"]["state"] == "failed"
+    assert "no_such_table" in run["tasks"]["read"]["error"]
+    assert run["tasks"]["after"]["state"] == "skipped"
+
+
+def test_run_uses_wf78_config_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WF78_CONFIG", str(write(tmp_path, SOURCE + WORKFLOWS)))
+    code, run = run_json(capsys, ["run", "chain", "--json", "--priority", "0"])
+    assert code == 0
+    assert run["status"] == "succeeded"
+
+
+def test_run_embedded_default_with_context(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = {"operation": {"action": "add", "table": "items", "values": {"name": "pen"}}}
+    argv = ["run", "high_priority_db_ops", "--context", json.dumps(context), "--json"]
+    code, run = run_json(capsys, argv)
+    assert code == 0, run
+    assert run["tasks"]["determine_data_source"]["result"]["data_source"] == "default"
+    assert run["tasks"]["execute_db_operation"]["data_source"] == "default"
+    assert (tmp_path / "wf78.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [("{not json", "--context is not valid JSON"), ("[1, 2]", "--context must be a JSON object")],
+)
+def test_run_bad_context_exits_2(
+    capsys: pytest.CaptureFixture[str], context: str, message: str
+) -> None:
+    assert main(["run", "high_priority_db_ops", "--context", context]) == 2
+    assert capsys.readouterr().err.startswith(f"wf78: error: {message}")
+
+
+def test_run_unknown_workflow_lists_known_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, SOURCE + WORKFLOWS)
+    assert main(["run", "nope", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wf78: error: unknown workflow 'nope'")
+    assert "broken, chain" in err
+
+
+def test_run_invalid_config_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = SOURCE + '[[workflows]]\nid = "w"\n[[workflows.tasks]]\nid = "a"\naction = "teleport"\n'
+    assert main(["run", "w", "--config", str(write(tmp_path, body))]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wf78: error: workflows[0].tasks[0].action: unknown action")
+    assert "Traceback" not in err
+
+
+def test_run_many_tasks_shows_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tasks = "".join(
+        f'[[workflows.tasks]]\nid = "t{i}"\naction = "noop"\n'
+        + (f'depends_on = ["t{i - 1}"]\n' if i % 5 else "")
+        for i in range(25)
+    )
+    path = write(tmp_path, SOURCE + '[[workflows]]\nid = "wide"\n' + tasks)
+    code = main(["run", "wide", "--config", str(path), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)["status"] == "succeeded"
+    assert "25/25" in captured.err  # the progress bar, on stderr so --json stays clean
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "demo" / "demo.db"
+    assert main(["demo", "--operations", "300", "--db", str(db), "--seed"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"default\W+sqlite\W+yes\W+(\d+)\W+(\d+)", out)
+    assert match, out
+    assert int(match.group(1)) > 0
+    assert int(match.group(2)) == 0  # errors
+    for title in ("data sources", "workflows", "agents", "totals"):
+        assert title in out
+    assert "high_priority_db_ops" in out and "logging_workflow" in out
+    assert re.search(r"wf78 demo: 300 operations in [\d.]+s \([\d,]+ ops/s\), 0 failed", out)
+    assert db.is_file()
+    assert not (tmp_path / "wf78-demo.db").exists()
+
+
+def test_demo_rejects_negative_operations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--operations", "-1"]) == 2
+    assert "--operations must be >= 0" in capsys.readouterr().err
+
+
+# -- the console script ------------------------------------------------------------------------
+
+
+def test_console_script_exit_status(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("wf78")
+    assert script.is_file(), "the package is not installed with its console script"
+    path = write(tmp_path, 'colour = "blue"\n')
+    done = subprocess.run(
+        [str(script), "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    assert lines[0].startswith("colour: unknown key")
+    assert lines[1] == f"{path}: 1 problem"
+    assert done.stderr == ""
