@@ -473,7 +473,8 @@ async def _demo_load(engine: Engine, tally: _DemoTally, operations: int, seed: b
         else:
             level = rng.choice(("debug", "info", "warning", "error"))
             payload = {"values": {"level": level, "message": f"demo {index}"}}
-            runs_started += len(await engine.emit("log", payload))
+            run_ids = await engine.emit("log", payload)
+            runs_started += len(run_ids)  # after the await: `x += await f()` loses updates
 
     async def worker() -> None:
         nonlocal failures
