@@ -1,0 +1,566 @@
+"""The Elasticsearch data source (the official async client): grouped bulk writes.
+
+Every write (``add``, ``index``, ``add_many``, ``update``, ``upsert``, ``delete``,
+``delete_many``) becomes one or more ``_bulk`` items. While :meth:`ElasticsearchSource.run`
+runs, the items of all callers waiting at once go out together, up to ``max_bulk`` items
+per request (:mod:`wf78_elasticsearch.bulk`); Elasticsearch answers every item on its own,
+so each caller gets its own result or error. Without ``run`` every write is its own bulk
+request, which suits scripts and tests. Documents are JSON-encoded by their caller before
+they are queued, so a value JSON cannot carry fails its caller only.
+
+Actions and results (``op.table`` is the index name, after ``index_prefix``):
+
+- ``add``: ``op.values`` is the document; its ``_id`` is ``values["id"]`` or a new
+  snowflake id, stored in the document as ``id`` too. Create semantics: an existing id is
+  refused (non-retryable). Returns the id. ``index`` is the same but replaces an existing
+  document with that id (Elasticsearch's ``index``).
+- ``add_many``: ``op.rows`` -> their ids. Not atomic: see :class:`~.errors.PartialWrite`.
+- ``get``: ``where={"id": x}`` reads that document in real time -> ``[doc]`` or ``[]``;
+  ``{"id": [..]}`` -> the documents found; other equality filters search (``bool`` of
+  ``term`` filters, :func:`~.queries.where_query`) with ``order``, ``limit``, ``offset``.
+  ``columns`` picks the keys of each row. Every row carries ``id`` = the document ``_id``.
+- ``update``: partial update of ``where={"id": x}`` with ``op.values`` plus ``@timestamp``
+  (now, UTC, ISO 8601), as koa78's ``mUpdateElkByid`` -> 1, or 0 when there is no such
+  document. ``upsert``: the same with ``doc_as_upsert``, creating it if missing -> the id.
+- ``delete``: ``where={"id": x}`` -> 1 or 0; ``delete_many``: ``where={"id": [..]}`` ->
+  how many were deleted.
+- ``search``: ``op.params`` is a query DSL body (``{"query": ..., "sort": ...}``; ``where``
+  stands in for a missing ``query``); ``offset``/``limit`` set ``from``/``size``; ``columns``
+  filters ``_source`` -> ``{"total": n, "hits": [docs with id]}`` (and ``aggregations`` when
+  asked for). ``total`` is exact unless the body sets ``track_total_hits``.
+- ``noop`` -> ``None``.
+
+Consistency: a write is durable once answered (Elasticsearch's translog), but searches see
+it only after the next refresh (about a second by default): ``refresh = "wait_for"`` makes
+every bulk wait for it, ``"true"`` forces one per bulk (costly). ``get`` by id is real time.
+Indexes are created by the first write to them. Actions by id treat a missing index as
+a missing document (``get`` -> ``[]``, ``update``/``delete`` -> 0); a search of a missing index
+is a non-retryable error, as a misspelt index name most likely is.
+Grouped writes complete in no particular order relative to each other; two writes to the
+same document from one caller apply in the order they were issued.
+
+The client's default node (aiohttp) runs on asyncio only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from elastic_transport import BaseNode, SerializationError
+from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch.serializer import JsonSerializer
+
+from wf78_core.datasource import SourceSpec
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, Problem
+from wf78_core.ids import snowflake_id
+
+from .bulk import BulkWriter, Item, Response, Write
+from .errors import PartialWrite, closed_error, error_type, item_error, map_error
+from .queries import as_ids, document, sort_clause, where_query
+
+__all__ = ["ElasticsearchOptions", "ElasticsearchSource", "hosts_of", "load_node_class"]
+
+# index.max_result_window's default: how many hits a search can page through.
+_RESULT_WINDOW = 10_000
+# Error types of a 404 meaning "no such document" to an action by id ("" is no error).
+_MISSING = frozenset({"", "document_missing_exception", "index_not_found_exception"})
+_WRITES = frozenset({"add", "index", "add_many", "update", "upsert", "delete", "delete_many"})
+
+
+class ElasticsearchOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The ``[datasources.<name>]`` keys of type ``elasticsearch`` besides ``type`` and ``url``."""
+
+    request_timeout: float = 10.0
+    # wf78 retries operations itself; client retries would multiply with them.
+    max_retries: int = 0
+    index_prefix: str = ""
+    refresh: Literal["false", "true", "wait_for"] = "false"
+    # Bulk items per request at most.
+    max_bulk: int = 1000
+    # Writes waiting for the bulk loop at most; further writers wait for room.
+    queue_size: int = 10_000
+    # Dotted path of an elastic_transport node class (default: the client's aiohttp node).
+    node_class: str | None = None
+    verify_certs: bool = True
+    basic_auth: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.request_timeout <= 0:
+            raise ValueError("request_timeout must be positive")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        for name in ("max_bulk", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.basic_auth is not None and len(self.basic_auth) != 2:
+            raise ValueError("basic_auth must be [user, password]")
+
+
+class ElasticsearchSource:
+    """A :class:`~wf78_core.datasource.DataSource` on one Elasticsearch cluster.
+
+    Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
+    to group writes into bulk requests. ``bulks`` and ``documents`` count the bulk requests
+    sent and the items they carried; ``client`` is the open ``AsyncElasticsearch``.
+    """
+
+    Options = ElasticsearchOptions
+    actions: frozenset[str] = _WRITES | {"get", "search", "noop"}
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.options = _options(spec)
+        self.hosts = hosts_of(spec)
+        self.node_class = (
+            load_node_class(self.options.node_class, f"datasources.{spec.name}.node_class")
+            if self.options.node_class
+            else None
+        )
+        self.concurrency = min(self.options.queue_size, 2048)
+        self._serializer = JsonSerializer()
+        self._client: AsyncElasticsearch | None = None
+        self._writer: BulkWriter | None = None
+        self._bulks = 0
+        self._documents = 0
+
+    @property
+    def client(self) -> AsyncElasticsearch:
+        if self._client is None:
+            raise closed_error(self.name, "not open")
+        return self._client
+
+    @property
+    def bulks(self) -> int:
+        """Bulk requests sent since the source was built."""
+        return self._bulks + (self._writer.bulks if self._writer else 0)
+
+    @property
+    def documents(self) -> int:
+        """Bulk items (documents written, updated or deleted) sent since the source was built."""
+        return self._documents + (self._writer.documents if self._writer else 0)
+
+    async def open(self) -> None:
+        """Build the client; no request is made (the health check finds an absent cluster)."""
+        if self._client is not None:
+            return
+        options = self.options
+        settings: dict[str, Any] = {
+            "request_timeout": options.request_timeout,
+            "max_retries": options.max_retries,
+            "retry_on_timeout": False,
+            "verify_certs": options.verify_certs,
+        }
+        if self.node_class is not None:
+            settings["node_class"] = self.node_class
+        if options.basic_auth is not None:
+            settings["basic_auth"] = (options.basic_auth[0], options.basic_auth[1])
+        client = AsyncElasticsearch(self.hosts, **settings)
+        self._client = client
+        self._writer = BulkWriter(
+            client,
+            source=self.name,
+            max_bulk=options.max_bulk,
+            queue_size=options.queue_size,
+            refresh=options.refresh,
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The bulk loop, until cancelled: the bulk in flight then completes, and writes
+        still queued fail with a retryable DataSourceError."""
+        if self._writer is None:
+            raise closed_error(self.name, "not open")
+        await self._writer.run(task_status=task_status)
+
+    async def close(self) -> None:
+        """Close the client's connections (idempotent)."""
+        client, writer = self._client, self._writer
+        self._client = self._writer = None
+        if writer is not None:
+            self._bulks += writer.bulks
+            self._documents += writer.documents
+        if client is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await client.close()
+            except Exception as error:
+                raise map_error(error, self.name) from error
+
+    async def health(self) -> None:
+        """``GET /``; a retryable DataSourceError when the cluster does not answer it."""
+        try:
+            await self.client.info()
+        except DataSourceError:
+            raise
+        except Exception as error:
+            raise DataSourceError(
+                f"elasticsearch source {self.name!r} is unhealthy: {map_error(error, self.name)}",
+                data_source=self.name,
+                retryable=True,
+            ) from error
+
+    async def execute(self, op: Operation) -> Any:
+        """Perform one operation; see the module docs for what each action returns."""
+        if op.action not in self.actions:
+            raise InvalidOperation(
+                f"action {op.action!r} is not supported by elasticsearch source {self.name!r} "
+                f"(expected one of {sorted(self.actions)})",
+                data_source=self.name,
+            )
+        if op.action == "noop":
+            return None
+        index = self._index(op)
+        match op.action:
+            case "get":
+                return await self._get(index, op)
+            case "search":
+                return await self._search(index, op)
+            case "add" | "index":
+                return await self._add(index, op)
+            case "add_many":
+                return await self._add_many(index, op)
+            case "update":
+                return await self._update(index, op)
+            case "upsert":
+                return await self._upsert(index, op)
+            case "delete":
+                return await self._delete(index, op)
+            case _:
+                return await self._delete_many(index, op)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def _add(self, index: str, op: Operation) -> str:
+        values = self._values(op)
+        what = f"{op.action} to index {index!r}"
+        doc_id, item = self._document_item(op.action, index, values, what)
+        (response,) = await self._submit([item])
+        self._answer(response, what)
+        return doc_id
+
+    async def _add_many(self, index: str, op: Operation) -> list[str]:
+        if op.rows is None:
+            raise self._invalid(f"add_many needs rows (index {index!r})")
+        ids: list[str] = []
+        items: list[Item] = []
+        for number, row in enumerate(op.rows):
+            if not isinstance(row, Mapping):
+                raise self._invalid(f"add_many rows[{number}] must be an object, got {row!r}")
+            doc_id, item = self._document_item("add", index, row, f"add_many rows[{number}]")
+            ids.append(doc_id)
+            items.append(item)
+        if not items:
+            return []
+        responses = await self._submit(items)
+        failed: dict[int, DataSourceError] = {}
+        for number, response in enumerate(responses):
+            try:
+                self._answer(response, f"add_many rows[{number}] (id {ids[number]!r})")
+            except DataSourceError as error:
+                failed[number] = error
+        if not failed:
+            return ids
+        written = [doc_id for number, doc_id in enumerate(ids) if number not in failed]
+        first, first_error = next(iter(failed.items()))
+        raise PartialWrite(
+            f"add_many to index {index!r}: {len(failed)} of {len(ids)} documents failed, "
+            f"{len(written)} written; rows[{first}]: {first_error}",
+            data_source=self.name,
+            written=written,
+            failed=failed,
+            # Nothing stored: sending all the rows again cannot duplicate any of them.
+            retryable=not written and all(e.retryable for e in failed.values()),
+        )
+
+    async def _update(self, index: str, op: Operation) -> int:
+        doc_id = self._where_id(op)
+        values = self._values(op)
+        if "id" in values and str(values["id"]) != doc_id:
+            raise self._invalid(f"update cannot change the id of document {doc_id!r}")
+        changes = {name: value for name, value in values.items() if name != "id"}
+        changes["@timestamp"] = _now()
+        what = f"update of {doc_id!r} in index {index!r}"
+        item = self._item("update", index, doc_id, {"doc": changes}, what)
+        (response,) = await self._submit([item])
+        return 0 if self._answer(response, what, missing_ok=True) is None else 1
+
+    async def _upsert(self, index: str, op: Operation) -> str:
+        values = self._values(op)
+        raw_id = values.get("id")
+        if raw_id is None and op.where and set(op.where) == {"id"}:
+            raw_id = self._where_id(op)
+        if raw_id is None:
+            raise self._invalid(f"upsert needs values.id or where.id (index {index!r})")
+        doc_id = str(raw_id)
+        fields = {**values, "id": doc_id, "@timestamp": _now()}
+        what = f"upsert of {doc_id!r} in index {index!r}"
+        body = {"doc": fields, "doc_as_upsert": True}
+        (response,) = await self._submit([self._item("update", index, doc_id, body, what)])
+        self._answer(response, what)
+        return doc_id
+
+    async def _delete(self, index: str, op: Operation) -> int:
+        doc_id = self._where_id(op)
+        what = f"delete of {doc_id!r} in index {index!r}"
+        (response,) = await self._submit([self._item("delete", index, doc_id, None, what)])
+        return 0 if self._answer(response, what, missing_ok=True) is None else 1
+
+    async def _delete_many(self, index: str, op: Operation) -> int:
+        doc_ids = self._where_id(op, many=True)
+        if not doc_ids:
+            return 0
+        items = [
+            self._item("delete", index, doc_id, None, f"delete of {doc_id!r}") for doc_id in doc_ids
+        ]
+        responses = await self._submit(items)
+        deleted = 0
+        errors: list[DataSourceError] = []
+        for doc_id, response in zip(doc_ids, responses, strict=True):
+            try:
+                answer = self._answer(response, f"delete of {doc_id!r}", missing_ok=True)
+            except DataSourceError as error:
+                errors.append(error)
+            else:
+                deleted += answer is not None
+        if errors:
+            # Deleting again is harmless, so the first error's retryability stands.
+            raise DataSourceError(
+                f"delete_many in index {index!r}: {len(errors)} of {len(doc_ids)} deletes "
+                f"failed ({deleted} deleted); first: {errors[0]}",
+                data_source=self.name,
+                retryable=all(error.retryable for error in errors),
+            )
+        return deleted
+
+    def _document_item(
+        self, action: str, index: str, values: Mapping[str, Any], what: str
+    ) -> tuple[str, Item]:
+        """The ``create`` (``index`` for the index action) item of a document and its id."""
+        raw_id = values.get("id")
+        doc_id = snowflake_id() if raw_id is None else str(raw_id)
+        bulk_action = "index" if action == "index" else "create"
+        item = self._item(bulk_action, index, doc_id, {**values, "id": doc_id}, what)
+        return doc_id, item
+
+    def _item(
+        self, action: str, index: str, doc_id: str, body: Mapping[str, Any] | None, what: str
+    ) -> Item:
+        header = self._encode({action: {"_index": index, "_id": doc_id}}, what)
+        return (header,) if body is None else (header, self._encode(body, what))
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        try:
+            return self._serializer.dumps(value)
+        except SerializationError as error:
+            raise self._invalid(
+                f"{what}: the document cannot be encoded as JSON: {error}"
+            ) from None
+
+    async def _submit(self, items: list[Item]) -> list[Response]:
+        writer = self._writer
+        if writer is None:
+            raise closed_error(self.name, "not open")
+        return await writer.submit(Write(items))
+
+    def _answer(
+        self, response: Response, what: str, *, missing_ok: bool = False
+    ) -> Mapping[str, Any] | None:
+        """A bulk item's answer when it succeeded, ``None`` when the document was missing
+        and ``missing_ok``; otherwise its error is raised."""
+        if isinstance(response, DataSourceError):
+            raise response
+        status = int(response.get("status", 0))
+        if 200 <= status < 300 and "error" not in response:
+            return response
+        if missing_ok and status == 404:
+            # No error at all is a delete's "not_found".
+            if error_type(response) in _MISSING:
+                return None
+        raise item_error(response, self.name, what)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def _get(self, index: str, op: Operation) -> list[dict[str, Any]]:
+        where = op.where or {}
+        if set(where) == {"id"}:
+            if where["id"] is None:
+                rows = []  # every document has an id
+            elif isinstance(where["id"], list | tuple):
+                rows = await self._get_many(index, as_ids(where["id"]))
+            else:
+                rows = await self._get_one(index, str(where["id"]))
+        else:
+            try:
+                order = sort_clause(op.order) if op.order else None
+            except ValueError as error:
+                raise self._invalid(f"{error} in order of index {index!r}") from None
+            window = _RESULT_WINDOW - op.offset
+            body: dict[str, Any] = {
+                "query": where_query(where),
+                "from": op.offset,
+                "size": window if op.limit is None else min(op.limit, window),
+            }
+            if order:
+                body["sort"] = order
+            response = await self._call(self.client.search(index=index, body=body))
+            rows = [document(hit) for hit in response["hits"]["hits"]]
+        if op.columns:
+            return [{name: row.get(name) for name in op.columns} for row in rows]
+        return rows
+
+    async def _get_one(self, index: str, doc_id: str) -> list[dict[str, Any]]:
+        try:
+            response = await self.client.get(index=index, id=doc_id)
+        except NotFoundError as error:
+            if error_type(error.body) in _MISSING:
+                return []
+            raise map_error(error, self.name) from error
+        except DataSourceError:
+            raise
+        except Exception as error:
+            raise map_error(error, self.name) from error
+        return [document(response.body)]
+
+    async def _get_many(self, index: str, doc_ids: list[str]) -> list[dict[str, Any]]:
+        if not doc_ids:
+            return []
+        response = await self._call(self.client.mget(index=index, ids=doc_ids))
+        rows = []
+        for doc in response["docs"]:
+            if "error" in doc and error_type(doc) not in _MISSING:
+                raise item_error(doc, self.name, f"get of {doc.get('_id')!r} in {index!r}")
+            if doc.get("found"):
+                rows.append(document(doc))
+        return rows
+
+    async def _search(self, index: str, op: Operation) -> dict[str, Any]:
+        if op.params is not None and not isinstance(op.params, dict):
+            raise self._invalid(
+                f"search needs params as a query DSL object, got {type(op.params).__name__}"
+            )
+        body = dict(op.params or {})
+        if "query" not in body and op.where:
+            body["query"] = where_query(op.where)
+        if op.offset:
+            body["from"] = op.offset
+        if op.limit is not None:
+            body["size"] = op.limit
+        if op.columns:
+            body["_source"] = [name for name in op.columns if name != "id"] or False
+        if op.order and "sort" not in body:
+            try:
+                body["sort"] = sort_clause(op.order)
+            except ValueError as error:
+                raise self._invalid(f"{error} in order of index {index!r}") from None
+        body.setdefault("track_total_hits", True)
+        response = await self._call(self.client.search(index=index, body=body))
+        hits = response["hits"]
+        total = hits.get("total")
+        result: dict[str, Any] = {
+            "total": total.get("value") if isinstance(total, Mapping) else total,
+            "hits": [document(hit) for hit in hits["hits"]],
+        }
+        if "aggregations" in response:
+            result["aggregations"] = response["aggregations"]
+        return result
+
+    async def _call(self, request: Any) -> Any:
+        """Await a client request; its body, or its error mapped to a DataSourceError."""
+        try:
+            response = await request
+        except Exception as error:
+            raise map_error(error, self.name) from error
+        return response.body
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _index(self, op: Operation) -> str:
+        if not op.table:
+            raise self._invalid(f"{op.action} needs a table (the index name)")
+        return self.options.index_prefix + op.table
+
+    def _values(self, op: Operation) -> dict[str, Any]:
+        if not op.values:
+            raise self._invalid(f"{op.action} needs non-empty values (index {op.table!r})")
+        return op.values
+
+    def _where_id(self, op: Operation, *, many: bool = False) -> Any:
+        """``where.id``: one id as a string, or (``many``) a list of them."""
+        where = op.where or {}
+        shape = "{'id': [ids]}" if many else "{'id': id}"
+        if set(where) != {"id"}:
+            raise self._invalid(
+                f"{op.action} on elasticsearch needs where = {shape}, got {where!r}"
+            )
+        value = where["id"]
+        if many:
+            return as_ids(value)
+        if value is None or isinstance(value, list | tuple | dict):
+            raise self._invalid(f"{op.action} needs one id in where, got {value!r}")
+        return str(value)
+
+    def _invalid(self, message: str) -> InvalidOperation:
+        return InvalidOperation(message, data_source=self.name)
+
+
+def hosts_of(spec: SourceSpec) -> list[str]:
+    """The node URLs of ``url`` (``http://host:9200``, several separated by commas)."""
+    where = f"datasources.{spec.name}.url"
+    hosts = [part.strip() for part in (spec.url or "").split(",") if part.strip()]
+    if not hosts:
+        raise ConfigError(f"expected 'http://host:9200', got {spec.url!r}", path=where)
+    for host in hosts:
+        if not host.startswith(("http://", "https://")):
+            raise ConfigError(f"expected an http:// or https:// URL, got {host!r}", path=where)
+    return hosts
+
+
+def load_node_class(path: str, where: str) -> type[BaseNode]:
+    """Import the elastic_transport node class named by a dotted path."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        if not module_name:
+            raise ImportError("expected 'package.module.ClassName'")
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"cannot import node class {path!r}: {error}", path=where) from None
+    if not (isinstance(found, type) and issubclass(found, BaseNode)):
+        raise ConfigError(
+            f"{path!r} is not an elastic_transport node class (a BaseNode subclass)",
+            path=where,
+        )
+    return found
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _options(spec: SourceSpec) -> ElasticsearchOptions:
+    """``spec.options`` as ElasticsearchOptions; a plain mapping is converted (and checked)."""
+    raw = spec.options
+    where = f"datasources.{spec.name}"
+    if isinstance(raw, ElasticsearchOptions):
+        return raw
+    if raw is None:
+        return ElasticsearchOptions()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"options must be a table, got {type(raw).__name__}", path=where)
+    try:
+        return msgspec.convert(dict(raw), ElasticsearchOptions)
+    except msgspec.ValidationError as error:
+        message, _, at = str(error).partition(" - at `$")
+        if at:
+            where += at.rstrip("`")
+        elif message.startswith("Object contains unknown field"):
+            where += "." + message.split("`")[1]
+            message = "unknown key"
+        raise ConfigError([Problem(where, message)]) from error

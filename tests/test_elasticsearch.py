@@ -1,0 +1,585 @@
+"""The Elasticsearch adapter against osmem-server: actions, grouped bulk writes, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+from osmem_server import OsmemServer
+
+from tests.esutil import JsonNode, plain_media_type
+from wf78_core import Engine
+from wf78_core.datasource import SourceSpec
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
+from wf78_core.registry import Registry
+from wf78_elasticsearch import ElasticsearchSource, PartialWrite, wf78_register_datasources
+
+NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"
+
+
+def _stop(server: OsmemServer) -> None:
+    server.close()
+    # OsmemServer.close leaves the stdout pipe open (a ResourceWarning at collection).
+    if server.process.stdout is not None:
+        server.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[OsmemServer]:
+    server = OsmemServer.start(japanese=False)
+    yield server
+    _stop(server)
+
+
+@pytest.fixture
+def url(server: OsmemServer) -> Iterator[str]:
+    """A fresh clone of the (empty) base cluster for each test: no index is shared."""
+    with server.clone() as clone:
+        yield clone.url
+
+
+def make_source(url: str, **options: Any) -> ElasticsearchSource:
+    options.setdefault("node_class", NODE_CLASS)
+    return ElasticsearchSource(
+        SourceSpec(name="search", type="elasticsearch", url=url, options=options, tables={})
+    )
+
+
+@asynccontextmanager
+async def opened(url: str, **options: Any) -> AsyncIterator[ElasticsearchSource]:
+    """An open source without its bulk loop: every write is its own bulk request."""
+    source = make_source(url, **options)
+    await source.open()
+    try:
+        yield source
+    finally:
+        await source.close()
+
+
+@asynccontextmanager
+async def running(url: str, **options: Any) -> AsyncIterator[ElasticsearchSource]:
+    """An open source with its bulk loop running, as the engine starts it."""
+    async with opened(url, **options) as source, anyio.create_task_group() as tg:
+        await tg.start(source.run)
+        yield source
+        tg.cancel_scope.cancel()
+
+
+def op(action: str, table: str | None = "docs", **fields: Any) -> Operation:
+    return Operation(action=action, table=table, **fields)
+
+
+async def refresh(source: ElasticsearchSource, index: str = "docs") -> None:
+    await source.client.indices.refresh(index=index)
+
+
+# -- registration and options ----------------------------------------------------------
+
+
+def test_registers_the_elasticsearch_type() -> None:
+    registry: Registry[Any] = Registry("data-source type")
+    wf78_register_datasources(registry=registry)
+    assert registry["elasticsearch"] is ElasticsearchSource
+
+
+def test_node_class_helper_rewrites_only_compatibility_media_types() -> None:
+    compatible = "application/vnd.elasticsearch+json; compatible-with=9"
+    assert plain_media_type(compatible) == "application/json"
+    assert plain_media_type("application/vnd.elasticsearch+x-ndjson; compatible-with=9") == (
+        "application/x-ndjson"
+    )
+    assert plain_media_type("text/plain") == "text/plain"
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "expected"),
+    [
+        (None, {}, "datasources.search.url: expected 'http://host:9200'"),
+        ("localhost:9200", {}, "datasources.search.url: expected an http:// or https:// URL"),
+        ("http://h:9200", {"max_bulk": 0}, "max_bulk must be >= 1"),
+        ("http://h:9200", {"shards": 2}, "datasources.search.shards: unknown key"),
+        ("http://h:9200", {"refresh": "sometimes"}, "datasources.search.refresh"),
+        ("http://h:9200", {"basic_auth": ["user"]}, "basic_auth must be [user, password]"),
+        ("http://h:9200", {"node_class": "tests.esutil.Nope"}, "cannot import node class"),
+        ("http://h:9200", {"node_class": "tests.esutil.plain_media_type"}, "not an elastic"),
+    ],
+)
+def test_bad_configuration_is_a_config_error(
+    url: str | None, options: dict[str, Any], expected: str
+) -> None:
+    spec = SourceSpec(name="search", type="elasticsearch", url=url, options=options, tables={})
+    with pytest.raises(ConfigError, match=r"^datasources\.search") as caught:
+        ElasticsearchSource(spec)
+    assert expected in str(caught.value)
+
+
+def test_concurrency_and_hosts() -> None:
+    source = make_source("http://a:9200, https://b:9200", queue_size=100)
+    assert source.hosts == ["http://a:9200", "https://b:9200"]
+    assert source.concurrency == 100
+    assert make_source("http://a:9200").concurrency == 2048
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_add_returns_the_id_and_get_reads_the_document(url: str) -> None:
+    async with opened(url) as source:
+        new_id = await source.execute(op("add", values={"title": "first", "n": 1}))
+        assert isinstance(new_id, str) and new_id.isdigit()
+        assert await source.execute(op("add", values={"id": "x1", "title": "second"})) == "x1"
+
+        assert await source.execute(op("get", where={"id": new_id})) == [
+            {"id": new_id, "title": "first", "n": 1}
+        ]
+        assert await source.execute(op("get", where={"id": "x1"}, columns=["id", "n"])) == [
+            {"id": "x1", "n": None}
+        ]
+        assert await source.execute(op("get", where={"id": "nope"})) == []
+        # An index never written holds no document either.
+        assert await source.execute(op("get", "never", where={"id": "x1"})) == []
+        rows = await source.execute(op("get", where={"id": ["x1", "nope", new_id]}))
+        assert [row["id"] for row in rows] == ["x1", new_id]
+
+
+@pytest.mark.anyio
+async def test_add_refuses_an_existing_id_and_index_replaces(url: str) -> None:
+    async with opened(url) as source:
+        await source.execute(op("add", values={"id": "a", "v": 1, "extra": True}))
+        with pytest.raises(DataSourceError, match="already exists") as caught:
+            await source.execute(op("add", values={"id": "a", "v": 2}))
+        assert caught.value.retryable is False
+        assert caught.value.data_source == "search"
+
+        assert await source.execute(op("index", values={"id": "a", "v": 3})) == "a"
+        assert await source.execute(op("get", where={"id": "a"})) == [{"id": "a", "v": 3}]
+
+
+@pytest.mark.anyio
+async def test_add_many_returns_ids_in_order(url: str) -> None:
+    async with opened(url) as source:
+        ids = await source.execute(op("add_many", rows=[{"n": 1}, {"id": "two", "n": 2}, {"n": 3}]))
+        assert len(ids) == 3 and ids[1] == "two"
+        rows = await source.execute(op("get", where={"id": ids}))
+        assert [row["n"] for row in rows] == [1, 2, 3]
+        assert await source.execute(op("add_many", rows=[])) == []
+        assert source.bulks == 1  # one bulk request for the three rows, none for no rows
+
+
+@pytest.mark.anyio
+async def test_add_many_reports_a_partial_write(url: str) -> None:
+    async with opened(url) as source:
+        await source.execute(op("add", values={"id": "taken"}))
+        with pytest.raises(PartialWrite) as caught:
+            await source.execute(
+                op("add_many", rows=[{"id": "new1"}, {"id": "taken"}, {"id": "new2"}])
+            )
+        error = caught.value
+        assert error.written == ["new1", "new2"]
+        assert list(error.failed) == [1]
+        # Written rows would be stored twice by sending them again.
+        assert error.retryable is False
+
+
+@pytest.mark.anyio
+async def test_update_merges_values_and_adds_a_timestamp(url: str) -> None:
+    async with opened(url) as source:
+        await source.execute(op("add", values={"id": "u", "title": "old", "n": 1}))
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        assert await source.execute(op("update", where={"id": "u"}, values={"n": 2})) == 1
+        (row,) = await source.execute(op("get", where={"id": "u"}))
+        assert row["title"] == "old" and row["n"] == 2
+        stamp = datetime.fromisoformat(row["@timestamp"])
+        assert stamp.tzinfo is not None
+        assert before <= stamp <= datetime.now(UTC) + timedelta(seconds=1)
+
+        assert await source.execute(op("update", where={"id": "ghost"}, values={"n": 1})) == 0
+        assert await source.execute(op("update", "never", where={"id": "u"}, values={"n": 1})) == 0
+        with pytest.raises(InvalidOperation, match="cannot change the id"):
+            await source.execute(op("update", where={"id": "u"}, values={"id": "v"}))
+
+
+@pytest.mark.anyio
+async def test_upsert_creates_then_updates(url: str) -> None:
+    async with opened(url) as source:
+        assert await source.execute(op("upsert", values={"id": "p", "n": 1, "keep": "yes"})) == "p"
+        assert await source.execute(op("upsert", where={"id": "p"}, values={"n": 2})) == "p"
+        (row,) = await source.execute(op("get", where={"id": "p"}))
+        assert row["n"] == 2 and row["keep"] == "yes" and "@timestamp" in row
+        with pytest.raises(InvalidOperation, match="upsert needs"):
+            await source.execute(op("upsert", values={"n": 1}))
+
+
+@pytest.mark.anyio
+async def test_delete_and_delete_many_count(url: str) -> None:
+    async with opened(url) as source:
+        await source.execute(op("add_many", rows=[{"id": str(i)} for i in range(5)]))
+        assert await source.execute(op("delete", where={"id": "0"})) == 1
+        assert await source.execute(op("delete", where={"id": "0"})) == 0
+        assert await source.execute(op("delete_many", where={"id": ["1", "2", "zz"]})) == 2
+        assert await source.execute(op("delete_many", where={"id": []})) == 0
+        assert await source.execute(op("delete", "never", where={"id": "1"})) == 0
+        await refresh(source)
+        result = await source.execute(op("search"))
+        assert sorted(hit["id"] for hit in result["hits"]) == ["3", "4"]
+
+
+@pytest.mark.anyio
+async def test_get_with_equality_filters(url: str) -> None:
+    async with opened(url) as source:
+        rows = [{"id": f"r{i}", "n": i, "tag": "even" if i % 2 == 0 else "odd"} for i in range(6)]
+        rows[5]["gone"] = True
+        await source.execute(op("add_many", rows=rows))
+        await refresh(source)
+
+        found = await source.execute(op("get", where={"tag": "even"}, order=["-n"]))
+        assert [row["id"] for row in found] == ["r4", "r2", "r0"]
+        found = await source.execute(op("get", where={"n": [1, 3, 5]}, order=["n"], limit=2))
+        assert [row["id"] for row in found] == ["r1", "r3"]
+        found = await source.execute(op("get", where={"n": [1, 3, 5]}, order=["n"], offset=2))
+        assert [row["id"] for row in found] == ["r5"]
+        found = await source.execute(op("get", where={"tag": "odd", "gone": None}, order=["n"]))
+        assert [row["id"] for row in found] == ["r1", "r3"]
+        found = await source.execute(op("get", where={"id": "r2", "tag": "even"}))
+        assert [row["id"] for row in found] == ["r2"]
+        assert len(await source.execute(op("get"))) == 6
+
+
+@pytest.mark.anyio
+async def test_search_with_queries_and_paging(url: str) -> None:
+    async with opened(url) as source:
+        await source.execute(
+            op(
+                "add_many",
+                rows=[
+                    {"id": f"d{i:02}", "n": i, "body": "red fox" if i < 12 else "blue whale"}
+                    for i in range(30)
+                ],
+            )
+        )
+        await refresh(source)
+
+        page = await source.execute(
+            op(
+                "search",
+                params={"query": {"match": {"body": "fox"}}, "sort": [{"n": "asc"}]},
+                offset=5,
+                limit=4,
+            )
+        )
+        assert page["total"] == 12
+        assert [hit["id"] for hit in page["hits"]] == ["d05", "d06", "d07", "d08"]
+        assert page["hits"][0] == {"id": "d05", "n": 5, "body": "red fox"}
+
+        page = await source.execute(op("search", params={"query": {"term": {"n": 20}}}))
+        assert page["total"] == 1 and page["hits"][0]["id"] == "d20"
+
+        page = await source.execute(
+            op("search", where={"n": [1, 2, 3]}, order=["-n"], columns=["n"])
+        )
+        assert page["total"] == 3
+        assert page["hits"] == [{"id": "d03", "n": 3}, {"id": "d02", "n": 2}, {"id": "d01", "n": 1}]
+
+        # The body's own paging applies when the operation sets none.
+        page = await source.execute(op("search", params={"size": 7}))
+        assert page["total"] == 30 and len(page["hits"]) == 7
+
+
+@pytest.mark.anyio
+async def test_search_of_a_missing_index_is_not_retryable(url: str) -> None:
+    async with opened(url) as source:
+        with pytest.raises(DataSourceError, match="index_not_found") as caught:
+            await source.execute(op("search", "never"))
+        assert caught.value.retryable is False
+        with pytest.raises(DataSourceError, match="index_not_found"):
+            await source.execute(op("get", "never", where={"n": 1}))
+
+
+@pytest.mark.anyio
+async def test_invalid_operations(url: str) -> None:
+    async with opened(url) as source:
+        assert await source.execute(op("noop", None)) is None
+        bad = [
+            op("execute", sql="SELECT 1"),
+            op("add", None, values={"n": 1}),
+            op("add", values=None),
+            op("add", values={"n": object()}),
+            op("add_many", rows=None),
+            op("update", where={"n": 1}, values={"n": 2}),
+            op("update", where={"id": ["a"]}, values={"n": 2}),
+            op("delete", where=None),
+            op("delete_many", where={"tag": "x"}),
+            op("search", params=[1, 2]),
+            op("search", order=["n sideways"]),
+        ]
+        for operation in bad:
+            with pytest.raises(InvalidOperation) as caught:
+                await source.execute(operation)
+            assert caught.value.retryable is False
+            assert caught.value.data_source == "search"
+        assert source.bulks == 0
+
+
+@pytest.mark.anyio
+async def test_a_mapping_error_fails_only_that_document(url: str) -> None:
+    async with running(url) as source:
+        await source.execute(op("add", values={"id": "typed", "n": 1}))
+        results: dict[str, Any] = {}
+
+        async def add(doc_id: str, n: Any) -> None:
+            try:
+                results[doc_id] = await source.execute(op("add", values={"id": doc_id, "n": n}))
+            except DataSourceError as error:
+                results[doc_id] = error
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(add, f"ok{i}", i)
+            tg.start_soon(add, "bad", "not a number")
+        error = results.pop("bad")
+        assert isinstance(error, DataSourceError) and not error.retryable
+        assert "mapper_parsing_exception" in str(error)
+        assert results == {f"ok{i}": f"ok{i}" for i in range(10)}
+
+
+# -- grouping ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_concurrent_writes_share_bulk_requests(url: str) -> None:
+    async with running(url) as source:
+        ids: list[str] = []
+
+        async def add(n: int) -> None:
+            ids.append(await source.execute(op("add", values={"n": n, "body": "grouped"})))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for n in range(500):
+                    tg.start_soon(add, n)
+        assert len(set(ids)) == 500
+        assert source.documents == 500
+        assert 1 <= source.bulks <= 50, source.bulks
+
+        await refresh(source)
+        result = await source.execute(
+            op("search", params={"query": {"match": {"body": "grouped"}}})
+        )
+        assert result["total"] == 500
+
+
+@pytest.mark.anyio
+async def test_a_duplicate_id_fails_only_its_caller_within_a_bulk(url: str) -> None:
+    async with running(url) as source:
+        await source.execute(op("add", values={"id": "dup", "n": 0}))
+        bulks_before = source.bulks
+        outcomes: dict[str, Any] = {}
+
+        async def add(doc_id: str) -> None:
+            try:
+                outcomes[doc_id] = await source.execute(op("add", values={"id": doc_id}))
+            except DataSourceError as error:
+                outcomes[doc_id] = error
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(add, "dup" if i == 25 else f"fresh{i}")
+        error = outcomes.pop("dup")
+        assert isinstance(error, DataSourceError) and error.retryable is False
+        assert "already exists" in str(error)
+        assert all(value == key for key, value in outcomes.items()) and len(outcomes) == 49
+        assert source.bulks - bulks_before < 50
+        assert (await source.execute(op("get", where={"id": "dup"})))[0]["n"] == 0
+
+
+@pytest.mark.anyio
+async def test_max_bulk_caps_items_per_request(url: str) -> None:
+    async with running(url, max_bulk=10) as source:
+        async with anyio.create_task_group() as tg:
+            for n in range(30):
+                tg.start_soon(source.execute, op("add", values={"n": n}))
+            # A caller's rows beyond max_bulk go out in several requests.
+            tg.start_soon(source.execute, op("add_many", rows=[{"n": n} for n in range(25)]))
+        assert source.documents == 55
+        assert source.bulks >= 6
+        await refresh(source)
+        assert (await source.execute(op("search", limit=0)))["total"] == 55
+
+
+@pytest.mark.anyio
+async def test_writes_go_directly_without_the_bulk_loop(url: str) -> None:
+    async with opened(url) as source:
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(source.execute, op("add", values={"n": n}))
+        assert source.bulks == 5 and source.documents == 5
+
+
+@pytest.mark.anyio
+async def test_index_prefix_applies_to_every_action(url: str) -> None:
+    async with opened(url, index_prefix="app-") as source:
+        await source.execute(op("add", values={"id": "k", "n": 1}))
+        assert (await source.client.exists(index="app-docs", id="k")).body is True
+        assert await source.execute(op("get", where={"id": "k"})) == [{"id": "k", "n": 1}]
+        await refresh(source, "app-docs")
+        assert (await source.execute(op("search")))["total"] == 1
+
+
+@pytest.mark.anyio
+async def test_shutdown_finishes_the_bulk_in_flight_and_fails_queued_writes(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(url, max_bulk=1) as source:
+        client = source.client
+        send_bulk = client.bulk
+        in_flight, release = anyio.Event(), anyio.Event()
+
+        async def held_bulk(**request: Any) -> Any:
+            in_flight.set()
+            await release.wait()
+            return await send_bulk(**request)
+
+        monkeypatch.setattr(client, "bulk", held_bulk)
+        outcomes: list[Any] = []
+
+        async def add(n: int) -> None:
+            try:
+                outcomes.append(await source.execute(op("add", values={"id": f"s{n}"})))
+            except DataSourceError as error:
+                outcomes.append(error)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as callers:
+                async with anyio.create_task_group() as loop:
+                    await loop.start(source.run)
+                    for n in range(20):
+                        callers.start_soon(add, n)
+                    await in_flight.wait()
+                    loop.cancel_scope.cancel()
+                    release.set()
+        assert len(outcomes) == 20  # no caller is left waiting
+        written = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        failed = [outcome for outcome in outcomes if isinstance(outcome, DataSourceError)]
+        assert len(written) == 1 and len(failed) == 19
+        assert all(error.retryable and "closing" in str(error) for error in failed)
+        stored = await source.execute(op("get", where={"id": [f"s{n}" for n in range(20)]}))
+        assert [row["id"] for row in stored] == written
+        # With the loop gone, writes go out directly again.
+        assert await source.execute(op("add", values={"id": "after"})) == "after"
+
+
+@pytest.mark.anyio
+async def test_shutdown_fails_a_write_carried_over_to_the_next_bulk(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(url, max_bulk=2) as source:
+        client = source.client
+        send_bulk = client.bulk
+        in_flight, release = anyio.Event(), anyio.Event()
+
+        async def held_bulk(**request: Any) -> Any:
+            in_flight.set()
+            await release.wait()
+            return await send_bulk(**request)
+
+        monkeypatch.setattr(client, "bulk", held_bulk)
+        outcomes: dict[str, Any] = {}
+
+        async def write(name: str, operation: Operation) -> None:
+            try:
+                outcomes[name] = await source.execute(operation)
+            except DataSourceError as error:
+                outcomes[name] = error
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as callers:
+                async with anyio.create_task_group() as loop:
+                    await loop.start(source.run)
+                    callers.start_soon(write, "one", op("add", values={"id": "one"}))
+                    # Two items do not fit beside the first write: they wait for the next bulk.
+                    rows = [{"id": "two"}, {"id": "three"}]
+                    callers.start_soon(write, "pair", op("add_many", rows=rows))
+                    await in_flight.wait()
+                    loop.cancel_scope.cancel()
+                    release.set()
+        assert outcomes["one"] == "one"
+        assert isinstance(outcomes["pair"], DataSourceError) and outcomes["pair"].retryable
+        assert source.bulks == 1
+
+
+# -- availability --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_stopped_server_gives_retryable_errors() -> None:
+    stopped = OsmemServer.start(japanese=False)
+    _stop(stopped)
+    async with opened(stopped.url, request_timeout=2.0) as source:
+        for operation in (
+            op("add", values={"n": 1}),
+            op("get", where={"id": "x"}),
+            op("search"),
+            op("delete", where={"id": "x"}),
+        ):
+            with pytest.raises(DataSourceError, match="unreachable") as caught:
+                await source.execute(operation)
+            assert caught.value.retryable is True
+            assert caught.value.data_source == "search"
+        with pytest.raises(DataSourceError, match="unhealthy") as caught:
+            await source.health()
+        assert caught.value.retryable is True
+
+
+@pytest.mark.anyio
+async def test_health_and_idempotent_close(url: str) -> None:
+    source = make_source(url)
+    with pytest.raises(DataSourceError, match="not open"):
+        await source.health()
+    await source.open()
+    await source.health()
+    await source.execute(op("add", values={"n": 1}))
+    await source.close()
+    await source.close()
+    assert source.bulks == 1 and source.documents == 1
+    with pytest.raises(DataSourceError, match="not open") as caught:
+        await source.execute(op("add", values={"n": 1}))
+    assert caught.value.retryable is True
+
+
+# -- through the engine ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_through_the_engine(url: str) -> None:
+    config = {
+        "datasources": {
+            "search": {
+                "type": "elasticsearch",
+                "url": url,
+                "node_class": NODE_CLASS,
+                "refresh": "wait_for",
+            }
+        }
+    }
+    async with Engine(config) as engine:
+        added = await engine.submit(
+            Operation(
+                action="add", table="docs", values={"title": "via engine"}, data_source="search"
+            )
+        )
+        assert added.data_source == "search" and added.source_type == "elasticsearch"
+        found = await engine.submit(
+            Operation(
+                action="search",
+                table="docs",
+                params={"query": {"match": {"title": "engine"}}},
+                data_source="search",
+            )
+        )
+        assert found.value == {"total": 1, "hits": [{"id": added.value, "title": "via engine"}]}
