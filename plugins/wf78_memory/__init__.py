@@ -40,6 +40,7 @@ class MemorySource:
             "cache_get",
             "cache_set",
             "cache_delete",
+            "incr",
         }
     )
 
@@ -69,7 +70,7 @@ class MemorySource:
         action = op.action
         if action == "noop":
             return None
-        if action.startswith("cache_"):
+        if action.startswith("cache_") or action == "incr":
             return self._cache(op)
         if not op.table:
             raise InvalidOperation(f"{action} needs a table", data_source=self.name)
@@ -120,8 +121,12 @@ class MemorySource:
         if op.action == "cache_get":
             return self.cache.get(op.key)
         if op.action == "cache_set":
-            self.cache[op.key] = op.values
+            self.cache[op.key] = op.value  # ttl is not kept: entries live until deleted
             return True
+        if op.action == "incr":
+            total = int(self.cache.get(op.key) or 0) + (1 if op.value is None else int(op.value))
+            self.cache[op.key] = total
+            return total
         return self.cache.pop(op.key, None) is not None
 
 

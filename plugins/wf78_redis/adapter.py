@@ -1,0 +1,382 @@
+"""The Redis data source (redis.asyncio with hiredis): a cache and small owner-scoped tables.
+
+Key layout, under ``key_prefix`` (default ``wf78``):
+
+- ``{prefix}:cache:{key}`` holds a cache value as msgspec JSON (``cache_get``,
+  ``cache_set`` with an optional ``ttl`` in seconds, ``cache_delete``); ``incr`` keeps a
+  plain integer there, which ``cache_get`` reads back as a number.
+- ``{prefix}:{table}:row:{id}`` is a row: a hash with one field per non-null column, each
+  encoded by its declared type (``id`` included). The table name sits inside braces, a Redis
+  Cluster hash tag, so all of a table's keys share one slot.
+- ``{prefix}:{table}:all`` is the set of the table's ids; ``{prefix}:{table}:owner:{value}``
+  the set of each owner's ids when the table has an owner column (``cid`` or ``uid``).
+
+Every table write is one Lua script (:mod:`wf78_redis.scripts`), so a row and its index
+entries change together and a duplicate id is refused atomically. ``get`` finds rows by id,
+else through the owner index, else through the index of every row, applies the other
+equality filters inside the same script, then orders, pages and projects in Python; it is
+meant for the small, hot tables a cache holds, not for scans of millions of rows.
+
+Auto-pipelining (:mod:`wf78_redis.pipeline`): while :meth:`RedisSource.run` runs in a task
+group, commands issued together share one pipelined round trip, and each caller still gets
+its own reply or error. Without ``run``, every command is its own round trip.
+
+Each command is tried once: connection errors, timeouts and a loading server raise a
+retryable DataSourceError and the engine decides whether to try again (redis-py's own retry
+is off, so a pipeline that may have run is never sent twice behind the engine's back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from wf78_core.datasource import SourceSpec
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, Problem
+
+from .errors import closed_error, map_error
+from .pipeline import Arg, AutoPipeline, Call
+from .scripts import INCR_WITH_TTL, MATCH_ROWS, SCRIPTS, WRITE_ROWS, Script
+from .tables import RedisTable
+
+__all__ = ["DEFAULT_URL", "RedisOptions", "RedisSource"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_JSON_ENCODER = msgspec.json.Encoder()
+_JSON_DECODER = msgspec.json.Decoder()
+_CACHE_ACTIONS = frozenset({"cache_get", "cache_set", "cache_delete", "incr"})
+
+
+class RedisOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The ``[datasources.<name>]`` keys of type ``redis`` besides ``type`` and ``url``."""
+
+    max_connections: int = 50
+    socket_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    key_prefix: str = "wf78"
+    # Commands sent per round trip at most.
+    max_pipeline: int = 1000
+    # Commands waiting for the pipeline at most; further callers wait for room.
+    queue_size: int = 10_000
+    # A connection idle this long is PINGed before use (0 = never).
+    health_check_interval: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_pipeline", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("socket_timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.health_check_interval < 0:
+            raise ValueError("health_check_interval must be >= 0")
+        # Braces would become the hash tag of every key and put all tables in one slot.
+        if not self.key_prefix or "{" in self.key_prefix or "}" in self.key_prefix:
+            raise ValueError(
+                f"key_prefix must be non-empty and brace-free, got {self.key_prefix!r}"
+            )
+
+
+class RedisSource:
+    """A :class:`~wf78_core.datasource.DataSource` on one Redis database.
+
+    Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
+    for auto-pipelining. ``pipelines`` and ``commands`` count round trips and the commands
+    they carried.
+    """
+
+    Options = RedisOptions
+    actions: frozenset[str] = frozenset(
+        {
+            "cache_get",
+            "cache_set",
+            "cache_delete",
+            "incr",
+            "noop",
+            "add",
+            "add_many",
+            "get",
+            "update",
+            "upsert",
+            "delete",
+            "delete_many",
+        }
+    )
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.options = _options(spec)
+        self.url = _url(spec)
+        self.prefix = self.options.key_prefix
+        self.concurrency = min(self.options.queue_size, 2048)
+        self._tables = {
+            name: RedisTable(schema, self.prefix, spec.name) for name, schema in spec.tables.items()
+        }
+        self._client: Redis | None = None
+        self._pipeline: AutoPipeline | None = None
+        self._pipelines = 0
+        self._commands = 0
+
+    @property
+    def pipelines(self) -> int:
+        """Pipelined round trips sent since the source was built."""
+        return self._pipelines + (self._pipeline.pipelines if self._pipeline else 0)
+
+    @property
+    def commands(self) -> int:
+        """Commands sent in those round trips."""
+        return self._commands + (self._pipeline.commands if self._pipeline else 0)
+
+    def cache_key(self, key: str) -> str:
+        """The Redis key of a cache entry (or counter) named ``key``."""
+        return f"{self.prefix}:cache:{key}"
+
+    async def open(self) -> None:
+        """Connect, check the server answers, and load the Lua scripts."""
+        if self._client is not None:
+            return
+        options = self.options
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=options.max_connections,
+            # How long a caller waits for a free connection when all are busy.
+            timeout=options.connect_timeout + options.socket_timeout,
+            socket_timeout=options.socket_timeout,
+            socket_connect_timeout=options.connect_timeout,
+            health_check_interval=options.health_check_interval,
+            retry=Retry(NoBackoff(), 0),
+        )
+        client = Redis.from_pool(pool)
+        try:
+            await client.ping()
+            for script in SCRIPTS:
+                await client.script_load(script.source)
+        except BaseException as error:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+            if isinstance(error, Exception):
+                raise map_error(error, self.name) from error
+            raise
+        self._client = client
+        self._pipeline = AutoPipeline(
+            client,
+            source=self.name,
+            max_pipeline=options.max_pipeline,
+            queue_size=options.queue_size,
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The auto-pipelining loop, until cancelled. The pipeline in flight then completes;
+        commands still queued fail with a retryable DataSourceError."""
+        if self._pipeline is None:
+            raise closed_error(self.name, "not open")
+        await self._pipeline.run(task_status=task_status)
+
+    async def close(self) -> None:
+        """Close the connection pool (idempotent). Cancel :meth:`run` first."""
+        client, pipeline = self._client, self._pipeline
+        self._client = self._pipeline = None
+        if pipeline is not None:
+            self._pipelines += pipeline.pipelines
+            self._commands += pipeline.commands
+        if client is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await client.aclose()
+            except Exception as error:
+                raise map_error(error, self.name) from error
+
+    async def health(self) -> None:
+        """A PING on its own connection; a retryable DataSourceError when it fails."""
+        client = self._client
+        if client is None:
+            raise closed_error(self.name, "not open")
+        try:
+            await client.ping()
+        except Exception as error:
+            raise DataSourceError(
+                f"redis source {self.name!r} is unhealthy: {type(error).__name__}: {error}",
+                data_source=self.name,
+                retryable=True,
+            ) from error
+
+    async def execute(self, op: Operation) -> Any:
+        """Perform one operation; see the module docs for what each action returns."""
+        if op.action not in self.actions:
+            raise InvalidOperation(
+                f"action {op.action!r} is not supported by redis source {self.name!r} "
+                f"(expected one of {sorted(self.actions)})",
+                data_source=self.name,
+            )
+        if op.action == "noop":
+            return None
+        if op.action in _CACHE_ACTIONS:
+            return await self._cache(op)
+        table = self._table(op)
+        match op.action:
+            case "get":
+                columns = table.check_columns(op.columns)
+                order = table.parse_order(op.order)
+                args = table.match_args("get", op.where)
+                if args is None:
+                    return []
+                replies = await self._script(MATCH_ROWS, table, args)
+                return table.shape(
+                    replies, columns=columns, order=order, limit=op.limit, offset=op.offset
+                )
+            case "add" | "upsert":
+                if op.values is None:
+                    raise table.invalid(f"{op.action} needs values (table {op.table!r})")
+                args, ids = table.write_args(
+                    [op.values], "insert" if op.action == "add" else "upsert", "values"
+                )
+                await self._write(table, args)
+                return ids[0]
+            case "add_many":
+                if op.rows is None:
+                    raise table.invalid(f"add_many needs rows (table {op.table!r})")
+                if not op.rows:
+                    return []
+                args, ids = table.write_args(op.rows, "insert", "rows")
+                await self._write(table, args)
+                return ids
+            case "update":
+                table.require_key("update", op.where)
+                args = table.match_args("update", op.where, op.values)
+                return 0 if args is None else int(await self._script(MATCH_ROWS, table, args))
+            case _:
+                table.require_key(op.action, op.where)
+                where = op.where or {}
+                if op.action == "delete_many" and not any(
+                    isinstance(value, list | tuple) for value in where.values()
+                ):
+                    raise table.invalid(
+                        f"delete_many needs a list value in where (table {op.table!r}), "
+                        f"got {where!r}"
+                    )
+                args = table.match_args("delete", where)
+                return 0 if args is None else int(await self._script(MATCH_ROWS, table, args))
+
+    def _table(self, op: Operation) -> RedisTable:
+        if op.table is None:
+            raise InvalidOperation(f"{op.action} needs a table", data_source=self.name)
+        table = self._tables.get(op.table)
+        if table is None:
+            raise InvalidOperation(
+                f"unknown table {op.table!r} (redis source {self.name!r} has "
+                f"{sorted(self._tables)})",
+                data_source=self.name,
+            )
+        return table
+
+    async def _cache(self, op: Operation) -> Any:
+        if not isinstance(op.key, str) or not op.key:
+            raise InvalidOperation(
+                f"{op.action} needs a non-empty string key, got {op.key!r}", data_source=self.name
+            )
+        key = self.cache_key(op.key)
+        match op.action:
+            case "cache_get":
+                raw = await self._call(Call(("GET", key)))
+                if raw is None:
+                    return None
+                try:
+                    return _JSON_DECODER.decode(raw)
+                except msgspec.DecodeError:
+                    return raw.decode(errors="replace")  # written by someone else: as is
+            case "cache_set":
+                try:
+                    payload = _JSON_ENCODER.encode(op.value)
+                except (msgspec.EncodeError, TypeError) as error:
+                    raise InvalidOperation(
+                        f"cache_set value of key {op.key!r} is not JSON-encodable: {error}",
+                        data_source=self.name,
+                    ) from error
+                if op.ttl is None:
+                    await self._call(Call(("SET", key, payload)))
+                else:
+                    await self._call(Call(("SET", key, payload, "PX", self._ttl_ms(op))))
+                return True
+            case "cache_delete":
+                return bool(await self._call(Call(("DEL", key))))
+            case _:
+                amount = 1 if op.value is None else op.value
+                if isinstance(amount, bool) or not isinstance(amount, int):
+                    raise InvalidOperation(
+                        f"incr amount (value) must be an int, got {amount!r}",
+                        data_source=self.name,
+                    )
+                if op.ttl is None:
+                    return int(await self._call(Call(("INCRBY", key, amount))))
+                call = Call((1, key, amount, self._ttl_ms(op)), script=INCR_WITH_TTL)
+                return int(await self._call(call))
+
+    def _ttl_ms(self, op: Operation) -> int:
+        if op.ttl is None or op.ttl <= 0:
+            raise InvalidOperation(
+                f"{op.action} ttl must be positive seconds, got {op.ttl!r}", data_source=self.name
+            )
+        return max(1, round(op.ttl * 1000))
+
+    async def _write(self, table: RedisTable, args: list[Arg]) -> None:
+        reply = await self._script(WRITE_ROWS, table, args)
+        if reply[0] == 0:
+            duplicate = reply[1].decode()
+            raise DataSourceError(
+                f"duplicate id {duplicate!r} in table {table.schema.name!r} of redis source "
+                f"{self.name!r}",
+                data_source=self.name,
+                retryable=False,
+            )
+
+    async def _script(self, script: Script, table: RedisTable, args: list[Arg]) -> Any:
+        return await self._call(Call((1, table.all_key, *args), script=script))
+
+    async def _call(self, call: Call) -> Any:
+        pipeline = self._pipeline
+        if pipeline is None:
+            raise closed_error(self.name, "not open")
+        return await pipeline.call(call)
+
+
+def _url(spec: SourceSpec) -> str:
+    url = spec.url or DEFAULT_URL
+    if not url.startswith(_SCHEMES):
+        raise ConfigError(
+            f"expected 'redis://host:6379/0' (or rediss://, unix://), got {url!r}",
+            path=f"datasources.{spec.name}.url",
+        )
+    return url
+
+
+def _options(spec: SourceSpec) -> RedisOptions:
+    """``spec.options`` as RedisOptions; a plain mapping is converted (and checked) here."""
+    raw = spec.options
+    where = f"datasources.{spec.name}"
+    if isinstance(raw, RedisOptions):
+        return raw
+    if raw is None:
+        return RedisOptions()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"options must be a table, got {type(raw).__name__}", path=where)
+    try:
+        return msgspec.convert(dict(raw), RedisOptions)
+    except msgspec.ValidationError as error:
+        message, _, at = str(error).partition(" - at `$")
+        if at:
+            where += at.rstrip("`")
+        elif message.startswith("Object contains unknown field"):
+            where += "." + message.split("`")[1]
+            message = "unknown key"
+        raise ConfigError([Problem(where, message)]) from error

@@ -1,0 +1,176 @@
+"""The Lua scripts that keep each table write atomic: a row and its index entries change together.
+
+Every script takes the table's ``all`` index as ``KEYS[1]`` (so a Redis Cluster routes it to
+the table's slot) and builds the row and owner-index keys from prefixes in ``ARGV``; all of
+them share the table's hash tag, so they live in that same slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = ["INCR_WITH_TTL", "MATCH_ROWS", "SCRIPTS", "WRITE_ROWS", "Script"]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script sent as EVALSHA; its SHA1 is computed here, as Redis computes it."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+# Moves a row between owner indexes when its owner column changed (false = no owner).
+_REINDEX = """
+local function reindex(owner_prefix, id, old_owner, new_owner)
+  if old_owner == new_owner then return end
+  if old_owner then redis.call('SREM', owner_prefix .. old_owner, id) end
+  if new_owner then redis.call('SADD', owner_prefix .. new_owner, id) end
+end
+"""
+
+# ARGV: row key prefix, owner index prefix, owner column ('' = none), mode ('insert' or
+# 'upsert'), row count, then per row: id, n, n field/value pairs, d, d fields to delete.
+# Returns {1} when written, {0, id} when mode 'insert' meets an existing (or repeated) id:
+# then nothing is written.
+WRITE_ROWS = Script(
+    "write_rows",
+    _REINDEX
+    + """
+local row_prefix, owner_prefix, owner, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count = tonumber(ARGV[5])
+local rows = {}
+local at = 6
+for i = 1, count do
+  local n = tonumber(ARGV[at + 1])
+  local d = tonumber(ARGV[at + 2 + 2 * n])
+  rows[i] = {ARGV[at], at + 2, n, at + 3 + 2 * n, d}
+  at = at + 3 + 2 * n + d
+end
+if mode == 'insert' then
+  local seen = {}
+  for i = 1, count do
+    local id = rows[i][1]
+    if seen[id] or redis.call('EXISTS', row_prefix .. id) == 1 then return {0, id} end
+    seen[id] = true
+  end
+end
+for i = 1, count do
+  local id, from, n, del_from, d = unpack(rows[i])
+  local key = row_prefix .. id
+  local old_owner = false
+  if owner ~= '' then old_owner = redis.call('HGET', key, owner) end
+  redis.call('HSET', key, 'id', id)
+  if n > 0 then redis.call('HSET', key, unpack(ARGV, from, from + 2 * n - 1)) end
+  if d > 0 then redis.call('HDEL', key, unpack(ARGV, del_from, del_from + d - 1)) end
+  redis.call('SADD', KEYS[1], id)
+  if owner ~= '' then reindex(owner_prefix, id, old_owner, redis.call('HGET', key, owner)) end
+end
+return {1}
+""",
+)
+
+# ARGV: row key prefix, owner index prefix, owner column ('' = none), action ('get',
+# 'update' or 'delete'), candidates ('ids', 'owners' or 'all'), c, c ids or owner values,
+# f, per filter: column, k, k accepted encoded values (k = 0: the column must be absent);
+# for 'update' then: n, n field/value pairs to set, d, d fields to delete.
+# Returns the matched rows as HGETALL arrays ('get') or how many rows changed.
+MATCH_ROWS = Script(
+    "match_rows",
+    _REINDEX
+    + """
+local row_prefix, owner_prefix, owner = ARGV[1], ARGV[2], ARGV[3]
+local action, source = ARGV[4], ARGV[5]
+local c = tonumber(ARGV[6])
+local at = 7
+local ids
+if source == 'all' then
+  ids = redis.call('SMEMBERS', KEYS[1])
+else
+  ids = {}
+  local seen = {}
+  for i = 0, c - 1 do
+    local members
+    if source == 'ids' then members = {ARGV[at + i]}
+    else members = redis.call('SMEMBERS', owner_prefix .. ARGV[at + i]) end
+    for _, id in ipairs(members) do
+      if not seen[id] then
+        seen[id] = true
+        ids[#ids + 1] = id
+      end
+    end
+  end
+end
+at = at + c
+local f = tonumber(ARGV[at])
+at = at + 1
+local names = {'id'}
+local filters = {}
+for i = 1, f do
+  local k = tonumber(ARGV[at + 1])
+  local accepted = {}
+  for j = 0, k - 1 do accepted[ARGV[at + 2 + j]] = true end
+  names[i + 1] = ARGV[at]
+  filters[i] = {k, accepted}
+  at = at + 2 + k
+end
+local matched = {}
+for _, id in ipairs(ids) do
+  local values = redis.call('HMGET', row_prefix .. id, unpack(names))
+  -- an index entry without its row (deleted behind our back) matches nothing
+  local ok = values[1] ~= false
+  for i = 1, f do
+    if not ok then break end
+    local value = values[i + 1]
+    if filters[i][1] == 0 then ok = value == false
+    else ok = value ~= false and filters[i][2][value] == true end
+  end
+  if ok then matched[#matched + 1] = id end
+end
+if action == 'get' then
+  local out = {}
+  for i, id in ipairs(matched) do out[i] = redis.call('HGETALL', row_prefix .. id) end
+  return out
+end
+if action == 'delete' then
+  for _, id in ipairs(matched) do
+    local key = row_prefix .. id
+    if owner ~= '' then reindex(owner_prefix, id, redis.call('HGET', key, owner), false) end
+    redis.call('DEL', key)
+    redis.call('SREM', KEYS[1], id)
+  end
+  return #matched
+end
+local n = tonumber(ARGV[at])
+local from = at + 1
+local d = tonumber(ARGV[from + 2 * n])
+local del_from = from + 2 * n + 1
+for _, id in ipairs(matched) do
+  local key = row_prefix .. id
+  local old_owner = false
+  if owner ~= '' then old_owner = redis.call('HGET', key, owner) end
+  if n > 0 then redis.call('HSET', key, unpack(ARGV, from, from + 2 * n - 1)) end
+  if d > 0 then redis.call('HDEL', key, unpack(ARGV, del_from, del_from + d - 1)) end
+  if owner ~= '' then reindex(owner_prefix, id, old_owner, redis.call('HGET', key, owner)) end
+end
+return #matched
+""",
+)
+
+# KEYS[1]: the counter; ARGV: amount, ttl in milliseconds. The ttl is set when the counter
+# has none (it was just created), so a window does not slide with every increment.
+INCR_WITH_TTL = Script(
+    "incr_with_ttl",
+    """
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value
+""",
+)
+
+SCRIPTS = (WRITE_ROWS, MATCH_ROWS, INCR_WITH_TTL)

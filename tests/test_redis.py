@@ -1,0 +1,656 @@
+"""The Redis adapter against the real server at 127.0.0.1:6379: actions, key layout,
+auto-pipelining, shutdown, and a restart of Redis under load through the engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis
+import redis.asyncio
+from anyio.abc import TaskStatus
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from wf78_core import Engine
+from wf78_core.config import TableConfig
+from wf78_core.datasource import DataSource, SourceSpec, TableSchema
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
+from wf78_core.registry import Registry
+from wf78_redis import RedisSource, wf78_register_datasources
+from wf78_redis.errors import map_error
+
+pytestmark = pytest.mark.anyio
+
+URL = "redis://127.0.0.1:6379/0"
+TABLES = {
+    "items": TableConfig(columns={"name": "text", "qty": "int"}, owner="cid"),
+    "things": TableConfig(
+        columns={
+            "label": "text",
+            "price": "float",
+            "flag": "bool",
+            "meta": "json",
+            "at": "datetime",
+        }
+    ),
+}
+# Exactly how .ci/run starts Redis; other engineers' tests use this server too.
+REDIS_SERVER = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of this test alone; its keys are deleted afterwards."""
+    name = f"wf78test-{uuid4().hex}"
+    yield name
+    client = redis.Redis.from_url(URL)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client to look at what the adapter stored."""
+    client = redis.asyncio.Redis.from_url(URL)
+    yield client
+    await client.aclose()
+
+
+def make_source(prefix: str, **option_values: Any) -> RedisSource:
+    return RedisSource(
+        SourceSpec(
+            name="r",
+            type="redis",
+            url=URL,
+            options=RedisSource.Options(key_prefix=prefix, **option_values),
+            tables={name: TableSchema.from_config(name, table) for name, table in TABLES.items()},
+        )
+    )
+
+
+@asynccontextmanager
+async def running(prefix: str, **option_values: Any) -> AsyncIterator[RedisSource]:
+    source = make_source(prefix, **option_values)
+    await source.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(source.run)
+            yield source
+            tg.cancel_scope.cancel()
+    finally:
+        await source.close()
+
+
+@pytest.fixture
+async def source(prefix: str) -> AsyncIterator[RedisSource]:
+    async with running(prefix) as opened:
+        yield opened
+
+
+async def test_registers_redis_type() -> None:
+    registry: Registry[Any] = Registry("data-source type")
+    wf78_register_datasources(registry=registry)
+    assert registry.get("redis") is RedisSource
+    assert isinstance(make_source("p"), DataSource)
+    assert make_source("p").concurrency == 2048
+    assert make_source("p", queue_size=10).concurrency == 10
+
+
+async def test_bad_configuration_names_its_path() -> None:
+    spec = SourceSpec(name="c", type="redis", url="http://x", options=None, tables={})
+    with pytest.raises(ConfigError, match=r"datasources\.c\.url"):
+        RedisSource(spec)
+    spec = SourceSpec(name="c", type="redis", url=None, options={"bogus": 1}, tables={})
+    with pytest.raises(ConfigError, match=r"datasources\.c\.bogus: unknown key"):
+        RedisSource(spec)
+    with pytest.raises(ValueError, match="brace-free"):
+        RedisSource.Options(key_prefix="a{b}")
+    default = RedisSource(SourceSpec(name="c", type="redis", url=None, options={}, tables={}))
+    assert default.url == "redis://127.0.0.1:6379/0"
+
+
+async def test_cache_actions(source: RedisSource) -> None:
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, **fields))
+
+    assert await do("noop") is None
+    assert await do("cache_get", key="missing") is None
+    value = {"a": [1, 2.5, "x", None, True]}
+    assert await do("cache_set", key="k", value=value) is True
+    assert await do("cache_get", key="k") == value
+    assert await do("cache_set", key="s", value="text") is True
+    assert await do("cache_get", key="s") == "text"
+    assert await do("cache_delete", key="k") is True
+    assert await do("cache_delete", key="k") is False
+    assert await do("cache_get", key="k") is None
+    assert await do("incr", key="n") == 1
+    assert await do("incr", key="n", value=5) == 6
+    assert await do("incr", key="n", value=-2) == 4
+    assert await do("cache_get", key="n") == 4
+    with pytest.raises(InvalidOperation, match="must be an int"):
+        await do("incr", key="n", value="3")
+    with pytest.raises(InvalidOperation, match="non-empty string key"):
+        await do("cache_get")
+    with pytest.raises(InvalidOperation, match="not JSON-encodable"):
+        await do("cache_set", key="k", value=object())
+    with pytest.raises(InvalidOperation, match="ttl must be positive"):
+        await do("cache_set", key="k", value=1, ttl=0)
+    with pytest.raises(InvalidOperation, match="not supported by redis source 'r'"):
+        await do("execute", sql="SELECT 1")
+
+
+async def test_cache_key_layout(source: RedisSource, raw: redis.asyncio.Redis, prefix: str) -> None:
+    await source.execute(Operation(action="cache_set", key="k", value=[1, "a"]))
+    assert await raw.get(f"{prefix}:cache:k") == b'[1,"a"]'
+
+
+async def test_ttl_expires(source: RedisSource, raw: redis.asyncio.Redis, prefix: str) -> None:
+    await source.execute(Operation(action="cache_set", key="t", value="v", ttl=0.2))
+    assert 0 < await raw.pttl(f"{prefix}:cache:t") <= 200
+    assert await source.execute(Operation(action="cache_get", key="t")) == "v"
+    # A counter with a ttl expires as a whole: later increments do not extend it.
+    assert await source.execute(Operation(action="incr", key="c", ttl=0.2)) == 1
+    await anyio.sleep(0.1)
+    assert await source.execute(Operation(action="incr", key="c", value=2, ttl=5)) == 3
+    assert await raw.pttl(f"{prefix}:cache:c") <= 100
+    await anyio.sleep(0.3)
+    assert await source.execute(Operation(action="cache_get", key="t")) is None
+    assert await source.execute(Operation(action="cache_get", key="c")) is None
+
+
+async def test_table_rows_and_result_shapes(source: RedisSource) -> None:
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    first = await do("add", values={"name": "pen", "qty": 3, "cid": "A"})
+    assert isinstance(first, str) and first.isdigit()
+    assert await do("add", values={"id": "x1", "name": "ink", "qty": 1, "cid": "A"}) == "x1"
+    many = await do(
+        "add_many", rows=[{"name": "cup", "qty": 7, "cid": "A"}, {"qty": 2, "cid": "B"}]
+    )
+    assert len(many) == 2 and all(isinstance(row_id, str) for row_id in many)
+    assert await do("add_many", rows=[]) == []
+
+    assert await do("get", where={"id": first}) == [
+        {"id": first, "name": "pen", "qty": 3, "cid": "A", "upby": None, "uptime": None}
+    ]
+    assert await do("get", where={"id": "nope"}) == []
+    owned = await do("get", where={"cid": "A"}, columns=["name", "qty"])
+    # Without an order, rows come back in id order: snowflake ids follow insertion.
+    assert owned == [
+        {"name": "ink", "qty": 1},
+        {"name": "pen", "qty": 3},
+        {"name": "cup", "qty": 7},
+    ]
+    assert [r["name"] for r in await do("get", where={"cid": "A"}, order=["-qty"])] == [
+        "cup",
+        "pen",
+        "ink",
+    ]
+    assert [r["qty"] for r in await do("get", order=["qty desc"], limit=2, offset=1)] == [3, 2]
+    # NULLs sort first, as in SQL.
+    assert [r["name"] for r in await do("get", order=["name asc"])] == [None, "cup", "ink", "pen"]
+    assert await do("get", where={"cid": "A", "qty": [1, 7]}, order=["qty"], columns=["qty"]) == [
+        {"qty": 1},
+        {"qty": 7},
+    ]
+    assert await do("get", where={"name": None}, columns=["cid"]) == [{"cid": "B"}]
+    assert await do(
+        "get", where={"id": [many[0], first, "nope"]}, columns=["id"], order=["id"]
+    ) == [{"id": row_id} for row_id in sorted([first, many[0]])]
+    assert await do("get", where={"qty": []}) == []
+
+    assert await do("update", values={"qty": 4}, where={"id": first, "cid": "A"}) == 1
+    assert await do("update", values={"qty": 9}, where={"cid": "A", "qty": [1, 7]}) == 2
+    assert [r["qty"] for r in await do("get", where={"cid": "A"}, order=["qty"])] == [4, 9, 9]
+    assert await do("update", values={"qty": 1}, where={"id": "nope"}) == 0
+
+    assert await do("upsert", values={"id": "u1", "name": "new", "cid": "B"}) == "u1"
+    assert await do("upsert", values={"id": "u1", "qty": 5, "name": None}) == "u1"
+    assert await do("get", where={"id": "u1"}, columns=["name", "qty", "cid"]) == [
+        {"name": None, "qty": 5, "cid": "B"}
+    ]
+
+    assert await do("delete", where={"id": "x1"}) == 1
+    assert await do("delete", where={"id": "x1"}) == 0
+    assert await do("delete_many", where={"id": [first, "u1", "nope"]}) == 2
+    assert len(await do("get")) == 2
+    assert await do("delete_many", where={"cid": ["A", "B"]}) == 2
+    assert await do("get") == []
+
+
+async def test_typed_columns_round_trip(source: RedisSource) -> None:
+    at = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    values = {"label": "x", "price": 2, "flag": True, "meta": {"k": [1, None]}, "at": at}
+    row_id = await source.execute(Operation(action="add", table="things", values=values))
+    [row] = await source.execute(Operation(action="get", table="things", where={"id": row_id}))
+    assert row == {
+        "id": row_id,
+        "label": "x",
+        "price": 2.0,
+        "flag": True,
+        "meta": {"k": [1, None]},
+        "at": at.isoformat(),
+        "upby": None,
+        "uptime": None,
+    }
+    # Filters encode like the stored values: 2 finds 2.0, an ISO string finds the datetime.
+    found = await source.execute(
+        Operation(
+            action="get",
+            table="things",
+            where={"price": 2, "flag": True, "at": at.isoformat(), "meta": {"k": [1, None]}},
+        )
+    )
+    assert [r["id"] for r in found] == [row_id]
+
+
+async def test_key_layout_and_index_upkeep(
+    source: RedisSource, raw: redis.asyncio.Redis, prefix: str
+) -> None:
+    row_id = await source.execute(
+        Operation(action="add", table="items", values={"name": "pen", "qty": 3, "cid": "A"})
+    )
+    row_key = f"{prefix}:{{items}}:row:{row_id}"
+    assert await raw.hgetall(row_key) == {
+        b"id": row_id.encode(),
+        b"name": b"pen",
+        b"qty": b"3",
+        b"cid": b"A",
+    }
+    assert await raw.smembers(f"{prefix}:{{items}}:all") == {row_id.encode()}
+    assert await raw.smembers(f"{prefix}:{{items}}:owner:A") == {row_id.encode()}
+    # Changing the owner moves the row between owner indexes.
+    await source.execute(
+        Operation(action="update", table="items", values={"cid": "B"}, where={"id": row_id})
+    )
+    assert await raw.exists(f"{prefix}:{{items}}:owner:A") == 0
+    assert await raw.smembers(f"{prefix}:{{items}}:owner:B") == {row_id.encode()}
+    await source.execute(Operation(action="delete", table="items", where={"cid": "B"}))
+    assert await raw.keys(f"{prefix}:*") == []
+
+
+async def test_owner_scoping(source: RedisSource) -> None:
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    a_ids = await do("add_many", rows=[{"name": f"a{i}", "cid": "A"} for i in range(3)])
+    b_id = await do("add", values={"name": "b", "cid": "B"})
+    assert [r["id"] for r in await do("get", where={"cid": "B"})] == [b_id]
+    assert [r["id"] for r in await do("get", where={"cid": "A"})] == a_ids
+    assert await do("get", where={"cid": "C"}) == []
+    # Another owner's row is out of reach even by its id.
+    assert await do("get", where={"id": a_ids[0], "cid": "B"}) == []
+    assert await do("update", values={"name": "stolen"}, where={"id": a_ids[0], "cid": "B"}) == 0
+    assert await do("delete", where={"id": a_ids[0], "cid": "B"}) == 0
+    assert await do("update", values={"name": "mine"}, where={"cid": "B"}) == 1
+    assert {r["name"] for r in await do("get", where={"cid": "A"})} == {"a0", "a1", "a2"}
+
+
+async def test_duplicate_id_is_refused_atomically(source: RedisSource) -> None:
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    await do("add", values={"id": "d1", "name": "first", "cid": "A"})
+    with pytest.raises(DataSourceError, match="duplicate id 'd1'") as caught:
+        await do("add", values={"id": "d1", "name": "second", "cid": "B"})
+    assert caught.value.retryable is False
+    assert caught.value.data_source == "r"
+    # add_many writes every row or none.
+    with pytest.raises(DataSourceError, match="duplicate id 'd1'"):
+        await do("add_many", rows=[{"id": "d2", "cid": "A"}, {"id": "d1", "cid": "A"}])
+    with pytest.raises(DataSourceError, match="duplicate id 'd3'"):
+        await do("add_many", rows=[{"id": "d3", "cid": "A"}, {"id": "d3", "cid": "A"}])
+    assert [r["name"] for r in await do("get")] == ["first"]
+    assert await do("get", where={"cid": "B"}) == []
+
+    # Concurrent adds of one id: exactly one wins.
+    outcomes: list[str] = []
+
+    async def add(index: int) -> None:
+        try:
+            await do("add", values={"id": "race", "name": str(index)})
+            outcomes.append("added")
+        except DataSourceError:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for index in range(20):
+            tg.start_soon(add, index)
+    assert sorted(outcomes) == ["added"] + ["refused"] * 19
+
+
+async def test_invalid_operations_name_what_is_wrong(source: RedisSource) -> None:
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            {"action": "add", "values": {"name": "x", "colour": "red"}},
+            "unknown column 'colour' in values of table 'items'",
+        ),
+        (
+            {"action": "add_many", "rows": [{"name": "x"}, {"bogus": 1}]},
+            r"unknown column 'bogus' in rows\[1\]",
+        ),
+        ({"action": "get", "where": {"bogus": 1}}, "unknown column 'bogus' in where"),
+        ({"action": "get", "columns": ["name", "bogus"]}, "unknown column 'bogus' in columns"),
+        ({"action": "get", "order": ["-bogus"]}, "unknown column 'bogus' in order"),
+        ({"action": "get", "order": ["name sideways"]}, "bad order entry 'name sideways'"),
+        ({"action": "add", "values": {"qty": "many"}}, "values.qty of table 'items' is not"),
+        ({"action": "add", "values": {"qty": 1.5}}, "must be int"),
+        ({"action": "add"}, "add needs values"),
+        ({"action": "upsert", "values": {"name": "x"}}, "upsert needs values.id"),
+        ({"action": "update", "values": {"name": "x"}, "where": {"name": "y"}}, "id or cid"),
+        ({"action": "update", "values": {"id": "new"}, "where": {"id": "a"}}, "cannot change"),
+        ({"action": "update", "values": {}, "where": {"id": "a"}}, "non-empty values"),
+        ({"action": "delete", "where": {}}, "needs id or cid in where"),
+        ({"action": "delete_many", "where": {"id": "a"}}, "needs a list value"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(InvalidOperation, match=message) as caught:
+            await do(**fields)
+        assert caught.value.data_source == "r"
+        assert caught.value.retryable is False
+    with pytest.raises(InvalidOperation, match=r"unknown table 'nope' \(redis source 'r' has"):
+        await source.execute(Operation(action="get", table="nope"))
+    with pytest.raises(InvalidOperation, match="get needs a table"):
+        await source.execute(Operation(action="get"))
+
+
+async def test_concurrent_commands_share_pipelines(source: RedisSource) -> None:
+    pipelines, commands = source.pipelines, source.commands
+
+    async def put(index: int) -> None:
+        assert await source.execute(
+            Operation(action="cache_set", key=f"p{index}", value={"n": index})
+        )
+
+    async with anyio.create_task_group() as tg:
+        for index in range(1000):
+            tg.start_soon(put, index)
+    assert source.commands - commands == 1000
+    sent = source.pipelines - pipelines
+    assert 1 <= sent <= 50, f"1000 concurrent commands went out in {sent} pipelines"
+
+    values: dict[int, Any] = {}
+
+    async def read(index: int) -> None:
+        values[index] = await source.execute(Operation(action="cache_get", key=f"p{index}"))
+
+    async with anyio.create_task_group() as tg:
+        for index in range(1000):
+            tg.start_soon(read, index)
+    assert values == {index: {"n": index} for index in range(1000)}
+
+
+async def test_failing_command_fails_only_its_caller(source: RedisSource) -> None:
+    await source.execute(Operation(action="cache_set", key="word", value="not a number"))
+    pipelines = source.pipelines
+    results: dict[int, Any] = {}
+    failures: list[DataSourceError] = []
+
+    async def put(index: int) -> None:
+        results[index] = await source.execute(
+            Operation(action="cache_set", key=f"f{index}", value=index)
+        )
+
+    async def bad_incr() -> None:
+        try:
+            await source.execute(Operation(action="incr", key="word"))
+        except DataSourceError as error:
+            failures.append(error)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(200):
+            tg.start_soon(put, index)
+            if index == 100:
+                tg.start_soon(bad_incr)
+    assert source.pipelines - pipelines <= 20  # the incr shared a pipeline with others
+    [failure] = failures
+    assert failure.retryable is False
+    assert failure.data_source == "r"
+    assert "not an integer" in str(failure)
+    assert results == dict.fromkeys(range(200), True)
+    assert await source.execute(Operation(action="cache_get", key="f150")) == 150
+
+
+async def test_direct_execution_without_run(prefix: str) -> None:
+    source = make_source(prefix)
+    await source.open()
+    try:
+        assert await source.execute(Operation(action="cache_set", key="d", value=1)) is True
+        assert await source.execute(Operation(action="incr", key="d")) == 2
+        assert source.pipelines == 2  # one round trip each
+        await source.health()
+    finally:
+        await source.close()
+        await source.close()  # idempotent
+    assert source.pipelines == 2
+    with pytest.raises(DataSourceError, match="not open") as caught:
+        await source.execute(Operation(action="cache_get", key="d"))
+    assert caught.value.retryable is True
+    with pytest.raises(DataSourceError, match="not open"):
+        await source.health()
+
+
+async def test_scripts_reload_after_script_flush(
+    source: RedisSource, raw: redis.asyncio.Redis
+) -> None:
+    await raw.script_flush()  # as after a restart of Redis
+    pipelines = source.pipelines
+    assert await source.execute(Operation(action="add", table="items", values={"id": "s"})) == "s"
+    assert source.pipelines - pipelines == 2  # NOSCRIPT, then loaded and sent again
+
+
+async def test_shutdown_finishes_in_flight_and_fails_queued(prefix: str) -> None:
+    source = make_source(prefix, max_pipeline=10)
+    await source.open()
+    outcomes: dict[int, str] = {}
+
+    async def put(index: int) -> None:
+        try:
+            await source.execute(Operation(action="cache_set", key=f"q{index}", value=index))
+            outcomes[index] = "done"
+        except DataSourceError as error:
+            assert error.retryable, error
+            outcomes[index] = "refused"
+
+    try:
+        with anyio.fail_after(10):  # nobody may be left hanging
+            async with anyio.create_task_group() as tg:
+                loop = anyio.CancelScope()
+
+                async def pipelining(*, task_status: TaskStatus[None]) -> None:
+                    with loop:
+                        await source.run(task_status=task_status)
+
+                await tg.start(pipelining)
+                for index in range(2000):
+                    tg.start_soon(put, index)
+                # Cancel as soon as the first pipeline is in flight: the rest is queued.
+                while True:
+                    await anyio.lowlevel.checkpoint()
+                    if source.pipelines:
+                        break
+                loop.cancel()
+        assert len(outcomes) == 2000
+        refused = [index for index, outcome in outcomes.items() if outcome == "refused"]
+        assert refused, "the queued calls should have been refused"
+        for index, outcome in outcomes.items():
+            stored = await source.execute(Operation(action="cache_get", key=f"q{index}"))
+            assert stored == (index if outcome == "done" else None)
+    finally:
+        await source.close()
+
+
+async def test_through_the_engine(prefix: str) -> None:
+    config = {
+        "datasources": {"cache": {"type": "redis", "url": URL, "key_prefix": prefix}},
+        "tables": {"items": {"columns": {"name": "text", "qty": "int"}, "owner": "cid"}},
+    }
+    async with Engine(config) as engine:
+        result = await engine.submit(
+            Operation(action="cache_set", key="e", value={"ok": 1}, data_source="cache")
+        )
+        assert (result.value, result.data_source, result.source_type) == (True, "cache", "redis")
+        got = await engine.submit(Operation(action="cache_get", key="e", data_source="cache"))
+        assert got.value == {"ok": 1}
+        added = await engine.submit(
+            Operation(action="add", table="items", values={"name": "pen", "cid": "A"})
+        )
+        rows = await engine.submit(Operation(action="get", table="items", where={"cid": "A"}))
+        assert [row["id"] for row in rows.value] == [added.value]
+        assert (await engine.check_health()) == {"cache": True}
+
+
+async def _redis_answers() -> bool:
+    client = redis.asyncio.Redis.from_url(
+        URL, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        return bool(await client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def _ensure_redis(deadline: float = 30.0) -> None:
+    """Start Redis the way .ci/run does unless it answers; wait until it does."""
+    with anyio.fail_after(deadline):
+        while not await _redis_answers():
+            await anyio.run_process(REDIS_SERVER, check=False)
+            for _ in range(20):
+                if await _redis_answers():
+                    return
+                await anyio.sleep(0.05)
+
+
+async def test_redis_restart_is_retried(prefix: str) -> None:
+    config = {
+        # Backoff long enough to outlast a restart; no health check flips the source mid-test.
+        "engine": {"retry_backoff": 0.5, "retry_backoff_max": 5.0},
+        "agents": {"health_interval": 60.0},
+        "datasources": {"cache": {"type": "redis", "url": URL, "key_prefix": prefix}},
+    }
+    started: dict[int, float] = {}
+    attempts: dict[int, int] = {}
+    down_at = float("inf")
+
+    async def put(index: int) -> None:
+        started[index] = time.monotonic()
+        result = await engine.submit(
+            Operation(
+                action="cache_set", key=f"r{index}", value=index, data_source="cache", retry=5
+            )
+        )
+        assert result.value is True
+        attempts[index] = result.attempts
+
+    async def restart() -> None:
+        nonlocal down_at
+        await anyio.sleep(0.3)
+        await anyio.run_process(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False)
+        with anyio.fail_after(10):
+            while True:  # until the old server is gone
+                if not await _redis_answers():
+                    break
+                await anyio.sleep(0.01)
+        down_at = time.monotonic()
+        await anyio.sleep(0.2)  # long enough that commands meet a server that is gone
+        await _ensure_redis()
+
+    try:
+        async with Engine(config) as engine:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(restart)
+                    for index in range(400):
+                        tg.start_soon(put, index)
+                        await anyio.sleep(0.003)
+    finally:
+        await _ensure_redis()
+    assert len(attempts) == 400  # every operation succeeded
+    assert max(attempts.values()) > 1, "no operation met the restart"
+    # `shutdown nosave` drops what the old server held; everything sent after it must be there.
+    after = [index for index in started if started[index] > down_at]
+    assert after
+    client = redis.asyncio.Redis.from_url(URL)
+    try:
+        stored = await client.mget([f"{prefix}:cache:r{index}" for index in after])
+    finally:
+        await client.aclose()
+    assert stored == [str(index).encode() for index in after]
+
+
+async def test_server_errors_are_not_retryable(
+    source: RedisSource, raw: redis.asyncio.Redis, prefix: str
+) -> None:
+    await raw.hset(f"{prefix}:cache:h", "field", "value")
+    with pytest.raises(DataSourceError, match="WRONGTYPE") as caught:
+        await source.execute(Operation(action="cache_get", key="h"))
+    assert (caught.value.retryable, caught.value.data_source) == (False, "r")
+
+
+async def test_unreachable_server_is_retryable(prefix: str) -> None:
+    source = RedisSource(
+        SourceSpec(
+            name="gone",
+            type="redis",
+            url="redis://127.0.0.1:1/0",  # nothing listens on port 1
+            options=RedisSource.Options(key_prefix=prefix, connect_timeout=1.0),
+            tables={},
+        )
+    )
+    with pytest.raises(DataSourceError, match="redis source 'gone' is unavailable") as caught:
+        await source.open()
+    assert (caught.value.retryable, caught.value.data_source) == (True, "gone")
+    await source.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (redis.ConnectionError("reset"), True),
+        (redis.TimeoutError("slow"), True),
+        (redis.BusyLoadingError("LOADING"), True),
+        (redis.ReadOnlyError("READONLY"), True),
+        (redis.AuthenticationError("WRONGPASS"), False),
+        (redis.ResponseError("WRONGTYPE"), False),
+        (redis.DataError("bad"), False),
+    ],
+)
+async def test_error_mapping(error: Exception, retryable: bool) -> None:
+    mapped = map_error(error, "r")
+    assert (mapped.retryable, mapped.data_source, mapped.__cause__) == (retryable, "r", error)
