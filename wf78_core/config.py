@@ -233,7 +233,7 @@ _SECTION_TYPES: dict[str, Any] = {
 _DATASOURCE_KEYS = frozenset({"type", "url", "pool_size", "timeout"})
 
 
-def _msgspec_problem(prefix: str, error: msgspec.ValidationError) -> Problem:
+def msgspec_problem(prefix: str, error: msgspec.ValidationError) -> Problem:
     message = str(error)
     path = prefix
     if " - at `$" in message:
@@ -250,7 +250,7 @@ def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as error:
-        problems.append(_msgspec_problem(path, error))
+        problems.append(msgspec_problem(path, error))
         return None
 
 

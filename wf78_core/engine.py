@@ -23,7 +23,14 @@ from croniter import croniter
 from .actions import TaskContext, builtin_actions
 from .agents import Agent
 from .backend import Backend, InProcessBackend
-from .config import Config, check_references, collect_config, load_config, read_config
+from .config import (
+    Config,
+    check_references,
+    collect_config,
+    load_config,
+    msgspec_problem,
+    read_config,
+)
 from .datasource import DataSource, SourceInfo, SourceSpec, TableSchema, options_for
 from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
 from .errors import (
@@ -164,7 +171,7 @@ class Engine:
             try:
                 sources[name] = (factory, options_for(factory, source.options))
             except msgspec.ValidationError as error:
-                problems.append(Problem(f"datasources.{name}", str(error)))
+                problems.append(msgspec_problem(f"datasources.{name}", error))
         if problems:
             raise ConfigError(problems)
         self._factories = sources
@@ -696,6 +703,9 @@ class Engine:
         slot.waiter = self.scheduler.enqueue(run.priority, limits, granted)
 
     async def _run_task(self, run: RunState, slot: TaskSlot, limits: tuple[Limit, ...]) -> None:
+        if slot.done:  # cancelled between the grant and this task starting
+            self.scheduler.release(limits)
+            return
         task = slot.definition
         action = self.actions[task.action]
         owns_retry = getattr(action, "wf78_owns_retry", False)
@@ -726,6 +736,11 @@ class Engine:
                 error = TaskTimeout(f"task {task.id!r} timed out after {timeout}s")
             except Exception as failure:
                 error = failure
+            except BaseException:
+                # Shutdown cancels past our own scope: finish the task (and run) anyway so
+                # nobody waiting on the run hangs; a no-op when our scope catches it.
+                self._finish_task(run, slot, "cancelled", error=run.error or "cancelled")
+                raise
             finally:
                 slot.scope = None
                 self._running_by_workflow[run.workflow.id] -= 1

@@ -64,9 +64,9 @@ def wf78_allocate_agent(task: Any, agents: Any) -> Any | None:
     :param agents: the agents in rotation that serve its data source and have a free slot,
         as a list of :class:`wf78_core.agents.Agent`.
 
-    Return one of ``agents``, or ``None`` to let the next allocator decide. Only the
-    built-in allocator named in ``[agents] allocator`` takes part; third-party
-    allocators are always asked first.
+    Return one of ``agents``, or ``None`` to let the engine take the first free agent.
+    Only the plugin named in ``[agents] allocator`` (``least_load`` by default, or
+    ``priority``, or a third party's plugin name) is asked.
     """
 
 

@@ -34,15 +34,28 @@ def make_plugin_manager(extra: Iterable[Any] = ()) -> pluggy.PluginManager:
             plugin = __import__(plugin, fromlist=["_"])
         if pm.is_registered(plugin):
             continue
-        pm.register(plugin)
+        pm.register(plugin, name=_readable_name(pm, plugin))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as error:
-        raise ConfigError(f"plugin {error.plugin!r}: {error}") from error
+        name = pm.get_name(error.plugin) or repr(error.plugin)
+        raise ConfigError(f"plugin {name!r}: {error}") from error
     if os.environ.get("WF78_TRACE_HOOKS"):
         pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
         pm.enable_tracing()
     return pm
+
+
+def _readable_name(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """``__name__`` (modules, classes) or the class path, so errors can name the plugin."""
+    name = getattr(plugin, "__name__", None)
+    if not isinstance(name, str):
+        name = f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+    unique, number = name, 1
+    while pm.has_plugin(unique):  # two instances of one class
+        number += 1
+        unique = f"{name}#{number}"
+    return unique
 
 
 class HookChain:
@@ -60,7 +73,7 @@ class HookChain:
         self.name = name
         # get_hookimpls() lists in reverse call order (tryfirst last).
         self.impls: list[tuple[str, Any, tuple[str, ...]]] = [
-            (impl.plugin_name, impl.function, tuple(impl.argnames))
+            (impl.plugin_name, _traced(pm, name, impl), tuple(impl.argnames))
             for impl in reversed(caller.get_hookimpls())
             if id(impl.plugin) not in excluded
         ]
@@ -92,10 +105,26 @@ async def collect_registry(pm: pluggy.PluginManager, hook: str, what: str) -> Re
     caller = getattr(pm.hook, hook)
     for impl in reversed(caller.get_hookimpls()):
         registry.owner = f"plugin {impl.plugin_name!r}"
-        result = impl.function(registry=registry)
+        result = _traced(pm, hook, impl)(registry=registry)
         if inspect.isawaitable(result):
             await result
     return registry
+
+
+def _traced(pm: pluggy.PluginManager, hook: str, impl: Any) -> Any:
+    """``impl.function``, logging each call under ``WF78_TRACE_HOOKS`` (pluggy's own tracing
+    never sees these calls: wf78 calls implementations itself to await async ones)."""
+    function = impl.function
+    if not os.environ.get("WF78_TRACE_HOOKS"):
+        return function
+    trace = pm.trace.root.get("hook")
+    plugin_name = impl.plugin_name
+
+    def call(**kwargs: Any) -> Any:
+        trace(f"{hook} [{plugin_name}]", kwargs)
+        return function(**kwargs)
+
+    return call
 
 
 def plugin_names(pm: pluggy.PluginManager, hook: str) -> dict[str, Any]:

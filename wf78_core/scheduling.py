@@ -49,7 +49,7 @@ class Waiter:
 class Limit:
     """A counted resource (``capacity`` slots) with a priority queue of waiters."""
 
-    __slots__ = ("_levels", "capacity", "in_use", "name", "waiting")
+    __slots__ = ("_levels", "capacity", "in_use", "name", "stale", "waiting")
 
     def __init__(self, name: str, capacity: int) -> None:
         if capacity < 1:
@@ -58,6 +58,7 @@ class Limit:
         self.capacity = capacity
         self.in_use = 0
         self.waiting = 0
+        self.stale = 0  # withdrawn waiters not yet dropped from the deques
         self._levels: dict[int, deque[Waiter]] = {}
 
     @property
@@ -90,6 +91,7 @@ class Limit:
             for priority, level in self._levels.items():
                 while level and level[0].state != 0:
                     level.popleft()
+                    self.stale -= 1
                 if not level:
                     continue
                 head = level[0]
@@ -98,13 +100,26 @@ class Limit:
                 if best_level is None or key < best_key:
                     best_level, best_key = level, key
             if best_level is None:
-                self.waiting = 0
+                self.waiting = self.stale = 0
                 return None
             waiter = best_level.popleft()
             self.waiting -= 1
             waiter.queue = None
             return waiter
         return None
+
+    def _withdrawn(self) -> None:
+        """Count a withdrawn waiter; drop them all once they outnumber the live ones."""
+        self.waiting -= 1
+        self.stale += 1
+        if self.stale > 64 and self.stale > self.waiting:
+            for priority, level in list(self._levels.items()):
+                live = deque(waiter for waiter in level if waiter.state == 0)
+                if live:
+                    self._levels[priority] = live
+                else:
+                    del self._levels[priority]
+            self.stale = 0
 
 
 class Scheduler:
@@ -163,7 +178,7 @@ class Scheduler:
         waiter.state = 2
         queue = waiter.queue
         if queue is not None:
-            queue.waiting -= 1
+            queue._withdrawn()
             waiter.queue = None
         self._dequeued(waiter.priority)
         return True

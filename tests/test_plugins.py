@@ -1,0 +1,355 @@
+"""Plugins: a real third-party package, duplicate and misspelt hooks, blocking, async hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from conftest import Probe
+
+from wf78_core import ConfigError, Engine, Operation, TaskContext, TaskEvent, hookimpl
+from wf78_core.plugins import make_plugin_manager
+from wf78_memory import MemorySource
+
+Config = Callable[..., dict[str, Any]]
+THIRDPARTY = Path(__file__).parent / "fixtures" / "thirdparty"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WF78_")}
+    env.update(extra)
+    return env
+
+
+def test_third_party_package_installed_with_pip(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(THIRDPARTY, source)
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1"),
+    )
+    assert (target / "wf78_thirdparty" / "__init__.py").is_file()
+    done = subprocess.run(
+        [sys.executable, str(source / "demo.py")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(target)),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert "thirdparty" in report["entry_points"]
+    assert "memory" in report["entry_points"]
+    assert report["problems"] == []
+    # the strategy (asked before the trylast built-ins) sends history to the ledger...
+    assert report["history"] == {
+        "data_source": "ledger",
+        "source_type": "thirdparty",
+        "reason": "thirdparty: history belongs in a ledger",
+        # ...and the allocator named in [agents] gives work to the last agent
+        "agent": "last",
+        "value": "tx-1",
+    }
+    assert report["plain"] == {"data_source": "scratch", "agent": "last"}
+    assert report["run"] == {
+        "status": "succeeded",
+        "chosen": {"data_source": "ledger", "reason": "thirdparty: history belongs in a ledger"},
+        "written_to": "ledger",
+    }
+    assert report["ledger"] == ["tx-1", "tx-2"]
+
+
+def test_without_the_package_its_type_is_unknown(tmp_path: Path) -> None:
+    """The same demo fails validation when the plugin is not installed."""
+    done = subprocess.run(
+        [sys.executable, str(THIRDPARTY / "demo.py")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    assert done.returncode != 0
+    assert "unknown data-source type 'thirdparty'" in done.stderr
+
+
+# -- duplicates, misspellings, blocking -----------------------------------------------------
+
+
+class SecondMemory:
+    @hookimpl
+    def wf78_register_datasources(self, registry: Any) -> None:
+        registry.add("memory", MemorySource)
+
+
+class ActionsOne:
+    @hookimpl
+    def wf78_register_actions(self, registry: Any) -> None:
+        registry.add("shared.name", lambda ctx: 1)
+
+
+class ActionsTwo:
+    @hookimpl
+    def wf78_register_actions(self, registry: Any) -> None:
+        registry.add("shared.name", lambda ctx: 2)
+
+
+class NoopAgain:
+    @hookimpl
+    def wf78_register_actions(self, registry: Any) -> None:
+        registry.add("noop", lambda ctx: None)
+
+
+@pytest.mark.anyio
+async def test_duplicate_data_source_type_names_both_plugins(config: Config) -> None:
+    engine = Engine(config(), plugins=[SecondMemory()])
+    with pytest.raises(ConfigError) as raised:
+        async with engine:
+            pytest.fail("must not start")
+    message = str(raised.value)
+    assert "data-source type 'memory' registered twice" in message
+    assert "test_plugins.SecondMemory" in message
+    assert "'memory'" in message.split("and by")[1]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("plugins", "names"),
+    [
+        ([ActionsOne(), ActionsTwo()], ["test_plugins.ActionsOne", "test_plugins.ActionsTwo"]),
+        ([NoopAgain()], ["test_plugins.NoopAgain", "_BuiltinActions"]),
+    ],
+)
+async def test_duplicate_action_names_both_plugins(
+    config: Config, plugins: list[Any], names: list[str]
+) -> None:
+    (problem,) = await Engine.check(config(), plugins=plugins)
+    assert "registered twice" in problem.message
+    for name in names:
+        assert name in problem.message
+    with pytest.raises(ConfigError, match="registered twice"):
+        async with Engine(config(), plugins=plugins):
+            pytest.fail("must not start")
+
+
+def test_two_instances_of_one_plugin_class_get_distinct_names() -> None:
+    pm = make_plugin_manager([ActionsOne(), ActionsOne()])
+    names = {name for name, _ in pm.list_name_plugin()}
+    assert {"test_plugins.ActionsOne", "test_plugins.ActionsOne#2"} <= names
+
+
+class Misspelt:
+    @hookimpl
+    def wf78_register_datasource(self, registry: Any) -> None:
+        registry.add("never", MemorySource)
+
+
+def test_misspelt_hook_fails_at_once(config: Config) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Engine(config(), plugins=[Misspelt()])
+    message = str(raised.value)
+    assert "wf78_register_datasource" in message
+    assert "unknown hook" in message
+    assert "test_plugins.Misspelt" in message
+
+
+@pytest.mark.anyio
+async def test_disable_plugins_blocks_the_memory_plugin(
+    monkeypatch: pytest.MonkeyPatch, config: Config
+) -> None:
+    assert await Engine.check(config()) == []
+    monkeypatch.setenv("WF78_DISABLE_PLUGINS", " selection , memory")
+    problems = await Engine.check(config())
+    assert [p.path for p in problems] == ["datasources.mem.type"]
+    assert "unknown data-source type 'memory'" in problems[0].message
+    pm = make_plugin_manager()
+    assert pm.is_blocked("memory") and pm.is_blocked("selection")
+    assert pm.get_plugin("sqlite") is not None
+    with pytest.raises(ConfigError, match="memory"):
+        async with Engine(config()):
+            pytest.fail("must not start")
+
+
+def test_a_module_plugin_already_loaded_is_not_registered_twice(config: Config) -> None:
+    engine = Engine(config(), plugins=["wf78_memory"])
+    memory = [name for name, plugin in engine.pm.list_name_plugin() if plugin is not None]
+    assert memory.count("memory") == 1
+    assert "wf78_memory" not in memory
+
+
+@pytest.mark.anyio
+async def test_trace_hooks_writes_to_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Config
+) -> None:
+    monkeypatch.setenv("WF78_TRACE_HOOKS", "1")
+    async with Engine(config(), plugins=[SyncPlugin()]) as engine:
+        await engine.submit(Operation(action="add", table="t", values={}))
+    err = capsys.readouterr().err
+    assert "wf78_register_datasources [memory]" in err
+    assert "wf78_register_actions [sync_plugin]" in err
+    assert "wf78_select_datasource [sync_plugin]" in err
+
+
+# -- sync and async hooks --------------------------------------------------------------------
+
+
+class AsyncPlugin:
+    """Every hook as a coroutine function."""
+
+    __name__ = "async_plugin"
+
+    def __init__(self) -> None:
+        self.events: list[TaskEvent] = []
+        self.allocations: list[list[str]] = []
+        self.seen = anyio.Event()
+
+    @hookimpl
+    async def wf78_register_datasources(self, registry: Any) -> None:
+        await anyio.lowlevel.checkpoint()
+        registry.add("async_memory", MemorySource)
+
+    @hookimpl
+    async def wf78_register_actions(self, registry: Any) -> None:
+        async def double(ctx: TaskContext) -> int:
+            await anyio.lowlevel.checkpoint()
+            return int(ctx.context["n"]) * 2
+
+        registry.add("async.double", double)
+
+    @hookimpl
+    async def wf78_select_datasource(self, operation: Operation, candidates: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        if operation.kind == "temp":
+            return "async_memory"  # a type name: the engine resolves it to a source
+        return None
+
+    @hookimpl
+    async def wf78_allocate_agent(self, agents: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        self.allocations.append([agent.id for agent in agents])
+        return agents[-1]
+
+    @hookimpl
+    async def wf78_task_event(self, event: TaskEvent) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.events.append(event)
+        if event.state == "succeeded":
+            self.seen.set()
+
+
+class SyncPlugin:
+    """The same hooks as plain functions."""
+
+    __name__ = "sync_plugin"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    def wf78_register_actions(self, registry: Any) -> None:
+        registry.add("sync.triple", lambda ctx: int(ctx.context["n"]) * 3)
+
+    @hookimpl
+    def wf78_select_datasource(self, operation: Operation, candidates: Any) -> Any:
+        return "plain" if operation.kind == "core" else None
+
+    @hookimpl
+    def wf78_task_event(self, event: TaskEvent) -> None:
+        self.events.append(event.state)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("allocator", ["async_plugin", "least_load"])
+async def test_sync_and_async_hooks_both_work(config: Config, allocator: str) -> None:
+    async_plugin, sync_plugin = AsyncPlugin(), SyncPlugin()
+    cfg = config(
+        {
+            "id": "w",
+            "tasks": [
+                {"id": "double", "action": "async.double"},
+                {"id": "triple", "action": "sync.triple"},
+            ],
+        },
+        datasources={"plain": {"type": "memory"}, "quick": {"type": "async_memory"}},
+        agents={
+            "allocator": allocator,
+            "pool": [
+                {"id": "a1", "capabilities": ["plain", "quick"]},
+                {"id": "a2", "capabilities": ["plain", "quick"]},
+            ],
+        },
+    )
+    async with Engine(cfg, plugins=[async_plugin, sync_plugin]) as engine:
+        run = await engine.run("w", {"n": 7})
+        assert run.results == {"double": 14, "triple": 21}
+        temp = await engine.submit(Operation(action="add", table="t", values={}, kind="temp"))
+        core = await engine.submit(Operation(action="add", table="t", values={}, kind="core"))
+        with anyio.fail_after(5):
+            await async_plugin.seen.wait()
+    assert (temp.data_source, temp.source_type) == ("quick", "async_memory")
+    assert core.data_source == "plain"
+    if allocator == "async_plugin":
+        assert (temp.agent, core.agent) == ("a2", "a2")
+        assert async_plugin.allocations == [["a1", "a2"], ["a1", "a2"]]
+    else:  # an allocator not named in [agents] is not asked
+        assert (temp.agent, core.agent) == ("a1", "a1")
+        assert async_plugin.allocations == []
+    assert {e.state for e in async_plugin.events if e.task == "double"} >= {"queued", "running"}
+    assert sync_plugin.events.count("succeeded") >= 2
+
+
+@pytest.mark.anyio
+async def test_explicit_data_source_wins_over_every_strategy(config: Config) -> None:
+    asked: list[str] = []
+
+    class Greedy:
+        @hookimpl
+        def wf78_select_datasource(self, operation: Operation, candidates: Any) -> Any:
+            asked.append(operation.action)
+            return "b"
+
+    cfg = config(datasources={"a": {"type": "memory"}, "b": {"type": "memory"}})
+    async with Engine(cfg, plugins=[Greedy()]) as engine:
+        chosen = await engine.submit(Operation(action="add", table="t", values={}))
+        explicit = await engine.submit(
+            Operation(action="add", table="t", values={}, data_source="a", kind="cache")
+        )
+    assert (chosen.data_source, chosen.reason) == ("b", "strategy")
+    assert (explicit.data_source, explicit.reason) == ("a", "explicit data_source")
+    assert asked == ["add"]
+
+
+@pytest.mark.anyio
+async def test_probe_plugin_is_observed_in_order(probe: Probe, config: Config) -> None:
+    cfg = config({"id": "w", "tasks": [{"id": "a", "action": "probe.record"}]})
+    async with Engine(cfg, plugins=[probe]) as engine:
+        run = await engine.run("w")
+    assert probe.states(run.id) == [("a", "queued"), ("a", "running"), ("a", "succeeded")]
