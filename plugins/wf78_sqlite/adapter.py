@@ -17,35 +17,25 @@ aiosqlite runs on asyncio only.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 import anyio
 import msgspec
-from anyio.abc import TaskStatus
 
 from wf78_core.datasource import SourceSpec
-from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, Problem
+from wf78_core.errors import ConfigError, DataSourceError
+from wf78_sql import Params, SqlSource, convert_options, create_table_sql
 
-from .errors import closed_error, map_error
-from .statements import (
-    Params,
-    TableSql,
-    create_table_sql,
-    first_keyword,
-    is_read,
-    raw_params,
-)
-from .writer import GroupCommitWriter, Write
+from .errors import map_error
+from .statements import SQLITE
+from .writer import GroupCommitWriter
 
 __all__ = ["SQLiteOptions", "SQLiteSource", "database_path"]
 
 _URL_PREFIX = "sqlite:///"
-# Raw SQL must not end or nest the writer's own transaction and savepoints.
-_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 
 
 class SQLiteOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -86,7 +76,7 @@ class _ReaderPool:
                 self._idle.append(connection)
 
 
-class SQLiteSource:
+class SQLiteSource(SqlSource):
     """A :class:`~wf78_core.datasource.DataSource` on one SQLite file.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
@@ -95,31 +85,15 @@ class SQLiteSource:
     """
 
     Options = SQLiteOptions
-    actions: frozenset[str] = frozenset(
-        {"add", "add_many", "get", "update", "upsert", "delete", "delete_many", "execute", "noop"}
-    )
+    kind = "sqlite"
+    dialect = SQLITE
 
     def __init__(self, spec: SourceSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.options = _options(spec)
+        super().__init__(spec)
+        self.options = convert_options(spec, SQLiteOptions)
         self.path = database_path(spec)
         self.concurrency = min(self.options.queue_size, 1024)
-        self._tables = {name: TableSql(schema, spec.name) for name, schema in spec.tables.items()}
-        self._writer: GroupCommitWriter | None = None
         self._readers: _ReaderPool | None = None
-        self._transactions = 0
-        self._writes = 0
-
-    @property
-    def transactions(self) -> int:
-        """Committed write transactions since the source was built."""
-        return self._transactions + (self._writer.transactions if self._writer else 0)
-
-    @property
-    def writes(self) -> int:
-        """Writes handled (committed or failed) since the source was built."""
-        return self._writes + (self._writer.writes if self._writer else 0)
 
     async def open(self) -> None:
         """Connect the writer and the readers, switch to WAL and create the declared tables."""
@@ -148,20 +122,10 @@ class SQLiteSource:
         )
         self._readers = _ReaderPool(readers)
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The group-commit writer loop, until cancelled; writes still queued then fail
-        with a retryable DataSourceError."""
-        if self._writer is None:
-            raise closed_error(self.name, "not open")
-        await self._writer.run(task_status=task_status)
-
     async def close(self) -> None:
         """Close every connection, after the write in progress if any (idempotent)."""
-        writer, readers = self._writer, self._readers
-        self._writer = self._readers = None
-        if writer is not None:
-            self._transactions += writer.transactions
-            self._writes += writer.writes
+        writer, readers = self._retire_writer(), self._readers
+        self._readers = None
         errors: list[Exception] = []
         with anyio.CancelScope(shield=True):
             if writer is not None:
@@ -177,120 +141,15 @@ class SQLiteSource:
         if errors:
             raise map_error(errors[0], self.name) from errors[0]
 
-    async def health(self) -> None:
-        """A ``SELECT 1`` on a reader; a retryable DataSourceError when it fails."""
-        try:
-            await self._read("SELECT 1", [])
-        except DataSourceError as error:
-            raise DataSourceError(
-                f"sqlite source {self.name!r} is unhealthy: {error}",
-                data_source=self.name,
-                retryable=True,
-            ) from error
-
-    async def execute(self, op: Operation) -> Any:
-        """Perform one operation.
-
-        Returns: ``add`` the row id, ``add_many`` the ids, ``get`` a list of dicts,
-        ``update``/``delete``/``delete_many`` the rows changed, ``upsert`` the id,
-        ``execute`` rows for a query else the rows changed, ``noop`` None. Raises
-        InvalidOperation for a bad operation, DataSourceError when SQLite refuses.
-        """
-        if op.action not in self.actions:
-            raise InvalidOperation(
-                f"action {op.action!r} is not supported by sqlite source {self.name!r} "
-                f"(expected one of {sorted(self.actions)})",
-                data_source=self.name,
-            )
-        if op.action == "noop":
-            return None
-        if op.action == "execute":
-            return await self._execute_sql(op)
-        table = self._table(op)
-        match op.action:
-            case "get":
-                statement, names = table.select(
-                    where=op.where,
-                    columns=op.columns,
-                    order=op.order,
-                    limit=op.limit,
-                    offset=op.offset,
-                )
-                rows = await self._read(statement.sql, statement.params)
-                return [table.decode(names, row) for row in rows]
-            case "add":
-                if op.values is None:
-                    raise table.invalid(f"add needs values (table {op.table!r})")
-                statement, row_id = table.insert(op.values)
-                write = Write([(statement.sql, [statement.params])], value=row_id, groupable=True)
-            case "add_many":
-                write = self._add_many(table, op)
-                if not write.value:
-                    return []
-            case "upsert":
-                statement, row_id = table.upsert(op.values or {})
-                write = Write([(statement.sql, [statement.params])], value=row_id, groupable=True)
-            case "update":
-                statement = table.update(op.values, op.where)
-                write = Write([(statement.sql, [statement.params])], counts=True)
-            case _:
-                statement = table.delete(op.where, many=op.action == "delete_many")
-                write = Write([(statement.sql, [statement.params])], counts=True)
-        return await self._write(write)
-
-    def _table(self, op: Operation) -> TableSql:
-        if op.table is None:
-            raise InvalidOperation(f"{op.action} needs a table", data_source=self.name)
-        table = self._tables.get(op.table)
-        if table is None:
-            raise InvalidOperation(
-                f"unknown table {op.table!r} (sqlite source {self.name!r} has "
-                f"{sorted(self._tables)})",
-                data_source=self.name,
-            )
-        return table
-
-    def _add_many(self, table: TableSql, op: Operation) -> Write:
-        """One write holding every row, so the caller's rows land all together or not at all."""
-        if op.rows is None:
-            raise table.invalid(f"add_many needs rows (table {op.table!r})")
-        statements: dict[str, list[Params]] = {}
-        ids: list[str | None] = []
-        for index, row in enumerate(op.rows):
-            statement, row_id = table.insert(row, field=f"rows[{index}]")
-            statements.setdefault(statement.sql, []).append(statement.params)
-            ids.append(row_id)
-        return Write(list(statements.items()), value=ids, groupable=True)
-
-    async def _execute_sql(self, op: Operation) -> Any:
-        if not op.sql:
-            raise InvalidOperation("execute needs sql", data_source=self.name)
-        keyword = first_keyword(op.sql)
-        if keyword in _TRANSACTION_CONTROL:
-            raise InvalidOperation(
-                f"execute cannot run {keyword!r} in sql: every write already runs in the "
-                "writer's transaction",
-                data_source=self.name,
-            )
-        params = raw_params(op.params)
-        if is_read(op.sql):
-            return [dict(row) for row in await self._read(op.sql, params)]
-        return await self._write(Write([(op.sql, [params])], counts=True))
-
-    async def _read(self, sql: str, params: Params) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: Params) -> tuple[list[str], Sequence[Sequence[Any]]]:
         readers = self._readers
         if readers is None:
-            raise closed_error(self.name, "not open")
+            raise self.closed_error("not open")
         try:
-            return await readers.fetchall(sql, params)
+            rows = await readers.fetchall(sql, params)
         except Exception as error:
             raise map_error(error, self.name) from error
-
-    async def _write(self, write: Write) -> Any:
-        writer = self._writer
-        if writer is None:
-            raise closed_error(self.name, "not open")
-        return await writer.submit(write)
+        return (list(rows[0].keys()) if rows else []), rows
 
     async def _connect(
         self, opened: list[aiosqlite.Connection], *, query_only: bool
@@ -321,7 +180,7 @@ class SQLiteSource:
         await writer.execute_fetchall(f"PRAGMA synchronous = {self.options.synchronous}")
         if self.options.create_tables:
             for schema in self.spec.tables.values():
-                for sql in create_table_sql(schema):
+                for sql in create_table_sql(schema, SQLITE):
                     await writer.execute_fetchall(sql)
 
 
@@ -338,28 +197,6 @@ def database_path(spec: SourceSpec) -> Path:
         )
     path = Path(location)
     return path if path.is_absolute() else Path(spec.base_dir) / path
-
-
-def _options(spec: SourceSpec) -> SQLiteOptions:
-    """``spec.options`` as SQLiteOptions; a plain mapping is converted (and checked) here."""
-    raw = spec.options
-    where = f"datasources.{spec.name}"
-    if isinstance(raw, SQLiteOptions):
-        return raw
-    if raw is None:
-        return SQLiteOptions()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"options must be a table, got {type(raw).__name__}", path=where)
-    try:
-        return msgspec.convert(dict(raw), SQLiteOptions)
-    except msgspec.ValidationError as error:
-        message, _, at = str(error).partition(" - at `$")
-        if at:
-            where += at.rstrip("`")
-        elif message.startswith("Object contains unknown field"):
-            where += "." + message.split("`")[1]
-            message = "unknown key"
-        raise ConfigError([Problem(where, message)]) from error
 
 
 async def _close_quietly(connection: aiosqlite.Connection) -> None:

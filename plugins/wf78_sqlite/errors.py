@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from wf78_core.errors import DataSourceError
+from wf78_sql import closed_error as _closed_error
 
 __all__ = ["closed_error", "map_error"]
 
@@ -38,6 +39,4 @@ def map_error(
 
 def closed_error(source: str, state: str = "closing") -> DataSourceError:
     """The retryable error of a write or read the source can no longer serve."""
-    return DataSourceError(
-        f"sqlite source {source!r} is {state}", data_source=source, retryable=True
-    )
+    return _closed_error("sqlite", source, state)

@@ -1,0 +1,45 @@
+"""MySQL's (and MariaDB's) dialect for the shared schema-checked statement builder."""
+
+from __future__ import annotations
+
+from wf78_sql import Dialect
+
+__all__ = ["MYSQL"]
+
+_TRANSACTION = "every write already runs in the writer's transaction"
+_SESSION = "it would change a pooled connection that other operations use next"
+
+MYSQL = Dialect(
+    name="mysql",
+    quote_char="`",
+    placeholder="%s",
+    column_types={
+        "text": "TEXT",
+        "int": "BIGINT",
+        "float": "DOUBLE",
+        "bool": "TINYINT(1)",
+        "json": "JSON",
+        "datetime": "DATETIME(6)",
+    },
+    # TEXT cannot be a key without a prefix length; ids are snowflakes or short caller keys.
+    key_type="VARCHAR(64)",
+    # VALUES(col) rather than MySQL 8's `AS new` alias: MariaDB knows only the former.
+    upsert="ON DUPLICATE KEY UPDATE {assignments}",
+    upsert_value="VALUES({column})",
+    upsert_nothing="ON DUPLICATE KEY UPDATE {id} = {id}",
+    empty_insert="INSERT INTO {table} () VALUES ()",
+    no_limit=18446744073709551615,  # MySQL's own advice for "OFFSET without LIMIT"
+    owner_index="inline",  # MySQL has no CREATE INDEX IF NOT EXISTS
+    # Binary collation: ids and filters compare like SQLite's (case- and accent-sensitive).
+    table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    read_keywords=frozenset({"SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE"}),
+    # Only DML joins a batch: DDL and the like commit implicitly, ending the batch's transaction.
+    batch_keywords=frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "DO", "WITH"}),
+    refused_keywords={
+        **dict.fromkeys(
+            ("BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "XA"), _TRANSACTION
+        ),
+        **dict.fromkeys(("SET", "USE", "LOCK", "UNLOCK"), _SESSION),
+    },
+    utc_datetimes=True,
+)

@@ -1,0 +1,158 @@
+"""MySQL's group-commit writer: the shared loop (:mod:`wf78_sql.writer`) on one pooled connection.
+
+The writer keeps one connection from the pool, in autocommit-off mode, and applies each batch
+in one transaction on it. Identical single-row INSERTs go out as one multi-row
+``INSERT ... VALUES (...), (...)`` (aiomysql's ``executemany``, chunked under
+``max_statement`` bytes). A connection lost mid-batch fails every write of the batch as
+retryable and is closed, never returned to the pool: the server rolls back what it never
+saw committed, so nothing of the batch stays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wf78_core.errors import DataSourceError
+from wf78_sql import GroupCommitWriter, Params, closed_error
+
+from .connections import prepare
+from .errors import CommitUnknown, aborts_transaction, is_connection_lost, map_error
+
+__all__ = ["MySQLWriter"]
+
+
+class MySQLWriter(GroupCommitWriter):
+    """Batches writes on a connection of ``pool``.
+
+    ``discarded`` counts connections closed after they failed, ``multi_row_inserts`` the
+    INSERTs sent for several rows at once (a chunk counts once per ``executemany``).
+    """
+
+    begin_sql = "START TRANSACTION"
+    savepoint = "wf78_write"  # WRITE is a reserved word in MySQL
+
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        source: str,
+        max_batch: int,
+        queue_size: int,
+        max_statement: int,
+    ) -> None:
+        super().__init__(source=source, max_batch=max_batch, queue_size=queue_size)
+        self.pool = pool
+        self.max_statement = max_statement
+        self.connection: Any = None
+        self.discarded = 0
+        self.multi_row_inserts = 0
+
+    @property
+    def thread_id(self) -> int | None:
+        """The server thread id of the writer's connection (for KILL), None when it has none."""
+        connection = self.connection
+        if connection is None or connection.closed:
+            return None
+        thread_id: int = connection.thread_id()
+        return thread_id
+
+    def map_error(self, error: BaseException, *, retryable: bool | None = None) -> DataSourceError:
+        return map_error(error, self.source, retryable=retryable)
+
+    def closed_error(self) -> DataSourceError:
+        return closed_error("mysql", self.source)
+
+    def aborts_batch(self, error: BaseException) -> bool:
+        return aborts_transaction(error)
+
+    async def _begin(self) -> None:
+        # A connection the server dropped while idle fails at once; nothing of the batch has
+        # run yet, so one fresh connection is worth a try before failing the batch.
+        for attempt in range(2):
+            await self._connect()
+            try:
+                await self._sql(self.begin_sql)
+                return
+            except Exception as error:
+                if attempt or not is_connection_lost(error):
+                    raise
+                self._drop(counted=True)
+
+    async def _end(self) -> None:
+        try:
+            await self.connection.commit()
+        except Exception as error:
+            if is_connection_lost(error):
+                raise CommitUnknown(error) from error
+            raise
+
+    async def _abort(self, error: BaseException) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        if connection.closed or is_connection_lost(error):
+            self._drop(counted=True)
+            return
+        try:
+            await connection.rollback()
+        except Exception:
+            self._drop(counted=True)  # a connection that cannot roll back is not reused
+
+    async def _close_connection(self) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            if not connection.closed:
+                await connection.ensure_closed()
+        except Exception:
+            pass  # already gone: closing it below is all that is left to do
+        finally:
+            self._drop(counted=False)
+
+    async def _connect(self) -> Any:
+        if self.connection is not None and self.connection.closed:
+            self._drop(counted=True)
+        if self.connection is None:
+            connection = await self.pool.acquire()
+            self.connection = connection
+            try:
+                await prepare(connection)
+                await connection.autocommit(False)
+            except Exception:
+                self._drop(counted=True)
+                raise
+        return self.connection
+
+    def _drop(self, *, counted: bool) -> None:
+        """Close the writer's connection and give its pool slot back, without the connection."""
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        connection.close()
+        self.pool.release(connection)  # a closed connection only leaves the pool's books
+        if counted:
+            self.discarded += 1
+
+    async def _sql(self, sql: str) -> None:
+        async with self.connection.cursor() as cursor:
+            await cursor.execute(sql)
+
+    async def _execute(self, sql: str, params: Params) -> list[dict[str, Any]] | int:
+        async with self.connection.cursor() as cursor:
+            await cursor.execute(sql, params)
+            if cursor.description is not None:
+                names = [column[0] for column in cursor.description]
+                rows = await cursor.fetchall()
+                return [dict(zip(names, row, strict=True)) for row in rows]
+            changed: int = cursor.rowcount
+            return changed
+
+    async def _executemany(self, sql: str, rows: list[Params]) -> int:
+        async with self.connection.cursor() as cursor:
+            cursor.max_stmt_length = self.max_statement
+            await cursor.executemany(sql, rows)
+            if len(rows) > 1:
+                self.multi_row_inserts += 1
+            changed: int = cursor.rowcount
+            return changed

@@ -1,0 +1,46 @@
+"""Shared building blocks of wf78's SQL adapters (a library, not a plugin: it registers nothing).
+
+- :class:`Dialect`: what differs between SQL dialects (quoting, placeholders, upserts, types).
+- :class:`TableSql`: schema-checked statements for one declared table.
+- :class:`GroupCommitWriter` and :class:`Write`: many callers' writes in one transaction.
+- :class:`SqlSource`: the actions, their checks and result shapes, less the driver.
+"""
+
+from __future__ import annotations
+
+from .dialect import Dialect
+from .errors import closed_error
+from .options import convert_options
+from .source import SQL_ACTIONS, SqlSource
+from .statements import (
+    Params,
+    Route,
+    Statement,
+    TableSql,
+    create_table_sql,
+    first_keyword,
+    is_read,
+    raw_params,
+    route,
+)
+from .writer import GroupCommitWriter, Write, WriteFailed
+
+__all__ = [
+    "SQL_ACTIONS",
+    "Dialect",
+    "GroupCommitWriter",
+    "Params",
+    "Route",
+    "SqlSource",
+    "Statement",
+    "TableSql",
+    "Write",
+    "WriteFailed",
+    "closed_error",
+    "convert_options",
+    "create_table_sql",
+    "first_keyword",
+    "is_read",
+    "raw_params",
+    "route",
+]

@@ -1,0 +1,198 @@
+"""What every SQL data source does the same way: actions, their checks and result shapes.
+
+A subclass supplies the connections: :meth:`SqlSource._read` for queries and a
+:class:`~wf78_sql.writer.GroupCommitWriter` in ``_writer`` for writes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from wf78_core.datasource import SourceSpec
+from wf78_core.definitions import Operation
+from wf78_core.errors import DataSourceError, InvalidOperation
+
+from .dialect import Dialect
+from .errors import closed_error
+from .statements import Params, TableSql, raw_params, route
+from .writer import GroupCommitWriter, Write
+
+__all__ = ["SQL_ACTIONS", "SqlSource"]
+
+SQL_ACTIONS = frozenset(
+    {"add", "add_many", "get", "update", "upsert", "delete", "delete_many", "execute", "noop"}
+)
+
+
+class SqlSource(ABC):
+    """A :class:`~wf78_core.datasource.DataSource` over SQL, less the driver.
+
+    ``transactions`` and ``writes`` count committed write transactions and writes handled.
+    """
+
+    kind: ClassVar[str]
+    dialect: ClassVar[Dialect]
+    actions: frozenset[str] = SQL_ACTIONS
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._tables = {
+            name: TableSql(schema, spec.name, self.dialect) for name, schema in spec.tables.items()
+        }
+        self._writer: GroupCommitWriter | None = None
+        self._transactions = 0
+        self._writes = 0
+
+    # -- the driver ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def _read(self, sql: str, params: Params) -> tuple[list[str], Sequence[Sequence[Any]]]:
+        """Run a query on a reader: column names and rows; DataSourceError when it fails."""
+
+    async def _run_alone(self, sql: str, params: Params) -> Any:
+        """Raw SQL that may not join a batch; by default every write may."""
+        return await self._write(Write([(sql, [params])], counts=True))
+
+    def _raw_statement(
+        self, sql: str, params: list[Any] | dict[str, Any] | None
+    ) -> tuple[str, Params]:
+        return sql, raw_params(params, self.dialect)
+
+    # -- shared behaviour -----------------------------------------------------------------
+
+    @property
+    def transactions(self) -> int:
+        """Committed write transactions since the source was built."""
+        return self._transactions + (self._writer.transactions if self._writer else 0)
+
+    @property
+    def writes(self) -> int:
+        """Writes handled (committed or failed) since the source was built."""
+        return self._writes + (self._writer.writes if self._writer else 0)
+
+    def closed_error(self, state: str = "closing") -> DataSourceError:
+        return closed_error(self.kind, self.name, state)
+
+    def _retire_writer(self) -> GroupCommitWriter | None:
+        """Take the writer out of service, keeping its counts."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._transactions += writer.transactions
+            self._writes += writer.writes
+        return writer
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The group-commit writer loop, until cancelled; writes still queued then fail
+        with a retryable DataSourceError."""
+        if self._writer is None:
+            raise self.closed_error("not open")
+        await self._writer.run(task_status=task_status)
+
+    async def health(self) -> None:
+        """A ``SELECT 1`` on a reader; a retryable DataSourceError when it fails."""
+        try:
+            await self._read("SELECT 1", [])
+        except DataSourceError as error:
+            raise DataSourceError(
+                f"{self.kind} source {self.name!r} is unhealthy: {error}",
+                data_source=self.name,
+                retryable=True,
+            ) from error
+
+    async def execute(self, op: Operation) -> Any:
+        """Perform one operation.
+
+        Returns: ``add`` the row id, ``add_many`` the ids, ``get`` a list of dicts,
+        ``update``/``delete``/``delete_many`` the rows changed, ``upsert`` the id,
+        ``execute`` rows for a query else the rows changed, ``noop`` None. Raises
+        InvalidOperation for a bad operation, DataSourceError when the database refuses.
+        """
+        if op.action not in self.actions:
+            raise InvalidOperation(
+                f"action {op.action!r} is not supported by {self.kind} source {self.name!r} "
+                f"(expected one of {sorted(self.actions)})",
+                data_source=self.name,
+            )
+        if op.action == "noop":
+            return None
+        if op.action == "execute":
+            return await self._execute_sql(op)
+        table = self._table(op)
+        match op.action:
+            case "get":
+                statement, names = table.select(
+                    where=op.where,
+                    columns=op.columns,
+                    order=op.order,
+                    limit=op.limit,
+                    offset=op.offset,
+                )
+                _, rows = await self._read(statement.sql, statement.params)
+                return [table.decode(names, row) for row in rows]
+            case "add":
+                if op.values is None:
+                    raise table.invalid(f"add needs values (table {op.table!r})")
+                statement, row_id = table.insert(op.values)
+                write = Write([(statement.sql, [statement.params])], value=row_id, groupable=True)
+            case "add_many":
+                write = self._add_many(table, op)
+                if not write.value:
+                    return []
+            case "upsert":
+                statement, row_id = table.upsert(op.values or {})
+                write = Write([(statement.sql, [statement.params])], value=row_id, groupable=True)
+            case "update":
+                statement = table.update(op.values, op.where)
+                write = Write([(statement.sql, [statement.params])], counts=True)
+            case _:
+                statement = table.delete(op.where, many=op.action == "delete_many")
+                write = Write([(statement.sql, [statement.params])], counts=True)
+        return await self._write(write)
+
+    def _table(self, op: Operation) -> TableSql:
+        if op.table is None:
+            raise InvalidOperation(f"{op.action} needs a table", data_source=self.name)
+        table = self._tables.get(op.table)
+        if table is None:
+            raise InvalidOperation(
+                f"unknown table {op.table!r} ({self.kind} source {self.name!r} has "
+                f"{sorted(self._tables)})",
+                data_source=self.name,
+            )
+        return table
+
+    def _add_many(self, table: TableSql, op: Operation) -> Write:
+        """One write holding every row, so the caller's rows land all together or not at all."""
+        if op.rows is None:
+            raise table.invalid(f"add_many needs rows (table {op.table!r})")
+        statements: dict[str, list[Params]] = {}
+        ids: list[str | None] = []
+        for index, row in enumerate(op.rows):
+            statement, row_id = table.insert(row, field=f"rows[{index}]")
+            statements.setdefault(statement.sql, []).append(statement.params)
+            ids.append(row_id)
+        return Write(list(statements.items()), value=ids, groupable=True)
+
+    async def _execute_sql(self, op: Operation) -> Any:
+        if not op.sql:
+            raise InvalidOperation("execute needs sql", data_source=self.name)
+        where = route(op.sql, self.dialect, self.name)
+        sql, params = self._raw_statement(op.sql, op.params)
+        if where == "read":
+            names, rows = await self._read(sql, params)
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        if where == "alone":
+            return await self._run_alone(sql, params)
+        return await self._write(Write([(sql, [params])], counts=True))
+
+    async def _write(self, write: Write) -> Any:
+        writer = self._writer
+        if writer is None:
+            raise self.closed_error("not open")
+        return await writer.submit(write)

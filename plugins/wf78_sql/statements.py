@@ -1,0 +1,324 @@
+"""Schema-checked SQL: identifiers come only from the declared table, values are always bound."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+
+from wf78_core.datasource import TableSchema
+from wf78_core.errors import InvalidOperation
+from wf78_core.ids import snowflake_id
+
+from .dialect import Dialect
+
+__all__ = [
+    "Params",
+    "Route",
+    "Statement",
+    "TableSql",
+    "create_table_sql",
+    "first_keyword",
+    "is_read",
+    "raw_params",
+    "route",
+]
+
+Params = Sequence[Any] | Mapping[str, Any]
+# Where raw SQL goes: a reader, the group-commit writer, or a connection of its own.
+Route = Literal["read", "write", "alone"]
+
+_BINDABLE = (str, int, float, bytes)
+_JSON_ENCODER = msgspec.json.Encoder()
+_JSON_DECODER = msgspec.json.Decoder()
+# Whitespace and comments before the first keyword of raw SQL.
+_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
+_KEYWORD = re.compile(r"[A-Za-z]+")
+_WRITE_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+class Statement(NamedTuple):
+    sql: str
+    params: list[Any]
+
+
+def create_table_sql(table: TableSchema, dialect: Dialect) -> list[str]:
+    """``CREATE TABLE IF NOT EXISTS`` for a declared table, with an index on its owner column."""
+    quote = dialect.quote
+    columns = [
+        f"{quote(name)} {dialect.key_type} PRIMARY KEY"
+        if name == "id"
+        else f"{quote(name)} {dialect.key_type}"
+        if name == table.owner
+        else f"{quote(name)} {dialect.column_types[kind]}"
+        for name, kind in table.columns.items()
+    ]
+    # Owner-scoped reads (the koa78 cid/uid filter) hit this column on every request.
+    owner = table.owner if table.owner and table.owner in table.columns else None
+    if owner and dialect.owner_index == "inline":
+        columns.append(f"INDEX {quote('owner_' + owner)} ({quote(owner)})")
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {quote(table.name)} ({', '.join(columns)})"
+        + dialect.table_options
+    ]
+    if owner and dialect.owner_index == "statement":
+        index = quote(f"{table.name}_{owner}")
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS {index} ON {quote(table.name)} ({quote(owner)})"
+        )
+    return statements
+
+
+def first_keyword(sql: str) -> str:
+    """The first SQL keyword of ``sql``, upper-cased, skipping comments ("" if none)."""
+    leading = _LEADING.match(sql)
+    start = leading.end() if leading else 0
+    keyword = _KEYWORD.match(sql, start)
+    return keyword.group(0).upper() if keyword else ""
+
+
+def is_read(sql: str, dialect: Dialect) -> bool:
+    """Whether raw SQL can go to a reader; when unsure it says no, and the writer serves it."""
+    keyword = first_keyword(sql)
+    if keyword == "WITH":
+        return _WRITE_WORD.search(sql) is None
+    if keyword not in dialect.read_keywords:
+        return False
+    if keyword == "PRAGMA":  # SQLite: a PRAGMA that sets something writes
+        return "=" not in sql and "(" not in sql
+    return True
+
+
+def route(sql: str, dialect: Dialect, source: str) -> Route:
+    """Where raw SQL runs; InvalidOperation for SQL that would break the writer's transaction."""
+    keyword = first_keyword(sql)
+    reason = dialect.refused_keywords.get(keyword)
+    if reason is not None:
+        raise InvalidOperation(
+            f"execute cannot run {keyword!r} in sql: {reason}", data_source=source
+        )
+    if is_read(sql, dialect):
+        return "read"
+    if dialect.batch_keywords is None or keyword in dialect.batch_keywords:
+        return "write"
+    return "alone"
+
+
+def raw_params(params: list[Any] | dict[str, Any] | None, dialect: Dialect) -> Params:
+    """Parameters of raw SQL, with datetimes as the typed columns store them."""
+    if params is None:
+        return []
+    if isinstance(params, dict):
+        return {key: dialect.plain(value) for key, value in params.items()}
+    return [dialect.plain(value) for value in params]
+
+
+class TableSql:
+    """Builds statements for one declared table and refuses every identifier it does not declare."""
+
+    def __init__(self, schema: TableSchema, source: str, dialect: Dialect) -> None:
+        self.schema = schema
+        self.source = source
+        self.dialect = dialect
+        self.quoted = dialect.quote(schema.name)
+        self.has_id = "id" in schema.columns
+        self._quoted = {name: dialect.quote(name) for name in schema.columns}
+
+    def invalid(self, message: str) -> InvalidOperation:
+        return InvalidOperation(message, data_source=self.source)
+
+    def column(self, name: Any, field: str) -> str:
+        """The quoted column ``name``, or InvalidOperation naming ``field`` and the value."""
+        if not isinstance(name, str) or name not in self.schema.columns:
+            raise self.invalid(f"unknown column {name!r} in {field} of table {self.schema.name!r}")
+        return self._quoted[name]
+
+    def encode(self, column: str, value: Any, field: str) -> Any:
+        """``value`` as stored in ``column``: bools as 0/1, json as text, datetimes per dialect."""
+        if value is None:
+            return None
+        kind = self.schema.columns[column]
+        where = f"{field}.{column} of table {self.schema.name!r}"
+        if kind == "json":
+            try:
+                return _JSON_ENCODER.encode(value).decode()
+            except (msgspec.EncodeError, TypeError) as error:
+                raise self.invalid(f"{where} is not JSON-encodable: {error}") from error
+        if kind == "bool":
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return int(value)
+            raise self.invalid(f"{where} must be a bool, got {value!r}")
+        if kind == "datetime":
+            if isinstance(value, datetime):
+                return self.dialect.store_datetime(value)
+            if isinstance(value, str):
+                try:
+                    return self.dialect.store_datetime(datetime.fromisoformat(value))
+                except ValueError as error:
+                    raise self.invalid(f"{where} is not an ISO 8601 datetime: {value!r}") from error
+            raise self.invalid(f"{where} must be a datetime or ISO string, got {value!r}")
+        if isinstance(value, _BINDABLE):
+            return value
+        raise self.invalid(f"{where} has unsupported type {type(value).__name__}")
+
+    def decode(self, columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+        """A result row as a dict: bools and JSON decoded, datetimes as ISO strings."""
+        out: dict[str, Any] = {}
+        kinds = self.schema.columns
+        for name, value in zip(columns, row, strict=True):
+            if value is not None:
+                kind = kinds.get(name)
+                if kind == "bool":
+                    value = bool(value)
+                elif kind == "json":
+                    try:
+                        value = _JSON_DECODER.decode(value)
+                    except msgspec.DecodeError:
+                        pass  # rows written by raw SQL may hold plain text: return it as is
+                elif kind == "datetime":
+                    value = self.dialect.load_datetime(value)
+            out[name] = value
+        return out
+
+    def insert(
+        self, values: Mapping[str, Any], field: str = "values"
+    ) -> tuple[Statement, str | None]:
+        """An INSERT of one row and the row's id (generated when missing)."""
+        row = dict(values)
+        for name in row:
+            self.column(name, field)
+        row_id: str | None = None
+        if self.has_id:
+            if row.get("id") is None:
+                row["id"] = snowflake_id()
+            row_id = str(row["id"])
+        # Schema order makes rows with the same columns share one SQL text (and one batch).
+        names = [name for name in self.schema.columns if name in row]
+        params = [self.encode(name, row[name], field) for name in names]
+        if not names:
+            return Statement(self.dialect.empty_insert.format(table=self.quoted), []), row_id
+        sql = (
+            f"INSERT INTO {self.quoted} ({self._names(names)}) "
+            f"VALUES ({self.dialect.placeholders(len(names))})"
+        )
+        return Statement(sql, params), row_id
+
+    def upsert(self, values: Mapping[str, Any]) -> tuple[Statement, str]:
+        """An INSERT that updates the given columns when the id exists; ``values`` needs an id."""
+        if not self.has_id:
+            raise self.invalid(f"upsert needs an id column, table {self.schema.name!r} has none")
+        if values.get("id") is None:
+            raise self.invalid(f"upsert needs values.id (table {self.schema.name!r})")
+        statement, row_id = self.insert(values)
+        dialect = self.dialect
+        updates = [
+            f"{self._quoted[name]} = {dialect.upsert_value.format(column=self._quoted[name])}"
+            for name in self.schema.columns
+            if name in values and name != "id"
+        ]
+        if updates:
+            action = dialect.upsert.format(id=self._quoted["id"], assignments=", ".join(updates))
+        else:
+            action = dialect.upsert_nothing.format(id=self._quoted["id"])
+        return Statement(f"{statement.sql} {action}", statement.params), str(row_id)
+
+    def select(
+        self,
+        *,
+        where: Mapping[str, Any] | None,
+        columns: Sequence[str] | None,
+        order: Sequence[str] | None,
+        limit: int | None,
+        offset: int,
+    ) -> tuple[Statement, list[str]]:
+        """A SELECT and the names of the columns it returns."""
+        names = list(columns) if columns else list(self.schema.columns)
+        select_list = ", ".join(self.column(name, "columns") for name in names)
+        sql = f"SELECT {select_list} FROM {self.quoted}"
+        clause, params = self.where(where or {})
+        if clause:
+            sql += f" WHERE {clause}"
+        if order:
+            sql += " ORDER BY " + ", ".join(self._order(entry) for entry in order)
+        if limit is not None or offset:
+            mark = self.dialect.placeholder
+            sql += f" LIMIT {mark} OFFSET {mark}"
+            params += [self.dialect.no_limit if limit is None else limit, offset]
+        return Statement(sql, params), names
+
+    def update(
+        self, values: Mapping[str, Any] | None, where: Mapping[str, Any] | None
+    ) -> Statement:
+        if not values:
+            raise self.invalid(f"update needs non-empty values (table {self.schema.name!r})")
+        self._require_where("update", where)
+        mark = self.dialect.placeholder
+        assignments = [f"{self.column(name, 'values')} = {mark}" for name in values]
+        params = [self.encode(name, value, "values") for name, value in values.items()]
+        clause, where_params = self.where(where or {})
+        sql = f"UPDATE {self.quoted} SET {', '.join(assignments)} WHERE {clause}"
+        return Statement(sql, params + where_params)
+
+    def delete(self, where: Mapping[str, Any] | None, *, many: bool = False) -> Statement:
+        self._require_where("delete_many" if many else "delete", where)
+        if many and not any(isinstance(value, list | tuple) for value in (where or {}).values()):
+            raise self.invalid(
+                f"delete_many needs a list value in where (table {self.schema.name!r}), "
+                f"got {where!r}"
+            )
+        clause, params = self.where(where or {})
+        return Statement(f"DELETE FROM {self.quoted} WHERE {clause}", params)
+
+    def where(self, where: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """Equality filters ANDed: a list value means IN (...), None means IS NULL."""
+        parts: list[str] = []
+        params: list[Any] = []
+        mark = self.dialect.placeholder
+        for name, value in where.items():
+            column = self.column(name, "where")
+            if value is None:
+                parts.append(f"{column} IS NULL")
+            elif isinstance(value, list | tuple):
+                if not value:
+                    parts.append("1 = 0")  # IN () matches nothing, and not every dialect parses it
+                    continue
+                parts.append(f"{column} IN ({self.dialect.placeholders(len(value))})")
+                params.extend(self.encode(name, item, "where") for item in value)
+            else:
+                parts.append(f"{column} = {mark}")
+                params.append(self.encode(name, value, "where"))
+        return " AND ".join(parts), params
+
+    def _require_where(self, action: str, where: Mapping[str, Any] | None) -> None:
+        if not where:
+            raise self.invalid(
+                f"{action} needs a non-empty where: refusing to touch every row of table "
+                f"{self.schema.name!r}"
+            )
+
+    def _order(self, entry: Any) -> str:
+        if not isinstance(entry, str):
+            raise self.invalid(f"bad order entry {entry!r} of table {self.schema.name!r}")
+        if entry.startswith("-"):
+            return f"{self.column(entry[1:], 'order')} DESC"
+        parts = entry.split()
+        if len(parts) == 1:
+            return f"{self.column(parts[0], 'order')} ASC"
+        if len(parts) == 2:
+            direction = parts[1].upper()
+            if direction not in ("ASC", "DESC"):
+                raise self.invalid(
+                    f"bad order direction {parts[1]!r} in order of table {self.schema.name!r} "
+                    "(expected asc or desc)"
+                )
+            return f"{self.column(parts[0], 'order')} {direction}"
+        raise self.invalid(
+            f"bad order entry {entry!r} in order of table {self.schema.name!r} "
+            "(expected 'col', 'col asc', 'col desc' or '-col')"
+        )
+
+    def _names(self, names: Iterable[str]) -> str:
+        return ", ".join(self._quoted[name] for name in names)
