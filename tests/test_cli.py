@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+import pymysql
 import pytest
 
+from wf78_core import sharding
 from wf78_core.cli import main
 
 SOURCE = """\
@@ -86,7 +91,7 @@ def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("validate", "run", "demo"):
+    for command in ("validate", "run", "demo", "maintain"):
         assert re.search(rf"^\s+{command}\s+\w", out, re.MULTILINE), out
 
 
@@ -318,6 +323,89 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_rejects_negative_operations(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--operations", "-1"]) == 2
     assert "--operations must be >= 0" in capsys.readouterr().err
+
+
+# -- maintain ----------------------------------------------------------------------------------
+
+MAINTAIN = """\
+[datasources.main]
+type = "sqlite"
+url = "sqlite:///data/maintain.db"
+create_tables = false
+
+[tables.items]
+columns = { name = "text" }
+owner = "cid"
+
+[tables.events]
+columns = { what = "text" }
+sharding = { type = "daily", retention_days = 1, ahead = 1 }
+"""
+
+
+def sqlite_tables(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return sorted(row[0] for row in rows)
+
+
+def test_maintain_creates_missing_tables_and_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sharding, "now", lambda: datetime(2025, 1, 31, 8, tzinfo=UTC))
+    path = write(tmp_path, MAINTAIN)
+    assert main(["maintain", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "created table items on main",
+        "created shard events_20250131 on main",
+        "created shard events_20250201 on main",
+        "wf78 maintain: 1 tables created, 2 shards created, 0 shards dropped",
+    ]
+    database = tmp_path / "data" / "maintain.db"
+    assert sqlite_tables(database) == ["events_20250131", "events_20250201", "items"]
+    # Two days later, with one day's retention, the 31st goes and the 1st stays.
+    monkeypatch.setattr(sharding, "now", lambda: datetime(2025, 2, 2, 8, tzinfo=UTC))
+    monkeypatch.setenv("WF78_CONFIG", str(path))
+    code, report = run_json(capsys, ["maintain", "--json"])
+    assert code == 0
+    assert report == {
+        "created": [
+            {"source": "main", "table": "events_20250202"},
+            {"source": "main", "table": "events_20250203"},
+        ],
+        "dropped": [{"source": "main", "table": "events_20250131"}],
+        "tables_created": [],
+    }
+    assert sqlite_tables(database) == [
+        "events_20250201",
+        "events_20250202",
+        "events_20250203",
+        "items",
+    ]
+
+
+def test_maintain_creates_missing_mysql_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = f"cli_{uuid4().hex[:8]}_items"
+    path = write(
+        tmp_path,
+        '[datasources.db]\ntype = "mysql"\nurl = "mysql://root@127.0.0.1:3306/test"\n'
+        f'[tables.{table}]\ncolumns = {{ name = "text" }}\nowner = "uid"\n',
+    )
+    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test")
+    try:
+        assert main(["maintain", "--config", str(path)]) == 0
+        assert f"created table {table} on db" in capsys.readouterr().out
+        with connection.cursor() as cursor:
+            cursor.execute(f"SHOW COLUMNS FROM `{table}`")
+            assert [row[0] for row in cursor.fetchall()] == ["id", "name", "uid", "upby", "uptime"]
+        assert main(["maintain", "--config", str(path)]) == 0
+        assert "0 tables created" in capsys.readouterr().out
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+        connection.close()
 
 
 # -- the console script ------------------------------------------------------------------------

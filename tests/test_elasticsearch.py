@@ -13,7 +13,7 @@ from osmem_server import OsmemServer
 
 from tests.esutil import JsonNode, plain_media_type
 from wf78_core import Engine
-from wf78_core.datasource import SourceSpec
+from wf78_core.datasource import SourceSpec, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.registry import Registry
@@ -84,7 +84,7 @@ async def refresh(source: ElasticsearchSource, index: str = "docs") -> None:
 def test_registers_the_elasticsearch_type() -> None:
     registry: Registry[Any] = Registry("data-source type")
     wf78_register_datasources(registry=registry)
-    assert registry["elasticsearch"] is ElasticsearchSource
+    assert load_factory(registry["elasticsearch"]) is ElasticsearchSource
 
 
 def test_node_class_helper_rewrites_only_compatibility_media_types() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from wf78_core import Engine
 from wf78_core.config import TableConfig
-from wf78_core.datasource import DataSource, SourceSpec, TableSchema
+from wf78_core.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.registry import Registry
@@ -163,7 +163,7 @@ async def kill_when_running(
 def test_hook_registers_the_factory(names: Names) -> None:
     registry: Registry[Any] = Registry("data source")
     wf78_register_datasources(registry)
-    assert registry["mysql"] is MySQLSource
+    assert load_factory(registry["mysql"]) is MySQLSource
     assert isinstance(make_source(names), DataSource)
 
 
@@ -183,6 +183,7 @@ def test_options_defaults_and_concurrency(names: Names) -> None:
     assert make_source(names, queue_size=8).concurrency == 8
     assert source.actions == frozenset(
         {"add", "add_many", "get", "update", "upsert", "delete", "delete_many", "execute", "noop"}
+        | {"count", "update_many", "create_table", "drop_table", "list_shards"}
     )
     assert source.settings == {
         "host": "127.0.0.1",

@@ -18,6 +18,7 @@ from conftest import Probe
 
 from wf78_core import ConfigError, Engine, Operation, TaskContext, TaskEvent, hookimpl
 from wf78_core.plugins import make_plugin_manager
+from wf78_core.registry import Registry
 from wf78_memory import MemorySource
 
 Config = Callable[..., dict[str, Any]]
@@ -108,6 +109,13 @@ class SecondMemory:
     @hookimpl
     def wf78_register_datasources(self, registry: Any) -> None:
         registry.add("memory", MemorySource)
+        registry.add("fancy", MemorySource)
+
+
+class ThirdMemory:
+    @hookimpl
+    def wf78_register_datasources(self, registry: Any) -> None:
+        registry.add("fancy", MemorySource)
 
 
 class ActionsOne:
@@ -125,19 +133,36 @@ class ActionsTwo:
 class NoopAgain:
     @hookimpl
     def wf78_register_actions(self, registry: Any) -> None:
-        registry.add("noop", lambda ctx: None)
+        registry.add("noop", lambda ctx: "mine")
+
+
+@pytest.mark.anyio
+async def test_a_plugin_action_replaces_the_built_in_action() -> None:
+    workflow = {"id": "w", "tasks": [{"id": "a", "action": "noop"}]}
+    async with Engine({"workflows": [workflow]}, plugins=[NoopAgain()]) as engine:
+        run = await engine.run("w")
+    assert run.tasks["a"].result == "mine"
 
 
 @pytest.mark.anyio
 async def test_duplicate_data_source_type_names_both_plugins(config: Config) -> None:
-    engine = Engine(config(), plugins=[SecondMemory()])
+    engine = Engine(config(), plugins=[SecondMemory(), ThirdMemory()])
     with pytest.raises(ConfigError) as raised:
         async with engine:
             pytest.fail("must not start")
     message = str(raised.value)
-    assert "data-source type 'memory' registered twice" in message
+    assert "data-source type 'fancy' registered twice" in message
     assert "test_plugins.SecondMemory" in message
-    assert "'memory'" in message.split("and by")[1]
+    assert "test_plugins.ThirdMemory" in message
+
+
+@pytest.mark.anyio
+async def test_a_plugin_type_replaces_the_built_in_type(config: Config) -> None:
+    """SecondMemory registers "memory" again: the built-in steps aside instead of failing."""
+    async with Engine(config(), plugins=[SecondMemory()]) as engine:
+        result = await engine.submit(Operation(action="noop", data_source="mem"))
+    assert result.data_source == "mem"
+    assert engine._source_types.get("memory") is MemorySource
 
 
 @pytest.mark.anyio
@@ -145,7 +170,6 @@ async def test_duplicate_data_source_type_names_both_plugins(config: Config) -> 
     ("plugins", "names"),
     [
         ([ActionsOne(), ActionsTwo()], ["test_plugins.ActionsOne", "test_plugins.ActionsTwo"]),
-        ([NoopAgain()], ["test_plugins.NoopAgain", "_BuiltinActions"]),
     ],
 )
 async def test_duplicate_action_names_both_plugins(
@@ -353,3 +377,37 @@ async def test_probe_plugin_is_observed_in_order(probe: Probe, config: Config) -
     async with Engine(cfg, plugins=[probe]) as engine:
         run = await engine.run("w")
     assert probe.states(run.id) == [("a", "queued"), ("a", "running"), ("a", "succeeded")]
+
+
+def test_a_third_party_type_replaces_the_built_in_of_that_name() -> None:
+    """Built-ins register with ``default=True`` and step aside; plain duplicates still fail."""
+    registry: Registry[Any] = Registry("data-source type")
+    registry.owner = "plugin 'better'"
+    registry.add("sqlite", "better:Source")
+    registry.owner = "plugin 'sqlite'"
+    registry.add("sqlite", "wf78_sqlite.adapter:SQLiteSource", default=True)
+    assert registry["sqlite"] == "better:Source"
+    registry.add("memory", "wf78_memory:MemorySource", default=True)
+    registry.owner = "plugin 'late'"
+    registry.add("memory", "late:Memory")  # a built-in added first still gives way
+    assert registry["memory"] == "late:Memory"
+    with pytest.raises(
+        ConfigError, match="registered twice: by plugin 'late' and by plugin 'again'"
+    ):
+        registry.owner = "plugin 'again'"
+        registry.add("memory", "again:Memory")
+
+
+def test_heavy_drivers_load_only_for_configured_sources() -> None:
+    code = (
+        "import sys, anyio\n"
+        "from wf78_core import Engine\n"
+        "async def main():\n"
+        "    async with Engine({'datasources': {'m': {'type': 'memory'}}}):\n"
+        "        pass\n"
+        "anyio.run(main)\n"
+        "print(sorted(m for m in ('elasticsearch', 'aiomysql', 'redis') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from wf78_core import Engine
 from wf78_core.config import TableConfig
-from wf78_core.datasource import DataSource, SourceSpec, TableSchema
+from wf78_core.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.registry import Registry
@@ -120,7 +120,7 @@ async def source(prefix: str) -> AsyncIterator[RedisSource]:
 async def test_registers_redis_type() -> None:
     registry: Registry[Any] = Registry("data-source type")
     wf78_register_datasources(registry=registry)
-    assert registry.get("redis") is RedisSource
+    assert load_factory(registry["redis"]) is RedisSource
     assert isinstance(make_source("p"), DataSource)
     assert make_source("p").concurrency == 2048
     assert make_source("p", queue_size=10).concurrency == 10

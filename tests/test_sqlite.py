@@ -16,7 +16,7 @@ import anyio.lowlevel
 import pytest
 
 from wf78_core.config import TableConfig
-from wf78_core.datasource import DataSource, SourceSpec, TableSchema
+from wf78_core.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.registry import Registry
@@ -87,7 +87,7 @@ async def all_rows(source: SQLiteSource, table: str = "items") -> list[dict[str,
 def test_hook_registers_the_factory(tmp_path: Path) -> None:
     registry: Registry[Any] = Registry("data source")
     wf78_register_datasources(registry)
-    assert registry["sqlite"] is SQLiteSource
+    assert load_factory(registry["sqlite"]) is SQLiteSource
     assert isinstance(make_source(tmp_path), DataSource)
 
 
@@ -95,7 +95,7 @@ def test_options_defaults_and_concurrency(tmp_path: Path) -> None:
     source = make_source(tmp_path)
     assert source.options == SQLiteSource.Options(
         readers=4,
-        synchronous="NORMAL",
+        synchronous="FULL",
         busy_timeout=5.0,
         max_batch=1000,
         queue_size=10_000,
@@ -107,9 +107,9 @@ def test_options_defaults_and_concurrency(tmp_path: Path) -> None:
 
 
 def test_options_given_as_a_dict_are_converted(tmp_path: Path) -> None:
-    source = make_source(tmp_path, options={"readers": 2, "synchronous": "FULL"})
+    source = make_source(tmp_path, options={"readers": 2, "synchronous": "NORMAL"})
     assert source.options.readers == 2
-    assert source.options.synchronous == "FULL"
+    assert source.options.synchronous == "NORMAL"
 
 
 @pytest.mark.parametrize(

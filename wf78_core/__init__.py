@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .actions import TaskContext
 from .agents import Agent
-from .config import Config, load_config
+from .config import Config, Identity, load_config
 from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
 from .engine import Engine
 from .errors import (
@@ -23,6 +23,8 @@ from .events import TaskEvent
 from .hookspecs import hookimpl
 from .runs import Run, TaskRun
 from .stats import EngineStats
+from .table import Table
+from .tickets import Ticket
 
 __all__ = [
     "Agent",
@@ -31,6 +33,7 @@ __all__ = [
     "DataSourceError",
     "Engine",
     "EngineStats",
+    "Identity",
     "InvalidOperation",
     "NoAgentAvailable",
     "NoDataSource",
@@ -39,11 +42,13 @@ __all__ = [
     "Overloaded",
     "Result",
     "Run",
+    "Table",
     "TaskContext",
     "TaskDefinition",
     "TaskEvent",
     "TaskRun",
     "TaskTimeout",
+    "Ticket",
     "UnknownWorkflow",
     "Wf78Error",
     "WorkflowDefinition",

@@ -9,6 +9,7 @@ import msgspec
 
 from .definitions import Operation, TaskDefinition
 from .errors import InvalidOperation
+from .sharding import maintain
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -88,6 +89,25 @@ async def execute_action(ctx: TaskContext) -> Any:
     )
 
 
+async def maintain_action(ctx: TaskContext) -> dict[str, Any]:
+    """``tables.maintain``: create upcoming shards and drop expired ones (params
+    ``create_tables = true`` also creates missing declared tables, ``tables`` limits it
+    to some tables); returns what changed."""
+    tables = ctx.params.get("tables")
+    if tables is not None and not (
+        isinstance(tables, list) and all(isinstance(name, str) for name in tables)
+    ):
+        raise InvalidOperation(f"task {ctx.task.id!r}: params.tables must be a list of names")
+    report = await maintain(
+        ctx.engine,
+        create_tables=bool(ctx.params.get("create_tables", False)),
+        tables=tables,
+        priority=ctx.priority,
+    )
+    result: dict[str, Any] = msgspec.to_builtins(report)
+    return result
+
+
 def noop_action(ctx: TaskContext) -> None:
     """``noop``: does nothing (a join point in a DAG, or a benchmark task)."""
     return None
@@ -101,5 +121,6 @@ def builtin_actions() -> dict[str, Any]:
     return {
         "datasource.select": select_action,
         "datasource.execute": execute_action,
+        "tables.maintain": maintain_action,
         "noop": noop_action,
     }

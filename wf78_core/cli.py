@@ -1,4 +1,5 @@
-"""The ``wf78`` command line: validate a configuration, run a workflow, run the demo load."""
+"""The ``wf78`` command line: validate a configuration, run a workflow, run the demo load,
+maintain tables and shards."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .errors import ConfigError, Wf78Error
 from .events import TaskEvent
 from .hookspecs import hookimpl
 from .runs import Run
+from .sharding import MaintenanceReport, maintain
 from .stats import EngineStats
 
 __all__ = ["main"]
@@ -162,6 +164,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--seed", action="store_true", help="insert sample rows into `items` before the load"
     )
     demo.set_defaults(handler=_demo)
+
+    maintain_command = commands.add_parser(
+        "maintain",
+        help="create missing tables and upcoming shards, drop expired shards, now",
+        description="Run table maintenance now: create the declared tables the SQL "
+        "sources lack, create today's and the next shards of sharded tables and drop "
+        "shards past their retention (what the wf78.maintenance workflow does hourly).",
+    )
+    _add_config_option(maintain_command)
+    maintain_command.add_argument("--json", action="store_true", help="print what changed as JSON")
+    maintain_command.set_defaults(handler=_maintain)
     return parser
 
 
@@ -353,6 +366,40 @@ def _print_run(run: Run) -> None:
     if run.error:
         status.append(f" ({run.error})")
     console.print(status)
+
+
+# -- maintain --------------------------------------------------------------------------------
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    engine = Engine(_config_path(args))
+    report = anyio.run(_maintain_now, engine)
+    if args.json:
+        sys.stdout.write(json.dumps(msgspec.to_builtins(report), indent=2) + "\n")
+        return 0
+    for what, changes in (
+        ("created table", report.tables_created),
+        ("created shard", report.created),
+        ("dropped shard", report.dropped),
+    ):
+        for change in changes:
+            print(f"{what} {change.table} on {change.source}")
+    print(
+        f"wf78 maintain: {len(report.tables_created)} tables created, "
+        f"{len(report.created)} shards created, {len(report.dropped)} shards dropped"
+    )
+    return 0
+
+
+async def _maintain_now(engine: Engine) -> MaintenanceReport:
+    async with engine:
+        report = await maintain(engine, create_tables=True)
+        # Starting the engine already maintained the shards: report that work too.
+        startup = engine.startup_maintenance
+        if startup is not None:
+            report.created[:0] = startup.created
+            report.dropped[:0] = startup.dropped
+        return report
 
 
 # -- demo ------------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ from typing import Any, Literal
 import msgspec
 from croniter import croniter
 
-from .definitions import Kind, WorkflowDefinition
+from .definitions import Kind, TaskDefinition, WorkflowDefinition
 from .errors import ConfigError, Problem
 
 __all__ = [
     "DEFAULT_CONFIG_TOML",
+    "MAINTENANCE_WORKFLOW",
     "AgentConfig",
     "AgentsConfig",
     "AuthConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "read_config",
+    "with_maintenance",
 ]
 
 ColumnType = Literal["text", "int", "float", "bool", "json", "datetime"]
@@ -110,9 +112,19 @@ class AgentsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
 
 class ShardingConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``sharding``: one physical table per UTC day or month (``<table>_YYYYMMDD`` /
+    ``<table>_YYYYMM``); maintenance keeps ``ahead`` future shards and drops those whose
+    period ended more than ``retention_days`` days ago."""
+
     type: Literal["daily", "monthly"]
     retention_days: int = 5
     ahead: int = 2
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 0:
+            raise ValueError("retention_days must be >= 0")
+        if self.ahead < 0:
+            raise ValueError("ahead must be >= 0")
 
 
 class TableConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -224,6 +236,27 @@ params = { action = "add", table = "logs" }
 timeout = 5.0
 retry = 3
 """
+
+# Added by the engine when a table is sharded (unless a workflow of that id is configured):
+# creates upcoming shards and drops expired ones every hour, at five past.
+MAINTENANCE_WORKFLOW = WorkflowDefinition(
+    id="wf78.maintenance",
+    name="Sharding maintenance",
+    priority=2,
+    max_concurrent=1,
+    trigger="schedule",
+    schedule="5 * * * *",
+    tasks=(TaskDefinition(id="maintain", action="tables.maintain", timeout=300.0, retry=2),),
+)
+
+
+def with_maintenance(config: Config) -> Config:
+    """``config`` plus :data:`MAINTENANCE_WORKFLOW` when some table is sharded."""
+    sharded = any(table.sharding is not None for table in config.tables.values())
+    if not sharded or any(w.id == MAINTENANCE_WORKFLOW.id for w in config.workflows):
+        return config
+    return msgspec.structs.replace(config, workflows=(*config.workflows, MAINTENANCE_WORKFLOW))
+
 
 _SECTION_TYPES: dict[str, Any] = {
     "engine": EngineSettings,
@@ -346,6 +379,18 @@ def check_definitions(config: Config) -> list[Problem]:
                 Problem(f"agents.pool[{a_index}].id", f"duplicate agent id {agent.id!r}")
             )
         seen_agents.add(agent.id)
+    for name, table in config.tables.items():
+        if table.sharding is not None:
+            # Shard names (<name>_YYYYMMDD) must fit MySQL's 64-character identifiers.
+            longest = 64 - (9 if table.sharding.type == "daily" else 7)
+            if len(name) > longest:
+                problems.append(
+                    Problem(
+                        f"tables.{name}",
+                        f"a {table.sharding.type} sharded table's name takes at most "
+                        f"{longest} characters, so its shard names fit in 64",
+                    )
+                )
     return problems
 
 

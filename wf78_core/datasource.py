@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -10,7 +11,15 @@ import msgspec
 from .config import ColumnType, TableConfig
 from .definitions import Operation
 
-__all__ = ["DataSource", "DataSourceFactory", "SourceInfo", "SourceSpec", "TableSchema"]
+__all__ = [
+    "DataSource",
+    "DataSourceFactory",
+    "SourceInfo",
+    "SourceSpec",
+    "TableSchema",
+    "load_factory",
+    "options_for",
+]
 
 
 class TableSchema(msgspec.Struct, frozen=True):
@@ -71,6 +80,15 @@ class DataSource(Protocol):
 
 class DataSourceFactory(Protocol):
     def __call__(self, spec: SourceSpec) -> DataSource: ...
+
+
+def load_factory(item: Any) -> Any:
+    """A registered factory; ``"module:attribute"`` strings are imported on first use, so a
+    plugin whose driver is heavy costs nothing until a configured source needs it."""
+    if not isinstance(item, str):
+        return item
+    module, _, attribute = item.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def options_for(factory: Any, raw: Mapping[str, Any]) -> Any:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
 
 __all__ = [
+    "Conflict",
     "Kind",
     "Latency",
     "Operation",
@@ -21,6 +23,9 @@ Trigger = Literal["event", "schedule", "api"]
 Kind = Literal["core", "cache", "temp", "history", "log", "search"]
 Latency = Literal["low", "normal", "high"]
 Volume = Literal["small", "medium", "large"]
+# What add_many does with a row whose id already exists: fail the write, or skip the row.
+Conflict = Literal["error", "ignore"]
+_SHARD = re.compile(r"[0-9]{1,14}")
 
 
 class TaskDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -59,6 +64,12 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     ``cache_set``, ``cache_delete``, ``incr`` on caches; ``search`` on search engines).
     ``data_source`` names a configured source or a source type and always wins; otherwise
     ``kind``, ``latency`` and ``volume`` (or the table's configured kind) guide selection.
+
+    SQL sources also take ``count`` (rows matching ``where``), ``update_many`` (``rows``
+    each with its ``id``, ``where`` as extra filters, one statement), ``create_table``,
+    ``drop_table`` and ``list_shards``. ``conflict = "ignore"`` makes ``add_many`` skip
+    rows whose id exists and return how many it inserted. ``shard`` (digits, such as
+    ``"20250130"``) addresses the physical table ``<table>_<shard>`` of a sharded table.
     """
 
     action: str
@@ -82,8 +93,12 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     timeout: float | None = None
     retry: int | None = None
     fallback: tuple[str, ...] = ()
+    conflict: Conflict = "error"
+    shard: str | None = None
 
     def __post_init__(self) -> None:
+        if self.shard is not None and not _SHARD.fullmatch(self.shard):
+            raise ValueError(f"shard must be 1 to 14 digits, got {self.shard!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.retry is not None and self.retry < 0:

@@ -25,13 +25,22 @@ from .agents import Agent
 from .backend import Backend, InProcessBackend
 from .config import (
     Config,
+    Identity,
     check_references,
     collect_config,
     load_config,
     msgspec_problem,
     read_config,
+    with_maintenance,
 )
-from .datasource import DataSource, SourceInfo, SourceSpec, TableSchema, options_for
+from .datasource import (
+    DataSource,
+    SourceInfo,
+    SourceSpec,
+    TableSchema,
+    load_factory,
+    options_for,
+)
 from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
 from .errors import (
     ConfigError,
@@ -50,7 +59,10 @@ from .hookspecs import hookimpl
 from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
 from .runs import Run, RunState, TaskSlot
 from .scheduling import Limit
+from .sharding import MaintenanceReport, maintain
 from .stats import AgentStats, EngineStats, SourceCounters, SourceStats, WorkflowStats
+from .table import Table
+from .tickets import Ticket
 
 __all__ = ["Engine"]
 
@@ -61,7 +73,7 @@ class _BuiltinActions:
     @hookimpl(trylast=True)
     def wf78_register_actions(self, registry: Any) -> None:
         for name, function in builtin_actions().items():
-            registry.add(name, function)
+            registry.add(name, function, default=True)
 
 
 class _Source:
@@ -99,7 +111,8 @@ class Engine:
     ) -> None:
         if isinstance(config, str | Path) and base_dir is None:
             base_dir = Path(config).resolve().parent
-        self.config = load_config(config)
+        # A sharded table brings the wf78.maintenance workflow along.
+        self.config = with_maintenance(load_config(config))
         self.settings = self.config.engine
         self.base_dir = str(base_dir or ".")
         self._extra_plugins = tuple(plugins)
@@ -129,6 +142,9 @@ class Engine:
         self.retries = 0
         self.fallbacks = 0
         self._running_by_workflow: dict[str, int] = {}
+        self._tickets: set[Ticket] = set()
+        # What the sharding maintenance of the last start-up did (None: no sharded table).
+        self.startup_maintenance: MaintenanceReport | None = None
         allocators = plugin_names(self.pm, "wf78_allocate_agent")
         # Only the configured built-in allocator takes part; others stay registered.
         self._allocators = allocators
@@ -165,9 +181,10 @@ class Engine:
             )
         sources: dict[str, tuple[Any, Any]] = {}
         for name, source in self.config.datasources.items():
-            factory = self._source_types.get(source.type)
-            if factory is None:
+            registered = self._source_types.get(source.type)
+            if registered is None:
                 continue
+            factory = load_factory(registered)
             try:
                 sources[name] = (factory, options_for(factory, source.options))
             except msgspec.ValidationError as error:
@@ -273,7 +290,20 @@ class Engine:
         self._running = True
         self._closing = False
         self._started_at = time.monotonic()
+        if any(table.sharding is not None for table in self.config.tables.values()):
+            # Today's shards exist before the first write; the workflow keeps them coming.
+            try:
+                self.startup_maintenance = await maintain(self)
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
+
+    def table(
+        self, name: str, *, identity: Identity | None = None, priority: int | None = None
+    ) -> Table:
+        """The configured table ``name`` as seen by ``identity``: koa78's Base78 methods."""
+        return Table(self, name, identity=identity, priority=priority)
 
     async def __aexit__(
         self,
@@ -308,6 +338,11 @@ class Engine:
         for run in self.backend.runs():
             if not run.done.is_set():
                 self._cancel_run(run, "engine shut down")
+        for ticket in list(self._tickets):
+            if ticket.waiter is not None and self.scheduler.withdraw(ticket.waiter):
+                self._tickets.discard(ticket)
+                self.scheduler.release((self._pending,))
+                ticket._finish(None, Wf78Error("the engine shut down before the operation ran"))
         assert self._work is not None
         self._work.cancel_scope.cancel()
 
@@ -380,6 +415,55 @@ class Engine:
             scheduler.release((pending,))
             if self._closing:
                 self._work_done()
+
+    async def enqueue(
+        self,
+        op: Operation,
+        *,
+        priority: int | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Ticket:
+        """Accept an operation and return at once with a :class:`Ticket` for its Result.
+
+        Like :meth:`submit` (same admission and back-pressure, same data path), but the
+        caller need not stay: a queued ticket costs no coroutine.
+        """
+        self._check_running()
+        level = self.settings.submit_priority if priority is None else priority
+        if not self.scheduler.try_acquire((self._pending,)):
+            await self._admit(level)
+        self.submitted += 1
+        ticket = Ticket(op, level, dict(context or {}))
+        self._tickets.add(ticket)
+        work = self._work
+        assert work is not None
+
+        def granted() -> None:
+            ticket.waiter = None
+            work.start_soon(self._run_ticket, ticket)
+
+        ticket.waiter = self.scheduler.enqueue(level, (self._global,), granted)
+        return ticket
+
+    async def _run_ticket(self, ticket: Ticket) -> None:
+        try:
+            result = await self._data_path(
+                ticket.operation, ticket.priority, ticket.context, task=None
+            )
+        except Exception as error:
+            self.failed += 1
+            ticket._finish(None, error)
+        except BaseException:
+            self.failed += 1
+            ticket._finish(None, Wf78Error("the engine shut down before the operation finished"))
+            raise
+        else:
+            self.completed += 1
+            ticket._finish(result, None)
+        finally:
+            self._tickets.discard(ticket)
+            self.scheduler.release((self._global, self._pending))
+            self._work_done()
 
     async def _admit(self, level: int) -> None:
         with anyio.move_on_after(self.settings.overload_timeout) as scope:

@@ -16,10 +16,12 @@ hookimpl = pluggy.HookimplMarker("wf78")
 def wf78_register_datasources(registry: Any) -> None:
     """Add data-source adapter factories: ``registry.add("sqlite", factory)``.
 
-    :param registry: a :class:`wf78_core.registry.Registry`; adding a name twice is a
-        start-up error.
+    :param registry: a :class:`wf78_core.registry.Registry`; two plugins adding one name
+        is a start-up error, but an entry added with ``default=True`` (the built-ins)
+        gives way to a plugin's.
 
-    A factory is called as ``factory(spec)`` with a :class:`wf78_core.datasource.SourceSpec`
+    A factory (or a ``"module:attribute"`` string naming one, imported when a configured
+    source first needs it) is called as ``factory(spec)`` with a :class:`wf78_core.datasource.SourceSpec`
     and returns an object following :class:`wf78_core.datasource.DataSource`. It may carry
     an ``Options`` msgspec Struct used to validate the type-specific keys of its config.
     """
@@ -29,8 +31,9 @@ def wf78_register_datasources(registry: Any) -> None:
 def wf78_register_actions(registry: Any) -> None:
     """Add named task actions: ``registry.add("name", fn)``.
 
-    :param registry: a :class:`wf78_core.registry.Registry`; adding a name twice is a
-        start-up error.
+    :param registry: a :class:`wf78_core.registry.Registry`; two plugins adding one name
+        is a start-up error, but an entry added with ``default=True`` (the built-ins)
+        gives way to a plugin's.
 
     ``fn(ctx)`` may be sync or async and returns the task's result; ``ctx`` is a
     :class:`wf78_core.actions.TaskContext` with ``params``, ``results``, ``context``

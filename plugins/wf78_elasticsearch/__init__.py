@@ -7,9 +7,6 @@ from typing import Any
 from wf78_core.hookspecs import hookimpl
 from wf78_core.registry import Registry
 
-from .adapter import ElasticsearchOptions, ElasticsearchSource
-from .errors import PartialWrite
-
 __all__ = [
     "ElasticsearchOptions",
     "ElasticsearchSource",
@@ -18,7 +15,16 @@ __all__ = [
 ]
 
 
-# trylast: a third-party plugin may register a better "elasticsearch" first.
+# A third-party plugin registering the same type replaces this one.
 @hookimpl(trylast=True)
 def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("elasticsearch", ElasticsearchSource)
+    registry.add("elasticsearch", "wf78_elasticsearch.adapter:ElasticsearchSource", default=True)
+
+
+def __getattr__(name: str) -> Any:
+    """The adapter's classes, imported on first use: the driver loads only when needed."""
+    if name in ("ElasticsearchSource", "ElasticsearchOptions", "PartialWrite"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

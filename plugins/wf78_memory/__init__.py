@@ -6,6 +6,7 @@ Options: ``latency`` (seconds each operation sleeps, to make work overlap in tes
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -33,10 +34,15 @@ class MemorySource:
             "add",
             "add_many",
             "get",
+            "count",
             "update",
+            "update_many",
             "upsert",
             "delete",
             "delete_many",
+            "create_table",
+            "drop_table",
+            "list_shards",
             "cache_get",
             "cache_set",
             "cache_delete",
@@ -74,7 +80,20 @@ class MemorySource:
             return self._cache(op)
         if not op.table:
             raise InvalidOperation(f"{action} needs a table", data_source=self.name)
-        rows = self.tables.setdefault(op.table, {})
+        if action == "list_shards":
+            shape = re.compile(re.escape(op.table) + r"_([0-9]{1,14})")
+            shards = (shape.fullmatch(name) for name in self.tables)
+            return sorted(match.group(1) for match in shards if match)
+        name = op.table if op.shard is None else f"{op.table}_{op.shard}"
+        if action == "create_table":
+            created = name not in self.tables
+            self.tables.setdefault(name, {})
+            return created
+        if action == "drop_table":
+            if op.shard is None:
+                raise InvalidOperation("drop_table needs a shard", data_source=self.name)
+            return self.tables.pop(name, None) is not None
+        rows = self.tables.setdefault(name, {})
         if action == "add":
             row = dict(op.values or {})
             row.setdefault("id", snowflake_id())
@@ -84,12 +103,24 @@ class MemorySource:
             return row["id"]
         if action == "add_many":
             ids = []
+            inserted = 0
             for values in op.rows or []:
                 row = dict(values)
                 row.setdefault("id", snowflake_id())
+                if op.conflict == "ignore" and row["id"] in rows:
+                    continue
                 rows[row["id"]] = row
                 ids.append(row["id"])
-            return ids
+                inserted += 1
+            return inserted if op.conflict == "ignore" else ids
+        if action == "update_many":
+            changed = 0
+            for values in op.rows or []:
+                target = rows.get(str(values.get("id")))
+                if target is not None and _matches(target, op.where or {}):
+                    target.update(values)
+                    changed += 1
+            return changed
         if action == "upsert":
             row = dict(op.values or {})
             if "id" not in row:
@@ -97,7 +128,13 @@ class MemorySource:
             rows.setdefault(row["id"], {}).update(row)
             return row["id"]
         matches = [row for row in rows.values() if _matches(row, op.where or {})]
+        if action == "count":
+            return len(matches)
         if action == "get":
+            for entry in reversed(op.order or []):
+                column, _, direction = entry.removeprefix("-").partition(" ")
+                descending = entry.startswith("-") or direction.strip().lower() == "desc"
+                matches.sort(key=lambda row: _sort_key(row.get(column)), reverse=descending)
             end = None if op.limit is None else op.offset + op.limit
             found = matches[op.offset : end]
             if op.columns:
@@ -130,6 +167,10 @@ class MemorySource:
         return self.cache.pop(op.key, None) is not None
 
 
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    return (value is not None, value)  # NULLs first, as SQL sorts them ascending
+
+
 def _matches(row: dict[str, Any], where: dict[str, Any]) -> bool:
     for column, wanted in where.items():
         value = row.get(column)
@@ -143,4 +184,4 @@ def _matches(row: dict[str, Any], where: dict[str, Any]) -> bool:
 
 @hookimpl(trylast=True)
 def wf78_register_datasources(registry: Any) -> None:
-    registry.add("memory", MemorySource)
+    registry.add("memory", MemorySource, default=True)

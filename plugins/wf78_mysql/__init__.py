@@ -7,12 +7,19 @@ from typing import Any
 from wf78_core.hookspecs import hookimpl
 from wf78_core.registry import Registry
 
-from .adapter import MySQLOptions, MySQLSource
-
 __all__ = ["MySQLOptions", "MySQLSource", "wf78_register_datasources"]
 
 
-# trylast: a third-party plugin may register a better "mysql" first.
+# A third-party plugin registering the same type replaces this one.
 @hookimpl(trylast=True)
 def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("mysql", MySQLSource)
+    registry.add("mysql", "wf78_mysql.adapter:MySQLSource", default=True)
+
+
+def __getattr__(name: str) -> Any:
+    """The adapter's classes, imported on first use: the driver loads only when needed."""
+    if name in ("MySQLSource", "MySQLOptions"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

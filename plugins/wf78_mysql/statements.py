@@ -29,6 +29,12 @@ MYSQL = Dialect(
     upsert_nothing="ON DUPLICATE KEY UPDATE {id} = {id}",
     empty_insert="INSERT INTO {table} () VALUES ()",
     no_limit=18446744073709551615,  # MySQL's own advice for "OFFSET without LIMIT"
+    # IGNORE also turns bad values into warnings; the builder has checked every value's type.
+    insert_ignore="INSERT IGNORE INTO",
+    list_tables=(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = DATABASE() AND table_name LIKE %s ESCAPE '!'"
+    ),
     owner_index="inline",  # MySQL has no CREATE INDEX IF NOT EXISTS
     # Binary collation: ids and filters compare like SQLite's (case- and accent-sensitive).
     table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",

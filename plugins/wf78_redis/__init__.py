@@ -11,12 +11,19 @@ from typing import Any
 from wf78_core.hookspecs import hookimpl
 from wf78_core.registry import Registry
 
-from .adapter import RedisOptions, RedisSource
-
 __all__ = ["RedisOptions", "RedisSource", "wf78_register_datasources"]
 
 
-# trylast: a third-party plugin may register a better "redis" first.
+# A third-party plugin registering the same type replaces this one.
 @hookimpl(trylast=True)
 def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("redis", RedisSource)
+    registry.add("redis", "wf78_redis.adapter:RedisSource", default=True)
+
+
+def __getattr__(name: str) -> Any:
+    """The adapter's classes, imported on first use: the driver loads only when needed."""
+    if name in ("RedisSource", "RedisOptions"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

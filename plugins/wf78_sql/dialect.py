@@ -33,6 +33,10 @@ class Dialect:
     empty_insert: str
     # LIMIT that means "every row", for an OFFSET without a LIMIT.
     no_limit: int
+    # The head of an INSERT that skips rows whose key exists (add_many, conflict="ignore").
+    insert_ignore: str
+    # Names of the database's tables LIKE one bound pattern (escape character "!").
+    list_tables: str
     # Where the owner column's index is declared: its own statement or inside CREATE TABLE.
     owner_index: Literal["statement", "inline"] = "statement"
     table_options: str = ""

@@ -6,6 +6,7 @@ A subclass supplies the connections: :meth:`SqlSource._read` for queries and a
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -19,14 +20,32 @@ from wf78_core.errors import DataSourceError, InvalidOperation
 
 from .dialect import Dialect
 from .errors import closed_error
-from .statements import Params, TableSql, raw_params, route
+from .statements import Params, TableSql, create_table_sql, raw_params, route
 from .writer import GroupCommitWriter, Write
 
 __all__ = ["SQL_ACTIONS", "SqlSource"]
 
 SQL_ACTIONS = frozenset(
-    {"add", "add_many", "get", "update", "upsert", "delete", "delete_many", "execute", "noop"}
+    {
+        "add",
+        "add_many",
+        "get",
+        "count",
+        "update",
+        "update_many",
+        "upsert",
+        "delete",
+        "delete_many",
+        "execute",
+        "create_table",
+        "drop_table",
+        "list_shards",
+        "noop",
+    }
 )
+_SHARD = re.compile(r"[0-9]{1,14}")
+# Shard statement builders kept at most (a few per sharded table in practice).
+_SHARD_CACHE = 1024
 
 
 class SqlSource(ABC):
@@ -45,6 +64,7 @@ class SqlSource(ABC):
         self._tables = {
             name: TableSql(schema, spec.name, self.dialect) for name, schema in spec.tables.items()
         }
+        self._shards: dict[tuple[str, str], TableSql] = {}
         self._writer: GroupCommitWriter | None = None
         self._transactions = 0
         self._writes = 0
@@ -108,10 +128,14 @@ class SqlSource(ABC):
     async def execute(self, op: Operation) -> Any:
         """Perform one operation.
 
-        Returns: ``add`` the row id, ``add_many`` the ids, ``get`` a list of dicts,
-        ``update``/``delete``/``delete_many`` the rows changed, ``upsert`` the id,
-        ``execute`` rows for a query else the rows changed, ``noop`` None. Raises
-        InvalidOperation for a bad operation, DataSourceError when the database refuses.
+        Returns: ``add`` the row id, ``add_many`` the ids (with ``conflict = "ignore"``
+        the rows inserted), ``get`` a list of dicts, ``count`` an int,
+        ``update``/``update_many``/``delete``/``delete_many`` the rows changed, ``upsert``
+        the id, ``create_table``/``drop_table`` whether the table was created/dropped,
+        ``list_shards`` the shard suffixes of ``op.table`` in ascending order, ``execute``
+        rows for a query else the rows changed, ``noop`` None. ``op.shard`` addresses the
+        physical table ``<table>_<shard>`` (same columns). Raises InvalidOperation for a
+        bad operation, DataSourceError when the database refuses.
         """
         if op.action not in self.actions:
             raise InvalidOperation(
@@ -125,6 +149,16 @@ class SqlSource(ABC):
             return await self._execute_sql(op)
         table = self._table(op)
         match op.action:
+            case "list_shards":
+                return await self._list_shards(table)
+            case "create_table":
+                return await self._create_table(table)
+            case "drop_table":
+                return await self._drop_table(table, op)
+            case "count":
+                statement = table.count(op.where)
+                _, rows = await self._read(statement.sql, statement.params)
+                return int(rows[0][0])
             case "get":
                 statement, names = table.select(
                     where=op.where,
@@ -143,12 +177,17 @@ class SqlSource(ABC):
             case "add_many":
                 write = self._add_many(table, op)
                 if not write.value:
-                    return []
+                    return 0 if write.counts else []
             case "upsert":
                 statement, row_id = table.upsert(op.values or {})
                 write = Write([(statement.sql, [statement.params])], value=row_id, groupable=True)
             case "update":
                 statement = table.update(op.values, op.where)
+                write = Write([(statement.sql, [statement.params])], counts=True)
+            case "update_many":
+                if op.rows is not None and not op.rows:
+                    return 0
+                statement = table.update_many(op.rows, op.where)
                 write = Write([(statement.sql, [statement.params])], counts=True)
             case _:
                 statement = table.delete(op.where, many=op.action == "delete_many")
@@ -156,6 +195,7 @@ class SqlSource(ABC):
         return await self._write(write)
 
     def _table(self, op: Operation) -> TableSql:
+        """The statement builder of ``op.table``, or of its shard ``op.shard``."""
         if op.table is None:
             raise InvalidOperation(f"{op.action} needs a table", data_source=self.name)
         table = self._tables.get(op.table)
@@ -165,7 +205,60 @@ class SqlSource(ABC):
                 f"{sorted(self._tables)})",
                 data_source=self.name,
             )
-        return table
+        if op.shard is None or op.action == "list_shards":
+            return table
+        # Checked again here: the shard becomes part of an identifier.
+        if not isinstance(op.shard, str) or not _SHARD.fullmatch(op.shard):
+            raise InvalidOperation(
+                f"shard must be 1 to 14 digits, got {op.shard!r}", data_source=self.name
+            )
+        key = (op.table, op.shard)
+        shard = self._shards.get(key)
+        if shard is None:
+            if len(self._shards) >= _SHARD_CACHE:
+                self._shards.clear()
+            shard = self._shards[key] = table.renamed(f"{op.table}_{op.shard}")
+        return shard
+
+    async def _table_names(self, prefix: str) -> set[str]:
+        """Names of the database's tables that start with ``prefix``."""
+        pattern = prefix.replace("!", "!!").replace("_", "!_").replace("%", "!%") + "%"
+        _, rows = await self._read(self.dialect.list_tables, [pattern])
+        return {str(row[0]) for row in rows}
+
+    async def _list_shards(self, table: TableSql) -> list[str]:
+        name = table.schema.name
+        shape = re.compile(re.escape(name) + r"_([0-9]{1,14})")
+        found = (shape.fullmatch(other) for other in await self._table_names(name + "_"))
+        return sorted(match.group(1) for match in found if match is not None)
+
+    async def _create_table(self, table: TableSql) -> bool:
+        """Create the table (and its owner index) unless it exists; whether it was created."""
+        if table.schema.name in await self._table_names(table.schema.name):
+            return False
+        await self._ddl(create_table_sql(table.schema, self.dialect))
+        return True
+
+    async def _drop_table(self, table: TableSql, op: Operation) -> bool:
+        if op.shard is None:
+            raise table.invalid(
+                f"drop_table drops shards only: it needs op.shard (table {op.table!r})"
+            )
+        if table.schema.name not in await self._table_names(table.schema.name):
+            return False
+        await self._ddl([f"DROP TABLE IF EXISTS {table.quoted}"])
+        return True
+
+    async def _ddl(self, statements: list[str]) -> None:
+        """Schema statements: alone where they commit implicitly, else as one write."""
+        batched: list[tuple[str, list[Params]]] = []
+        for sql in statements:
+            if route(sql, self.dialect, self.name) == "alone":
+                await self._run_alone(sql, [])
+            else:
+                batched.append((sql, [[]]))
+        if batched:
+            await self._write(Write(batched, counts=True))
 
     def _add_many(self, table: TableSql, op: Operation) -> Write:
         """One write holding every row, so the caller's rows land all together or not at all."""
@@ -173,10 +266,14 @@ class SqlSource(ABC):
             raise table.invalid(f"add_many needs rows (table {op.table!r})")
         statements: dict[str, list[Params]] = {}
         ids: list[str | None] = []
+        ignore = op.conflict == "ignore"
         for index, row in enumerate(op.rows):
-            statement, row_id = table.insert(row, field=f"rows[{index}]")
+            statement, row_id = table.insert(row, field=f"rows[{index}]", ignore=ignore)
             statements.setdefault(statement.sql, []).append(statement.params)
             ids.append(row_id)
+        if ignore:
+            # Which rows were skipped is unknown: the result is how many were inserted.
+            return Write(list(statements.items()), value=ids, counts=True)
         return Write(list(statements.items()), value=ids, groupable=True)
 
     async def _execute_sql(self, op: Operation) -> Any:

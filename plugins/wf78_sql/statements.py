@@ -126,6 +126,11 @@ class TableSql:
         self.quoted = dialect.quote(schema.name)
         self.has_id = "id" in schema.columns
         self._quoted = {name: dialect.quote(name) for name in schema.columns}
+        self._insert_sql: dict[tuple[object, ...], str] = {}  # by column names and mode
+
+    def renamed(self, name: str) -> TableSql:
+        """A builder for the physical table ``name`` with this table's columns (a shard)."""
+        return TableSql(msgspec.structs.replace(self.schema, name=name), self.source, self.dialect)
 
     def invalid(self, message: str) -> InvalidOperation:
         return InvalidOperation(message, data_source=self.source)
@@ -141,6 +146,9 @@ class TableSql:
         if value is None:
             return None
         kind = self.schema.columns[column]
+        if kind == "text" or kind == "int" or kind == "float":  # the hot path: no checks to make
+            if isinstance(value, _BINDABLE):
+                return value
         where = f"{field}.{column} of table {self.schema.name!r}"
         if kind == "json":
             try:
@@ -184,9 +192,15 @@ class TableSql:
         return out
 
     def insert(
-        self, values: Mapping[str, Any], field: str = "values"
+        self, values: Mapping[str, Any], field: str = "values", *, ignore: bool = False
     ) -> tuple[Statement, str | None]:
-        """An INSERT of one row and the row's id (generated when missing)."""
+        """An INSERT of one row and the row's id (generated when missing); ``ignore``
+        skips the row when its key exists."""
+        if not isinstance(values, Mapping):
+            raise self.invalid(
+                f"{field} must be a mapping of column to value (table {self.schema.name!r}), "
+                f"got {type(values).__name__}"
+            )
         row = dict(values)
         for name in row:
             self.column(name, field)
@@ -200,10 +214,14 @@ class TableSql:
         params = [self.encode(name, row[name], field) for name in names]
         if not names:
             return Statement(self.dialect.empty_insert.format(table=self.quoted), []), row_id
-        sql = (
-            f"INSERT INTO {self.quoted} ({self._names(names)}) "
-            f"VALUES ({self.dialect.placeholders(len(names))})"
-        )
+        key = (*names, ignore)
+        sql = self._insert_sql.get(key)
+        if sql is None:
+            head = self.dialect.insert_ignore if ignore else "INSERT INTO"
+            sql = self._insert_sql[key] = (
+                f"{head} {self.quoted} ({self._names(names)}) "
+                f"VALUES ({self.dialect.placeholders(len(names))})"
+            )
         return Statement(sql, params), row_id
 
     def upsert(self, values: Mapping[str, Any]) -> tuple[Statement, str]:
@@ -248,6 +266,77 @@ class TableSql:
             sql += f" LIMIT {mark} OFFSET {mark}"
             params += [self.dialect.no_limit if limit is None else limit, offset]
         return Statement(sql, params), names
+
+    def count(self, where: Mapping[str, Any] | None) -> Statement:
+        """``SELECT COUNT(*)`` of the rows matching ``where`` (every row without one)."""
+        sql = f"SELECT COUNT(*) FROM {self.quoted}"
+        clause, params = self.where(where or {})
+        if clause:
+            sql += f" WHERE {clause}"
+        return Statement(sql, params)
+
+    def update_many(
+        self, rows: Sequence[Mapping[str, Any]] | None, where: Mapping[str, Any] | None
+    ) -> Statement:
+        """One UPDATE of many rows by id: ``col = CASE id WHEN ? THEN ? ... ELSE col END``.
+
+        Each row names its ``id`` and the columns to set; ``where`` adds filters (the
+        owner), so a row that does not match them is left alone.
+        """
+        name = self.schema.name
+        if not self.has_id:
+            raise self.invalid(f"update_many needs an id column, table {name!r} has none")
+        if not rows:
+            raise self.invalid(f"update_many needs non-empty rows (table {name!r})")
+        if where and "id" in where:
+            raise self.invalid(
+                f"update_many takes the ids from its rows, not from where (table {name!r})"
+            )
+        ids: list[Any] = []
+        seen: set[Any] = set()
+        by_column: dict[str, list[tuple[Any, Any]]] = {}
+        for index, row in enumerate(rows):
+            field = f"rows[{index}]"
+            if not isinstance(row, Mapping):
+                raise self.invalid(f"{field} must be a mapping (table {name!r}), got {row!r}")
+            if row.get("id") is None:
+                raise self.invalid(f"{field} needs an id (table {name!r})")
+            for column in row:
+                self.column(column, field)
+            key = self.encode("id", row["id"], field)
+            if key in seen:
+                raise self.invalid(f"{field}: id {row['id']!r} appears twice (table {name!r})")
+            seen.add(key)
+            ids.append(key)
+            for column, value in row.items():
+                if column != "id":
+                    by_column.setdefault(column, []).append(
+                        (key, self.encode(column, value, field))
+                    )
+        if not by_column:
+            raise self.invalid(f"update_many rows set no column besides id (table {name!r})")
+        mark = self.dialect.placeholder
+        quoted_id = self._quoted["id"]
+        assignments: list[str] = []
+        params: list[Any] = []
+        for column in self.schema.columns:  # schema order: one SQL text per column set
+            pairs = by_column.get(column)
+            if not pairs:
+                continue
+            quoted = self._quoted[column]
+            cases = " ".join(f"WHEN {mark} THEN {mark}" for _ in pairs)
+            assignments.append(f"{quoted} = CASE {quoted_id} {cases} ELSE {quoted} END")
+            for key, value in pairs:
+                params += [key, value]
+        sql = (
+            f"UPDATE {self.quoted} SET {', '.join(assignments)} "
+            f"WHERE {quoted_id} IN ({self.dialect.placeholders(len(ids))})"
+        )
+        params += ids
+        clause, where_params = self.where(where or {})
+        if clause:
+            sql += f" AND {clause}"
+        return Statement(sql, params + where_params)
 
     def update(
         self, values: Mapping[str, Any] | None, where: Mapping[str, Any] | None

@@ -1,8 +1,9 @@
 """Group commit: one writer connection applies many callers' writes in one transaction.
 
-Callers put a :class:`Write` on a bounded stream and wait for its ``done`` event. The loop
-takes the first write, then everything already waiting (up to ``max_batch``), and applies
-them in one transaction. Each write runs under a SAVEPOINT, so a bad one is rolled back
+Callers add a :class:`Write` to the open batch (at most ``max_batch`` writes; at most
+``queue_size`` writes wait in all, beyond that callers wait for room) and wait on that
+batch's one event: a write costs no event or stream hand-off of its own. The loop takes
+the oldest batch and applies it in one transaction while the next one fills. Each write runs under a SAVEPOINT, so a bad one is rolled back
 alone and only its caller gets the error; identical INSERTs run as one ``executemany``
 (one multi-row INSERT where the driver builds one) and fall back to one savepoint per
 write when that fails. Subclasses supply the driver: how to run a statement, how to map
@@ -12,14 +13,14 @@ its errors, and which errors end the whole transaction.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 
 from wf78_core.errors import DataSourceError
 
@@ -45,7 +46,6 @@ class Write:
     groupable: bool = False
     result: Any = None
     error: DataSourceError | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def group_key(self) -> object:
@@ -58,6 +58,16 @@ class Write:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class _Batch:
+    """Writes committed together; their callers share one event."""
+
+    __slots__ = ("done", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.done = anyio.Event()
 
 
 class WriteFailed(Exception):
@@ -88,7 +98,11 @@ class GroupCommitWriter(ABC):
         self.writes = 0
         self.fallbacks = 0
         self._lock = anyio.Lock()
-        self._send: MemoryObjectSendStream[Write] | None = None
+        self._running = False
+        self._batches: deque[_Batch] = deque()
+        self._queued = 0
+        self._wake = anyio.Event()
+        self._room: anyio.Event | None = None
 
     # -- the driver ---------------------------------------------------------------------
 
@@ -139,51 +153,63 @@ class GroupCommitWriter(ABC):
 
         A caller cancelled while waiting leaves its write queued: it may still commit.
         """
-        send = self._send
-        if send is None:
+        if not self._running:
             async with self._lock:
                 with anyio.CancelScope(shield=True):
                     await self._commit([write])
             return write.outcome()
-        try:
-            await send.send(write)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise self.closed_error() from None
-        await write.done.wait()
+        while self._queued >= self.queue_size:  # bounded: wait for the loop to take a batch
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+            if not self._running:
+                raise self.closed_error()
+        batches = self._batches
+        if not batches or len(batches[-1].writes) >= self.max_batch:
+            batches.append(_Batch())
+        batch = batches[-1]
+        batch.writes.append(write)
+        self._queued += 1
+        self._wake.set()
+        await batch.done.wait()
         return write.outcome()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The group-commit loop, until cancelled; then queued writes fail as retryable."""
-        if self._send is not None:
+        if self._running:
             raise RuntimeError(f"the writer of source {self.source!r} is already running")
-        send, receive = anyio.create_memory_object_stream[Write](self.queue_size)
-        self._send = send
+        self._running = True
+        batches = self._batches
         try:
             task_status.started()
             while True:
-                batch = [await receive.receive()]
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                # Writes taken from the stream are finished even when shutdown cancels us.
+                if not batches:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                await anyio.lowlevel.checkpoint_if_cancelled()  # the batches are shielded
+                batch = batches.popleft()
+                self._queued -= len(batch.writes)
+                if self._room is not None:
+                    self._room.set()
+                    self._room = None
+                # A batch taken is finished even when shutdown cancels us.
                 with anyio.CancelScope(shield=True):
                     async with self._lock:
-                        await self._commit(batch)
+                        await self._commit(batch.writes)
+                batch.done.set()
         finally:
-            self._send = None
-            # No await from here on, so no sender can slip in between draining and closing;
-            # draining also takes the writes of senders still blocked on a full stream.
-            while True:
-                try:
-                    write = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    break
-                write.error = self.closed_error()
-                write.done.set()
-            send.close()
-            receive.close()
+            self._running = False
+            # No await from here on, so no caller can slip a write in after this.
+            while batches:
+                batch = batches.popleft()
+                for write in batch.writes:
+                    write.error = self.closed_error()
+                batch.done.set()
+            self._queued = 0
+            if self._room is not None:
+                self._room.set()
+                self._room = None
 
     async def close(self) -> None:
         """Close the connection once the batch in progress, if any, is committed."""
@@ -211,9 +237,6 @@ class GroupCommitWriter(ABC):
             await self._abort(error)
             for write in batch:
                 write.error = self.map_error(error, retryable=True)
-        finally:
-            for write in batch:
-                write.done.set()
 
     async def _apply_group(self, group: list[Write]) -> None:
         if len(group) > 1:

@@ -7,12 +7,19 @@ from typing import Any
 from wf78_core.hookspecs import hookimpl
 from wf78_core.registry import Registry
 
-from .adapter import SQLiteOptions, SQLiteSource
-
 __all__ = ["SQLiteOptions", "SQLiteSource", "wf78_register_datasources"]
 
 
-# trylast: a third-party plugin may register a better "sqlite" first.
+# A third-party plugin registering the same type replaces this one.
 @hookimpl(trylast=True)
 def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("sqlite", SQLiteSource)
+    registry.add("sqlite", "wf78_sqlite.adapter:SQLiteSource", default=True)
+
+
+def __getattr__(name: str) -> Any:
+    """The adapter's classes, imported on first use: the driver loads only when needed."""
+    if name in ("SQLiteSource", "SQLiteOptions"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

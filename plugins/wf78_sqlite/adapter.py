@@ -7,9 +7,10 @@ applies whatever is queued, up to ``max_batch`` writes from many callers, in one
 each caller its own result or error. Reads go to ``readers`` other connections, which in WAL
 mode see the last committed data without waiting for the writer.
 
-Durability: with ``synchronous = "NORMAL"`` in WAL mode a committed write survives an
-application crash; the last transactions may be lost on power loss or an OS crash (the
-database stays consistent). ``"FULL"`` syncs every commit, a cost group commit shares out.
+Durability: the default ``synchronous = "FULL"`` syncs every commit, so a write that was
+acknowledged survives power loss too ("nothing accepted is ever lost"); group commit shares
+that fsync among every write of the batch. ``"NORMAL"`` survives an application crash
+but may lose the last transactions on power loss (the database stays consistent).
 
 aiosqlite runs on asyncio only.
 """
@@ -42,7 +43,7 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """The ``[datasources.<name>]`` keys of type ``sqlite`` besides ``type`` and ``url``."""
 
     readers: int = 4
-    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "FULL"
     busy_timeout: float = 5.0
     # Writes applied per group-commit transaction at most.
     max_batch: int = 1000

@@ -26,6 +26,8 @@ SQLITE = Dialect(
     upsert_nothing="ON CONFLICT({id}) DO NOTHING",
     empty_insert="INSERT INTO {table} DEFAULT VALUES",
     no_limit=-1,
+    insert_ignore="INSERT OR IGNORE INTO",
+    list_tables="SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '!'",
     read_keywords=frozenset({"SELECT", "VALUES", "EXPLAIN", "PRAGMA"}),
     # Raw SQL must not end or nest the writer's own transaction and savepoints.
     refused_keywords=dict.fromkeys(

@@ -1,0 +1,635 @@
+"""``Table``: koa78's Base78 controller methods, owner-scoped, every one through the engine.
+
+Each method builds :class:`~wf78_core.definitions.Operation` values and hands them to
+``engine.submit``, so priority, agents, selection, retry and statistics apply to table work
+like to any other. The koa78 columns are filled on every write: a snowflake ``id``, ``upby``
+(the identity's user name), ``uptime`` (now, UTC) and the owner column (``cid`` or ``uid``,
+from the identity). The owner is also a filter of every read and write, bulk ones included,
+so one tenant never reads, changes or deletes another's rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import anyio
+
+from . import sharding
+from .config import Identity, TableConfig
+from .definitions import Operation
+from .errors import InvalidOperation
+from .ids import snowflake_id
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["DEFAULT_NUMBER", "MAX_NUMBER", "Table"]
+
+# koa78's getnumber default, and the most rows one read returns.
+DEFAULT_NUMBER = 15
+MAX_NUMBER = 1000
+# The id column of MySQL tables holds at most this many characters.
+_MAX_ID = 64
+_BASE = ("id", "upby", "uptime")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class Table:
+    """One configured table as seen by one caller (``identity``) at one ``priority``.
+
+    ``Table(engine, name, identity=..., priority=...)`` or ``engine.table(name, ...)``.
+    ``priority`` defaults to the engine's ``submit_priority`` and is never more urgent
+    than ``identity.max_priority`` allows. ``clock`` (returning an aware datetime) stands
+    in for :func:`wf78_core.sharding.now`, the time that fills ``uptime`` and picks shards.
+    """
+
+    # The most rows one read returns; set it on a class or an instance to change the cap.
+    max_number: int = MAX_NUMBER
+
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        *,
+        identity: Identity | None = None,
+        priority: int | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        config = engine.config.tables.get(name)
+        if config is None:
+            raise InvalidOperation(
+                f"unknown table {name!r} (configured: {sorted(engine.config.tables)})"
+            )
+        self.engine = engine
+        self.name = name
+        self.config: TableConfig = config
+        self.identity = identity
+        self.owner = config.owner
+        # The writable columns, in declared order (koa78's colsImp).
+        self.columns: tuple[str, ...] = tuple(config.columns)
+        self.schema = config.schema()
+        if identity is not None and identity.max_priority is not None:
+            wanted = engine.settings.submit_priority if priority is None else priority
+            priority = max(wanted, identity.max_priority)
+        self.priority = priority
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r}, owner={self.owner!r})"
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def add(self, values: Mapping[str, Any]) -> str:
+        """Insert one row (koa78 ``mAdd``); returns its new id."""
+        row = self._stamp(self._values(values, "values"), owner=True)
+        row["id"] = snowflake_id()
+        result: str = await self._submit("add", values=row, shard=self._write_shard())
+        return result
+
+    async def add_many(self, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> list[str]:
+        """Insert many rows at once, all or none (koa78 ``mAddMany``); returns their ids.
+
+        A row is a mapping of column to value, or a sequence of values in declared order.
+        """
+        prepared = []
+        for index, row in enumerate(self._rows(rows)):
+            values = self._stamp(self._values(row, f"rows[{index}]"), owner=True)
+            values["id"] = snowflake_id()
+            prepared.append(values)
+        if not prepared:
+            return []
+        ids: list[str] = await self._submit("add_many", rows=prepared, shard=self._write_shard())
+        return ids
+
+    async def add_many_by_id(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert rows that carry their own ``id``, skipping ids that exist (koa78
+        ``mAddManyByid``); returns how many were inserted. An existing row, whoever owns
+        it, is left as it is."""
+        prepared = []
+        for index, row in enumerate(self._rows(rows)):
+            field = f"rows[{index}]"
+            row_id, values = self._split_id(row, field)
+            stamped = self._stamp(self._values(values, field), owner=True)
+            stamped["id"] = row_id
+            prepared.append(stamped)
+        if not prepared:
+            return 0
+        inserted: int = await self._submit(
+            "add_many", rows=prepared, conflict="ignore", shard=self._write_shard()
+        )
+        return inserted
+
+    async def update(self, id: str | int, values: Mapping[str, Any]) -> int:
+        """Update the row ``id`` of this owner (koa78 ``mUpdate``); returns rows changed."""
+        changes = self._values(values, "values")
+        if not changes:
+            raise self._invalid("values: update needs at least one column to set")
+        return await self._update(self._row_id(id, "id"), changes)
+
+    async def update_by_id(self, values: Mapping[str, Any]) -> int:
+        """Update the row named by ``values["id"]`` (koa78 ``mUpdateByid``)."""
+        row_id, rest = self._split_id(values, "values")
+        return await self.update(row_id, rest)
+
+    async def update_many(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Update many rows of this owner in one statement, each by its ``id`` (koa78
+        ``mUpdateMany``); returns rows changed. Rows of other owners are not touched."""
+        prepared = []
+        for index, row in enumerate(self._rows(rows)):
+            field = f"rows[{index}]"
+            row_id, values = self._split_id(row, field)
+            changes = self._values(values, field)
+            if not changes:
+                raise self._invalid(f"{field}: update_many needs a column to set besides id")
+            stamped = self._stamp(changes, owner=False)
+            stamped["id"] = row_id
+            prepared.append(stamped)
+        if not prepared:
+            return 0
+        changed: int = await self._submit(
+            "update_many", rows=prepared, where=self._scope(), shard=self._write_shard()
+        )
+        return changed
+
+    async def upsert(self, values: Mapping[str, Any]) -> str:
+        """Update the row ``values["id"]`` when this owner has it, else insert it with that
+        id (koa78 ``mByid``); returns the id. Another owner's row with that id is never
+        overwritten: that raises InvalidOperation."""
+        row_id, rest = self._split_id(values, "values")
+        changes = self._values(rest, "values")
+        shard = self._write_shard()
+        if self.owner is None:
+            row = self._stamp(changes, owner=False)
+            row["id"] = row_id
+            result: str = await self._submit("upsert", values=row, shard=shard)
+            return result
+        if await self._update(row_id, changes):
+            return row_id
+        row = self._stamp(changes, owner=True)
+        row["id"] = row_id
+        if await self._submit("add_many", rows=[row], conflict="ignore", shard=shard):
+            return row_id
+        # The id exists: ours if another caller inserted it just now, else someone else's.
+        if await self._update(row_id, changes):
+            return row_id
+        raise self._invalid(
+            f"upsert: id {row_id!r} exists and is not this {self.owner}'s row; "
+            "it is not overwritten"
+        )
+
+    async def upsert_by_first_field(self, values: Mapping[str, Any]) -> str:
+        """Update this owner's row whose first declared column equals ``values``' one, else
+        insert (koa78 ``mByFirstField``); returns the row's id."""
+        if not self.columns:
+            raise self._invalid("upsert_by_first_field needs a declared column")
+        changes = self._values(values, "values")
+        first = self.columns[0]
+        if first not in changes:
+            raise self._invalid(f"values: upsert_by_first_field needs the first column {first!r}")
+        found = await self.get(where={first: changes[first]}, cols=["id"], number=1)
+        if found:
+            row_id = str(found[0]["id"])
+            await self._update(row_id, changes)
+            return row_id
+        return await self.add(changes)
+
+    async def delete(self, id: str | int) -> int:
+        """Delete the row ``id`` of this owner (koa78 ``mdel``); returns rows deleted."""
+        where = {"id": self._row_id(id, "id"), **self._scope()}
+        deleted: int = await self._submit("delete", where=where, shard=self._write_shard())
+        return deleted
+
+    async def delete_many(self, ids: Sequence[str | int]) -> int:
+        """Delete this owner's rows among ``ids`` (koa78 ``mdelmany``); returns rows deleted."""
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+            raise self._invalid(f"ids must be a list of ids, got {type(ids).__name__}")
+        wanted = list(dict.fromkeys(self._row_id(v, f"ids[{i}]") for i, v in enumerate(ids)))
+        scope = self._scope()
+        if not wanted:
+            return 0
+        deleted: int = await self._submit(
+            "delete_many", where={"id": wanted, **scope}, shard=self._write_shard()
+        )
+        return deleted
+
+    async def update_search_doc(self, id: str | int, values: Mapping[str, Any]) -> int:
+        """Partially update the search document ``id`` (koa78 ``mUpdateElkByid``); the
+        source adds ``@timestamp``. Returns 1, or 0 when this owner has no such document.
+
+        Needs the table's ``data_source`` to be of type ``elasticsearch``.
+        """
+        source = self._search_source()
+        row_id = self._row_id(id, "id")
+        changes = self._values(values, "values")
+        if not changes:
+            raise self._invalid("values: update_search_doc needs at least one field to set")
+        scope = self._scope()
+        if scope:
+            # Updates by id cannot filter: check the document's owner first.
+            docs = await self._submit_to(source, "get", where={"id": row_id})
+            owner = self.owner
+            assert owner is not None
+            if not docs or docs[0].get(owner) != scope[owner]:
+                return 0
+        stamped = self._stamp(changes, owner=False)
+        stamped["uptime"] = stamped["uptime"].isoformat()
+        changed: int = await self._submit_to(source, "update", where={"id": row_id}, values=stamped)
+        return changed
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @overload
+    async def get(
+        self,
+        *,
+        where: Mapping[str, Any] | None = ...,
+        cols: Sequence[str] | str | None = ...,
+        order: Sequence[str] | str | None = ...,
+        start: int | str = ...,
+        number: int | str = ...,
+        total: Literal[False] = ...,
+        since: date | datetime | str | None = ...,
+        until: date | datetime | str | None = ...,
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def get(
+        self,
+        *,
+        where: Mapping[str, Any] | None = ...,
+        cols: Sequence[str] | str | None = ...,
+        order: Sequence[str] | str | None = ...,
+        start: int | str = ...,
+        number: int | str = ...,
+        total: Literal[True],
+        since: date | datetime | str | None = ...,
+        until: date | datetime | str | None = ...,
+    ) -> tuple[list[dict[str, Any]], int]: ...
+
+    async def get(
+        self,
+        *,
+        where: Mapping[str, Any] | None = None,
+        cols: Sequence[str] | str | None = None,
+        order: Sequence[str] | str | None = None,
+        start: int | str = 0,
+        number: int | str = DEFAULT_NUMBER,
+        total: bool = False,
+        since: date | datetime | str | None = None,
+        until: date | datetime | str | None = None,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], int]:
+        """This owner's rows matching ``where`` (equality; a list means IN), koa78 ``get``.
+
+        ``cols`` picks columns, ``order`` sorts (``"col"``, ``"col desc"``, ``"-col"``;
+        a string may list several, comma-separated), ``start``/``number`` page
+        (``number`` at most :attr:`max_number`). ``total=True`` returns ``(rows, total)``,
+        total being every matching row. On a sharded table ``since``/``until`` (dates,
+        inclusive) read every shard of that range, merged in ``order``; without them,
+        today's shard.
+        """
+        return await self._read(
+            self._scope(), where, cols, order, start, number, total, since, until
+        )
+
+    @overload
+    async def get_public(
+        self,
+        bcid: str,
+        *,
+        where: Mapping[str, Any] | None = ...,
+        cols: Sequence[str] | str | None = ...,
+        order: Sequence[str] | str | None = ...,
+        start: int | str = ...,
+        number: int | str = ...,
+        total: Literal[False] = ...,
+        since: date | datetime | str | None = ...,
+        until: date | datetime | str | None = ...,
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def get_public(
+        self,
+        bcid: str,
+        *,
+        where: Mapping[str, Any] | None = ...,
+        cols: Sequence[str] | str | None = ...,
+        order: Sequence[str] | str | None = ...,
+        start: int | str = ...,
+        number: int | str = ...,
+        total: Literal[True],
+        since: date | datetime | str | None = ...,
+        until: date | datetime | str | None = ...,
+    ) -> tuple[list[dict[str, Any]], int]: ...
+
+    async def get_public(
+        self,
+        bcid: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        cols: Sequence[str] | str | None = None,
+        order: Sequence[str] | str | None = None,
+        start: int | str = 0,
+        number: int | str = DEFAULT_NUMBER,
+        total: bool = False,
+        since: date | datetime | str | None = None,
+        until: date | datetime | str | None = None,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], int]:
+        """The rows of owner ``bcid`` (koa78 ``getbyBcid``), when the table allows it with
+        ``public_read = true``; otherwise as :meth:`get`."""
+        if not self.config.public_read:
+            raise self._invalid(
+                "get_public: the table does not allow public reads (set public_read = true)"
+            )
+        if self.owner is None:
+            raise self._invalid("get_public: the table has no owner column to read by")
+        if not isinstance(bcid, str) or not bcid:
+            raise self._invalid(f"bcid must be a non-empty string, got {bcid!r}")
+        return await self._read(
+            {self.owner: bcid}, where, cols, order, start, number, total, since, until
+        )
+
+    async def _read(
+        self,
+        scope: dict[str, Any],
+        where: Mapping[str, Any] | None,
+        cols: Sequence[str] | str | None,
+        order: Sequence[str] | str | None,
+        start: int | str,
+        number: int | str,
+        total: bool,
+        since: date | datetime | str | None,
+        until: date | datetime | str | None,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], int]:
+        filters = {**self._where(where), **scope}
+        columns = self._cols(cols)
+        sort = self._order(order)
+        offset = self._count(start, "start")
+        limit = min(self._count(number, "number"), self.max_number)
+        shards = await self._read_shards(since, until)
+        order_sql = [f"{column} {'desc' if descending else 'asc'}" for column, descending in sort]
+        if len(shards) == 1:
+            shard = shards[0]
+            get = {"where": filters, "columns": columns, "order": order_sql, "shard": shard}
+            calls = {"rows": ("get", {**get, "limit": limit, "offset": offset})}
+            if total:
+                calls["total"] = ("count", {"where": filters, "shard": shard})
+            found = await self._gather(calls)
+            return (found["rows"], found["total"]) if total else found["rows"]
+        # Several shards: each one's first offset + limit rows hold every row the page needs;
+        # the order columns are fetched too, to merge by.
+        fetched = columns
+        if columns is not None:
+            fetched = columns + [c for c, _ in sort if c not in columns]
+        calls = {}
+        for index, shard in enumerate(shards):
+            get = {"where": filters, "columns": fetched, "order": order_sql, "shard": shard}
+            calls[f"rows{index}"] = ("get", {**get, "limit": offset + limit})
+            if total:
+                calls[f"total{index}"] = ("count", {"where": filters, "shard": shard})
+        found = await self._gather(calls)
+        merged = [row for index in range(len(shards)) for row in found[f"rows{index}"]]
+        for column, descending in reversed(sort):  # stable sorts, least significant first
+            merged.sort(key=lambda row: _sort_key(row.get(column)), reverse=descending)
+        page = merged[offset : offset + limit]
+        if columns is not None and fetched != columns:
+            page = [{c: row[c] for c in columns} for row in page]
+        if not total:
+            return page
+        return page, sum(found[f"total{index}"] for index in range(len(shards)))
+
+    async def _gather(self, calls: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Submit every call at once; their results by key, or the first failure."""
+        found: dict[str, Any] = {}
+
+        async def call(key: str, action: str, fields: dict[str, Any]) -> None:
+            found[key] = await self._submit(action, **fields)
+
+        if len(calls) == 1:
+            for key, (action, fields) in calls.items():
+                await call(key, action, fields)
+            return found
+        try:
+            async with anyio.create_task_group() as group:
+                for key, (action, fields) in calls.items():
+                    group.start_soon(call, key, action, fields)
+        except BaseExceptionGroup as failures:
+            raise _first(failures) from None
+        return found
+
+    async def _read_shards(
+        self, since: date | datetime | str | None, until: date | datetime | str | None
+    ) -> list[str | None]:
+        """The shards a read covers: [None] unsharded, today's, or those of the range."""
+        spec = self.config.sharding
+        if spec is None:
+            if since is not None or until is not None:
+                raise self._invalid("since/until pick shards, and the table is not sharded")
+            return [None]
+        if since is None and until is None:
+            return [sharding.shard_of(spec.type, sharding.to_date(self._now()))]
+        first = None if since is None else sharding.to_date(since, "since")
+        last = sharding.to_date(self._now() if until is None else until, "until")
+        if first is not None and first > last:
+            raise self._invalid(f"since ({first}) is after until ({last})")
+        existing: list[str] = await self._submit("list_shards")
+        return [s for s in existing if sharding.overlaps(spec.type, s, first, last)]
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def _update(self, row_id: str, changes: dict[str, Any]) -> int:
+        where = {"id": row_id, **self._scope()}
+        values = self._stamp(changes, owner=False)
+        changed: int = await self._submit(
+            "update", values=values, where=where, shard=self._write_shard()
+        )
+        return changed
+
+    async def _submit(self, action: str, **fields: Any) -> Any:
+        config = self.config
+        op = Operation(
+            action=action,
+            table=self.name,
+            kind=config.kind,
+            data_source=config.data_source,
+            **fields,
+        )
+        return (await self.engine.submit(op, priority=self.priority)).value
+
+    async def _submit_to(self, source: str, action: str, **fields: Any) -> Any:
+        op = Operation(action=action, table=self.name, data_source=source, **fields)
+        return (await self.engine.submit(op, priority=self.priority)).value
+
+    def _search_source(self) -> str:
+        name = self.config.data_source
+        if name is None:
+            raise self._invalid(
+                "has no search source: update_search_doc needs the table's data_source to "
+                "be of type 'elasticsearch', and it has none"
+            )
+        configured = self.engine.config.datasources.get(name)
+        kind = configured.type if configured is not None else name
+        if kind != "elasticsearch":
+            raise self._invalid(
+                f"has no search source: its data_source {name!r} is of type {kind!r}, "
+                "update_search_doc needs type 'elasticsearch'"
+            )
+        return name
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _invalid(self, message: str) -> InvalidOperation:
+        return InvalidOperation(f"table {self.name!r}: {message}")
+
+    def _now(self) -> datetime:
+        return self._clock() if self._clock is not None else sharding.now()
+
+    def _write_shard(self) -> str | None:
+        spec = self.config.sharding
+        if spec is None:
+            return None
+        return sharding.shard_of(spec.type, sharding.to_date(self._now()))
+
+    def _scope(self) -> dict[str, Any]:
+        """The owner filter from the identity; {} for a table without an owner."""
+        owner = self.owner
+        if owner is None:
+            return {}
+        if self.identity is None:
+            raise self._invalid(f"rows are scoped by {owner!r}: an identity is required")
+        value = getattr(self.identity, owner)
+        if not value:
+            raise self._invalid(f"rows are scoped by {owner!r} and the identity has no {owner}")
+        return {owner: value}
+
+    def _stamp(self, values: dict[str, Any], *, owner: bool) -> dict[str, Any]:
+        """``values`` plus the koa78 columns: upby, uptime and (``owner``) the owner."""
+        stamped = dict(values)
+        stamped["upby"] = self.identity.uname if self.identity is not None else None
+        stamped["uptime"] = self._now()
+        if owner:
+            stamped.update(self._scope())
+        return stamped
+
+    def _values(self, values: Any, field: str) -> dict[str, Any]:
+        """Writable columns only: base and owner columns are the table's to set."""
+        if not isinstance(values, Mapping):
+            raise self._invalid(
+                f"{field} must be a mapping of column to value, got {type(values).__name__}"
+            )
+        for column in values:
+            if column in _BASE or (column == self.owner and column is not None):
+                raise self._invalid(
+                    f"{field}: column {column!r} is set by the table and cannot be written"
+                )
+            if column not in self.columns:
+                raise self._invalid(
+                    f"{field}: unknown column {column!r} (writable: {list(self.columns)})"
+                )
+        return dict(values)
+
+    def _rows(self, rows: Any) -> list[Mapping[str, Any]]:
+        """Rows as mappings; a sequence row gives values in declared column order."""
+        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Sequence):
+            raise self._invalid(f"rows must be a list of rows, got {type(rows).__name__}")
+        out: list[Mapping[str, Any]] = []
+        for index, row in enumerate(rows):
+            if isinstance(row, Mapping):
+                out.append(row)
+            elif isinstance(row, Sequence) and not isinstance(row, str | bytes):
+                if len(row) != len(self.columns):
+                    raise self._invalid(
+                        f"rows[{index}] has {len(row)} values for {len(self.columns)} "
+                        f"columns {list(self.columns)}"
+                    )
+                out.append(dict(zip(self.columns, row, strict=True)))
+            else:
+                raise self._invalid(f"rows[{index}] must be a mapping or a list of values")
+        return out
+
+    def _row_id(self, value: Any, field: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self._invalid(f"{field} must be a string or an integer, got {value!r}")
+        text = str(value)
+        if not text or len(text) > _MAX_ID:
+            raise self._invalid(f"{field} must have 1 to {_MAX_ID} characters, got {text!r}")
+        return text
+
+    def _split_id(self, values: Any, field: str) -> tuple[str, dict[str, Any]]:
+        if not isinstance(values, Mapping):
+            raise self._invalid(f"{field} must be a mapping, got {type(values).__name__}")
+        if values.get("id") is None:
+            raise self._invalid(f"{field} needs an id")
+        rest = {key: value for key, value in values.items() if key != "id"}
+        return self._row_id(values["id"], f"{field}.id"), rest
+
+    def _where(self, where: Any) -> dict[str, Any]:
+        if where is None:
+            return {}
+        if not isinstance(where, Mapping):
+            raise self._invalid(f"where must be a mapping, got {type(where).__name__}")
+        for column in where:
+            if column not in self.schema:
+                raise self._invalid(f"where: unknown column {column!r}")
+            if column == self.owner:
+                raise self._invalid(f"where: the owner column {column!r} comes from the identity")
+        return dict(where)
+
+    def _cols(self, cols: Any) -> list[str] | None:
+        if cols is None:
+            return None
+        names = _names(cols, "cols", self)
+        for name in names:
+            if name not in self.schema:
+                raise self._invalid(f"cols: unknown column {name!r}")
+        return names or None
+
+    def _order(self, order: Any) -> list[tuple[str, bool]]:
+        """``(column, descending)`` pairs from ``"col"``, ``"col asc|desc"`` or ``"-col"``."""
+        if order is None:
+            return []
+        out = []
+        for entry in _names(order, "order", self):
+            parts = entry.removeprefix("-").split()
+            descending = entry.startswith("-")
+            if len(parts) == 2 and not descending and parts[1].lower() in ("asc", "desc"):
+                descending = parts[1].lower() == "desc"
+            elif len(parts) != 1:
+                raise self._invalid(
+                    f"order: bad entry {entry!r} (expected 'col', 'col asc', 'col desc' or '-col')"
+                )
+            if parts[0] not in self.schema:
+                raise self._invalid(f"order: unknown column {parts[0]!r} in {entry!r}")
+            out.append((parts[0], descending))
+        return out
+
+    def _count(self, value: Any, field: str) -> int:
+        """A non-negative integer (koa78 paging came as digits)."""
+        if isinstance(value, str) and _DIGITS.fullmatch(value):
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self._invalid(f"{field} must be a non-negative integer, got {value!r}")
+        return value
+
+
+def _names(value: Any, field: str, table: Table) -> list[str]:
+    """A list of names from a list or a comma-separated string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value]
+    raise table._invalid(f"{field} must be a list of names or a comma-separated string")
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first error of a task group's failures (callers expect the error itself)."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    return (value is not None, value)  # NULLs first ascending, last descending, as in SQL
