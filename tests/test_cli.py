@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -304,25 +305,68 @@ def test_run_many_tasks_shows_progress(tmp_path: Path, capsys: pytest.CaptureFix
 # -- demo --------------------------------------------------------------------------------------
 
 
-def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_demo_serves_with_traffic_then_stops(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("wf78")
+    port = free_port()
     db = tmp_path / "demo" / "demo.db"
-    assert main(["demo", "--operations", "300", "--db", str(db), "--seed"]) == 0
-    out = capsys.readouterr().out
-    match = re.search(r"default\W+sqlite\W+yes\W+(\d+)\W+(\d+)", out)
-    assert match, out
-    assert int(match.group(1)) > 0
-    assert int(match.group(2)) == 0  # errors
-    for title in ("data sources", "workflows", "agents", "totals"):
-        assert title in out
-    assert "high_priority_db_ops" in out and "logging_workflow" in out
-    assert re.search(r"wf78 demo: 300 operations in [\d.]+s \([\d,]+ ops/s\), 0 failed", out)
+    done = subprocess.run(
+        [str(script), "demo", "--duration", "3", "--port", str(port), "--db", str(db)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    out = done.stdout
+    url = f"http://127.0.0.1:{port}"
+    token = re.search(r"admin token: (\S+)", out)
+    assert token, out
+    assert f"{url}/_wf78/?token={token.group(1)}" in out
+    for page in ("/_wf78/status", "/_wf78/metrics", "/hello"):
+        assert url + page in out
+    summary = re.search(r"wf78 demo: served [\d.]+s, (\d+) requests sent, (\d+) errors", out)
+    assert summary, out
+    assert int(summary.group(1)) >= 20
+    assert int(summary.group(2)) == 0, done.stderr
+    # The engine closed with the server: the WAL is checkpointed into the database.
     assert db.is_file()
+    assert not db.with_name("demo.db-wal").exists()
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM items").fetchone()[0] > 0
+        assert connection.execute("SELECT COUNT(*) FROM notes").fetchone()[0] > 0
+        assert connection.execute("SELECT COUNT(*) FROM logs").fetchone()[0] > 0
     assert not (tmp_path / "wf78-demo.db").exists()
 
 
-def test_demo_rejects_negative_operations(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--operations", "-1"]) == 2
-    assert "--operations must be >= 0" in capsys.readouterr().err
+def test_demo_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--duration", "0"]) == 2
+    assert "--duration must be a positive number" in capsys.readouterr().err
+    assert main(["demo", "--port", "70000"]) == 2
+    assert "--port must be between 0 and 65535" in capsys.readouterr().err
+
+
+def test_serve_bad_target_exits_2(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("wf78")
+    done = subprocess.run(
+        [str(script), "serve", "no_such_module_78:app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "wf78: error: cannot import module 'no_such_module_78': No module named 'no_such_module_78'"
+    )
 
 
 # -- maintain ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .actions import TaskContext
 from .agents import Agent
 from .config import Config, Identity, load_config
+from .context import current
 from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
 from .engine import Engine
 from .errors import (
@@ -21,6 +22,7 @@ from .errors import (
 )
 from .events import TaskEvent
 from .hookspecs import hookimpl
+from .middleware import Wf78Middleware
 from .runs import Run, TaskRun
 from .stats import EngineStats
 from .table import Table
@@ -51,7 +53,9 @@ __all__ = [
     "Ticket",
     "UnknownWorkflow",
     "Wf78Error",
+    "Wf78Middleware",
     "WorkflowDefinition",
+    "current",
     "hookimpl",
     "load_config",
 ]

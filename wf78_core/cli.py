@@ -1,20 +1,26 @@
-"""The ``wf78`` command line: validate a configuration, run a workflow, run the demo load,
-maintain tables and shards."""
+"""The ``wf78`` command line: validate a configuration, run a workflow, serve the demo or
+any ASGI app wrapped in the middleware, maintain tables and shards."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import itertools
 import json
 import os
 import random
+import secrets
+import signal
 import sys
+import threading
 import time
-import tomllib
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -30,22 +36,24 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .config import DEFAULT_CONFIG_TOML
-from .definitions import Kind, Operation, Result
+from . import serve
+from .definitions import Result
 from .engine import Engine
 from .errors import ConfigError, Wf78Error
 from .events import TaskEvent
 from .hookspecs import hookimpl
 from .runs import Run
 from .sharding import MaintenanceReport, maintain
-from .stats import EngineStats
+
+if TYPE_CHECKING:
+    # Imported when a server runs: validate, run and maintain do without them.
+    import httpx
+    import uvicorn
 
 __all__ = ["main"]
 
 # A run with at least this many tasks gets a progress bar.
 PROGRESS_THRESHOLD = 20
-# Demo operations in flight at once.
-DEMO_CONCURRENCY = 200
 _FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 _STATE_STYLES = {
     "succeeded": "green",
@@ -143,17 +151,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="drive a mixed load through the embedded default and print engine stats",
-        description="Run the embedded default's two workflows under a mixed load of "
-        "operations, runs and events on a SQLite file, then print the engine's stats.",
+        help="serve the example app on the embedded default, with traffic for the dashboard",
+        description="Serve the example Starlette app (examples/app.py) wrapped in "
+        "Wf78Middleware, on a SQLite file, with uvicorn; print its URLs and a demo admin "
+        "token, and send it some traffic in the background so the dashboard has something "
+        "to show. Runs until Ctrl-C, or for --duration seconds.",
     )
-    demo.add_argument(
-        "--operations",
-        metavar="N",
-        type=int,
-        default=3000,
-        help="how many operations to perform (default: 3000)",
-    )
+    _add_server_options(demo, port=8078)
     demo.add_argument(
         "--db",
         metavar="PATH",
@@ -161,9 +165,52 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the SQLite file to use (default: ./wf78-demo.db)",
     )
     demo.add_argument(
-        "--seed", action="store_true", help="insert sample rows into `items` before the load"
+        "--duration",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="stop after this many seconds and print a summary (default: until Ctrl-C)",
     )
+    demo.add_argument("--no-traffic", action="store_true", help="serve only; send no demo traffic")
     demo.set_defaults(handler=_demo)
+
+    serve_command = commands.add_parser(
+        "serve",
+        help="wrap any ASGI app in Wf78Middleware and serve it with uvicorn",
+        description="Import the ASGI app MODULE:APP, wrap it in Wf78Middleware (the koa78 "
+        "data routes and the admin routes under /_wf78/) and serve it with uvicorn. "
+        "Exit status 2 when MODULE:APP names no app.",
+    )
+    serve_command.add_argument(
+        "target", metavar="MODULE:APP", help="the app, e.g. 'myproject.asgi:app'"
+    )
+    _add_config_option(serve_command)
+    _add_server_options(serve_command, port=8000)
+    serve_command.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="worker processes, each with its own engine (default: 1)",
+    )
+    serve_command.add_argument(
+        "--factory",
+        action="store_true",
+        help="MODULE:APP is a function that returns the app",
+    )
+    serve_command.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        default=".",
+        help="look for MODULE in this directory first (default: the current directory)",
+    )
+    serve_command.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="uvicorn's log level (default: info)",
+    )
+    serve_command.set_defaults(handler=_serve)
 
     maintain_command = commands.add_parser(
         "maintain",
@@ -402,228 +449,374 @@ async def _maintain_now(engine: Engine) -> MaintenanceReport:
         return report
 
 
+# -- serving ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stop_signals(server: uvicorn.Server) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the process normally. While it serves, uvicorn takes both
+    signals, shuts down gracefully, then raises the caught signal again: by default SIGTERM
+    would then kill the process instead of letting it exit 0, and SIGINT raise
+    KeyboardInterrupt; here that repeat is ignored. Before uvicorn takes over, either one
+    raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not server.should_exit:
+            raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _bound_port(server: uvicorn.Server, fallback: int) -> int:
+    """The port the server listens on (``--port 0`` asks the system for one)."""
+    for listener in getattr(server, "servers", ()):
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return fallback
+
+
+def _url_host(host: str) -> str:
+    """The host for URLs on this machine: a wildcard bind is reached on the loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve_until(
+    server: uvicorn.Server,
+    on_started: Callable[[int], None],
+    while_serving: Callable[[str], Awaitable[None]] | None = None,
+    duration: float | None = None,
+) -> None:
+    """Run ``server`` until a signal (or ``duration`` seconds after start-up); once it listens,
+    call ``on_started(port)`` and run ``while_serving(base_url)`` beside it, stopped first."""
+    stopped = anyio.Event()
+    async with anyio.create_task_group() as group:
+
+        async def serve() -> None:
+            try:
+                await server.serve()
+            except SystemExit:
+                pass  # uvicorn exits when it cannot listen (address in use), after saying why
+            finally:
+                stopped.set()
+
+        group.start_soon(serve)
+        while not server.started:  # uvicorn has no start-up event to wait on
+            if stopped.is_set():
+                return  # it could not start; it said why
+            await anyio.sleep(0.05)
+        if server.should_exit:  # stopped as soon as it started
+            await stopped.wait()
+            return
+        port = _bound_port(server, server.config.port)
+        on_started(port)
+        side = anyio.CancelScope()
+        if while_serving is not None:
+            base_url = f"http://{_url_host(server.config.host)}:{port}"
+
+            async def beside() -> None:
+                with side:
+                    await while_serving(base_url)
+
+            group.start_soon(beside)
+        deadline = None if duration is None else anyio.current_time() + duration
+        # uvicorn's signal handlers set should_exit; stop the side task before it shuts down.
+        while not server.should_exit and not stopped.is_set():
+            if deadline is not None and anyio.current_time() >= deadline:
+                break
+            await anyio.sleep(0.1)
+        side.cancel()
+        server.should_exit = True
+        await stopped.wait()
+
+
+def _run_server(
+    server: uvicorn.Server,
+    on_started: Callable[[int], None],
+    while_serving: Callable[[str], Awaitable[None]] | None = None,
+    duration: float | None = None,
+) -> None:
+    """:func:`_serve_until` in its own event loop; Ctrl-C and SIGTERM end it normally.
+    :class:`Wf78Error` when the server did not start."""
+    try:
+        with _stop_signals(server):
+            anyio.run(_serve_until, server, on_started, while_serving, duration)
+    except KeyboardInterrupt:
+        return  # a signal before uvicorn took over: nothing started, nothing to stop
+    if not server.started:
+        raise Wf78Error(
+            f"the server did not start on {server.config.host}:{server.config.port} "
+            "(see the log above)"
+        )
+
+
+def _add_server_options(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the interface to listen on (default: 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=port,
+        help=f"the port to listen on; 0 picks a free one (default: {port})",
+    )
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {port}")
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _check_port(args.port)
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    # As uvicorn does: MODULE is looked up from the current directory (or --app-dir) first.
+    sys.path.insert(0, str(Path(args.app_dir).resolve()))
+    config = _config_path(args)
+    config = config.resolve() if config is not None else None
+    # Built here even for several workers: a bad target or config fails now, once, clearly.
+    app = serve.build_app(args.target, config, factory=args.factory)
+    prefix = app.prefix
+    described = str(config) if config is not None else "the embedded default"
+
+    def announce(port: int) -> None:
+        url = f"http://{_url_host(args.host)}:{port}"
+        print(
+            f"wf78 serve: {args.target} on {url} (config: {described}); "
+            f"wf78 at {url}{prefix}/ - Ctrl-C to stop",
+            flush=True,
+        )
+
+    if args.workers > 1:
+        os.environ[serve.TARGET_ENV] = args.target
+        os.environ[serve.CONFIG_ENV] = str(config or "")
+        os.environ[serve.FACTORY_ENV] = "1" if args.factory else ""
+        announce(args.port)
+        uvicorn.run(
+            serve.FACTORY_IMPORT,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            lifespan="on",
+            log_level=args.log_level,
+        )
+        return 0
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level)
+    )
+    _run_server(server, announce)
+    print("wf78 serve: stopped", flush=True)
+    return 0
+
+
 # -- demo ------------------------------------------------------------------------------------
 
-
-class _DemoTally:
-    """A ``wf78_task_event`` observer counting finished tasks by state and finished runs."""
-
-    def __init__(self) -> None:
-        self.states: Counter[str] = Counter()
-        self.sizes: dict[str, int] = {}  # tasks per workflow id
-        self.runs_finished = 0
-        self.runs_failed = 0  # finished with a failed or cancelled task
-        self.runs_expected: int | None = None
-        self.all_done = anyio.Event()
-        self._left: dict[str, tuple[int, bool]] = {}  # run id -> (unfinished tasks, failed)
-
-    def expect(self, runs: int) -> None:
-        """Set ``all_done`` once ``runs`` runs have finished."""
-        self.runs_expected = runs
-        self._check()
-
-    @hookimpl
-    def wf78_task_event(self, event: TaskEvent) -> None:
-        if event.state not in _FINISHED_STATES or event.run_id is None:
-            return  # engine.submit reports its operations too, without a run
-        self.states[event.state] += 1
-        left, failed = self._left.pop(event.run_id, (self.sizes.get(event.workflow, 1), False))
-        left -= 1
-        failed = failed or event.state in ("failed", "cancelled")
-        if left > 0:
-            self._left[event.run_id] = (left, failed)
-            return
-        self.runs_finished += 1
-        self.runs_failed += failed
-        self._check()
-
-    def _check(self) -> None:
-        if self.runs_expected is not None and self.runs_finished >= self.runs_expected:
-            self.all_done.set()
+DEMO_APP = "examples.app"
+# Seconds between two rounds of demo traffic (a round is about ten requests).
+DEMO_PACE = 0.1
+# Rows of each table the traffic keeps: older ones are deleted as new ones come.
+DEMO_KEEP = 50
 
 
-class _DemoReport(msgspec.Struct, kw_only=True):
-    operations: int
-    by_kind: dict[str, int]
-    failures: int  # operations that raised
-    first_errors: list[str]
-    elapsed: float
-    stats: EngineStats
+class _Traffic:
+    """Requests against the demo's own port so the dashboard has something to show: data
+    routes as two users, workflow runs and events as the admin. One request at a time."""
+
+    def __init__(self, admin_token: str, user_token: str, stopping: Callable[[], bool]) -> None:
+        self.admin = {"authorization": f"Bearer {admin_token}"}
+        self.user = {"authorization": f"Bearer {user_token}"}
+        self.stopping = stopping
+        self.requests = 0
+        self.errors = 0
+        self.first_errors: list[str] = []
+        self.rng = random.Random(78)  # the same mix every time
+
+    def _error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.first_errors) < 3:
+            self.first_errors.append(what)
+
+    async def _call(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any = None,
+        expect: int = 200,
+    ) -> Any:
+        """Send one request; the decoded JSON answer, or None when it failed (counted)."""
+        import httpx
+
+        self.requests += 1
+        try:
+            response = await client.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError as error:
+            if not self.stopping():  # the server going away is not the demo's error
+                self._error(f"{method} {path}: {type(error).__name__}: {error}")
+            return None
+        if response.status_code != expect:
+            self._error(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
+            return None
+        if "json" not in response.headers.get("content-type", ""):
+            return response.text
+        data = response.json()
+        if isinstance(data, dict) and data.get("res", 0) != 0:
+            self._error(f"{method} {path}: {data.get('errmsg')}")
+            return None
+        return data
+
+    async def _add(
+        self,
+        client: httpx.AsyncClient,
+        table: str,
+        headers: dict[str, str],
+        values: list[Any],
+        kept: deque[str],
+    ) -> None:
+        added = await self._call(
+            client, "POST", f"/api/demo/{table}/mAdd", headers, {"pars": values}
+        )
+        if added is not None:
+            kept.append(str(added["back"]))
+        if len(kept) > DEMO_KEEP:
+            oldest = kept.popleft()
+            await self._call(client, "POST", f"/api/demo/{table}/mdel", headers, {"mid": oldest})
+
+    async def run(self, base_url: str) -> None:
+        import httpx
+
+        rng = self.rng
+        items: deque[str] = deque()
+        notes: deque[str] = deque()
+        timeout = httpx.Timeout(10.0)
+        async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+            for round_ in itertools.count():
+                name = f"item-{round_}"
+                item = [name, rng.randint(1, 100), round(rng.uniform(1, 500), 2)]
+                await self._add(client, "items", self.admin, item, items)
+                await self._call(
+                    client, "POST", "/api/demo/items/get", self.admin, {"getnumber": 10}
+                )
+                note = [f"note {round_}", rng.choice(("buy ink", "call Bo", "ship it"))]
+                await self._add(client, "notes", self.user, note, notes)
+                await self._call(client, "POST", "/api/demo/notes/get", self.user, {"getnumber": 5})
+                # A plain user asking for priority 0 is held to its cap (1): /hello shows it.
+                await self._call(client, "GET", "/hello", {**self.user, "x-wf78-priority": "0"})
+                if round_ % 3 == 0:
+                    payload = {
+                        "values": {"level": rng.choice(("info", "warning")), "message": name}
+                    }
+                    await self._call(
+                        client, "POST", "/_wf78/events/log", self.admin, payload, expect=202
+                    )
+                if round_ % 5 == 0:
+                    operation = {"action": "get", "table": "items", "limit": 5}
+                    body = {"workflow": "high_priority_db_ops", "context": {"operation": operation}}
+                    started = await self._call(
+                        client, "POST", "/_wf78/runs", self.admin, body, expect=202
+                    )
+                    if started is not None:
+                        await self._call(
+                            client, "GET", f"/_wf78/runs/{started['run_id']}", self.admin
+                        )
+                if round_ % 10 == 0:
+                    await self._call(client, "GET", "/_wf78/status", self.admin)
+                await anyio.sleep(DEMO_PACE)
 
 
-_DEMO_KINDS = ("add", "get", "run", "event")
-_DEMO_WEIGHTS = (35, 25, 20, 20)
-# Selection hints on submitted operations (None: no hint, the first candidate serves).
-_ADD_KINDS: tuple[Kind | None, ...] = ("core", "history", None)
-_GET_KINDS: tuple[Kind | None, ...] = ("core", "temp", None)
+def _import_demo_app() -> Any:
+    try:
+        return importlib.import_module(DEMO_APP)
+    except ModuleNotFoundError as error:
+        if error.name not in ("examples", DEMO_APP):
+            raise
+        raise Wf78Error(
+            f"the demo app ({DEMO_APP}) is not importable: run wf78 demo from a source "
+            "checkout of wf78 (the examples/ folder is not part of the wheel)"
+        ) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.operations < 0:
-        raise UsageError("--operations must be >= 0")
+    import uvicorn
+
+    _check_port(args.port)
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be a positive number of seconds")
+    module = _import_demo_app()
     db = Path(args.db).resolve()
-    raw = tomllib.loads(DEFAULT_CONFIG_TOML)
-    raw["datasources"]["default"]["url"] = f"sqlite:///{db}"
-    tally = _DemoTally()
-    engine = Engine(raw, plugins=[tally])
-    tally.sizes = {workflow.id: len(workflow.tasks) for workflow in engine.workflows.values()}
-    report = anyio.run(_demo_load, engine, tally, args.operations, args.seed)
-    _print_stats(report, tally)
-    failed = report.failures + tally.runs_failed
-    rate = report.operations / report.elapsed if report.elapsed else 0.0
-    print(
-        f"wf78 demo: {report.operations} operations in {report.elapsed:.2f}s "
-        f"({rate:,.0f} ops/s), {failed} failed; database {db}"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    admin_token, user_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    app = module.build_app(db, admin_token=admin_token, user_token=user_token)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
     )
-    for message in report.first_errors:
+    traffic = _Traffic(admin_token, user_token, stopping=lambda: server.should_exit)
+
+    def announce(port: int) -> None:
+        url = f"http://{_url_host(args.host)}:{port}"
+        lines = [
+            f"wf78 demo: {DEMO_APP} on {url} (database {db})",
+            f"  app        {url}/   ({url}/hello, {url}/stream)",
+            f"  dashboard  {url}/_wf78/?token={admin_token}",
+            f"  status     {url}/_wf78/status",
+            f"  metrics    {url}/_wf78/metrics",
+            f"  data       {url}/api/demo/items/get, {url}/api/demo/notes/get",
+            f"  admin token: {admin_token}   user token: {user_token}",
+            f"  e.g. curl -H 'Authorization: Bearer {admin_token}' {url}/_wf78/status",
+            "no traffic (--no-traffic)"
+            if args.no_traffic
+            else "sending demo traffic in the background",
+        ]
+        lines.append(
+            "Ctrl-C to stop"
+            if args.duration is None
+            else f"stopping after {args.duration:g} seconds (Ctrl-C to stop sooner)"
+        )
+        print("\n".join(lines), flush=True)
+
+    started = time.monotonic()
+    _run_server(
+        server,
+        announce,
+        while_serving=None if args.no_traffic else traffic.run,
+        duration=args.duration,
+    )
+    elapsed = time.monotonic() - started
+    for message in traffic.first_errors:
         print(f"  error: {message}", file=sys.stderr)
-    return 0 if failed == 0 else 1
-
-
-def _item(rng: random.Random, index: int) -> dict[str, Any]:
-    return {
-        "name": f"item-{index}",
-        "qty": rng.randint(1, 100),
-        "price": round(rng.uniform(1, 500), 2),
-    }
-
-
-async def _demo_load(engine: Engine, tally: _DemoTally, operations: int, seed: bool) -> _DemoReport:
-    rng = random.Random(78)  # the same mix every time
-    plan = rng.choices(_DEMO_KINDS, weights=_DEMO_WEIGHTS, k=operations)
-    by_kind = Counter(plan)
-    failures = 0
-    runs_started = 0
-    first_errors: list[str] = []
-    work: Iterator[tuple[int, str]] = iter(enumerate(plan))
-
-    async def perform(index: int, kind: str) -> None:
-        nonlocal runs_started
-        if kind == "add":
-            hint = rng.choice(_ADD_KINDS)
-            await engine.submit(
-                Operation(action="add", table="items", values=_item(rng, index), kind=hint)
-            )
-        elif kind == "get":
-            hint = rng.choice(_GET_KINDS)
-            await engine.submit(Operation(action="get", table="items", limit=10, kind=hint))
-        elif kind == "run":
-            operation: dict[str, Any] = (
-                {"action": "add", "table": "items", "values": _item(rng, index)}
-                if index % 2
-                else {"action": "get", "table": "items", "limit": 10}
-            )
-            run = await engine.run("high_priority_db_ops", {"operation": operation})
-            runs_started += 1
-            if run.status != "succeeded" and len(first_errors) < 3:
-                first_errors.append(f"run {run.id}: {run.error}")  # the tally counts it
-        else:
-            level = rng.choice(("debug", "info", "warning", "error"))
-            payload = {"values": {"level": level, "message": f"demo {index}"}}
-            run_ids = await engine.emit("log", payload)
-            runs_started += len(run_ids)  # after the await: `x += await f()` loses updates
-
-    async def worker() -> None:
-        nonlocal failures
-        for index, kind in work:
-            try:
-                await perform(index, kind)
-            except Wf78Error as error:
-                failures += 1
-                if len(first_errors) < 3:
-                    first_errors.append(f"{kind}: {type(error).__name__}: {error}")
-
-    async with engine:
-        if seed:
-            rows = [_item(rng, index) for index in range(100)]
-            await engine.submit(Operation(action="add_many", table="items", rows=rows))
-        started = time.perf_counter()
-        async with anyio.create_task_group() as group:
-            for _ in range(min(DEMO_CONCURRENCY, operations)):
-                group.start_soon(worker)
-        # Runs started by events finish in the background: wait for them too.
-        tally.expect(runs_started)
-        with anyio.move_on_after(60):
-            await tally.all_done.wait()
-        elapsed = time.perf_counter() - started
-        stats = engine.stats()
-    return _DemoReport(
-        operations=operations,
-        by_kind=dict(by_kind),
-        failures=failures,
-        first_errors=first_errors,
-        elapsed=elapsed,
-        stats=stats,
+    print(
+        f"wf78 demo: served {elapsed:.1f}s, {traffic.requests} requests sent, "
+        f"{traffic.errors} errors; database {db}",
+        flush=True,
     )
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f}"
-
-
-def _print_stats(report: _DemoReport, tally: _DemoTally) -> None:
-    stats = report.stats
-    console = Console()
-
-    sources = Table(title="data sources", title_justify="left")
-    for header in ("source", "type", "healthy", "ops", "errors", "p50 ms", "p99 ms"):
-        sources.add_column(header, justify="left" if header in ("source", "type") else "right")
-    for source in stats.sources:
-        sources.add_row(
-            _cell(source.name),
-            _cell(source.type),
-            _cell("yes" if source.healthy else "no"),
-            _cell(source.ops),
-            _cell(source.errors),
-            _cell(_ms(source.latency_p50)),
-            _cell(_ms(source.latency_p99)),
-        )
-
-    workflows = Table(title="workflows", title_justify="left")
-    for header in ("workflow", "priority", "max_concurrent", "running", "queued"):
-        workflows.add_column(header, justify="left" if header == "workflow" else "right")
-    for workflow in stats.workflows:
-        workflows.add_row(
-            _cell(workflow.id),
-            _cell(workflow.priority),
-            _cell(workflow.max_concurrent),
-            _cell(workflow.running),
-            _cell(workflow.queued),
-        )
-
-    agents = Table(title="agents", title_justify="left")
-    for header in ("agent", "serves", "status", "load", "completed"):
-        agents.add_column(header, justify="left" if header in ("agent", "serves") else "right")
-    for agent in stats.agents:
-        agents.add_row(
-            _cell(agent.id),
-            _cell(", ".join(agent.capabilities)),
-            _cell(agent.status),
-            _cell(f"{agent.load:.2f}"),
-            _cell(agent.completed),
-        )
-
-    totals = Table(title="totals", title_justify="left")
-    totals.add_column("counter")
-    totals.add_column("value", justify="right")
-    rate = report.operations / report.elapsed if report.elapsed else 0.0
-    mix = ", ".join(f"{report.by_kind.get(kind, 0)} {kind}" for kind in _DEMO_KINDS)
-    for name, value in (
-        ("operations", f"{report.operations} ({mix})"),
-        ("submitted", stats.submitted),
-        ("completed", stats.completed),
-        ("failed", stats.failed),
-        ("retries", stats.retries),
-        ("fallbacks", stats.fallbacks),
-        ("runs finished", f"{tally.runs_finished} ({tally.runs_failed} failed)"),
-        ("workflow tasks", ", ".join(f"{n} {s}" for s, n in sorted(tally.states.items()))),
-        ("elapsed", f"{report.elapsed:.2f}s"),
-        ("throughput", f"{rate:,.0f} ops/s"),
-    ):
-        totals.add_row(_cell(name), _cell(value))
-
-    for table in (sources, workflows, agents, totals):
-        console.print(table)
+    return 0 if traffic.errors == 0 else 1
 
 
 if __name__ == "__main__":

@@ -137,8 +137,15 @@ class TableConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     kind: Kind | None = None
     sharding: ShardingConfig | None = None
     public_read: bool = False
+    # Sources kept in step with this table through the outbox (see wf78_core.mirrors).
+    search_mirror: str | None = None
+    cache_mirror: str | None = None
+    # Seconds a row read through the cache mirror stays cached.
+    cache_ttl: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.cache_ttl <= 0:
+            raise ValueError(f"cache_ttl must be positive seconds, got {self.cache_ttl}")
         for name in self.columns:
             if not _IDENT.match(name):
                 raise ValueError(f"column name {name!r} is not a plain identifier")
@@ -380,6 +387,15 @@ def check_definitions(config: Config) -> list[Problem]:
             )
         seen_agents.add(agent.id)
     for name, table in config.tables.items():
+        # The table's name is the search mirror's index name, and indexes are lower-case.
+        if table.search_mirror is not None and (name != name.lower() or name.startswith("_")):
+            problems.append(
+                Problem(
+                    f"tables.{name}.search_mirror",
+                    "the table name is the search index name: it must be lower-case and not "
+                    "start with '_'",
+                )
+            )
         if table.sharding is not None:
             # Shard names (<name>_YYYYMMDD) must fit MySQL's 64-character identifiers.
             longest = 64 - (9 if table.sharding.type == "daily" else 7)
@@ -518,9 +534,51 @@ def check_references(
                 check_source(f"{path}.fallback[{f_index}]", name)
     for name, table in config.tables.items():
         check_source(f"tables.{name}.data_source", table.data_source)
+        problems.extend(_check_mirrors(config, name, table))
     for a_index, agent in enumerate(config.agents.pool):
         for c_index, name in enumerate(agent.capabilities):
             check_source(f"agents.pool[{a_index}].capabilities[{c_index}]", name)
+    return problems
+
+
+# The source type each mirror key needs.
+_MIRROR_TYPES = {"search_mirror": "elasticsearch", "cache_mirror": "redis"}
+
+
+def _check_mirrors(config: Config, name: str, table: TableConfig) -> list[Problem]:
+    """A mirror names a configured source of the right type; the primary is named too."""
+    problems: list[Problem] = []
+    mirrors = {key: getattr(table, key) for key in _MIRROR_TYPES if getattr(table, key)}
+    for key, mirror in mirrors.items():
+        path = f"tables.{name}.{key}"
+        wanted = _MIRROR_TYPES[key]
+        source = config.datasources.get(mirror)
+        if source is None:
+            problems.append(
+                Problem(
+                    path,
+                    f"unknown data source {mirror!r}: a mirror names a configured source "
+                    f"(configured: {sorted(config.datasources)})",
+                )
+            )
+        elif source.type != wanted:
+            problems.append(
+                Problem(
+                    path,
+                    f"data source {mirror!r} is of type {source.type!r}; a {key} must be "
+                    f"of type {wanted!r}",
+                )
+            )
+        elif mirror == table.data_source:
+            problems.append(Problem(path, "a mirror cannot be the table's own data_source"))
+    if mirrors and table.data_source is None:
+        problems.append(
+            Problem(
+                f"tables.{name}.data_source",
+                "a table with mirrors needs data_source naming its primary (the source "
+                "whose outbox feeds the mirrors)",
+            )
+        )
     return problems
 
 

@@ -70,6 +70,11 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     ``drop_table`` and ``list_shards``. ``conflict = "ignore"`` makes ``add_many`` skip
     rows whose id exists and return how many it inserted. ``shard`` (digits, such as
     ``"20250130"``) addresses the physical table ``<table>_<shard>`` of a sharded table.
+
+    ``outbox`` (writes of a table with mirrors, see :mod:`wf78_core.mirrors`): small JSON
+    dicts ``{mirror, action, table, id, ...}`` that a source able to keep an outbox stores in
+    the write's own transaction, so they commit or roll back with it. A write that counts
+    rows stores them only when it changed some.
     """
 
     action: str
@@ -95,6 +100,7 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     fallback: tuple[str, ...] = ()
     conflict: Conflict = "error"
     shard: str | None = None
+    outbox: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.shard is not None and not _SHARD.fullmatch(self.shard):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import random
 import time
@@ -56,6 +57,7 @@ from .errors import (
 )
 from .events import TaskEvent, TaskState
 from .hookspecs import hookimpl
+from .mirrors import MirrorStats, Relay
 from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
 from .runs import Run, RunState, TaskSlot
 from .scheduling import Limit
@@ -127,6 +129,10 @@ class Engine:
         }
         self._sources: dict[str, _Source] = {}
         self._by_type: dict[str, list[_Source]] = {}
+        # The outbox relay, when some table has mirrors (wf78_core.mirrors).
+        self.mirrors: Relay | None = None
+        if any(t.search_mirror or t.cache_mirror for t in self.config.tables.values()):
+            self.mirrors = Relay(self)
         self._agents: list[Agent] = []
         self._route_cache: dict[tuple[str, str], _Source] = {}
         self._stack: AsyncExitStack | None = None
@@ -271,6 +277,8 @@ class Engine:
                 if run is not None:
                     await services.start(run)
             services.start_soon(self._health_loop)
+            if self.mirrors is not None:
+                await services.start(self.mirrors.run)
             # Work (runs and triggers) lives in its own group so it can drain first.
             self._work = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._drain)
@@ -290,6 +298,8 @@ class Engine:
         self._running = True
         self._closing = False
         self._started_at = time.monotonic()
+        if self.mirrors is not None:
+            self.mirrors.start()  # first pass: what a crash left in the outbox
         if any(table.sharding is not None for table in self.config.tables.values()):
             # Today's shards exist before the first write; the workflow keeps them coming.
             try:
@@ -298,6 +308,11 @@ class Engine:
                 await self.__aexit__(None, None, None)
                 raise
         return self
+
+    @property
+    def running(self) -> bool:
+        """Entered and not shutting down: accepting work."""
+        return self._running and not self._closing
 
     def table(
         self, name: str, *, identity: Identity | None = None, priority: int | None = None
@@ -432,23 +447,43 @@ class Engine:
         level = self.settings.submit_priority if priority is None else priority
         if not self.scheduler.try_acquire((self._pending,)):
             await self._admit(level)
-        self.submitted += 1
         ticket = Ticket(op, level, dict(context or {}))
+        try:
+            # Chosen now, so the ticket waits for every limit it needs and holds none.
+            if op.data_source is not None:
+                source, reason = self._resolve(op.data_source, op.action), "explicit data_source"
+            else:
+                name, reason = await self._choose_source(op, None, ticket.context)
+                source = self._sources[name]
+            agent = await self._allocate_agent(op, source)
+        except BaseException:
+            self.scheduler.release((self._pending,))
+            raise
+        self.submitted += 1
         self._tickets.add(ticket)
         work = self._work
         assert work is not None
+        limits = (self._global, source.limit, agent.limit)
 
         def granted() -> None:
             ticket.waiter = None
-            work.start_soon(self._run_ticket, ticket)
+            work.start_soon(self._run_ticket, ticket, (source, agent, limits), reason)
 
-        ticket.waiter = self.scheduler.enqueue(level, (self._global,), granted)
+        ticket.waiter = self.scheduler.enqueue(level, limits, granted)
         return ticket
 
-    async def _run_ticket(self, ticket: Ticket) -> None:
+    async def _run_ticket(
+        self, ticket: Ticket, held: tuple[_Source, Agent, tuple[Limit, ...]], reason: str
+    ) -> None:
         try:
             result = await self._data_path(
-                ticket.operation, ticket.priority, ticket.context, task=None
+                ticket.operation,
+                ticket.priority,
+                ticket.context,
+                task=None,
+                outer=(self._global,),
+                reason=reason,
+                held=held,
             )
         except Exception as error:
             self.failed += 1
@@ -462,7 +497,7 @@ class Engine:
             ticket._finish(result, None)
         finally:
             self._tickets.discard(ticket)
-            self.scheduler.release((self._global, self._pending))
+            self.scheduler.release((self._pending,))
             self._work_done()
 
     async def _admit(self, level: int) -> None:
@@ -531,8 +566,13 @@ class Engine:
         outer: tuple[Limit, ...] = (),
         reason: str | None = None,
         run_id: str | None = None,
+        held: tuple[_Source, Agent, tuple[Limit, ...]] | None = None,
     ) -> Result:
-        if op.data_source is not None and reason is None:
+        """Select, allocate, execute with retry and fallback. ``held``: the source, agent
+        and limits a queued ticket was granted, used (and released) by the first attempt."""
+        if held is not None:
+            source, reason = held[0], reason or "granted to a queued ticket"
+        elif op.data_source is not None and reason is None:
             source = self._resolve(op.data_source, op.action)
             reason = "explicit data_source"
         else:
@@ -564,7 +604,14 @@ class Engine:
             for attempt in range(tries):
                 attempts += 1
                 try:
-                    value, agent = await self._attempt(op, source, level, outer, timeout)
+                    if held is not None:
+                        _, granted_agent, limits = held
+                        held = None
+                        value, agent = await self._run_attempt(
+                            op, source, granted_agent, limits, timeout
+                        )
+                    else:
+                        value, agent = await self._attempt(op, source, level, outer, timeout)
                 except OperationError as failure:
                     error = failure
                     if not failure.retryable:
@@ -608,6 +655,18 @@ class Engine:
         scheduler = self.scheduler
         if not scheduler.try_acquire(limits):
             await scheduler.acquire(level, limits)
+        return await self._run_attempt(op, source, agent, limits, time_limit)
+
+    async def _run_attempt(
+        self,
+        op: Operation,
+        source: _Source,
+        agent: Agent,
+        limits: tuple[Limit, ...],
+        time_limit: float | None,
+    ) -> tuple[Any, str]:
+        """One execution with ``limits`` already held; they are released on every path."""
+        scheduler = self.scheduler
         counters = source.counters
         started = time.perf_counter()
         try:
@@ -918,6 +977,11 @@ class Engine:
         await anyio.lowlevel.checkpoint()
         return run.snapshot()
 
+    def recent_runs(self, limit: int = 20) -> list[Run]:
+        """Snapshots of the newest ``limit`` runs still known (active and finished), newest first."""
+        newest = heapq.nlargest(max(0, limit), self.backend.runs(), key=lambda run: run.created)
+        return [run.snapshot() for run in newest]
+
     def _cancel_run(self, run: RunState, why: str) -> None:
         if run.done.is_set():
             return
@@ -973,6 +1037,10 @@ class Engine:
                     result.close()  # type: ignore[attr-defined]
 
     # -- introspection --------------------------------------------------------------------------
+
+    async def mirror_stats(self) -> MirrorStats | None:
+        """The outbox relay's counters and pending entries; None when no table has mirrors."""
+        return None if self.mirrors is None else await self.mirrors.stats()
 
     def stats(self) -> EngineStats:
         """A snapshot of queues, limits, agents, sources and totals."""

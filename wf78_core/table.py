@@ -20,8 +20,9 @@ import anyio
 from . import sharding
 from .config import Identity, TableConfig
 from .definitions import Operation
-from .errors import InvalidOperation
+from .errors import InvalidOperation, OperationError
 from .ids import snowflake_id
+from .mirrors import TableMirrors, cache_key, is_missing_index, search_body
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -76,6 +77,8 @@ class Table:
             priority = max(wanted, identity.max_priority)
         self.priority = priority
         self._clock = clock
+        relay = engine.mirrors
+        self._mirrors: TableMirrors | None = relay.tables.get(name) if relay else None
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, owner={self.owner!r})"
@@ -86,7 +89,9 @@ class Table:
         """Insert one row (koa78 ``mAdd``); returns its new id."""
         row = self._stamp(self._values(values, "values"), owner=True)
         row["id"] = snowflake_id()
-        result: str = await self._submit("add", values=row, shard=self._write_shard())
+        result: str = await self._write(
+            "add", "index", [row], values=row, shard=self._write_shard()
+        )
         return result
 
     async def add_many(self, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> list[str]:
@@ -101,7 +106,9 @@ class Table:
             prepared.append(values)
         if not prepared:
             return []
-        ids: list[str] = await self._submit("add_many", rows=prepared, shard=self._write_shard())
+        ids: list[str] = await self._write(
+            "add_many", "index", prepared, rows=prepared, shard=self._write_shard()
+        )
         return ids
 
     async def add_many_by_id(self, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -117,8 +124,14 @@ class Table:
             prepared.append(stamped)
         if not prepared:
             return 0
-        inserted: int = await self._submit(
-            "add_many", rows=prepared, conflict="ignore", shard=self._write_shard()
+        # Which rows were skipped is not known: the relay reads back what each id holds.
+        inserted: int = await self._write(
+            "add_many",
+            "sync",
+            prepared,
+            rows=prepared,
+            conflict="ignore",
+            shard=self._write_shard(),
         )
         return inserted
 
@@ -149,8 +162,13 @@ class Table:
             prepared.append(stamped)
         if not prepared:
             return 0
-        changed: int = await self._submit(
-            "update_many", rows=prepared, where=self._scope(), shard=self._write_shard()
+        changed: int = await self._write(
+            "update_many",
+            "sync",
+            prepared,
+            rows=prepared,
+            where=self._scope(),
+            shard=self._write_shard(),
         )
         return changed
 
@@ -164,13 +182,15 @@ class Table:
         if self.owner is None:
             row = self._stamp(changes, owner=False)
             row["id"] = row_id
-            result: str = await self._submit("upsert", values=row, shard=shard)
+            result: str = await self._write("upsert", "sync", [row], values=row, shard=shard)
             return result
         if await self._update(row_id, changes):
             return row_id
         row = self._stamp(changes, owner=True)
         row["id"] = row_id
-        if await self._submit("add_many", rows=[row], conflict="ignore", shard=shard):
+        if await self._write(
+            "add_many", "index", [row], rows=[row], conflict="ignore", shard=shard
+        ):
             return row_id
         # The id exists: ours if another caller inserted it just now, else someone else's.
         if await self._update(row_id, changes):
@@ -199,7 +219,9 @@ class Table:
     async def delete(self, id: str | int) -> int:
         """Delete the row ``id`` of this owner (koa78 ``mdel``); returns rows deleted."""
         where = {"id": self._row_id(id, "id"), **self._scope()}
-        deleted: int = await self._submit("delete", where=where, shard=self._write_shard())
+        deleted: int = await self._write(
+            "delete", "delete", [where], where=where, shard=self._write_shard()
+        )
         return deleted
 
     async def delete_many(self, ids: Sequence[str | int]) -> int:
@@ -210,8 +232,13 @@ class Table:
         scope = self._scope()
         if not wanted:
             return 0
-        deleted: int = await self._submit(
-            "delete_many", where={"id": wanted, **scope}, shard=self._write_shard()
+        # Some ids may be another owner's and stay: the relay reads back what each id holds.
+        deleted: int = await self._write(
+            "delete_many",
+            "sync",
+            [{"id": row_id} for row_id in wanted],
+            where={"id": wanted, **scope},
+            shard=self._write_shard(),
         )
         return deleted
 
@@ -219,7 +246,8 @@ class Table:
         """Partially update the search document ``id`` (koa78 ``mUpdateElkByid``); the
         source adds ``@timestamp``. Returns 1, or 0 when this owner has no such document.
 
-        Needs the table's ``data_source`` to be of type ``elasticsearch``.
+        Targets the table's ``search_mirror``, else its ``data_source`` when that is of type
+        ``elasticsearch``. A later write of the row replaces a mirror's document again.
         """
         source = self._search_source()
         row_id = self._row_id(id, "id")
@@ -253,6 +281,7 @@ class Table:
         total: Literal[False] = ...,
         since: date | datetime | str | None = ...,
         until: date | datetime | str | None = ...,
+        kind: Literal["search"] | None = ...,
     ) -> list[dict[str, Any]]: ...
 
     @overload
@@ -267,6 +296,7 @@ class Table:
         total: Literal[True],
         since: date | datetime | str | None = ...,
         until: date | datetime | str | None = ...,
+        kind: Literal["search"] | None = ...,
     ) -> tuple[list[dict[str, Any]], int]: ...
 
     async def get(
@@ -280,6 +310,7 @@ class Table:
         total: bool = False,
         since: date | datetime | str | None = None,
         until: date | datetime | str | None = None,
+        kind: Literal["search"] | None = None,
     ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], int]:
         """This owner's rows matching ``where`` (equality; a list means IN), koa78 ``get``.
 
@@ -289,10 +320,129 @@ class Table:
         total being every matching row. On a sharded table ``since``/``until`` (dates,
         inclusive) read every shard of that range, merged in ``order``; without them,
         today's shard.
+
+        ``kind="search"`` reads the search mirror instead (see :meth:`search`). A table with
+        a ``cache_mirror`` reads one row by id (``where={"id": x}``) through the cache.
         """
+        if kind is not None:
+            if kind != "search":
+                raise self._invalid(f"kind must be 'search' or None, got {kind!r}")
+            return await self._search_read(None, where, cols, order, start, number, total)
+        key = self._cache_key(where, total, since, until)
+        if key is not None and self._count(start, "start") == 0 and self._count(number, "number"):
+            columns = self._cols(cols)
+            self._order(order)  # checked as always, though one row needs no order
+
+            async def read_row() -> list[dict[str, Any]]:
+                rows = await self._read(self._scope(), where, None, None, 0, 1, False, None, None)
+                assert isinstance(rows, list)
+                return rows
+
+            relay = self.engine.mirrors
+            assert relay is not None
+            found = await relay.read_through(self.name, key, read_row, self.priority)
+            return [{c: row.get(c) for c in columns} for row in found] if columns else found
         return await self._read(
             self._scope(), where, cols, order, start, number, total, since, until
         )
+
+    @overload
+    async def search(
+        self,
+        query: str | Mapping[str, Any] | None = ...,
+        *,
+        where: Mapping[str, Any] | None = ...,
+        cols: Sequence[str] | str | None = ...,
+        order: Sequence[str] | str | None = ...,
+        start: int | str = ...,
+        number: int | str = ...,
+        total: Literal[False] = ...,
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def search(
+        self,
+        query: str | Mapping[str, Any] | None = ...,
+        *,
+        where: Mapping[str, Any] | None = ...,
+        cols: Sequence[str] | str | None = ...,
+        order: Sequence[str] | str | None = ...,
+        start: int | str = ...,
+        number: int | str = ...,
+        total: Literal[True],
+    ) -> tuple[list[dict[str, Any]], int]: ...
+
+    async def search(
+        self,
+        query: str | Mapping[str, Any] | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        cols: Sequence[str] | str | None = None,
+        order: Sequence[str] | str | None = None,
+        start: int | str = 0,
+        number: int | str = DEFAULT_NUMBER,
+        total: bool = False,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], int]:
+        """This owner's documents in the search mirror matching ``query`` (a string for
+        ``simple_query_string``, or a query DSL clause) and the ``where`` filters, best first
+        unless ``order`` says otherwise. Rows have the table's columns; paging as :meth:`get`.
+
+        The owner filter is part of the query, whatever ``query`` says. The mirror follows
+        the primary shortly after each write (it is eventually consistent).
+        """
+        if query is None or isinstance(query, str | Mapping):
+            clause = {"simple_query_string": {"query": query}} if isinstance(query, str) else query
+        else:
+            raise self._invalid(f"query must be a string or a mapping, got {type(query).__name__}")
+        return await self._search_read(clause, where, cols, order, start, number, total)
+
+    async def _search_read(
+        self,
+        query: Mapping[str, Any] | None,
+        where: Mapping[str, Any] | None,
+        cols: Sequence[str] | str | None,
+        order: Sequence[str] | str | None,
+        start: int | str,
+        number: int | str,
+        total: bool,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], int]:
+        source = self._search_source()
+        filters = {**self._where(where), **self._scope()}
+        columns = self._cols(cols)
+        body = search_body(self.schema, filters, self._order(order), query)
+        offset = self._count(start, "start")
+        limit = min(self._count(number, "number"), self.max_number)
+        try:
+            found = await self._submit_to(
+                source, "search", params=body, offset=offset, limit=limit, columns=columns
+            )
+        except OperationError as error:
+            if not is_missing_index(error):
+                raise
+            found = {"total": 0, "hits": []}  # nothing was ever written to the mirror
+        names = columns or list(self.schema)
+        rows = [{name: hit.get(name) for name in names} for hit in found["hits"]]
+        return (rows, int(found["total"] or 0)) if total else rows
+
+    def _cache_key(
+        self,
+        where: Mapping[str, Any] | None,
+        total: bool,
+        since: date | datetime | str | None,
+        until: date | datetime | str | None,
+    ) -> str | None:
+        """The cache key of a read of one row by id, when the cache mirror can serve it."""
+        mirrors = self._mirrors
+        if mirrors is None or mirrors.cache is None or self.config.sharding is not None:
+            return None
+        if total or since is not None or until is not None:
+            return None
+        if not isinstance(where, Mapping) or set(where) != {"id"}:
+            return None
+        value = where["id"]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        return cache_key(self.name, next(iter(self._scope().values()), ""), str(value))
 
     @overload
     async def get_public(
@@ -442,8 +592,13 @@ class Table:
     async def _update(self, row_id: str, changes: dict[str, Any]) -> int:
         where = {"id": row_id, **self._scope()}
         values = self._stamp(changes, owner=False)
-        changed: int = await self._submit(
-            "update", values=values, where=where, shard=self._write_shard()
+        changed: int = await self._write(
+            "update",
+            "update",
+            [{"id": row_id, **values}],
+            values=values,
+            where=where,
+            shard=self._write_shard(),
         )
         return changed
 
@@ -462,19 +617,40 @@ class Table:
         op = Operation(action=action, table=self.name, data_source=source, **fields)
         return (await self.engine.submit(op, priority=self.priority)).value
 
+    async def _write(
+        self,
+        action: str,
+        mirror_action: Literal["index", "update", "delete", "sync"],
+        touched: Sequence[Mapping[str, Any]],
+        /,
+        **fields: Any,
+    ) -> Any:
+        """Submit a write of the rows ``touched`` (each with its id); a mirrored table's
+        carries their outbox entries."""
+        mirrors, relay = self._mirrors, self.engine.mirrors
+        if mirrors is None or relay is None:
+            return await self._submit(action, **fields)
+        owner = next(iter(self._scope().values()), "")
+        entries = mirrors.entries(mirror_action, touched, owner=owner, shard=fields.get("shard"))
+        return await relay.write(
+            self.name, entries, lambda: self._submit(action, outbox=entries, **fields)
+        )
+
     def _search_source(self) -> str:
+        if self.config.search_mirror is not None:
+            return self.config.search_mirror
         name = self.config.data_source
         if name is None:
             raise self._invalid(
-                "has no search source: update_search_doc needs the table's data_source to "
-                "be of type 'elasticsearch', and it has none"
+                "has no search source: it needs a search_mirror, or a data_source of type "
+                "'elasticsearch', and it has neither"
             )
         configured = self.engine.config.datasources.get(name)
         kind = configured.type if configured is not None else name
         if kind != "elasticsearch":
             raise self._invalid(
-                f"has no search source: its data_source {name!r} is of type {kind!r}, "
-                "update_search_doc needs type 'elasticsearch'"
+                f"has no search source: no search_mirror, and its data_source {name!r} is of "
+                f"type {kind!r}, not 'elasticsearch'"
             )
         return name
 

@@ -20,6 +20,11 @@ from wf78_core.ids import snowflake_id
 
 __all__ = ["MemorySource", "wf78_register_datasources"]
 
+# The actions whose outbox entries are kept (see wf78_core.mirrors).
+_OUTBOX_WRITES = frozenset(
+    {"add", "add_many", "upsert", "update", "update_many", "delete", "delete_many"}
+)
+
 
 class MemorySource:
     """Rows in dicts keyed by id; a key-value cache beside them."""
@@ -49,6 +54,7 @@ class MemorySource:
             "incr",
         }
     )
+    outbox_actions = frozenset({"outbox_fetch", "outbox_ack", "outbox_count"})
 
     def __init__(self, spec: SourceSpec) -> None:
         options = spec.options
@@ -59,6 +65,9 @@ class MemorySource:
         self.concurrency = options.concurrency
         self.tables: dict[str, dict[str, dict[str, Any]]] = {}
         self.cache: dict[str, Any] = {}
+        # The transactional outbox of mirrored tables: entry id -> entry (insertion order).
+        self.outbox: dict[int, dict[str, Any]] = {}
+        self._outbox_id = 0
 
     async def open(self) -> None:
         return None
@@ -66,6 +75,7 @@ class MemorySource:
     async def close(self) -> None:
         self.tables.clear()
         self.cache.clear()
+        self.outbox.clear()
 
     async def health(self) -> None:
         return None
@@ -73,6 +83,35 @@ class MemorySource:
     async def execute(self, op: Operation) -> Any:
         if self.latency:
             await anyio.sleep(self.latency)
+        if op.action in self.outbox_actions:
+            return self._outbox_action(op)
+        if op.outbox and op.action not in _OUTBOX_WRITES:
+            raise InvalidOperation(
+                f"{op.action} cannot carry outbox entries", data_source=self.name
+            )
+        result = self._execute(op)
+        # No await since the write: its outbox entries are kept in the same step, or not at all.
+        if op.outbox and (result if isinstance(result, int) else True):
+            for entry in op.outbox:
+                self._outbox_id += 1
+                self.outbox[self._outbox_id] = dict(entry)
+        return result
+
+    def _outbox_action(self, op: Operation) -> Any:
+        mirror = (op.where or {}).get("mirror")
+        waiting = [
+            (entry_id, entry)
+            for entry_id, entry in self.outbox.items()
+            if mirror is None or entry.get("mirror") == mirror
+        ]
+        if op.action == "outbox_count":
+            return len(waiting)
+        if op.action == "outbox_fetch":
+            limit = 100 if op.limit is None else op.limit
+            return [{"id": entry_id, "payload": dict(entry)} for entry_id, entry in waiting[:limit]]
+        return sum(self.outbox.pop(entry_id, None) is not None for entry_id in op.value or [])
+
+    def _execute(self, op: Operation) -> Any:
         action = op.action
         if action == "noop":
             return None

@@ -30,7 +30,14 @@ from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 
 from wf78_core.datasource import SourceSpec
 from wf78_core.errors import ConfigError
-from wf78_sql import Params, SqlSource, convert_options, create_table_sql
+from wf78_sql import (
+    DEFAULT_OUTBOX_TABLE,
+    Params,
+    SqlSource,
+    check_outbox_table,
+    convert_options,
+    create_table_sql,
+)
 
 from .connections import QuietCursor, prepare
 from .errors import map_error
@@ -65,8 +72,11 @@ class MySQLOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     create_tables: bool = False
     # Seconds after which an idle pooled connection is replaced.
     pool_recycle: float = 3600
+    # The transactional outbox feeding table mirrors (created on first use).
+    outbox_table: str = DEFAULT_OUTBOX_TABLE
 
     def __post_init__(self) -> None:
+        check_outbox_table(self.outbox_table)
         for name in ("max_batch", "queue_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -95,6 +105,7 @@ class MySQLSource(SqlSource):
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
         self.options = convert_options(spec, MySQLOptions)
+        self.outbox_table = self.options.outbox_table
         self.settings = connection_settings(spec)
         self.concurrency = min(self.options.queue_size, 1024)
         self._pool: Any = None

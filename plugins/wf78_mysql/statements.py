@@ -48,4 +48,10 @@ MYSQL = Dialect(
         **dict.fromkeys(("SET", "USE", "LOCK", "UNLOCK"), _SESSION),
     },
     utc_datetimes=True,
+    outbox_table=(
+        "CREATE TABLE IF NOT EXISTS {table} (`id` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, "
+        "`created` DOUBLE NOT NULL, `mirror` VARCHAR(191) NOT NULL, `payload` JSON NOT NULL, "
+        "INDEX {index} (`mirror`, `id`)) "
+        "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    ),
 )

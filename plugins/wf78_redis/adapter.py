@@ -28,7 +28,7 @@ is off, so a pipeline that may have run is never sent twice behind the engine's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -43,7 +43,7 @@ from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, Problem
 
 from .errors import closed_error, map_error
-from .pipeline import Arg, AutoPipeline, Call
+from .pipeline import Arg, AutoPipeline
 from .scripts import INCR_WITH_TTL, MATCH_ROWS, SCRIPTS, WRITE_ROWS, Script
 from .tables import RedisTable
 
@@ -222,7 +222,11 @@ class RedisSource:
         if op.action == "noop":
             return None
         if op.action in _CACHE_ACTIONS:
-            return await self._cache(op)
+            command, script, finish = self._cache_command(op)
+            pipeline = self._pipeline
+            if pipeline is None:
+                raise closed_error(self.name, "not open")
+            return finish(pipeline.outcome(await pipeline.send(command, script)))
         table = self._table(op)
         match op.action:
             case "get":
@@ -280,21 +284,19 @@ class RedisSource:
             )
         return table
 
-    async def _cache(self, op: Operation) -> Any:
+    def _cache_command(
+        self, op: Operation
+    ) -> tuple[tuple[Arg, ...], Script | None, Callable[[Any], Any]]:
+        """The command of a cache action, its script if any, and what turns its reply into
+        the action's result."""
         if not isinstance(op.key, str) or not op.key:
             raise InvalidOperation(
                 f"{op.action} needs a non-empty string key, got {op.key!r}", data_source=self.name
             )
-        key = self.cache_key(op.key)
+        key = f"{self.prefix}:cache:{op.key}"
         match op.action:
             case "cache_get":
-                raw = await self._call(Call(("GET", key)))
-                if raw is None:
-                    return None
-                try:
-                    return _JSON_DECODER.decode(raw)
-                except msgspec.DecodeError:
-                    return raw.decode(errors="replace")  # written by someone else: as is
+                return ("GET", key), None, _cached_value
             case "cache_set":
                 try:
                     payload = _JSON_ENCODER.encode(op.value)
@@ -304,12 +306,10 @@ class RedisSource:
                         data_source=self.name,
                     ) from error
                 if op.ttl is None:
-                    await self._call(Call(("SET", key, payload)))
-                else:
-                    await self._call(Call(("SET", key, payload, "PX", self._ttl_ms(op))))
-                return True
+                    return ("SET", key, payload), None, _stored
+                return ("SET", key, payload, "PX", self._ttl_ms(op)), None, _stored
             case "cache_delete":
-                return bool(await self._call(Call(("DEL", key))))
+                return ("DEL", key), None, bool
             case _:
                 amount = 1 if op.value is None else op.value
                 if isinstance(amount, bool) or not isinstance(amount, int):
@@ -318,9 +318,9 @@ class RedisSource:
                         data_source=self.name,
                     )
                 if op.ttl is None:
-                    return int(await self._call(Call(("INCRBY", key, amount))))
-                call = Call((1, key, amount, self._ttl_ms(op)), script=INCR_WITH_TTL)
-                return int(await self._call(call))
+                    return ("INCRBY", key, amount), None, int
+                command = _evalsha(INCR_WITH_TTL, 1, key, amount, self._ttl_ms(op))
+                return command, INCR_WITH_TTL, int
 
     def _ttl_ms(self, op: Operation) -> int:
         if op.ttl is None or op.ttl <= 0:
@@ -341,13 +341,32 @@ class RedisSource:
             )
 
     async def _script(self, script: Script, table: RedisTable, args: list[Arg]) -> Any:
-        return await self._call(Call((1, table.all_key, *args), script=script))
+        return await self._call(_evalsha(script, 1, table.all_key, *args), script)
 
-    async def _call(self, call: Call) -> Any:
+    async def _call(self, command: tuple[Arg, ...], script: Script | None = None) -> Any:
         pipeline = self._pipeline
         if pipeline is None:
             raise closed_error(self.name, "not open")
-        return await pipeline.call(call)
+        return await pipeline.call(command, script)
+
+
+def _cached_value(raw: bytes | None) -> Any:
+    """A cache entry as stored: msgspec JSON, or as is when someone else wrote it."""
+    if raw is None:
+        return None
+    try:
+        return _JSON_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return raw.decode(errors="replace")
+
+
+def _stored(reply: Any) -> bool:
+    return True
+
+
+def _evalsha(script: Script, *args: Arg) -> tuple[Arg, ...]:
+    """EVALSHA of ``script`` with its numkeys, keys and arguments."""
+    return ("EVALSHA", script.sha, *args)
 
 
 def _url(spec: SourceSpec) -> str:

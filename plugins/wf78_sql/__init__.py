@@ -4,6 +4,7 @@
 - :class:`TableSql`: schema-checked statements for one declared table.
 - :class:`GroupCommitWriter` and :class:`Write`: many callers' writes in one transaction.
 - :class:`SqlSource`: the actions, their checks and result shapes, less the driver.
+- :class:`OutboxSql`: the transactional outbox that feeds a table's mirrors.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from .dialect import Dialect
 from .errors import closed_error
 from .options import convert_options
+from .outbox import DEFAULT_OUTBOX_TABLE, OUTBOX_ACTIONS, OutboxSql, check_outbox_table
 from .source import SQL_ACTIONS, SqlSource
 from .statements import (
     Params,
@@ -26,9 +28,12 @@ from .statements import (
 from .writer import GroupCommitWriter, Write, WriteFailed
 
 __all__ = [
+    "DEFAULT_OUTBOX_TABLE",
+    "OUTBOX_ACTIONS",
     "SQL_ACTIONS",
     "Dialect",
     "GroupCommitWriter",
+    "OutboxSql",
     "Params",
     "Route",
     "SqlSource",
@@ -36,6 +41,7 @@ __all__ = [
     "TableSql",
     "Write",
     "WriteFailed",
+    "check_outbox_table",
     "closed_error",
     "convert_options",
     "create_table_sql",

@@ -49,6 +49,9 @@ class Dialect:
     # True: datetime columns hold no zone, so values are stored as naive UTC and read back
     # as UTC; False: they are stored as ISO 8601 text, zone included.
     utc_datetimes: bool = False
+    # CREATE statements of the transactional outbox (wf78_sql.outbox), filled with the quoted
+    # ``{table}`` and ``{index}`` names; empty means the dialect keeps no outbox.
+    outbox_table: tuple[str, ...] = ()
 
     def quote(self, identifier: str) -> str:
         """A quoted identifier (callers pass only names checked against the schema)."""

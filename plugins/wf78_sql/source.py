@@ -20,6 +20,7 @@ from wf78_core.errors import DataSourceError, InvalidOperation
 
 from .dialect import Dialect
 from .errors import closed_error
+from .outbox import DEFAULT_OUTBOX_TABLE, OUTBOX_ACTIONS, OUTBOX_WRITES, OutboxSql
 from .statements import Params, TableSql, create_table_sql, raw_params, route
 from .writer import GroupCommitWriter, Write
 
@@ -57,6 +58,11 @@ class SqlSource(ABC):
     kind: ClassVar[str]
     dialect: ClassVar[Dialect]
     actions: frozenset[str] = SQL_ACTIONS
+    # The relay's actions on the transactional outbox (wf78_sql.outbox), kept apart from
+    # ``actions`` so that selection never routes to them.
+    outbox_actions: frozenset[str] = OUTBOX_ACTIONS
+    # The outbox table's name; subclasses take it from their options.
+    outbox_table: str = DEFAULT_OUTBOX_TABLE
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
@@ -68,6 +74,9 @@ class SqlSource(ABC):
         self._writer: GroupCommitWriter | None = None
         self._transactions = 0
         self._writes = 0
+        self._outbox: OutboxSql | None = None  # set once its table exists
+        if not self.dialect.outbox_table:
+            self.outbox_actions = frozenset()
 
     # -- the driver ---------------------------------------------------------------------
 
@@ -138,9 +147,16 @@ class SqlSource(ABC):
         bad operation, DataSourceError when the database refuses.
         """
         if op.action not in self.actions:
+            if op.action in self.outbox_actions:
+                return await self._outbox_action(op)
             raise InvalidOperation(
                 f"action {op.action!r} is not supported by {self.kind} source {self.name!r} "
                 f"(expected one of {sorted(self.actions)})",
+                data_source=self.name,
+            )
+        if op.outbox and op.action not in OUTBOX_WRITES:
+            raise InvalidOperation(
+                f"{op.action} cannot carry outbox entries (only {sorted(OUTBOX_WRITES)} do)",
                 data_source=self.name,
             )
         if op.action == "noop":
@@ -168,7 +184,7 @@ class SqlSource(ABC):
                     offset=op.offset,
                 )
                 _, rows = await self._read(statement.sql, statement.params)
-                return [table.decode(names, row) for row in rows]
+                return table.decode_rows(names, rows)
             case "add":
                 if op.values is None:
                     raise table.invalid(f"add needs values (table {op.table!r})")
@@ -192,7 +208,37 @@ class SqlSource(ABC):
             case _:
                 statement = table.delete(op.where, many=op.action == "delete_many")
                 write = Write([(statement.sql, [statement.params])], counts=True)
+        if op.outbox:
+            outbox = await self._open_outbox()
+            write.then = (outbox.insert, outbox.rows(op.outbox))
         return await self._write(write)
+
+    async def _open_outbox(self) -> OutboxSql:
+        """The outbox's statements, creating its table on first use (concurrent first uses
+        may each send the idempotent CREATE ... IF NOT EXISTS)."""
+        if self._outbox is None:
+            outbox = OutboxSql(self.dialect, self.outbox_table, self.name)
+            await self._ddl(outbox.create)
+            self._outbox = outbox
+        return self._outbox
+
+    async def _outbox_action(self, op: Operation) -> Any:
+        """``outbox_fetch`` -> ``[{"id", "payload"}]`` oldest first, ``outbox_ack`` (ids in
+        ``op.value``) -> entries deleted, ``outbox_count`` -> entries waiting; ``where`` may
+        name one ``mirror``."""
+        outbox = await self._open_outbox()
+        if op.action == "outbox_ack":
+            sql, params = outbox.delete(op)
+            if not sql:
+                return 0
+            return await self._write(Write([(sql, [params])], counts=True))
+        if op.action == "outbox_count":
+            sql, params = outbox.count(op)
+            _, rows = await self._read(sql, params)
+            return int(rows[0][0])
+        sql, params = outbox.fetch(op)
+        _, rows = await self._read(sql, params)
+        return [outbox.decode(row) for row in rows]
 
     def _table(self, op: Operation) -> TableSql:
         """The statement builder of ``op.table``, or of its shard ``op.shard``."""

@@ -38,6 +38,8 @@ _JSON_DECODER = msgspec.json.Decoder()
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 _KEYWORD = re.compile(r"[A-Za-z]+")
 _WRITE_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+# SELECT texts kept per table at most (a few shapes per table in practice).
+_SELECT_CACHE = 256
 
 
 class Statement(NamedTuple):
@@ -127,6 +129,14 @@ class TableSql:
         self.has_id = "id" in schema.columns
         self._quoted = {name: dialect.quote(name) for name in schema.columns}
         self._insert_sql: dict[tuple[object, ...], str] = {}  # by column names and mode
+        # SELECT text and column names by statement shape (see select)
+        self._select_sql: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
+        # Columns whose stored value decode converts; rows of other columns are copied as is.
+        self._converted = {
+            name: kind
+            for name, kind in schema.columns.items()
+            if kind in ("bool", "json", "datetime")
+        }
 
     def renamed(self, name: str) -> TableSql:
         """A builder for the physical table ``name`` with this table's columns (a shard)."""
@@ -172,24 +182,33 @@ class TableSql:
             return value
         raise self.invalid(f"{where} has unsupported type {type(value).__name__}")
 
+    def decode_rows(
+        self, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> list[dict[str, Any]]:
+        """:meth:`decode` of every row; plain copies when no column needs converting."""
+        if self._converted.keys().isdisjoint(columns):
+            return [dict(zip(columns, row, strict=True)) for row in rows]
+        return [self.decode(columns, row) for row in rows]
+
     def decode(self, columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
         """A result row as a dict: bools and JSON decoded, datetimes as ISO strings."""
-        out: dict[str, Any] = {}
-        kinds = self.schema.columns
-        for name, value in zip(columns, row, strict=True):
+        out = dict(zip(columns, row, strict=True))
+        for name, kind in self._converted.items():  # the few columns that need it
+            value = out.get(name)
             if value is not None:
-                kind = kinds.get(name)
-                if kind == "bool":
-                    value = bool(value)
-                elif kind == "json":
-                    try:
-                        value = _JSON_DECODER.decode(value)
-                    except msgspec.DecodeError:
-                        pass  # rows written by raw SQL may hold plain text: return it as is
-                elif kind == "datetime":
-                    value = self.dialect.load_datetime(value)
-            out[name] = value
+                out[name] = self._convert(kind, value)
         return out
+
+    def _convert(self, kind: str, value: Any) -> Any:
+        """A stored non-null value of a bool, json or datetime column as decode returns it."""
+        if kind == "bool":
+            return bool(value)
+        if kind == "json":
+            try:
+                return _JSON_DECODER.decode(value)
+            except msgspec.DecodeError:
+                return value  # rows written by raw SQL may hold plain text: return it as is
+        return self.dialect.load_datetime(value)
 
     def insert(
         self, values: Mapping[str, Any], field: str = "values", *, ignore: bool = False
@@ -252,7 +271,59 @@ class TableSql:
         limit: int | None,
         offset: int,
     ) -> tuple[Statement, list[str]]:
-        """A SELECT and the names of the columns it returns."""
+        """A SELECT and the names of the columns it returns.
+
+        The text is built once per shape (columns, where names with the kind of each value,
+        order, whether there is a LIMIT) and kept: a shape seen before was checked then,
+        so only the values are encoded again.
+        """
+        # One pass over where gives its shape and, should the shape be known, its values. A
+        # failure here (an unknown column, an unhashable name...) is left to the full build,
+        # which reports the first problem in the order the checks always run.
+        shape: list[tuple[Any, int]] = []
+        params: list[Any] = []
+        try:
+            if where:
+                encode = self.encode
+                for name, value in where.items():
+                    if value is None:
+                        shape.append((name, -1))
+                    elif isinstance(value, list | tuple):
+                        shape.append((name, len(value)))
+                        params.extend([encode(name, item, "where") for item in value])
+                    else:
+                        shape.append((name, -2))
+                        params.append(encode(name, value, "where"))
+            paged = limit is not None or bool(offset)
+            key = (
+                tuple(columns) if columns else None,
+                tuple(shape),
+                tuple(order) if order else None,
+                paged,
+            )
+            cached = self._select_sql.get(key)
+        except Exception:
+            cached = key = None
+        if cached is None:
+            statement, names = self._select(where, columns, order, limit, offset)
+            if key is not None:
+                if len(self._select_sql) >= _SELECT_CACHE:
+                    self._select_sql.clear()
+                self._select_sql[key] = (statement.sql, tuple(names))
+            return statement, names
+        sql, known = cached
+        if paged:
+            params += [self.dialect.no_limit if limit is None else limit, offset]
+        return Statement(sql, params), list(known)
+
+    def _select(
+        self,
+        where: Mapping[str, Any] | None,
+        columns: Sequence[str] | None,
+        order: Sequence[str] | None,
+        limit: int | None,
+        offset: int,
+    ) -> tuple[Statement, list[str]]:
         names = list(columns) if columns else list(self.schema.columns)
         select_list = ", ".join(self.column(name, "columns") for name in names)
         sql = f"SELECT {select_list} FROM {self.quoted}"

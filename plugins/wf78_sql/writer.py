@@ -37,13 +37,16 @@ class Write:
 
     ``statements`` pairs SQL with its parameter sets (several sets run as ``executemany``).
     The result is ``value`` when ``counts`` is false (the ids of inserted rows), otherwise
-    the rows changed, or the rows returned when the SQL returns any.
+    the rows changed, or the rows returned when the SQL returns any. ``then`` (an outbox
+    INSERT) runs after them in the same savepoint, so it commits or rolls back with them;
+    a write that ``counts`` runs it only when it changed some row.
     """
 
     statements: list[tuple[str, list[Params]]]
     value: Any = None
     counts: bool = False
     groupable: bool = False
+    then: tuple[str, list[Params]] | None = None
     result: Any = None
     error: DataSourceError | None = None
 
@@ -243,7 +246,7 @@ class GroupCommitWriter(ABC):
             sql = group[0].statements[0][0]
             rows = [params for write in group for params in write.statements[0][1]]
             try:
-                await self._in_savepoint(partial(self._executemany, sql, rows))
+                await self._in_savepoint(partial(self._apply_together, sql, rows, group))
             except WriteFailed:
                 self.fallbacks += 1  # some row is bad: apply the writes one by one to find it
             else:
@@ -256,6 +259,16 @@ class GroupCommitWriter(ABC):
             except WriteFailed as failed:
                 write.error = self.map_error(failed.error)
 
+    async def _apply_together(self, sql: str, rows: list[Params], group: list[Write]) -> None:
+        """A group's identical INSERTs as one ``executemany``, then their outbox rows as one."""
+        await self._executemany(sql, rows)
+        then: dict[str, list[Params]] = {}
+        for write in group:
+            if write.then is not None:
+                then.setdefault(write.then[0], []).extend(write.then[1])
+        for then_sql, then_rows in then.items():
+            await self._executemany(then_sql, then_rows)
+
     async def _apply(self, write: Write) -> Any:
         count = 0
         for sql, rows in write.statements:
@@ -266,6 +279,12 @@ class GroupCommitWriter(ABC):
             if isinstance(outcome, list):
                 return outcome
             count += outcome
+        if write.then is not None and (count or not write.counts):
+            then_sql, then_rows = write.then
+            if len(then_rows) == 1:
+                await self._execute(then_sql, then_rows[0])
+            else:
+                await self._executemany(then_sql, then_rows)
         return count if write.counts else write.value
 
     async def _in_savepoint(self, apply: Callable[[], Awaitable[T]]) -> T:

@@ -17,7 +17,9 @@ aiosqlite runs on asyncio only.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +30,14 @@ import msgspec
 
 from wf78_core.datasource import SourceSpec
 from wf78_core.errors import ConfigError, DataSourceError
-from wf78_sql import Params, SqlSource, convert_options, create_table_sql
+from wf78_sql import (
+    DEFAULT_OUTBOX_TABLE,
+    Params,
+    SqlSource,
+    check_outbox_table,
+    convert_options,
+    create_table_sql,
+)
 
 from .errors import map_error
 from .statements import SQLITE
@@ -50,8 +59,11 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     # Writes waiting for the writer at most; further writers wait for room.
     queue_size: int = 10_000
     create_tables: bool = True
+    # The transactional outbox feeding table mirrors (created on first use).
+    outbox_table: str = DEFAULT_OUTBOX_TABLE
 
     def __post_init__(self) -> None:
+        check_outbox_table(self.outbox_table)
         for name in ("readers", "max_batch", "queue_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -60,21 +72,49 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 
 
 class _ReaderPool:
-    """Reader connections, each lent to one caller at a time."""
+    """Reader connections, each lent to one caller at a time.
+
+    An idle connection is taken at once, without a semaphore's checkpoint; when all are
+    lent, callers wait first come, first served, and a connection given back goes straight
+    to the oldest waiter.
+    """
 
     def __init__(self, connections: list[aiosqlite.Connection]) -> None:
         self.connections = connections
         self._idle = list(connections)
-        self._slots = anyio.Semaphore(len(connections))
+        self._waiters: deque[asyncio.Future[aiosqlite.Connection]] = deque()
 
     async def fetchall(self, sql: str, params: Params) -> list[sqlite3.Row]:
-        async with self._slots:
-            connection = self._idle.pop()
-            try:
-                # One thread hop for execute + fetch, so a cancelled caller leaves no open cursor.
-                return list(await connection.execute_fetchall(sql, params))
-            finally:
-                self._idle.append(connection)
+        connection = self._idle.pop() if self._idle else await self._lent()
+        try:
+            # One thread hop for execute + fetch, so a cancelled caller leaves no open cursor.
+            return list(await connection.execute_fetchall(sql, params))
+        finally:
+            self._give_back(connection)
+
+    async def _lent(self) -> aiosqlite.Connection:
+        waiter: asyncio.Future[aiosqlite.Connection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(waiter.result())  # lent to us just as we were cancelled
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass  # already passed over
+            raise
+
+    def _give_back(self, connection: aiosqlite.Connection) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # else its caller was cancelled
+                waiter.set_result(connection)
+                return
+        self._idle.append(connection)
 
 
 class SQLiteSource(SqlSource):
@@ -92,6 +132,7 @@ class SQLiteSource(SqlSource):
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
         self.options = convert_options(spec, SQLiteOptions)
+        self.outbox_table = self.options.outbox_table
         self.path = database_path(spec)
         self.concurrency = min(self.options.queue_size, 1024)
         self._readers: _ReaderPool | None = None

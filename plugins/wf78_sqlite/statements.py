@@ -29,6 +29,12 @@ SQLITE = Dialect(
     insert_ignore="INSERT OR IGNORE INTO",
     list_tables="SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '!'",
     read_keywords=frozenset({"SELECT", "VALUES", "EXPLAIN", "PRAGMA"}),
+    # AUTOINCREMENT: an acknowledged entry's id is never handed out again.
+    outbox_table=(
+        'CREATE TABLE IF NOT EXISTS {table} ("id" INTEGER PRIMARY KEY AUTOINCREMENT, '
+        '"created" REAL NOT NULL, "mirror" TEXT NOT NULL, "payload" TEXT NOT NULL)',
+        'CREATE INDEX IF NOT EXISTS {index} ON {table} ("mirror", "id")',
+    ),
     # Raw SQL must not end or nest the writer's own transaction and savepoints.
     refused_keywords=dict.fromkeys(
         ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"), _TRANSACTION

@@ -1,0 +1,836 @@
+"""Run the wf78 benchmarks and check their targets.
+
+    python -m benchmarks [--only B1,B2] [--rounds N] [--quick] [--output PATH] [--strict]
+    python benchmarks/run.py ...           (the same)
+
+Every measured case runs in a fresh process (``python -m benchmarks.<module> <case>``). A
+round runs the baseline, then the candidate(s); CPU speed drifts over minutes, so a
+comparison is the median over rounds of the per-round ratio, never a ratio of medians.
+Prints a table with each target and PASS/FAIL and writes every sample to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RESULT_PREFIX", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+# The line a case prints its JSON result on (see _harness.py).
+RESULT_PREFIX = "wf78-bench-result: "
+CASE_TIMEOUT = 900.0
+MB = 1024 * 1024
+
+Sample = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big and how often: the full run, or ``--quick`` for a smoke check."""
+
+    mode: str
+    rounds: int
+    dispatch_ops: int
+    sqlite_writes: int
+    queued_ops: int
+    dag_sizes: tuple[int, ...]
+    mysql_writes: int
+    redis_sets: int
+    es_writes: int
+    single_gets: int
+    in_flight: int = 1000
+    # Memory is not CPU-bound and barely varies: fewer rounds say as much.
+    memory_rounds: int = 3
+
+
+FULL = Plan(
+    "full",
+    rounds=7,
+    dispatch_ops=100_000,
+    sqlite_writes=20_000,
+    queued_ops=100_000,
+    dag_sizes=(1_000, 10_000, 100_000),
+    mysql_writes=20_000,
+    redis_sets=50_000,
+    es_writes=5_000,
+    single_gets=5_000,
+)
+QUICK = Plan(
+    "quick",
+    rounds=2,
+    dispatch_ops=20_000,
+    sqlite_writes=4_000,
+    queued_ops=20_000,
+    dag_sizes=(1_000, 10_000),
+    mysql_writes=4_000,
+    redis_sets=10_000,
+    es_writes=1_000,
+    single_gets=1_000,
+    memory_rounds=1,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """``value <op> limit``, e.g. a ratio ``>= 0.33``."""
+
+    op: str
+    limit: float
+    unit: str
+
+    def met(self, value: float) -> bool:
+        return value >= self.limit if self.op == ">=" else value <= self.limit
+
+    def __str__(self) -> str:
+        return f"{self.op} {_number(self.limit)}{self.unit}"
+
+
+@dataclass
+class Outcome:
+    """One benchmark's verdict, the lines printed under it and everything for the JSON."""
+
+    id: str
+    title: str
+    measure: str
+    target: Target
+    value: float | None = None
+    spread: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None or self.value is None:
+            return "ERROR"
+        return "PASS" if self.target.met(self.value) else "FAIL"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "measure": self.measure,
+            "value": self.value,
+            "spread": list(self.spread) if self.spread else None,
+            "target": {**asdict(self.target), "text": str(self.target)},
+            "status": self.status,
+            "error": self.error,
+            "parameters": self.parameters,
+            "summary": self.summary,
+            "notes": self.notes,
+            "rounds": self.rounds,
+        }
+
+
+class CaseFailed(Exception):
+    """A case process failed or printed no result."""
+
+
+def case_environment() -> dict[str, str]:
+    """The environment of a case: this tree's core and plugins come first on the path.
+
+    The editable install's path entries (a ``.pth`` file in the shared virtualenv) can point
+    at another checkout; a benchmark must measure the code next to it.
+    """
+    paths = [str(ROOT), str(ROOT / "plugins")]
+    inherited = os.environ.get("PYTHONPATH")
+    if inherited:
+        paths.append(inherited)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def run_case(module: str, case: str, n: int, in_flight: int = 1000) -> Sample:
+    """Run one case in a fresh interpreter and return its JSON result."""
+    command = [
+        sys.executable,
+        "-m",
+        f"benchmarks.{module}",
+        case,
+        f"--n={n}",
+        f"--in-flight={in_flight}",
+    ]
+    try:
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=case_environment(),
+            capture_output=True,
+            text=True,
+            timeout=CASE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise CaseFailed(f"{module} {case}: no result after {CASE_TIMEOUT:.0f}s") from error
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise CaseFailed(f"{module} {case} --n={n} exited {done.returncode}:\n{tail}")
+    result: Sample = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return result
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def median_and_spread(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    return statistics.median(values), (min(values), max(values))
+
+
+# -- the benchmarks ------------------------------------------------------------------------
+
+
+def dispatch(plan: Plan) -> list[Outcome]:
+    outcome = Outcome(
+        "B1",
+        "dispatch: no-op engine.submit vs asyncio.gather",
+        "engine/raw ops/s",
+        Target(">=", 0.33, "x"),
+        parameters={"operations": plan.dispatch_ops, "in_flight": plan.in_flight},
+    )
+    for number in range(1, plan.rounds + 1):
+        samples = {
+            case: run_case("dispatch", case, plan.dispatch_ops, plan.in_flight)
+            for case in ("raw", "engine", "engine_timeout")
+        }
+        raw = samples["raw"]["ops_per_s"]
+        ratio = samples["engine"]["ops_per_s"] / raw
+        timeout_ratio = samples["engine_timeout"]["ops_per_s"] / raw
+        outcome.rounds.append({**samples, "ratio": ratio, "timeout_ratio": timeout_ratio})
+        progress(
+            f"B1 round {number}/{plan.rounds}: raw {raw:,.0f} ops/s, "
+            f"engine {ratio:.3f}x, engine timeout=30 {timeout_ratio:.3f}x"
+        )
+    rounds = outcome.rounds
+    outcome.value, outcome.spread = median_and_spread([r["ratio"] for r in rounds])
+    summary = {
+        "raw_ops_per_s": statistics.median(r["raw"]["ops_per_s"] for r in rounds),
+        "engine_ops_per_s": statistics.median(r["engine"]["ops_per_s"] for r in rounds),
+        "engine_timeout_ops_per_s": statistics.median(
+            r["engine_timeout"]["ops_per_s"] for r in rounds
+        ),
+        "timeout_ratio": statistics.median(r["timeout_ratio"] for r in rounds),
+    }
+    outcome.summary = summary
+    outcome.notes = [
+        f"raw asyncio.gather        {summary['raw_ops_per_s']:>10,.0f} ops/s "
+        "(reference: about 140,000 on these machines)",
+        f"engine.submit             {summary['engine_ops_per_s']:>10,.0f} ops/s",
+        f"engine.submit timeout=30  {summary['engine_timeout_ops_per_s']:>10,.0f} ops/s "
+        f"= {summary['timeout_ratio']:.2f}x raw (informational: a cancel scope per op)",
+    ]
+    return [outcome]
+
+
+def _rate(rounds: Sequence[dict[str, Any]], case: str, key: str = "ops_per_s") -> float:
+    return float(statistics.median(r[case][key] for r in rounds))
+
+
+def _ratio_text(value: float, spread: tuple[float, float]) -> str:
+    return f"{value:.2f}x ({spread[0]:.2f}-{spread[1]:.2f})"
+
+
+# B2's informational comparisons: (label, candidate case, baseline case).
+SQLITE_INFORMATIONAL = (
+    ("a", "engine", "direct_wal_full", "direct, WAL + FULL, execute + commit under the lock"),
+    ("b", "engine", "direct_wal_full_autocommit", "direct, WAL + FULL, autocommit (one hop)"),
+    (
+        "c",
+        "engine_normal",
+        "direct_wal_normal_autocommit",
+        "direct, WAL + NORMAL, autocommit (not durable)",
+    ),
+)
+
+
+def sqlite_writes(plan: Plan) -> list[Outcome]:
+    outcome = Outcome(
+        "B2",
+        "SQLite writes: engine add (group commit) vs aiosqlite, one commit each",
+        "engine/direct rows/s",
+        Target(">=", 10.0, "x"),
+        parameters={"writes": plan.sqlite_writes, "in_flight": plan.in_flight},
+    )
+    # Each baseline runs before the engine it is compared with.
+    cases = (
+        "direct",
+        "engine",
+        "direct_wal_full",
+        "direct_wal_full_autocommit",
+        "direct_wal_normal_autocommit",
+        "engine_normal",
+    )
+    for number in range(1, plan.rounds + 1):
+        samples = {
+            case: run_case("sqlite_writes", case, plan.sqlite_writes, plan.in_flight)
+            for case in cases
+        }
+        ratios = {"primary": samples["engine"]["ops_per_s"] / samples["direct"]["ops_per_s"]}
+        for label, candidate, baseline, _ in SQLITE_INFORMATIONAL:
+            ratios[label] = samples[candidate]["ops_per_s"] / samples[baseline]["ops_per_s"]
+        outcome.rounds.append({**samples, "ratio": ratios["primary"], "ratios": ratios})
+        progress(
+            f"B2 round {number}/{plan.rounds}: direct {samples['direct']['ops_per_s']:,.0f} "
+            f"rows/s, engine {ratios['primary']:.2f}x; informational "
+            + ", ".join(f"({label}) {ratios[label]:.2f}x" for label, *_ in SQLITE_INFORMATIONAL)
+        )
+    rounds = outcome.rounds
+    outcome.value, outcome.spread = median_and_spread([r["ratio"] for r in rounds])
+    batches = [r["engine"]["writes_per_transaction"] for r in rounds]
+    known = [size for size in batches if size]
+    per_commit = statistics.median(known) if known else None
+    summary: dict[str, Any] = {
+        "rows_per_s": {case: _rate(rounds, case) for case in cases},
+        "engine_writes_per_transaction": per_commit,
+        "informational_ratios": {},
+    }
+    outcome.notes = [
+        "primary baseline: aiosqlite with SQLite's defaults (no PRAGMA: rollback journal, "
+        "synchronous FULL),",
+        "  execute(INSERT) + commit() per row under an asyncio.Lock",
+        f"direct                         {summary['rows_per_s']['direct']:>10,.0f} rows/s",
+        f"engine add (WAL + FULL)        {summary['rows_per_s']['engine']:>10,.0f} rows/s"
+        + (f", {per_commit:,.0f} writes per commit" if per_commit else ""),
+        "informational, each with its own ratio (engine / that baseline):",
+    ]
+    for label, candidate, baseline, text in SQLITE_INFORMATIONAL:
+        value, spread = median_and_spread([r["ratios"][label] for r in rounds])
+        summary["informational_ratios"][label] = {
+            "candidate": candidate,
+            "baseline": baseline,
+            "value": value,
+            "spread": list(spread),
+        }
+        engine_text = "engine" if candidate == "engine" else "engine at synchronous NORMAL"
+        outcome.notes.append(
+            f"  ({label}) {text}: {summary['rows_per_s'][baseline]:,.0f} rows/s; "
+            f"{engine_text} {summary['rows_per_s'][candidate]:,.0f} rows/s = "
+            f"{_ratio_text(value, spread)}"
+        )
+    outcome.summary = summary
+    return [outcome]
+
+
+def queued_memory(plan: Plan) -> list[Outcome]:
+    target_ops = FULL.queued_ops
+    small = plan.queued_ops
+    projected = small != target_ops
+    outcome = Outcome(
+        "B3",
+        f"memory: {target_ops:,} operations accepted through engine.enqueue",
+        "total RSS",
+        Target("<=", 150.0, " MB"),
+        parameters={
+            "operations": target_ops,
+            "informational_operations": small,
+            "pool_size": 1,
+            "queue_size": target_ops,
+        },
+    )
+    rounds = min(plan.rounds, plan.memory_rounds)
+    for number in range(1, rounds + 1):
+        # The candidate always runs at full size: up to max_running granted tickets become
+        # tasks, the rest stay tickets, so bytes per operation do not scale linearly.
+        samples = {
+            case: run_case("queued_memory", case, target_ops)
+            for case in ("engine", "engine_max_running_100")
+        }
+        samples |= {
+            case: run_case("queued_memory", case, small) for case in ("floor", "submit", "workflow")
+        }
+        engine = samples["engine"]
+        total = engine["rss_total"]
+        submit = samples["submit"]
+        submit_total = submit["rss_idle"] + submit["bytes_per_op"] * target_ops
+        outcome.rounds.append(
+            {
+                **samples,
+                "total_mb": total / MB,
+                "submit_total_mb": submit_total / MB,
+                "submit_engine_share_per_op": submit["bytes_per_op"]
+                - samples["floor"]["bytes_per_op"],
+            }
+        )
+        progress(
+            f"B3 round {number}/{rounds}: enqueue {total / MB:,.0f} MB total "
+            f"({engine['bytes_per_op']:,.0f} B/op); submit {submit_total / MB:,.0f} MB"
+        )
+    data = outcome.rounds
+
+    def median_of(case: str, key: str) -> float:
+        return float(statistics.median(r[case][key] for r in data))
+
+    outcome.value, outcome.spread = median_and_spread([r["total_mb"] for r in data])
+    summary = {
+        "idle_mb": median_of("engine", "rss_idle") / MB,
+        "increase_mb": median_of("engine", "rss_increase") / MB,
+        "bytes_per_op": median_of("engine", "bytes_per_op"),
+        "running_tasks": median_of("engine", "running_tasks"),
+        "max_running_100_total_mb": median_of("engine_max_running_100", "rss_total") / MB,
+        "max_running_100_bytes_per_op": median_of("engine_max_running_100", "bytes_per_op"),
+        "release_seconds": median_of("engine", "drain_seconds"),
+        "submit_total_mb": statistics.median(r["submit_total_mb"] for r in data),
+        "submit_bytes_per_op": median_of("submit", "bytes_per_op"),
+        "caller_task_bytes_per_op": median_of("floor", "bytes_per_op"),
+        "submit_engine_share_bytes_per_op": statistics.median(
+            r["submit_engine_share_per_op"] for r in data
+        ),
+        "workflow_bytes_per_task": median_of("workflow", "bytes_per_op"),
+        "workflow_definition_bytes_per_task": median_of("workflow", "rss_definition") / small,
+    }
+    outcome.summary = summary
+    granted = summary["running_tasks"]
+    # Granted tickets wait for the source as tasks; the difference to max_running = 100 is
+    # what such a task costs beyond a queued ticket.
+    per_task = statistics.median(
+        (r["engine"]["rss_total"] - r["engine_max_running_100"]["rss_total"])
+        / max(r["engine"]["running_tasks"] - r["engine_max_running_100"]["running_tasks"], 1)
+        for r in data
+    )
+    summary["granted_task_extra_bytes"] = per_task
+    scale = f", projected from {small:,}" if projected else ""
+    outcome.notes = [
+        f"idle engine {summary['idle_mb']:,.0f} MB; {target_ops:,} enqueued operations add "
+        f"{summary['increase_mb']:,.0f} MB = {summary['bytes_per_op']:,.0f} B per operation",
+        f"  of which {granted:,.0f} (engine.max_running) were granted and wait for the source "
+        f"as tasks, about {per_task:,.0f} B more each than a queued ticket",
+        f"  with engine.max_running = 100: {summary['max_running_100_total_mb']:,.0f} MB total "
+        f"= {summary['max_running_100_bytes_per_op']:,.0f} B per operation",
+        f"releasing them all took {summary['release_seconds']:.2f}s",
+        f"informational: {target_ops:,} callers each awaiting engine.submit "
+        f"{summary['submit_total_mb']:,.0f} MB total{scale} = "
+        f"{summary['submit_bytes_per_op']:,.0f} B/op,",
+        f"  of which the caller's own asyncio task (floor: bare tasks) "
+        f"{summary['caller_task_bytes_per_op']:,.0f} B, the engine "
+        f"{summary['submit_engine_share_bytes_per_op']:,.0f} B",
+        f"informational: queued workflow tasks (one run, max_concurrent = 1) "
+        f"{summary['workflow_bytes_per_task']:,.0f} B/task, plus "
+        f"{summary['workflow_definition_bytes_per_task']:,.0f} B/task for the definition",
+    ]
+    return [outcome]
+
+
+def _paired(
+    plan: Plan, label: str, module: str, cases: Sequence[str], n: int, in_flight: int
+) -> list[dict[str, Sample]]:
+    """``plan.rounds`` rounds of ``cases`` in order (baselines first), each a fresh process."""
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples = {case: run_case(module, case, n, in_flight) for case in cases}
+        rounds.append(samples)
+        progress(
+            f"{label} round {number}/{plan.rounds}: "
+            + ", ".join(f"{case} {samples[case]['ops_per_s']:,.0f}/s" for case in cases)
+        )
+    return rounds
+
+
+def _throughput_outcome(
+    outcome: Outcome,
+    rounds: list[dict[str, Sample]],
+    candidate: str,
+    baseline: str,
+) -> Outcome:
+    """``outcome`` with the median of the per-round ratios candidate/baseline ops/s."""
+    ratios = [r[candidate]["ops_per_s"] / r[baseline]["ops_per_s"] for r in rounds]
+    outcome.value, outcome.spread = median_and_spread(ratios)
+    outcome.rounds = [{**r, "ratio": ratio} for r, ratio in zip(rounds, ratios, strict=True)]
+    outcome.summary = {
+        "baseline_ops_per_s": _rate(rounds, baseline),
+        "candidate_ops_per_s": _rate(rounds, candidate),
+    }
+    return outcome
+
+
+def mysql_writes(plan: Plan) -> list[Outcome]:
+    n, in_flight = plan.mysql_writes, plan.in_flight
+    rounds = _paired(plan, "B5", "mysql_writes", ("direct", "engine"), n, in_flight)
+    outcome = _throughput_outcome(
+        Outcome(
+            "B5",
+            "MySQL writes: engine add (group commit) vs aiomysql autocommit, pool of 10",
+            "engine/direct rows/s",
+            Target(">=", 3.0, "x"),
+            parameters={"writes": n, "in_flight": in_flight},
+        ),
+        rounds,
+        "engine",
+        "direct",
+    )
+    per_commit = statistics.median(r["engine"]["writes_per_transaction"] or 0 for r in rounds)
+    outcome.summary["engine_writes_per_transaction"] = per_commit
+    outcome.notes = [
+        f"direct aiomysql INSERT, autocommit  {outcome.summary['baseline_ops_per_s']:>10,.0f} rows/s",
+        f"engine add                          {outcome.summary['candidate_ops_per_s']:>10,.0f} "
+        f"rows/s, {per_commit:,.0f} writes per commit (multi-row INSERT)",
+    ]
+    return [outcome]
+
+
+def redis_cache(plan: Plan) -> list[Outcome]:
+    n, in_flight = plan.redis_sets, plan.in_flight
+    rounds = _paired(plan, "B6", "redis_cache", ("direct", "pipelined", "engine"), n, in_flight)
+    pooled = _throughput_outcome(
+        Outcome(
+            "B6a",
+            "Redis cache_set: engine (auto-pipelining) vs redis.asyncio, pool of 100",
+            "engine/direct ops/s",
+            Target(">=", 2.0, "x"),
+            parameters={"operations": n, "in_flight": in_flight},
+        ),
+        rounds,
+        "engine",
+        "direct",
+    )
+    piped = _throughput_outcome(
+        Outcome(
+            "B6b",
+            "Redis cache_set: engine vs hand-pipelined (500 per pipeline)",
+            "engine/pipelined ops/s",
+            Target(">=", 0.8, "x"),
+            parameters={"operations": n, "in_flight": in_flight, "pipeline": 500},
+        ),
+        rounds,
+        "engine",
+        "pipelined",
+    )
+    per_pipeline = statistics.median(r["engine"]["commands_per_pipeline"] or 0 for r in rounds)
+    pooled.summary["engine_commands_per_pipeline"] = per_pipeline
+    pooled.notes = [
+        f"direct SET, pool of 100        {pooled.summary['baseline_ops_per_s']:>10,.0f} ops/s",
+        f"engine cache_set               {pooled.summary['candidate_ops_per_s']:>10,.0f} ops/s, "
+        f"{per_pipeline:,.0f} commands per pipeline",
+    ]
+    piped.notes = [
+        f"hand-pipelined SET (500 per pipeline, 2 in flight) "
+        f"{piped.summary['baseline_ops_per_s']:>10,.0f} ops/s",
+        f"engine cache_set                                   "
+        f"{piped.summary['candidate_ops_per_s']:>10,.0f} ops/s",
+    ]
+    return [pooled, piped]
+
+
+def es_writes(plan: Plan) -> list[Outcome]:
+    n = plan.es_writes
+    rounds = _paired(plan, "B7", "es_writes", ("direct", "engine"), n, n)
+    outcome = _throughput_outcome(
+        Outcome(
+            "B7",
+            "Elasticsearch index: engine (bulk grouping) vs single index calls",
+            "engine/direct docs/s",
+            Target(">=", 3.0, "x"),
+            parameters={"operations": n, "in_flight": n},
+        ),
+        rounds,
+        "engine",
+        "direct",
+    )
+    per_bulk = statistics.median(r["engine"]["documents_per_bulk"] or 0 for r in rounds)
+    outcome.summary["engine_documents_per_bulk"] = per_bulk
+    outcome.notes = [
+        f"direct client.index            {outcome.summary['baseline_ops_per_s']:>10,.0f} docs/s",
+        f"engine index                   {outcome.summary['candidate_ops_per_s']:>10,.0f} docs/s, "
+        f"{per_bulk:,.0f} documents per bulk request (warm-up included)",
+        "osmem-server (in-memory, on the same cores) stands in for Elasticsearch",
+    ]
+    return [outcome]
+
+
+# B8's sub-benchmarks: id, store, the direct call, the engine's action, the case prefix.
+SINGLE_GETS = (
+    ("B8a", "SQLite", "aiosqlite execute_fetchall(SELECT by id)", "get", "sqlite"),
+    ("B8b", "MySQL", "aiomysql SELECT by id, pooled connection", "get", "mysql"),
+    ("B8c", "Redis", "redis.asyncio GET", "cache_get", "redis"),
+)
+
+
+def single_gets(plan: Plan) -> list[Outcome]:
+    n = plan.single_gets
+    stores = [store for *_, store in SINGLE_GETS] + ["redis_table"]
+    cases = [f"{store}_{side}" for store in stores for side in ("direct", "engine")]
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples = {case: run_case("single_gets", case, n, 1) for case in cases}
+        rounds.append(samples)
+        progress(
+            f"B8 round {number}/{plan.rounds}: "
+            + ", ".join(
+                f"{store} {samples[store + '_direct']['per_op_us']:.0f} -> "
+                f"{samples[store + '_engine']['per_op_us']:.0f} us"
+                for store in stores
+            )
+        )
+
+    def ratios(store: str) -> list[float]:
+        return [
+            r[f"{store}_engine"]["per_op_us"] / r[f"{store}_direct"]["per_op_us"] for r in rounds
+        ]
+
+    def per_op(case: str) -> float:
+        return _rate(rounds, case, "per_op_us")
+
+    outcomes = []
+    for bench_id, name, direct_text, action, store in SINGLE_GETS:
+        outcome = Outcome(
+            bench_id,
+            f"{name} get by id, one in flight: engine vs the driver call",
+            "engine/direct time per get",
+            Target("<=", 1.25, "x"),
+            parameters={"operations": n, "in_flight": 1},
+        )
+        values = ratios(store)
+        outcome.value, outcome.spread = median_and_spread(values)
+        outcome.rounds = [
+            {
+                f"{store}_direct": r[f"{store}_direct"],
+                f"{store}_engine": r[f"{store}_engine"],
+                "ratio": ratio,
+            }
+            for r, ratio in zip(rounds, values, strict=True)
+        ]
+        direct_us, engine_us = per_op(f"{store}_direct"), per_op(f"{store}_engine")
+        outcome.summary = {"direct_us": direct_us, "engine_us": engine_us}
+        outcome.notes = [
+            f"direct {direct_text:<41} {direct_us:>7,.1f} us/get",
+            f"engine.submit({action}){'':<{34 - len(action)}} {engine_us:>7,.1f} us/get "
+            f"(+{engine_us - direct_us:,.1f} us)",
+        ]
+        outcomes.append(outcome)
+    table_values = ratios("redis_table")
+    value, spread = median_and_spread(table_values)
+    direct_us, engine_us = per_op("redis_table_direct"), per_op("redis_table_engine")
+    outcomes[-1].summary["table_get"] = {
+        "direct_us": direct_us,
+        "engine_us": engine_us,
+        "ratio": value,
+        "spread": list(spread),
+    }
+    outcomes[-1].notes.append(
+        f"informational: table get by id (a Lua script) {engine_us:,.1f} us/get vs HGETALL "
+        f"of the row {direct_us:,.1f} us/get = {_ratio_text(value, spread)}"
+    )
+    return outcomes
+
+
+def dag_scaling(plan: Plan) -> list[Outcome]:
+    sizes = plan.dag_sizes
+    base, largest = sizes[0], sizes[-1]
+    outcome = Outcome(
+        "B4",
+        "scaling: one layered DAG run of N noop tasks",
+        f"per-task time {largest // 1000}k / {base // 1000}k",
+        Target("<=", 1.3, "x"),
+        parameters={"sizes": list(sizes)},
+    )
+    for number in range(1, plan.rounds + 1):
+        samples = {str(n): run_case("dag_scaling", "dag", n) for n in sizes}
+        per_task = {n: samples[str(n)]["per_task_us"] for n in sizes}
+        ratios = {str(n): per_task[n] / per_task[base] for n in sizes[1:]}
+        outcome.rounds.append({"samples": samples, "ratios": ratios})
+        progress(
+            f"B4 round {number}/{plan.rounds}: "
+            + ", ".join(f"{n:,} tasks {per_task[n]:.1f} us/task" for n in sizes)
+        )
+    rounds = outcome.rounds
+    outcome.value, outcome.spread = median_and_spread([r["ratios"][str(largest)] for r in rounds])
+    per_task_median = {
+        str(n): statistics.median(r["samples"][str(n)]["per_task_us"] for r in rounds)
+        for n in sizes
+    }
+    ratio_median = {
+        str(n): statistics.median(r["ratios"][str(n)] for r in rounds) for n in sizes[1:]
+    }
+    outcome.summary = {"per_task_us": per_task_median, "ratio_to_smallest": ratio_median}
+    for n in sizes:
+        ratio = f"  ({ratio_median[str(n)]:.2f}x {base:,})" if n != base else ""
+        build = statistics.median(r["samples"][str(n)]["build_per_task_us"] for r in rounds)
+        outcome.notes.append(
+            f"N = {n:>7,}: {per_task_median[str(n)]:6.1f} us/task{ratio}; "
+            f"Engine(config) {build:,.1f} us/task"
+        )
+    return [outcome]
+
+
+# Each benchmark returns its outcomes: one, or one per sub-benchmark (B6a/B6b, B8a-B8c).
+BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
+    "B1": dispatch,
+    "B2": sqlite_writes,
+    "B3": queued_memory,
+    "B4": dag_scaling,
+    "B5": mysql_writes,
+    "B6": redis_cache,
+    "B7": es_writes,
+    "B8": single_gets,
+}
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def table(outcomes: Sequence[Outcome], header: str) -> str:
+    rows = [("", "benchmark", "measure", "median (min-max)", "target", "status")]
+    for outcome in outcomes:
+        if outcome.value is None:
+            result = "-"
+        else:
+            unit = outcome.target.unit
+            result = f"{outcome.value:.2f}{unit}"
+            if outcome.spread and len(outcome.rounds) > 1:
+                low, high = outcome.spread
+                result += f" ({low:.2f}-{high:.2f})"
+        rows.append(
+            (
+                outcome.id,
+                outcome.title.partition(":")[0],
+                outcome.measure,
+                result,
+                str(outcome.target),
+                outcome.status,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [header, ""]
+    for index, row in enumerate(rows):
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    for outcome in outcomes:
+        lines.append("")
+        lines.append(f"{outcome.id} {outcome.title}")
+        lines.extend(f"    {note}" for note in outcome.notes)
+        if outcome.error:
+            lines.extend(f"    ! {line}" for line in outcome.error.splitlines())
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--only", help="comma-separated benchmark ids, e.g. B1,B3")
+    parser.add_argument("--rounds", type=int, help="rounds per benchmark (default 7, quick 2)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes and 2 rounds: a smoke check"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="JSON file to write (default benchmarks/results.json, quick: results-quick.json)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise SystemExit("--rounds must be >= 1")
+        plan = Plan(**{**asdict(plan), "rounds": args.rounds})
+    chosen = list(BENCHMARKS)
+    if args.only:
+        chosen = [name.strip().upper() for name in args.only.split(",") if name.strip()]
+        unknown = sorted(set(chosen) - set(BENCHMARKS))
+        if unknown:
+            raise SystemExit(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    output = args.output or HERE / ("results-quick.json" if args.quick else "results.json")
+
+    started = datetime.now(UTC)
+    load_before = os.getloadavg()
+    began = time.monotonic()
+    outcomes: list[Outcome] = []
+    for name in chosen:
+        try:
+            outcomes.extend(BENCHMARKS[name](plan))
+        except CaseFailed as error:
+            outcome = Outcome(name, BENCHMARKS[name].__name__, "-", Target(">=", 0, ""))
+            outcome.error = str(error)
+            progress(f"{name} failed: {error}")
+            outcomes.append(outcome)
+    duration = time.monotonic() - began
+
+    info = machine()
+    header = (
+        f"wf78 benchmarks: {plan.mode} mode, {plan.rounds} rounds, "
+        f"{started:%Y-%m-%d %H:%M} UTC, {duration:.0f}s\n"
+        f"{info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
+    print(table(outcomes, header))
+    report = {
+        "schema_version": 1,
+        "mode": plan.mode,
+        "plan": asdict(plan),
+        "started": started.isoformat(timespec="seconds"),
+        "duration_seconds": round(duration, 1),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "machine": info,
+        "git": git_state(),
+        "benchmarks": {outcome.id: outcome.to_json() for outcome in outcomes},
+    }
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {output}")
+    if any(outcome.status == "ERROR" for outcome in outcomes):
+        return 2
+    if args.strict and any(outcome.status == "FAIL" for outcome in outcomes):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

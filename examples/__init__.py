@@ -1,0 +1,1 @@
+"""Example applications served by ``wf78 demo`` and the tests."""

@@ -1,0 +1,392 @@
+"""``AdminApp``: the routes under the middleware's prefix — runs, events, status, metrics and
+the dashboard. Every one of them needs an identity with the ``admin`` role.
+
+The dashboard is a static page whose scripts call the JSON routes with a bearer token. A
+browser cannot put that header on the page load itself, so the page and its static files
+(only those) also accept the token as ``?token=``; the page passes it on to its assets.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import msgspec
+
+from .config import Identity
+from .context import RequestClient
+from .engine import Engine
+from .errors import Overloaded, UnknownWorkflow, Wf78Error
+from .http import BodyTooLarge, Receive, Scope, Send, header, query_params, read_body, send_bytes
+from .identity import TokenAuthenticator
+from .metrics import CONTENT_TYPE_LATEST, engine_registry, render
+
+__all__ = ["ADMIN_ROLE", "AdminApp"]
+
+#: The role every admin route requires.
+ADMIN_ROLE = "admin"
+DEFAULT_RUNS_LIMIT = 20
+
+_Handler = Callable[[Scope, Receive, Send, RequestClient, dict[str, str]], Awaitable[None]]
+
+
+class _Route(NamedTuple):
+    pattern: re.Pattern[str]
+    methods: dict[str, _Handler]
+
+
+class _RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST {prefix}/runs``."""
+
+    workflow: str
+    context: dict[str, Any] = {}
+
+
+def _encode_unknown(value: Any) -> Any:
+    # Task results are whatever actions return: keep the snapshot readable, never fail.
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    return repr(value)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_encode_unknown)
+_RUN_REQUEST = msgspec.json.Decoder(_RunRequest)
+_PAYLOAD = msgspec.json.Decoder(dict[str, Any])
+_JSON = b"application/json"
+
+_CONTENT_TYPES = {
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".svg": b"image/svg+xml",
+    ".png": b"image/png",
+    ".ico": b"image/x-icon",
+    ".txt": b"text/plain; charset=utf-8",
+}
+# Every dashboard response: never cached, never framed, and the token never leaks as a referrer.
+_PAGE_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+]
+_PAGE_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_LOGIN_POLICY = (
+    b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'"
+)
+
+
+def _is_admin(identity: Identity | None) -> bool:
+    return identity is not None and ADMIN_ROLE in identity.roles
+
+
+def _field_of(error: msgspec.ValidationError) -> str | None:
+    """The body field a msgspec validation error is about (``$.context`` -> ``context``)."""
+    message = str(error)
+    if " - at `$." in message:
+        return message.rpartition(" - at `$.")[2].rstrip("`").split(".")[0].split("[")[0]
+    if "field `" in message:
+        return message.split("`")[1]
+    return None
+
+
+async def _send_json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_bytes(send, status, _ENCODER.encode(payload), _JSON, headers or ())
+
+
+async def _error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    payload: dict[str, Any] = {"error": message}
+    if field is not None:
+        payload["field"] = field
+    await _send_json(send, status, payload, headers)
+
+
+def _without_body(send: Send) -> Send:
+    """A ``send`` for HEAD: the GET answer's headers, an empty body."""
+
+    async def head_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
+
+
+class AdminApp:
+    """The admin routes, as a pure ASGI handler the middleware calls for paths under
+    ``prefix``: ``await admin(scope, receive, send, client)``."""
+
+    def __init__(self, engine: Engine, prefix: str, *, max_body: int = 1 << 20) -> None:
+        self.engine = engine
+        self.prefix = prefix.rstrip("/")
+        self.max_body = max_body
+        self.registry = engine_registry(engine)
+        self._tokens = TokenAuthenticator(engine.config.auth)
+        dashboard = resources.files(__package__ or "wf78_core").joinpath("dashboard")
+        self._index = dashboard.joinpath("index.html").read_text("utf-8")
+        self._login = dashboard.joinpath("login.html").read_text("utf-8")
+        self._assets: dict[str, tuple[bytes, bytes]] = {}
+        for entry in dashboard.iterdir():
+            suffix = "." + entry.name.rpartition(".")[2]
+            if entry.is_file() and suffix in _CONTENT_TYPES:
+                self._assets[entry.name] = (entry.read_bytes(), _CONTENT_TYPES[suffix])
+        self._routes = [
+            _Route(re.compile(r"/?"), {"GET": self._page}),
+            _Route(re.compile(r"/static/(?P<name>[^/]+)"), {"GET": self._static}),
+            _Route(re.compile(r"/runs"), {"GET": self._list_runs, "POST": self._start_run}),
+            _Route(re.compile(r"/runs/(?P<run_id>[^/]+)"), {"GET": self._get_run}),
+            _Route(re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), {"POST": self._cancel_run}),
+            _Route(re.compile(r"/events/(?P<event>[^/]+)"), {"POST": self._emit}),
+            _Route(re.compile(r"/status"), {"GET": self._status}),
+            _Route(re.compile(r"/metrics"), {"GET": self._metrics}),
+        ]
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient
+    ) -> None:
+        path: str = scope["path"][len(self.prefix) :]
+        page = path in ("", "/") or path.startswith("/static/")
+        identity = client.identity
+        query_token = None
+        if page and not _is_admin(identity):
+            query_token = query_params(scope).get("token", [None])[-1]
+            if query_token:
+                identity = self._tokens.lookup(query_token)
+        if not _is_admin(identity):
+            await self._deny(scope, send, identity, login=page)
+            return
+        for route in self._routes:
+            match = route.pattern.fullmatch(path)
+            if match is None:
+                continue
+            method: str = scope["method"]
+            handler = route.methods.get(method)
+            if handler is None and method == "HEAD" and "GET" in route.methods:
+                handler, send = route.methods["GET"], _without_body(send)
+            if handler is None:
+                allowed = sorted({*route.methods, *(["HEAD"] if "GET" in route.methods else [])})
+                await _error(
+                    send,
+                    405,
+                    f"{method} is not allowed on {scope['path']} (allowed: {', '.join(allowed)})",
+                    headers=[(b"allow", ", ".join(allowed).encode())],
+                )
+                return
+            params = match.groupdict()
+            if query_token:
+                params["query_token"] = query_token
+            await handler(scope, receive, send, client, params)
+            return
+        await _error(send, 404, f"no admin route {scope['path']!r}")
+
+    async def _deny(
+        self, scope: Scope, send: Send, identity: Identity | None, *, login: bool
+    ) -> None:
+        if identity is None:
+            status, message = 401, "authentication required: send 'Authorization: Bearer <token>'"
+        else:
+            status, message = 403, f"the admin routes need the {ADMIN_ROLE!r} role"
+        headers = [(b"www-authenticate", b'Bearer realm="wf78"')] if status == 401 else []
+        if login and "text/html" in (header(scope, b"accept") or ""):
+            # A browser opening the dashboard: the same status, with a token form.
+            body = (
+                self._login.replace("{{prefix}}", html.escape(self.prefix))
+                .replace("{{message}}", html.escape(message))
+                .encode()
+            )
+            headers += [*_PAGE_HEADERS, (b"content-security-policy", _LOGIN_POLICY)]
+            await send_bytes(send, status, body, b"text/html; charset=utf-8", headers)
+            return
+        await _error(send, status, message, headers=headers)
+
+    async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The request body, or None after answering 413."""
+        try:
+            return await read_body(receive, self.max_body, scope)
+        except BodyTooLarge as error:
+            await _error(send, 413, str(error))
+            return None
+
+    # -- dashboard -------------------------------------------------------------------------
+
+    async def _page(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        token = params.get("query_token")
+        # Assets are fetched by the browser without the bearer header: pass the token on.
+        asset_query = f"?token={quote(token, safe='')}" if token else ""
+        body = (
+            self._index.replace("{{prefix}}", html.escape(self.prefix))
+            .replace("{{asset_query}}", html.escape(asset_query))
+            .encode()
+        )
+        headers = [*_PAGE_HEADERS, (b"content-security-policy", _PAGE_POLICY)]
+        await send_bytes(send, 200, body, b"text/html; charset=utf-8", headers)
+
+    async def _static(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        asset = self._assets.get(params["name"])
+        if asset is None:
+            await _error(send, 404, f"no dashboard file {params['name']!r}")
+            return
+        body, content_type = asset
+        await send_bytes(send, 200, body, content_type, _PAGE_HEADERS)
+
+    # -- runs and events -------------------------------------------------------------------
+
+    async def _start_run(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        requested = header(scope, b"x-wf78-priority")
+        if requested is not None and client.priority is None:
+            await _error(
+                send,
+                400,
+                f"X-Wf78-Priority must be an integer, got {requested!r}",
+                field="priority",
+            )
+            return
+        body = await self._body(scope, receive, send)
+        if body is None:
+            return
+        try:
+            request = _RUN_REQUEST.decode(body)
+        except msgspec.ValidationError as error:
+            await _error(send, 400, f"bad run request: {error}", field=_field_of(error))
+            return
+        except msgspec.DecodeError as error:
+            await _error(
+                send,
+                400,
+                f'the body must be JSON like {{"workflow": id, "context": {{...}}}}: {error}',
+            )
+            return
+        try:
+            run = await self.engine.run(
+                request.workflow, request.context, wait=False, priority=client.priority
+            )
+        except UnknownWorkflow as error:
+            await _error(send, 404, str(error), field="workflow")
+            return
+        except Overloaded as error:
+            await self._overloaded(send, error)
+            return
+        except Wf78Error as error:  # shutting down
+            await _error(send, 503, str(error))
+            return
+        location = f"{self.prefix}/runs/{run.id}".encode()
+        await _send_json(send, 202, {"run_id": run.id}, [(b"location", location)])
+
+    async def _list_runs(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        most = self.engine.settings.run_history
+        raw = query_params(scope).get("limit", [str(DEFAULT_RUNS_LIMIT)])[-1]
+        limit = int(raw) if raw.isdigit() else 0
+        if not 1 <= limit <= most:
+            await _error(
+                send, 400, f"limit must be an integer from 1 to {most}, got {raw!r}", field="limit"
+            )
+            return
+        await _send_json(send, 200, {"runs": self.engine.recent_runs(limit)})
+
+    async def _get_run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        try:
+            run = self.engine.get_run(params["run_id"])
+        except UnknownWorkflow as error:
+            await _error(send, 404, str(error))
+            return
+        await _send_json(send, 200, run)
+
+    async def _cancel_run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        try:
+            run = await self.engine.cancel(params["run_id"])
+        except UnknownWorkflow as error:
+            await _error(send, 404, str(error))
+            return
+        await _send_json(send, 200, run)
+
+    async def _emit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        body = await self._body(scope, receive, send)
+        if body is None:
+            return
+        payload: dict[str, Any] | None = None
+        if body.strip():
+            try:
+                payload = _PAYLOAD.decode(body)
+            except msgspec.DecodeError as error:
+                await _error(send, 400, f"the event payload must be a JSON object: {error}")
+                return
+        try:
+            run_ids = await self.engine.emit(params["event"], payload)
+        except Overloaded as error:
+            await self._overloaded(send, error)
+            return
+        except Wf78Error as error:  # shutting down
+            await _error(send, 503, str(error))
+            return
+        await _send_json(send, 202, {"run_ids": run_ids})
+
+    async def _overloaded(self, send: Send, error: Overloaded) -> None:
+        retry_after = str(max(1, math.ceil(error.retry_after))).encode()
+        await _error(send, 503, str(error), headers=[(b"retry-after", retry_after)])
+
+    # -- introspection ---------------------------------------------------------------------
+
+    async def _status(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        await _send_json(send, 200, self.engine.stats())
+
+    async def _metrics(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        await send_bytes(send, 200, render(self.registry), CONTENT_TYPE_LATEST.encode())

@@ -1,0 +1,54 @@
+"""The request-bound client: ``current()`` inside a request wrapped by the middleware."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from .config import Identity
+from .errors import Wf78Error
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .table import Table
+
+__all__ = ["RequestClient", "current"]
+
+
+class RequestClient:
+    """The engine as seen by one request: the caller's identity and priority.
+
+    Published as ``scope["state"]["wf78"]`` and returned by :func:`current`.
+    """
+
+    __slots__ = ("engine", "identity", "priority")
+
+    def __init__(self, engine: Engine, identity: Identity | None, priority: int | None) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.priority = priority
+
+    def table(self, name: str) -> Table:
+        """A configured table scoped to the caller (owner column, priority)."""
+        return self.engine.table(name, identity=self.identity, priority=self.priority)
+
+    async def submit(self, op: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("priority", self.priority)
+        return await self.engine.submit(op, **kwargs)
+
+    def __repr__(self) -> str:
+        who = self.identity.uname or self.identity.uid if self.identity else "anonymous"
+        return f"RequestClient({who!r}, priority={self.priority})"
+
+
+_current: ContextVar[RequestClient | None] = ContextVar("wf78_current", default=None)
+
+
+def current() -> RequestClient:
+    """The client of the request being handled; an error outside a wrapped request."""
+    client = _current.get()
+    if client is None:
+        raise Wf78Error(
+            "wf78.current() is only available inside a request wrapped by Wf78Middleware"
+        )
+    return client

@@ -1,0 +1,191 @@
+"""``Wf78Middleware``: pure ASGI. Opens the engine with the app's lifespan, serves the koa78
+data routes and the admin routes, and hands every other request to the app untouched
+(with ``current()`` and ``scope["state"]["wf78"]`` published for its handlers)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .admin import AdminApp
+from .config import Config
+from .context import RequestClient, _current
+from .engine import Engine
+from .http import Receive, Scope, Send, header, send_json
+from .identity import TokenAuthenticator, effective_priority
+from .plugins import HookChain
+from .routes import DataRoutes
+
+__all__ = ["Wf78Middleware"]
+
+_NOT_STARTED = (
+    "the wf78 engine is not running: the ASGI server did not run the lifespan protocol "
+    "(with uvicorn, do not pass --lifespan off), so Wf78Middleware could not open it"
+)
+
+
+class _StartupFailed(Exception):
+    """Raised into the app's lifespan after wf78 itself reported the failure."""
+
+
+class Wf78Middleware:
+    """Wrap any ASGI app: ``Wf78Middleware(app, engine=None, config=None, prefix="/_wf78")``.
+
+    ``engine`` is an :class:`Engine` (not yet entered: the middleware opens and closes it
+    with the lifespan); otherwise one is built from ``config`` (None = embedded default).
+    ``max_body`` (bytes, checked while reading) bounds request bodies of wf78's routes;
+    ``max_page`` is the largest ``getnumber`` a data route accepts.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        engine: Engine | None = None,
+        config: Config | Mapping[str, Any] | str | Path | None = None,
+        prefix: str = "/_wf78",
+        max_body: int = 1 << 20,
+        max_page: int = 1000,
+    ) -> None:
+        if engine is not None and config is not None:
+            raise ValueError("pass engine or config, not both")
+        self.app = app
+        self.engine = engine if engine is not None else Engine(config)
+        self.prefix = "/" + prefix.strip("/")
+        self.max_body = max_body
+        self._tokens = TokenAuthenticator(self.engine.config.auth)
+        # Third-party authenticators first, then the built-in token lookup.
+        self._authenticate = HookChain(self.engine.pm, "wf78_authenticate")
+        self.routes = DataRoutes(self.engine, max_body=max_body, max_page=max_page)
+        self.admin = AdminApp(self.engine, self.prefix, max_body=max_body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        client = await self.client(scope)
+        path: str = scope["path"]
+        if kind == "http":
+            if path == self.prefix or path.startswith(self.prefix + "/"):
+                if not self.engine.running:
+                    await send_json(send, 503, {"error": _NOT_STARTED})
+                    return
+                await self.admin(scope, receive, send, client)
+                return
+            route = self.routes.match(path)
+            if route is not None:
+                if not self.engine.running:
+                    await send_json(
+                        send,
+                        503,
+                        {"res": -503, "errmsg": _NOT_STARTED, "kind": "unavailable", "back": None},
+                    )
+                    return
+                await self.routes.handle(scope, receive, send, client, route)
+                return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["wf78"] = client
+        token = _current.set(client)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current.reset(token)
+
+    async def client(self, scope: Scope) -> RequestClient:
+        """The caller's identity (plugins first, then tokens) and allowed priority."""
+        identity = None
+        if self._authenticate:
+            identity = await self._authenticate.first(scope=scope)
+        if identity is None:
+            identity = self._tokens.wf78_authenticate(scope)
+        requested = header(scope, b"x-wf78-priority")
+        priority = None
+        if requested is not None:
+            try:
+                priority = int(requested)
+            except ValueError:
+                priority = None  # routes report a bad header; the app's own routes ignore it
+        return RequestClient(self.engine, identity, effective_priority(priority, identity))
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Open the engine at startup (before the app's handlers) and close it after the
+        app's shutdown; report ``lifespan.startup.failed`` with wf78's reason."""
+        engine = self.engine
+        received = False
+        failed = False
+
+        async def wrapped_receive() -> dict[str, Any]:
+            nonlocal received, failed
+            message: dict[str, Any] = await receive()
+            received = True
+            if message["type"] == "lifespan.startup":
+                try:
+                    await engine.__aenter__()
+                except Exception as error:
+                    failed = True
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": f"wf78: {type(error).__name__}: {error}",
+                        }
+                    )
+                    raise _StartupFailed(str(error)) from error
+            return message
+
+        async def wrapped_send(message: dict[str, Any]) -> None:
+            kind = message["type"]
+            if failed and kind.startswith("lifespan.startup"):
+                return  # wf78 already answered the startup
+            if kind == "lifespan.shutdown.complete" and engine.running:
+                await engine.__aexit__(None, None, None)
+            elif kind == "lifespan.startup.failed" and engine.running:
+                await engine.__aexit__(None, None, None)
+            await send(message)
+
+        try:
+            await self.app(scope, wrapped_receive, wrapped_send)
+        except _StartupFailed:
+            return
+        except Exception:
+            if received:
+                if engine.running:
+                    await engine.__aexit__(None, None, None)
+                raise
+            # The app does not speak lifespan: run it for the engine alone.
+            await self._own_lifespan(receive, send)
+            return
+        if not received:
+            # The app returned without reading a lifespan message: it ignores lifespan.
+            await self._own_lifespan(receive, send)
+            return
+        if engine.running:  # the app returned without finishing shutdown
+            await engine.__aexit__(None, None, None)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        engine = self.engine
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await engine.__aenter__()
+                except Exception as error:
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": f"wf78: {type(error).__name__}: {error}",
+                        }
+                    )
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if engine.running:
+                    await engine.__aexit__(None, None, None)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

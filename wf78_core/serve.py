@@ -1,0 +1,92 @@
+"""``wf78 serve``: import an ASGI app from ``MODULE:APP``, wrap it in :class:`Wf78Middleware`.
+
+Several uvicorn workers each import the app themselves, from an import string: they call
+:func:`app_factory`, which reads the target and the configuration from the environment
+variables ``wf78 serve`` sets before it starts them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import Wf78Error
+from .middleware import Wf78Middleware
+
+__all__ = [
+    "CONFIG_ENV",
+    "FACTORY_ENV",
+    "TARGET_ENV",
+    "TargetError",
+    "app_factory",
+    "build_app",
+    "import_target",
+]
+
+TARGET_ENV = "WF78_SERVE_TARGET"
+CONFIG_ENV = "WF78_SERVE_CONFIG"
+FACTORY_ENV = "WF78_SERVE_FACTORY"
+# The import string uvicorn's workers load.
+FACTORY_IMPORT = f"{__name__}:app_factory"
+
+
+class TargetError(Wf78Error):
+    """``MODULE:APP`` does not name an importable ASGI app (exit status 2)."""
+
+    exit_code = 2
+
+
+def import_target(target: str, *, factory: bool = False) -> Any:
+    """The object ``MODULE:ATTR`` names (``ATTR`` may be dotted); with ``factory``, the
+    result of calling it. :class:`TargetError` says what is wrong with ``target``."""
+    module_name, colon, attribute = target.partition(":")
+    if not colon or not module_name or not attribute:
+        raise TargetError(f"{target!r} is not MODULE:APP (e.g. 'myproject.asgi:app')")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise TargetError(f"cannot import module {module_name!r}: {error}") from None
+        raise  # the module exists; something it imports does not: show the traceback
+    found: Any = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise TargetError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if factory:
+        if not callable(found):
+            raise TargetError(f"{target!r} is not callable, so it cannot be an app factory")
+        found = found()
+    if not callable(found):
+        raise TargetError(f"{target!r} is {type(found).__name__}, not an ASGI app")
+    return found
+
+
+def build_app(
+    target: str, config: str | Path | None = None, *, factory: bool = False
+) -> Wf78Middleware:
+    """The app ``target`` names, wrapped in :class:`Wf78Middleware` with ``config``
+    (a file; None = the embedded default). An app already wrapped is served as it is."""
+    app = import_target(target, factory=factory)
+    if isinstance(app, Wf78Middleware):
+        if config is not None:
+            raise TargetError(
+                f"{target!r} is already wrapped in Wf78Middleware with its own configuration; "
+                "serve it without --config (and WF78_CONFIG), or serve the app it wraps"
+            )
+        return app
+    return Wf78Middleware(app, config=config)
+
+
+def app_factory() -> Wf78Middleware:
+    """The wrapped app for a uvicorn worker (``wf78_core.serve:app_factory``, factory=True),
+    from ``WF78_SERVE_TARGET``, ``WF78_SERVE_CONFIG`` and ``WF78_SERVE_FACTORY``."""
+    target = os.environ.get(TARGET_ENV)
+    if not target:
+        raise TargetError(f"{TARGET_ENV} is not set: start workers with 'wf78 serve'")
+    config = os.environ.get(CONFIG_ENV) or None
+    return build_app(target, config, factory=os.environ.get(FACTORY_ENV) == "1")
