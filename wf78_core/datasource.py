@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from .config import ColumnType, TableConfig
+from .config import ColumnType, TableConfig, msgspec_problem
 from .definitions import Operation
+from .errors import ConfigError
 
 __all__ = [
     "DataSource",
@@ -17,6 +18,7 @@ __all__ = [
     "SourceInfo",
     "SourceSpec",
     "TableSchema",
+    "convert_options",
     "load_factory",
     "options_for",
 ]
@@ -89,6 +91,26 @@ def load_factory(item: Any) -> Any:
         return item
     module, _, attribute = item.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def convert_options(spec: SourceSpec, options_type: type[T]) -> T:
+    """``spec.options`` as ``options_type``: the engine passes the struct already; a plain
+    mapping (adapters built by hand) is converted here, errors naming their config path."""
+    raw = spec.options
+    where = f"datasources.{spec.name}"
+    if isinstance(raw, options_type):
+        return raw
+    if raw is None:
+        return options_type()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"options must be a table, got {type(raw).__name__}", path=where)
+    try:
+        return msgspec.convert(dict(raw), options_type)
+    except msgspec.ValidationError as error:
+        raise ConfigError([msgspec_problem(where, error)]) from error
 
 
 def options_for(factory: Any, raw: Mapping[str, Any]) -> Any:

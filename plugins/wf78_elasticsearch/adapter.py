@@ -56,9 +56,9 @@ from elastic_transport import BaseNode, SerializationError
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from elasticsearch.serializer import JsonSerializer
 
-from wf78_core.datasource import SourceSpec
+from wf78_core.datasource import SourceSpec, convert_options
 from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, Problem
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.ids import snowflake_id
 
 from .bulk import BulkWriter, Item, Response, Write
@@ -117,7 +117,7 @@ class ElasticsearchSource:
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         self.name = spec.name
-        self.options = _options(spec)
+        self.options = convert_options(spec, ElasticsearchOptions)
         self.hosts = hosts_of(spec)
         self.node_class = (
             load_node_class(self.options.node_class, f"datasources.{spec.name}.node_class")
@@ -542,25 +542,3 @@ def load_node_class(path: str, where: str) -> type[BaseNode]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _options(spec: SourceSpec) -> ElasticsearchOptions:
-    """``spec.options`` as ElasticsearchOptions; a plain mapping is converted (and checked)."""
-    raw = spec.options
-    where = f"datasources.{spec.name}"
-    if isinstance(raw, ElasticsearchOptions):
-        return raw
-    if raw is None:
-        return ElasticsearchOptions()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"options must be a table, got {type(raw).__name__}", path=where)
-    try:
-        return msgspec.convert(dict(raw), ElasticsearchOptions)
-    except msgspec.ValidationError as error:
-        message, _, at = str(error).partition(" - at `$")
-        if at:
-            where += at.rstrip("`")
-        elif message.startswith("Object contains unknown field"):
-            where += "." + message.split("`")[1]
-            message = "unknown key"
-        raise ConfigError([Problem(where, message)]) from error
