@@ -2,8 +2,8 @@
 
 The writer keeps one connection from the pool, in autocommit-off mode, and applies each batch
 in one transaction on it. Identical single-row INSERTs go out as one multi-row
-``INSERT ... VALUES (...), (...)`` (aiomysql's ``executemany``, chunked under
-``max_statement`` bytes). A connection lost mid-batch fails every write of the batch as
+``INSERT ... VALUES (...), (...)`` (what aiomysql's ``executemany`` sends, built here more
+cheaply, chunked under ``max_statement`` bytes). A connection lost mid-batch fails every write of the batch as
 retryable and is closed, never returned to the pool: the server rolls back what it never
 saw committed, so nothing of the batch stays.
 """

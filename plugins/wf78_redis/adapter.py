@@ -28,7 +28,7 @@ is off, so a pipeline that may have run is never sent twice behind the engine's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -38,9 +38,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from wf78_core.datasource import SourceSpec
+from wf78_core.datasource import SourceSpec, convert_options
 from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, Problem
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 
 from .errors import closed_error, map_error
 from .pipeline import Arg, AutoPipeline
@@ -115,7 +115,7 @@ class RedisSource:
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         self.name = spec.name
-        self.options = _options(spec)
+        self.options = convert_options(spec, RedisOptions)
         self.url = _url(spec)
         self.prefix = self.options.key_prefix
         self.concurrency = min(self.options.queue_size, 2048)
@@ -377,25 +377,3 @@ def _url(spec: SourceSpec) -> str:
             path=f"datasources.{spec.name}.url",
         )
     return url
-
-
-def _options(spec: SourceSpec) -> RedisOptions:
-    """``spec.options`` as RedisOptions; a plain mapping is converted (and checked) here."""
-    raw = spec.options
-    where = f"datasources.{spec.name}"
-    if isinstance(raw, RedisOptions):
-        return raw
-    if raw is None:
-        return RedisOptions()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"options must be a table, got {type(raw).__name__}", path=where)
-    try:
-        return msgspec.convert(dict(raw), RedisOptions)
-    except msgspec.ValidationError as error:
-        message, _, at = str(error).partition(" - at `$")
-        if at:
-            where += at.rstrip("`")
-        elif message.startswith("Object contains unknown field"):
-            where += "." + message.split("`")[1]
-            message = "unknown key"
-        raise ConfigError([Problem(where, message)]) from error

@@ -5,16 +5,21 @@ the pipeline keeps. A caller that finds nothing in flight and nothing queued sen
 command at once, itself (a lone command pays no hand-off to the loop task). Callers that
 find a round trip in flight add their command, packed, to the open batch (at most
 ``max_pipeline`` commands; at most ``queue_size`` wait in all, beyond that callers wait for
-room) and wait on that batch's one event. When the round trip in flight ends, the loop sends
-the oldest batch as one pipeline and hands each caller its own reply or error: one failing
+room) and wait for their reply. When the round trip in flight ends, the loop sends the
+oldest batch as one pipeline and hands each caller its own reply or error: one failing
 command fails only its caller. Round trips never overlap, so Redis runs commands in the
 order they were issued; the busier the source, the more commands share a round trip.
 
+A batch costs its callers no task, event or stream hand-off of their own: each adds its
+packed command to a list and awaits a bare future that the loop sets with its reply (an
+``asyncio.Event`` would make the same future per waiter, behind two more frames).
+
 The pipeline writes the packed commands (hiredis) on the connection and reads the replies
-straight from redis-py's hiredis reader (RESP2 or RESP3), as ``read_response`` would; a
-connection without that parser gets its replies through ``read_response`` itself. A round trip that fails (reset,
-timeout, cancellation) closes its connection, so replies it still owes never reach the
-next user; the connection reconnects on its next use.
+straight from redis-py's hiredis reader (RESP2 or RESP3), as ``read_response`` would but
+under one timeout per round trip instead of one per reply; a connection without that parser
+gets its replies through ``read_response`` itself. A round trip that fails (reset, timeout,
+cancellation) closes its connection, so replies it still owes never reach the next user;
+the connection reconnects on its next use.
 """
 
 from __future__ import annotations
@@ -331,7 +336,8 @@ async def _exchange_hiredis(connection: Any, parser: Any, packed: list[bytes]) -
             await writer.drain()
             stage = "reading from"
             gets = parser._reader.gets
-            push = parser._hiredis_PushNotificationType  # RESP3 out-of-band messages
+            # RESP3 out-of-band messages (None with a hiredis that has no such type)
+            push = getattr(parser, "_hiredis_PushNotificationType", None)
             while len(replies) < count:
                 reply = gets()
                 if reply is _NOT_ENOUGH_DATA:

@@ -38,8 +38,8 @@ _JSON_DECODER = msgspec.json.Decoder()
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 _KEYWORD = re.compile(r"[A-Za-z]+")
 _WRITE_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
-# SELECT texts kept per table at most (a few shapes per table in practice).
-_SELECT_CACHE = 256
+# SELECT texts and INSERT shapes kept per table at most (a few per table in practice).
+_SELECT_CACHE = _SHAPE_CACHE = 256
 
 
 class Statement(NamedTuple):
@@ -129,6 +129,7 @@ class TableSql:
         self.has_id = "id" in schema.columns
         self._quoted = {name: dialect.quote(name) for name in schema.columns}
         self._insert_sql: dict[tuple[object, ...], str] = {}  # by column names and mode
+        self._insert_shapes: dict[tuple[object, ...], tuple[tuple[str, ...], str]] = {}
         # SELECT text and column names by statement shape (see select)
         self._select_sql: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
         # Columns whose stored value decode converts; rows of other columns are copied as is.
@@ -221,13 +222,22 @@ class TableSql:
                 f"got {type(values).__name__}"
             )
         row = dict(values)
-        for name in row:
-            self.column(name, field)
+        # The column names and SQL of rows with these keys, when such a row was checked before.
+        shape = (tuple(row), ignore)
+        known = self._insert_shapes.get(shape)
+        if known is None:
+            for name in row:
+                self.column(name, field)
         row_id: str | None = None
         if self.has_id:
             if row.get("id") is None:
                 row["id"] = snowflake_id()
             row_id = str(row["id"])
+        if known is not None:
+            encode = self.encode
+            return Statement(
+                known[1], [encode(name, row[name], field) for name in known[0]]
+            ), row_id
         # Schema order makes rows with the same columns share one SQL text (and one batch).
         names = [name for name in self.schema.columns if name in row]
         params = [self.encode(name, row[name], field) for name in names]
@@ -241,6 +251,9 @@ class TableSql:
                 f"{head} {self.quoted} ({self._names(names)}) "
                 f"VALUES ({self.dialect.placeholders(len(names))})"
             )
+        if len(self._insert_shapes) >= _SHAPE_CACHE:
+            self._insert_shapes.clear()
+        self._insert_shapes[shape] = (tuple(names), sql)
         return Statement(sql, params), row_id
 
     def upsert(self, values: Mapping[str, Any]) -> tuple[Statement, str]:
