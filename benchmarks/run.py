@@ -51,6 +51,9 @@ class Plan:
     redis_sets: int
     es_writes: int
     single_gets: int
+    passthrough_requests: int = 20_000
+    route_gets: int = 5_000
+    route_adds: int = 5_000
     in_flight: int = 1000
     # Memory is not CPU-bound and barely varies: fewer rounds say as much.
     memory_rounds: int = 3
@@ -79,6 +82,9 @@ QUICK = Plan(
     redis_sets=10_000,
     es_writes=1_000,
     single_gets=1_000,
+    passthrough_requests=5_000,
+    route_gets=1_000,
+    route_adds=1_000,
     memory_rounds=1,
 )
 
@@ -665,7 +671,163 @@ def dag_scaling(plan: Plan) -> list[Outcome]:
     return [outcome]
 
 
-# Each benchmark returns its outcomes: one, or one per sub-benchmark (B6a/B6b, B8a-B8c).
+# B9's sub-benchmarks: (id, how driven, baseline case, candidate case, workers).
+PASSTHROUGH = (
+    ("B9a", "in process, sequential", "bare_seq", "wf78_seq", 1),
+    ("B9b", "in process, 64 concurrent", "bare_conc", "wf78_conc", 64),
+)
+HTTP_CONNECTIONS = 64
+
+
+def middleware_passthrough(plan: Plan) -> list[Outcome]:
+    n = plan.passthrough_requests
+    order = ["bare_seq", "wf78_seq", "bare_conc", "wf78_conc", "bare_tcp", "wf78_tcp"]
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples = {
+            case: run_case(
+                "middleware_passthrough", case, n, 1 if case.endswith("_seq") else HTTP_CONNECTIONS
+            )
+            for case in order
+        }
+        rounds.append(samples)
+        progress(
+            f"B9 round {number}/{plan.rounds}: "
+            + ", ".join(
+                f"{kind} {samples['bare_' + kind]['requests_per_s']:,.0f} -> "
+                f"{samples['wf78_' + kind]['requests_per_s']:,.0f} req/s"
+                for kind in ("seq", "conc", "tcp")
+            )
+        )
+
+    def ratios(base: str, cand: str) -> list[float]:
+        return [r[cand]["requests_per_s"] / r[base]["requests_per_s"] for r in rounds]
+
+    outcomes = []
+    for bench_id, how, base, cand, workers in PASSTHROUGH:
+        outcome = Outcome(
+            bench_id,
+            f"pass-through: Starlette JSON endpoint, bare vs in Wf78Middleware ({how})",
+            "wrapped/bare requests/s",
+            Target(">=", 0.97, "x"),
+            parameters={"requests": n, "workers": workers, "driver": "in-process ASGI"},
+        )
+        values = ratios(base, cand)
+        outcome.value, outcome.spread = median_and_spread(values)
+        outcome.rounds = [
+            {base: r[base], cand: r[cand], "ratio": v} for r, v in zip(rounds, values, strict=True)
+        ]
+        bare, wrapped = _rate(rounds, base, "requests_per_s"), _rate(rounds, cand, "requests_per_s")
+        bare_us, wrapped_us = (
+            _rate(rounds, base, "per_request_us"),
+            _rate(rounds, cand, "per_request_us"),
+        )
+        outcome.summary = {"bare_requests_per_s": bare, "wf78_requests_per_s": wrapped}
+        outcome.notes = [
+            f"bare Starlette          {bare:>10,.0f} req/s ({bare_us:.1f} us/request)",
+            f"in Wf78Middleware       {wrapped:>10,.0f} req/s ({wrapped_us:.1f} us/request, "
+            f"+{wrapped_us - bare_us:.1f} us)",
+        ]
+        outcomes.append(outcome)
+    tcp_values = ratios("bare_tcp", "wf78_tcp")
+    value, spread = median_and_spread(tcp_values)
+    bare, wrapped = (
+        _rate(rounds, "bare_tcp", "requests_per_s"),
+        _rate(rounds, "wf78_tcp", "requests_per_s"),
+    )
+    client = rounds[-1]["wf78_tcp"].get("client", "?")
+    outcomes[-1].summary["tcp"] = {
+        "bare_requests_per_s": bare,
+        "wf78_requests_per_s": wrapped,
+        "ratio": value,
+        "spread": list(spread),
+        "client": client,
+    }
+    for r, v in zip(outcomes[-1].rounds, tcp_values, strict=True):
+        r["tcp_ratio"] = v
+    outcomes[-1].notes.append(
+        f"informational, over TCP (uvicorn, one worker; {client}, same cores, noisy): "
+        f"bare {bare:,.0f} req/s, wrapped {wrapped:,.0f} req/s = {_ratio_text(value, spread)}"
+    )
+    return outcomes
+
+
+def data_routes(plan: Plan) -> list[Outcome]:
+    gets, adds = plan.route_gets, plan.route_adds
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples = {
+            "get_direct": run_case("data_routes", "get_direct", gets, 1),
+            "get_wf78": run_case("data_routes", "get_wf78", gets, 1),
+            "add_direct": run_case("data_routes", "add_direct", adds, HTTP_CONNECTIONS),
+            "add_wf78": run_case("data_routes", "add_wf78", adds, HTTP_CONNECTIONS),
+            "add_direct_wal": run_case("data_routes", "add_direct_wal", adds, HTTP_CONNECTIONS),
+        }
+        rounds.append(samples)
+        progress(
+            f"B10 round {number}/{plan.rounds}: get {samples['get_direct']['requests_per_s']:,.0f}"
+            f" -> {samples['get_wf78']['requests_per_s']:,.0f} req/s, mAdd "
+            f"{samples['add_direct']['requests_per_s']:,.0f} -> "
+            f"{samples['add_wf78']['requests_per_s']:,.0f} req/s"
+        )
+
+    def ratios(base: str, cand: str) -> list[float]:
+        return [r[cand]["requests_per_s"] / r[base]["requests_per_s"] for r in rounds]
+
+    specs = (
+        (
+            "B10a",
+            "data route get by id, sequential: koa78 get vs a hand-written aiosqlite endpoint",
+            "route/hand-written requests/s",
+            0.9,
+            "get_direct",
+            "get_wf78",
+            {"requests": gets, "workers": 1},
+        ),
+        (
+            "B10b",
+            "data route mAdd, 64 concurrent: koa78 mAdd vs hand-written insert + commit",
+            "route/hand-written requests/s",
+            3.0,
+            "add_direct",
+            "add_wf78",
+            {"requests": adds, "workers": HTTP_CONNECTIONS},
+        ),
+    )
+    outcomes = []
+    for bench_id, title, measure, limit, base, cand, parameters in specs:
+        outcome = Outcome(bench_id, title, measure, Target(">=", limit, "x"), parameters=parameters)
+        values = ratios(base, cand)
+        outcome.value, outcome.spread = median_and_spread(values)
+        outcome.rounds = [
+            {base: r[base], cand: r[cand], "ratio": v} for r, v in zip(rounds, values, strict=True)
+        ]
+        direct, wf78 = _rate(rounds, base, "requests_per_s"), _rate(rounds, cand, "requests_per_s")
+        outcome.summary = {"direct_requests_per_s": direct, "wf78_requests_per_s": wf78}
+        outcome.notes = [
+            f"hand-written Starlette + aiosqlite  {direct:>10,.0f} req/s",
+            f"Wf78Middleware koa78 route          {wf78:>10,.0f} req/s",
+        ]
+        outcomes.append(outcome)
+    outcomes[-1].notes[0] += " (SQLite defaults: rollback journal, synchronous FULL)"
+    outcomes[-1].notes[1] += " (engine default: WAL, synchronous FULL, group commit)"
+    wal_values = ratios("add_direct_wal", "add_wf78")
+    value, spread = median_and_spread(wal_values)
+    wal = _rate(rounds, "add_direct_wal", "requests_per_s")
+    outcomes[-1].summary["direct_wal_full"] = {
+        "requests_per_s": wal,
+        "ratio": value,
+        "spread": list(spread),
+    }
+    outcomes[-1].notes.append(
+        f"informational: hand-written with the engine's pragmas (WAL + FULL) {wal:,.0f} req/s;"
+        f" route = {_ratio_text(value, spread)}"
+    )
+    return outcomes
+
+
+# Each benchmark returns its outcomes: one, or one per sub-benchmark (B6a/B6b, B8a-B8c,
+# B9a/B9b, B10a/B10b).
 BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B1": dispatch,
     "B2": sqlite_writes,
@@ -675,6 +837,8 @@ BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B6": redis_cache,
     "B7": es_writes,
     "B8": single_gets,
+    "B9": middleware_passthrough,
+    "B10": data_routes,
 }
 
 

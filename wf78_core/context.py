@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -18,15 +19,42 @@ __all__ = ["RequestClient", "current"]
 class RequestClient:
     """The engine as seen by one request: the caller's identity and priority.
 
-    Published as ``scope["state"]["wf78"]`` and returned by :func:`current`.
+    Published as ``scope["state"]["wf78"]`` and returned by :func:`current`. For requests
+    the app serves, the identity is worked out on first use (``resolve``), so a handler
+    that never asks costs nothing.
     """
 
-    __slots__ = ("engine", "identity", "priority")
+    __slots__ = ("_identity", "_priority", "_resolve", "engine")
 
-    def __init__(self, engine: Engine, identity: Identity | None, priority: int | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        identity: Identity | None = None,
+        priority: int | None = None,
+        *,
+        resolve: Callable[[], tuple[Identity | None, int | None]] | None = None,
+    ) -> None:
         self.engine = engine
-        self.identity = identity
-        self.priority = priority
+        self._identity = identity
+        self._priority = priority
+        self._resolve = resolve
+
+    def _resolved(self) -> None:
+        resolve, self._resolve = self._resolve, None
+        if resolve is not None:
+            self._identity, self._priority = resolve()
+
+    @property
+    def identity(self) -> Identity | None:
+        if self._resolve is not None:
+            self._resolved()
+        return self._identity
+
+    @property
+    def priority(self) -> int | None:
+        if self._resolve is not None:
+            self._resolved()
+        return self._priority
 
     def table(self, name: str) -> Table:
         """A configured table scoped to the caller (owner column, priority)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .admin import AdminApp
-from .config import Config
+from .config import Config, Identity
 from .context import RequestClient, _current
 from .engine import Engine
 from .http import Receive, Scope, Send, header, send_json
@@ -68,14 +68,15 @@ class Wf78Middleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        client = await self.client(scope)
         path: str = scope["path"]
         if kind == "http":
-            if path == self.prefix or path.startswith(self.prefix + "/"):
+            if path.startswith(self.prefix) and (
+                len(path) == len(self.prefix) or path[len(self.prefix)] == "/"
+            ):
                 if not self.engine.running:
                     await send_json(send, 503, {"error": _NOT_STARTED})
                     return
-                await self.admin(scope, receive, send, client)
+                await self.admin(scope, receive, send, await self.client(scope))
                 return
             route = self.routes.match(path)
             if route is not None:
@@ -86,8 +87,12 @@ class Wf78Middleware:
                         {"res": -503, "errmsg": _NOT_STARTED, "kind": "unavailable", "back": None},
                     )
                     return
-                await self.routes.handle(scope, receive, send, client, route)
+                await self.routes.handle(scope, receive, send, await self.client(scope), route)
                 return
+        if self._authenticate:  # plugins may be async: ask them now
+            client = await self.client(scope)
+        else:  # the app's own request: work the identity out only if a handler asks
+            client = RequestClient(self.engine, resolve=lambda: self._from_tokens(scope))
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -105,6 +110,13 @@ class Wf78Middleware:
             identity = await self._authenticate.first(scope=scope)
         if identity is None:
             identity = self._tokens.wf78_authenticate(scope)
+        return RequestClient(self.engine, identity, self._priority(scope, identity))
+
+    def _from_tokens(self, scope: Scope) -> tuple[Identity | None, int | None]:
+        identity = self._tokens.wf78_authenticate(scope)
+        return identity, self._priority(scope, identity)
+
+    def _priority(self, scope: Scope, identity: Identity | None) -> int | None:
         requested = header(scope, b"x-wf78-priority")
         priority = None
         if requested is not None:
@@ -112,7 +124,7 @@ class Wf78Middleware:
                 priority = int(requested)
             except ValueError:
                 priority = None  # routes report a bad header; the app's own routes ignore it
-        return RequestClient(self.engine, identity, effective_priority(priority, identity))
+        return effective_priority(priority, identity)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Open the engine at startup (before the app's handlers) and close it after the
