@@ -117,7 +117,6 @@ class Engine:
         self.config = with_maintenance(load_config(config))
         self.settings = self.config.engine
         self.base_dir = str(base_dir or ".")
-        self._extra_plugins = tuple(plugins)
         self.pm: pluggy.PluginManager = make_plugin_manager([_BuiltinActions(), *plugins])
         self.workflows: dict[str, WorkflowDefinition] = {w.id: w for w in self.config.workflows}
         self.backend: Backend = InProcessBackend(self.settings, self.config.workflows)
@@ -147,7 +146,6 @@ class Engine:
         self.failed = 0
         self.retries = 0
         self.fallbacks = 0
-        self._running_by_workflow: dict[str, int] = {}
         self._tickets: set[Ticket] = set()
         # What the sharding maintenance of the last start-up did (None: no sharded table).
         self.startup_maintenance: MaintenanceReport | None = None
@@ -827,7 +825,6 @@ class Engine:
             return
         run.status = "running"
         run.started = time.time()
-        self._running_by_workflow.setdefault(run.workflow.id, 0)
         for slot in run.tasks.values():
             if slot.remaining == 0:
                 self._queue_task(run, slot)
@@ -855,7 +852,6 @@ class Engine:
         slot.state = "running"
         slot.attempts += 1
         slot.started = slot.started or time.time()
-        self._running_by_workflow[run.workflow.id] += 1
         self._emit_event(run, slot, "running")
         ctx = TaskContext(
             engine=self,
@@ -886,7 +882,6 @@ class Engine:
                 raise
             finally:
                 slot.scope = None
-                self._running_by_workflow[run.workflow.id] -= 1
                 self.scheduler.release(limits)
         if scope.cancelled_caught:
             self._finish_task(run, slot, "cancelled", error=run.error or "cancelled")
