@@ -583,6 +583,7 @@ class Refusing:
     class Options(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
         message: str = "duplicate key"
         retryable: bool = False
+        conflict: bool = False  # what an adapter says of a duplicate key or constraint
 
     actions = frozenset({"add", "add_many", "get", "count", "update", "delete", "delete_many"})
     concurrency = 10
@@ -602,7 +603,10 @@ class Refusing:
 
     async def execute(self, op: Operation) -> Any:
         raise DataSourceError(
-            self.options.message, data_source=self.name, retryable=self.options.retryable
+            self.options.message,
+            data_source=self.name,
+            retryable=self.options.retryable,
+            conflict=self.options.conflict,
         )
 
 
@@ -614,19 +618,24 @@ class RefusingPlugin:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("message", "retryable", "status", "kind"),
+    ("message", "retryable", "conflict", "status", "kind"),
     [
-        ("duplicate key on x: UNIQUE failed for 'secret-value'", False, 409, "conflict"),
-        ("constraint violated: 'secret-value'", False, 409, "conflict"),
-        ("bad SQL near 'secret-value'", False, 502, "source_error"),
-        ("connection lost while sending 'secret-value'", True, 503, "unavailable"),
+        ("duplicate key on x: UNIQUE failed for 'secret-value'", False, True, 409, "conflict"),
+        ("constraint violated: 'secret-value'", False, True, 409, "conflict"),
+        ("bad SQL near 'secret-value'", False, False, 502, "source_error"),
+        ("connection lost while sending 'secret-value'", True, False, 503, "unavailable"),
     ],
 )
 async def test_data_source_errors_map_to_statuses_without_details(
-    tmp_path: Path, message: str, retryable: bool, status: int, kind: str
+    tmp_path: Path, message: str, retryable: bool, conflict: bool, status: int, kind: str
 ) -> None:
     config = make_config(tmp_path / "x.db")
-    config["datasources"]["bad"] = {"type": "refusing", "message": message, "retryable": retryable}
+    config["datasources"]["bad"] = {
+        "type": "refusing",
+        "message": message,
+        "retryable": retryable,
+        "conflict": conflict,
+    }
     config["tables"]["Items"]["data_source"] = "bad"
     async with serving(config, plugins=[RefusingPlugin()]) as (client, _):
         response = await call(client, "mAdd", pars=["apple", 1, 1.0])

@@ -413,6 +413,7 @@ async def test_one_bad_row_fails_only_its_caller(tmp_path: Path) -> None:
     assert list(failed) == [137]
     error = failed[137]
     assert error.retryable is False
+    assert error.conflict is True  # the middleware answers 409 for it
     assert error.data_source == "db"
     assert "duplicate key" in str(error)
     assert transactions < 200  # the rows really were grouped, then retried one by one
@@ -615,6 +616,7 @@ async def test_driver_errors_are_mapped(tmp_path: Path) -> None:
         with pytest.raises(DataSourceError, match="syntax error") as syntax:
             await source.execute(op("execute", None, sql="UPDATE items SETT qty = 1"))
         assert syntax.value.retryable is False and syntax.value.data_source == "db"
+        assert syntax.value.conflict is False
         with pytest.raises(DataSourceError, match="no such table") as missing:
             await source.execute(op("execute", None, sql="SELECT * FROM missing"))
         assert missing.value.retryable is False

@@ -62,7 +62,9 @@ class UnknownWorkflow(Wf78Error, KeyError):
 
 
 class OperationError(Wf78Error):
-    """A data operation failed. ``retryable`` says whether trying again can help."""
+    """A data operation failed. ``retryable`` says whether trying again can help;
+    ``conflict`` that the source refused a write because the key exists or a constraint
+    holds (HTTP 409)."""
 
     retryable: bool = False
 
@@ -72,9 +74,11 @@ class OperationError(Wf78Error):
         *,
         data_source: str | None = None,
         retryable: bool | None = None,
+        conflict: bool = False,
     ) -> None:
         super().__init__(message)
         self.data_source = data_source
+        self.conflict = conflict
         if retryable is not None:
             self.retryable = retryable
         self.attempts = 0

@@ -1036,8 +1036,7 @@ def _failure_of(error: Exception, route: DataRoute | Refusal) -> Failure:
                 f"{source} is unavailable (tried {max(error.attempts, 1)} times); try again",
                 _retry_after(1.0),
             )
-        text = str(error).lower()
-        if "duplicate" in text or "constraint" in text or "conflict" in text:
+        if error.conflict:
             return Failure(
                 409,
                 "conflict",

@@ -63,6 +63,7 @@ def map_error(
 ) -> DataSourceError:
     """A DataSourceError for a client error; ``retryable`` overrides the guess from its kind."""
     guess = False
+    conflict = isinstance(error, ApiError) and error.meta.status == 409
     if isinstance(error, TlsError):
         text = f"TLS with elasticsearch source {source!r} failed: {error}"
     elif isinstance(error, ConnectionTimeout):
@@ -87,7 +88,10 @@ def map_error(
     else:
         text = f"elasticsearch source {source!r} failed: {type(error).__name__}: {error}"
     mapped = DataSourceError(
-        text, data_source=source, retryable=guess if retryable is None else retryable
+        text,
+        data_source=source,
+        retryable=guess if retryable is None else retryable,
+        conflict=conflict,
     )
     mapped.__cause__ = error
     return mapped
@@ -105,6 +109,7 @@ def item_error(item: Mapping[str, Any], source: str, what: str) -> DataSourceErr
         f"{text} (elasticsearch source {source!r})",
         data_source=source,
         retryable=retryable_status(status),
+        conflict=status == 409,
     )
 
 

@@ -137,7 +137,9 @@ class MemorySource:
             row = dict(op.values or {})
             row.setdefault("id", snowflake_id())
             if row["id"] in rows:
-                raise DataSourceError(f"duplicate id {row['id']!r}", data_source=self.name)
+                raise DataSourceError(
+                    f"duplicate id {row['id']!r}", data_source=self.name, conflict=True
+                )
             rows[row["id"]] = row
             return row["id"]
         if action == "add_many":

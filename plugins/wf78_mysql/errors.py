@@ -74,7 +74,10 @@ def map_error(
     else:
         text = f"mysql source {source!r} failed: {detail}"
     mapped = DataSourceError(
-        text, data_source=source, retryable=guess if retryable is None else retryable
+        text,
+        data_source=source,
+        retryable=guess if retryable is None else retryable,
+        conflict=code in DUPLICATE_KEY,
     )
     mapped.__cause__ = error
     return mapped

@@ -338,6 +338,7 @@ class RedisSource:
                 f"{self.name!r}",
                 data_source=self.name,
                 retryable=False,
+                conflict=True,
             )
 
     async def _script(self, script: Script, table: RedisTable, args: list[Arg]) -> Any:

@@ -16,7 +16,8 @@ def map_error(
     """A DataSourceError for a driver error; ``retryable`` overrides the guess from its kind."""
     message = str(error)
     guess = False
-    if isinstance(error, sqlite3.IntegrityError):
+    conflict = isinstance(error, sqlite3.IntegrityError)
+    if conflict:
         unique = "UNIQUE" in message or "PRIMARY KEY" in message
         what = "duplicate key" if unique else "constraint violated"
         text = f"{what} on sqlite source {source!r}: {message}"
@@ -31,7 +32,10 @@ def map_error(
     else:
         text = f"sqlite source {source!r} failed: {type(error).__name__}: {message}"
     mapped = DataSourceError(
-        text, data_source=source, retryable=guess if retryable is None else retryable
+        text,
+        data_source=source,
+        retryable=guess if retryable is None else retryable,
+        conflict=conflict,
     )
     mapped.__cause__ = error
     return mapped
