@@ -11,9 +11,15 @@ sharing two cores, so the measured cases drive the ASGI app **in process**
 ``receive``/``send`` callables per request, what uvicorn hands the app, minus the sockets
 and the HTTP parsing):
 
-``bare_seq``, ``wf78_seq``   ``--n`` requests one after another (B9a).
-``bare_conc``, ``wf78_conc`` ``--n`` requests from ``--in-flight`` workers (default 64),
-                             each sending its next request when the last one answered (B9b).
+``paired_seq``               B9a: both apps started in this one process, then ``--n``
+                             requests to each, one after another, in alternating chunks of
+                             ``CHUNK`` (bare, wrapped, bare, ...); the figure is the median
+                             of the per-chunk-pair ratios, so drifting CPU speed and process
+                             layout (hash seeds, allocator state) affect both sides alike.
+``paired_conc``              B9b: the same with ``--in-flight`` workers (default 64) per
+                             chunk, each sending its next request when the last answered.
+``bare_seq``, ``wf78_seq``,  one app per process, for profiling one side alone
+``bare_conc``, ``wf78_conc`` (``--profile``).
 ``bare_tcp``, ``wf78_tcp``   informational: the app under ``uvicorn`` (one worker, a
                              subprocess on a free loopback port), loaded for ``TCP_SECONDS``
                              by ``wrk`` (64 connections, 2 threads) when it is installed,
@@ -31,6 +37,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,6 +253,216 @@ async def wf78_conc(args: argparse.Namespace) -> Measurement:
         return await _in_process(wf78_app(Path(folder) / "b9.db"), args.n, args.in_flight)
 
 
+CHUNK = 500
+
+
+class _Connection(asyncio.Transport):
+    """One keep-alive HTTP/1.1 connection into uvicorn's protocol, in memory.
+
+    uvicorn's own ``H11Protocol`` (what ``uvicorn app`` runs when httptools is not
+    installed) parses the request bytes, builds the scope, runs the app in a task and
+    writes the response here; :meth:`get` sends one request and waits for the whole
+    response (its ``Content-Length``).
+    """
+
+    _EXTRA = {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.buffer = bytearray()
+        self.closed = False
+        self._done: asyncio.Future[bytes] | None = None
+        protocol.connection_made(self)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._EXTRA.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.protocol.connection_lost(None)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self._done is None:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+        if len(self.buffer) >= end + 4 + length:
+            response = bytes(self.buffer[: end + 4 + length])
+            del self.buffer[: end + 4 + length]
+            self._done.set_result(response)
+
+    async def get(self, request: bytes) -> bytes:
+        self._done = asyncio.get_running_loop().create_future()
+        self.protocol.data_received(request)
+        return await self._done
+
+
+class UvicornDriver:
+    """An ASGI app served by uvicorn's HTTP/1.1 protocol and lifespan in this process,
+    over ``connections`` in-memory keep-alive connections: the server's whole request
+    cost (HTTP parsing, scope, task per request, response writing) without sockets."""
+
+    def __init__(self, app: Any, connections: int) -> None:
+        from uvicorn.config import Config
+
+        self.config = Config(app, log_config=None, access_log=False, lifespan="on")
+        self.config.load()
+        self.connections_wanted = connections
+        self.connections: list[_Connection] = []
+
+    async def __aenter__(self) -> UvicornDriver:
+        from uvicorn.lifespan.on import LifespanOn
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        from uvicorn.server import ServerState
+
+        self.lifespan = LifespanOn(self.config)
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise RuntimeError("lifespan startup failed")
+        state = ServerState()
+        self.connections = [
+            _Connection(H11Protocol(self.config, state, self.lifespan.state))
+            for _ in range(self.connections_wanted)
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for connection in self.connections:
+            connection.close()
+        await self.lifespan.shutdown()
+
+
+_PING = (
+    b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAuthorization: Bearer "
+    + TOKEN.encode()
+    + b"\r\n\r\n"
+)
+
+
+async def _paired(n: int, workers: int) -> Measurement:
+    """Bare and wrapped in one process, alternating chunks; the median chunk-pair ratio."""
+    with tempfile.TemporaryDirectory(prefix="wf78-bench-") as folder:
+        async with (
+            AsgiDriver(bare_app()) as bare,
+            AsgiDriver(wf78_app(Path(folder) / "b9.db")) as wrapped,
+        ):
+
+            def one_for(driver: AsgiDriver) -> Request_:
+                async def one(i: int) -> None:
+                    status, body = await driver.request("GET", "/ping", headers=AUTH_HEADERS)
+                    if status != 200 or body != b'{"ok":true}':
+                        raise RuntimeError(f"request {i}: {status} {body[:200]!r}")
+
+                return one
+
+            bare_one, wrapped_one = one_for(bare), one_for(wrapped)
+            await time_requests(bare_one, WARMUP, workers, warmup=0)
+            await time_requests(wrapped_one, WARMUP, workers, warmup=0)
+            ratios: list[float] = []
+            bare_time = wrapped_time = 0.0
+            for _ in range(max(1, n // CHUNK)):
+                base = await time_requests(bare_one, CHUNK, workers, warmup=0)
+                cand = await time_requests(wrapped_one, CHUNK, workers, warmup=0)
+                bare_time += base["elapsed"]
+                wrapped_time += cand["elapsed"]
+                ratios.append(base["elapsed"] / cand["elapsed"])
+    ratios.sort()
+    count = len(ratios) * CHUNK
+    return {
+        "ratio": statistics.median(ratios),
+        "ratio_low": ratios[0],
+        "ratio_high": ratios[-1],
+        "chunks": len(ratios),
+        "chunk": CHUNK,
+        "bare_requests_per_s": count / bare_time,
+        "wf78_requests_per_s": count / wrapped_time,
+        "bare_per_request_us": bare_time / count * 1e6,
+        "wf78_per_request_us": wrapped_time / count * 1e6,
+        "workers": workers,
+    }
+
+
+async def _paired_uvicorn(n: int, connections: int) -> Measurement:
+    """Bare and wrapped under in-process uvicorn, alternating chunks (as :func:`_paired`)."""
+    with tempfile.TemporaryDirectory(prefix="wf78-bench-") as folder:
+        async with (
+            UvicornDriver(bare_app(), connections) as bare,
+            UvicornDriver(wf78_app(Path(folder) / "b9.db"), connections) as wrapped,
+        ):
+
+            async def chunk(driver: UvicornDriver, count: int) -> float:
+                left = count
+
+                async def worker(connection: _Connection) -> None:
+                    nonlocal left
+                    while left > 0:
+                        left -= 1
+                        response = await connection.get(_PING)
+                        if not response.startswith(b"HTTP/1.1 200") or not response.endswith(
+                            b'{"ok":true}'
+                        ):
+                            raise RuntimeError(f"unexpected answer {response[:200]!r}")
+
+                began = time.perf_counter()
+                await asyncio.gather(*(worker(c) for c in driver.connections))
+                return time.perf_counter() - began
+
+            await chunk(bare, WARMUP)
+            await chunk(wrapped, WARMUP)
+            ratios: list[float] = []
+            bare_time = wrapped_time = 0.0
+            for _ in range(max(1, n // CHUNK)):
+                base = await chunk(bare, CHUNK)
+                cand = await chunk(wrapped, CHUNK)
+                bare_time += base
+                wrapped_time += cand
+                ratios.append(base / cand)
+    ratios.sort()
+    count = len(ratios) * CHUNK
+    return {
+        "ratio": statistics.median(ratios),
+        "ratio_low": ratios[0],
+        "ratio_high": ratios[-1],
+        "chunks": len(ratios),
+        "chunk": CHUNK,
+        "bare_requests_per_s": count / bare_time,
+        "wf78_requests_per_s": count / wrapped_time,
+        "bare_per_request_us": bare_time / count * 1e6,
+        "wf78_per_request_us": wrapped_time / count * 1e6,
+        "workers": connections,
+    }
+
+
+async def uvicorn_seq(args: argparse.Namespace) -> Measurement:
+    return await _paired_uvicorn(args.n, 1)
+
+
+async def uvicorn_conc(args: argparse.Namespace) -> Measurement:
+    return await _paired_uvicorn(args.n, args.in_flight)
+
+
+async def paired_seq(args: argparse.Namespace) -> Measurement:
+    return await _paired(args.n, 1)
+
+
+async def paired_conc(args: argparse.Namespace) -> Measurement:
+    return await _paired(args.n, args.in_flight)
+
+
 # -- over TCP (informational) -------------------------------------------------------------------
 
 
@@ -385,6 +602,10 @@ async def wf78_tcp(args: argparse.Namespace) -> Measurement:
 
 
 CASES = {
+    "uvicorn_seq": uvicorn_seq,
+    "uvicorn_conc": uvicorn_conc,
+    "paired_seq": paired_seq,
+    "paired_conc": paired_conc,
     "bare_seq": bare_seq,
     "wf78_seq": wf78_seq,
     "bare_conc": bare_conc,

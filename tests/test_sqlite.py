@@ -100,6 +100,7 @@ def test_options_defaults_and_concurrency(tmp_path: Path) -> None:
         max_batch=1000,
         queue_size=10_000,
         create_tables=True,
+        inline_read_steps=2000,
     )
     assert source.concurrency == 1024
     assert make_source(tmp_path, queue_size=8).concurrency == 8
@@ -119,6 +120,7 @@ def test_options_given_as_a_dict_are_converted(tmp_path: Path) -> None:
         ({"readers": 0}, "datasources.db"),
         ({"synchronous": "SOMETIMES"}, "datasources.db.synchronous"),
         ({"nope": 1}, "datasources.db.nope"),
+        ({"inline_read_steps": -1}, "datasources.db"),
     ],
 )
 def test_bad_options_name_their_path(tmp_path: Path, options: dict[str, Any], path: str) -> None:
@@ -642,3 +644,47 @@ async def test_health_and_use_after_close(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match="not open") as write:
         await source.execute(op("add", values={}))
     assert write.value.retryable is True
+
+
+@pytest.mark.anyio
+async def test_short_reads_run_inline_and_long_ones_on_a_reader_thread(tmp_path: Path) -> None:
+    async with running(tmp_path, inline_read_steps=2000) as source:
+        ids = await source.execute(
+            op("add_many", rows=[{"name": f"n{i}", "qty": i, "cid": "c"} for i in range(3000)])
+        )
+        before = (source.inline_reads, source.threaded_reads)
+        rows = await source.execute(op("get", where={"id": ids[7]}))
+        assert rows[0]["qty"] == 7
+        assert (source.inline_reads, source.threaded_reads) == (before[0] + 1, before[1])
+        # A scan of 3,000 rows takes far more than 2,000 VM steps: interrupted inline, then
+        # answered in full by a reader thread.
+        everything = await source.execute(op("get", order=["qty"]))
+        assert [row["qty"] for row in everything] == list(range(3000))
+        assert (source.inline_reads, source.threaded_reads) == (before[0] + 1, before[1] + 1)
+        # The inline connection sees every commit at once (no stale snapshot held open).
+        await source.execute(op("update", values={"qty": -1}, where={"id": ids[7]}))
+        assert (await source.execute(op("get", where={"id": ids[7]})))[0]["qty"] == -1
+        # It cannot write, whatever SQL reaches it.
+        assert source._inline is not None
+        with pytest.raises(sqlite3.OperationalError):
+            source._inline.execute("DELETE FROM items")
+        assert await source.execute(op("count")) == 3000
+
+
+@pytest.mark.anyio
+async def test_inline_reads_can_be_turned_off(tmp_path: Path) -> None:
+    async with running(tmp_path, inline_read_steps=0) as source:
+        row_id = await source.execute(op("add", values={"name": "a", "qty": 1}))
+        assert (await source.execute(op("get", where={"id": row_id})))[0]["name"] == "a"
+        assert source.inline_reads == 0 and source.threaded_reads >= 1
+        assert source._inline is None
+
+
+@pytest.mark.anyio
+async def test_a_failing_inline_read_reports_the_readers_error(tmp_path: Path) -> None:
+    async with running(tmp_path) as source:
+        threaded = source.threaded_reads
+        with pytest.raises(DataSourceError, match="no such column") as caught:
+            await source.execute(op("execute", None, sql="SELECT nope FROM items"))
+        assert caught.value.retryable is False
+        assert source.threaded_reads == threaded + 1

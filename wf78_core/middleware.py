@@ -25,6 +25,34 @@ _NOT_STARTED = (
 )
 
 
+class _LazyClient(RequestClient):
+    """The client of a request the app serves: the identity is looked up on first use.
+
+    It keeps the request's headers, not its scope: the scope's state holds the client, and
+    a reference back would make every request a cycle for the garbage collector.
+    """
+
+    __slots__ = ("_headers", "_middleware")
+
+    def __init__(self, middleware: Wf78Middleware, headers: Any) -> None:
+        self.engine = middleware.engine
+        self._identity = None
+        self._priority = None
+        self._resolve = _later
+        self._middleware = middleware
+        self._headers = headers
+
+    def _resolved(self) -> None:
+        self._resolve = None
+        scope = {"type": "http", "headers": self._headers}
+        self._identity, self._priority = self._middleware._from_tokens(scope)
+
+
+def _later() -> tuple[Identity | None, int | None]:
+    """The placeholder ``_resolve`` of a :class:`_LazyClient` (its ``_resolved`` decides)."""
+    return None, None
+
+
 class _StartupFailed(Exception):
     """Raised into the app's lifespan after wf78 itself reported the failure."""
 
@@ -59,40 +87,28 @@ class Wf78Middleware:
         self._authenticate = HookChain(self.engine.pm, "wf78_authenticate")
         self.routes = DataRoutes(self.engine, max_body=max_body, max_page=max_page)
         self.admin = AdminApp(self.engine, self.prefix, max_body=max_body)
+        # Paths wf78 may serve; any other request goes straight to the app.
+        self._claimed = (self.prefix, *self.routes.claims)
+        self._plugins_authenticate = bool(self._authenticate)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
+        if kind == "http":
+            if scope["path"].startswith(self._claimed):
+                if await self._serve(scope, receive, send):
+                    return
+        elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if kind != "http" and kind != "websocket":
+        elif kind != "websocket":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if kind == "http":
-            if path.startswith(self.prefix) and (
-                len(path) == len(self.prefix) or path[len(self.prefix)] == "/"
-            ):
-                if not self.engine.running:
-                    await send_json(send, 503, {"error": _NOT_STARTED})
-                    return
-                await self.admin(scope, receive, send, await self.client(scope))
-                return
-            route = self.routes.match(path)
-            if route is not None:
-                if not self.engine.running:
-                    await send_json(
-                        send,
-                        503,
-                        {"res": -503, "errmsg": _NOT_STARTED, "kind": "unavailable", "back": None},
-                    )
-                    return
-                await self.routes.handle(scope, receive, send, await self.client(scope), route)
-                return
-        if self._authenticate:  # plugins may be async: ask them now
+        # The app's own request: the identity is worked out only if a handler asks, unless
+        # plugins authenticate (they may be async, so they are asked now).
+        if self._plugins_authenticate:
             client = await self.client(scope)
-        else:  # the app's own request: work the identity out only if a handler asks
-            client = RequestClient(self.engine, resolve=lambda: self._from_tokens(scope))
+        else:
+            client = _LazyClient(self, scope["headers"])
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -102,6 +118,29 @@ class Wf78Middleware:
             await self.app(scope, receive, send)
         finally:
             _current.reset(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer an admin or data route; False when ``path`` is the app's after all."""
+        path: str = scope["path"]
+        prefix = self.prefix
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            if not self.engine.running:
+                await send_json(send, 503, {"error": _NOT_STARTED})
+                return True
+            await self.admin(scope, receive, send, await self.client(scope))
+            return True
+        route = self.routes.match(path)
+        if route is None:
+            return False
+        if not self.engine.running:
+            await send_json(
+                send,
+                503,
+                {"res": -503, "errmsg": _NOT_STARTED, "kind": "unavailable", "back": None},
+            )
+            return True
+        await self.routes.handle(scope, receive, send, await self.client(scope), route)
+        return True
 
     async def client(self, scope: Scope) -> RequestClient:
         """The caller's identity (plugins first, then tokens) and allowed priority."""

@@ -335,6 +335,11 @@ class DataRoutes:
 
     # -- matching -----------------------------------------------------------------------
 
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """The path prefixes under which :meth:`match` may answer (``/apisys/apimicro/``)."""
+        return tuple(f"/{apisys}/{apimicro}/" for apisys, apimicro in self._prefixes)
+
     def match(self, path: str) -> DataRoute | Refusal | None:
         """The route of ``path``; a :class:`Refusal` for a claimed path that names no
         method; ``None`` when no configured route claims it (the app serves it)."""

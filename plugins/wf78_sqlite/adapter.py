@@ -7,6 +7,15 @@ applies whatever is queued, up to ``max_batch`` writes from many callers, in one
 each caller its own result or error. Reads go to ``readers`` other connections, which in WAL
 mode see the last committed data without waiting for the writer.
 
+Short reads skip the thread hop: with ``inline_read_steps`` > 0 (the default) a read first runs
+on the event loop's own read-only connection, with a progress handler that interrupts it once it
+has taken that many SQLite virtual-machine steps (a read by primary key takes well under a
+hundred; the default 2,000 is some tens of microseconds). An interrupted read has returned
+nothing and is run again on a reader thread, as is a read that meets a lock (the inline
+connection never waits: ``busy_timeout = 0``). So a get by id costs no thread round trip, and
+no long query holds up the loop. Set ``inline_read_steps = 0`` to send every read to a thread
+(a database on slow or network storage, where even a short read may wait for the disk).
+
 Durability: the default ``synchronous = "FULL"`` syncs every commit, so a write that was
 acknowledged survives power loss too ("nothing accepted is ever lost"); group commit shares
 that fsync among every write of the batch. ``"NORMAL"`` survives an application crash
@@ -52,6 +61,8 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """The ``[datasources.<name>]`` keys of type ``sqlite`` besides ``type`` and ``url``."""
 
     readers: int = 4
+    # Reads run on the event loop until they take this many SQLite VM steps (0 = never).
+    inline_read_steps: int = 2000
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "FULL"
     busy_timeout: float = 5.0
     # Writes applied per group-commit transaction at most.
@@ -69,6 +80,8 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
                 raise ValueError(f"{name} must be >= 1")
         if self.busy_timeout < 0:
             raise ValueError("busy_timeout must be >= 0")
+        if self.inline_read_steps < 0:
+            raise ValueError("inline_read_steps must be >= 0")
 
 
 class _ReaderPool:
@@ -136,6 +149,10 @@ class SQLiteSource(SqlSource):
         self.path = database_path(spec)
         self.concurrency = min(self.options.queue_size, 1024)
         self._readers: _ReaderPool | None = None
+        self._inline: sqlite3.Connection | None = None
+        # Reads finished on the event loop, and reads sent to a reader thread.
+        self.inline_reads = 0
+        self.threaded_reads = 0
 
     async def open(self) -> None:
         """Connect the writer and the readers, switch to WAL and create the declared tables."""
@@ -163,11 +180,16 @@ class SQLiteSource(SqlSource):
             queue_size=self.options.queue_size,
         )
         self._readers = _ReaderPool(readers)
+        if self.options.inline_read_steps:
+            self._inline = self._connect_inline()
 
     async def close(self) -> None:
         """Close every connection, after the write in progress if any (idempotent)."""
         writer, readers = self._retire_writer(), self._readers
         self._readers = None
+        inline, self._inline = self._inline, None
+        if inline is not None:
+            inline.close()
         errors: list[Exception] = []
         with anyio.CancelScope(shield=True):
             if writer is not None:
@@ -187,6 +209,16 @@ class SQLiteSource(SqlSource):
         readers = self._readers
         if readers is None:
             raise self.closed_error("not open")
+        inline = self._inline
+        if inline is not None:
+            try:
+                rows = inline.execute(sql, params).fetchall()
+            except sqlite3.Error:
+                pass  # interrupted, locked or failed: the reader thread runs it (and reports)
+            else:
+                self.inline_reads += 1
+                return (list(rows[0].keys()) if rows else []), rows
+        self.threaded_reads += 1
         try:
             rows = await readers.fetchall(sql, params)
         except Exception as error:
@@ -208,6 +240,25 @@ class SQLiteSource(SqlSource):
         if query_only:
             # A reader never writes, whatever SQL reaches it.
             await connection.execute_fetchall("PRAGMA query_only = ON")
+        return connection
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        """The event loop's read-only connection: never waits for a lock, and gives up
+        (``interrupted``) after ``inline_read_steps`` VM steps. Opening a WAL database's
+        file takes microseconds, so this happens on the loop too."""
+        connection = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,  # closed from whichever thread closes the source
+        )
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout = 0")
+            connection.execute("PRAGMA query_only = ON")
+            connection.set_progress_handler(_interrupt, self.options.inline_read_steps)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     async def _prepare(self, writer: aiosqlite.Connection) -> None:
@@ -239,6 +290,11 @@ def database_path(spec: SourceSpec) -> Path:
         )
     path = Path(location)
     return path if path.is_absolute() else Path(spec.base_dir) / path
+
+
+def _interrupt() -> int:
+    """The inline connection's progress handler: any non-zero answer interrupts the read."""
+    return 1
 
 
 async def _close_quietly(connection: aiosqlite.Connection) -> None:
