@@ -21,6 +21,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
+    """Each test runs in a folder of its own, so files an engine keeps next to a
+    configuration given as a dict (the run journal, ./wf78.db) never leak between tests."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 class Watch:
     """Wait, without polling, until a condition holds after some change was signalled."""
 

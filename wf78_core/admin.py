@@ -154,6 +154,10 @@ class AdminApp:
             _Route(re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), {"POST": self._cancel_run}),
             _Route(re.compile(r"/events/(?P<event>[^/]+)"), {"POST": self._emit}),
             _Route(re.compile(r"/status"), {"GET": self._status}),
+            _Route(re.compile(r"/dead-letters"), {"GET": self._dead_letters}),
+            _Route(
+                re.compile(r"/dead-letters/(?P<letter_id>[^/]+)/retry"), {"POST": self._redrive}
+            ),
             _Route(re.compile(r"/metrics"), {"GET": self._metrics}),
         ]
 
@@ -378,6 +382,37 @@ class AdminApp:
     async def _overloaded(self, send: Send, error: Overloaded) -> None:
         retry_after = str(max(1, math.ceil(error.retry_after))).encode()
         await _error(send, 503, str(error), headers=[(b"retry-after", retry_after)])
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def _dead_letters(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        await _send_json(send, 200, {"dead_letters": self.engine.dead_letters()})
+
+    async def _redrive(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        try:
+            run = await self.engine.retry_dead_letter(params["letter_id"])
+        except UnknownWorkflow as error:
+            await _error(send, 404, str(error), field="letter_id")
+            return
+        except Overloaded as error:
+            await self._overloaded(send, error)
+            return
+        except Wf78Error as error:
+            # Its run is still going (409), or the engine is shutting down (503).
+            status = 503 if not self.engine.running else 409
+            await _error(send, status, str(error))
+            return
+        location = f"{self.prefix}/runs/{run.id}".encode()
+        await _send_json(send, 202, {"run_id": run.id}, [(b"location", location)])
 
     # -- introspection ---------------------------------------------------------------------
 

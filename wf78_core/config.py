@@ -62,6 +62,9 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     submit_priority: int = 1
     # Finished runs kept for get_run().
     run_history: int = 1000
+    # Where accepted runs and task checkpoints are kept (wf78_core.journal): "sqlite:///path"
+    # (relative to the configuration's folder), "memory", "off" or "package.module:Class".
+    journal: str = "sqlite:///wf78-journal.db"
 
     def __post_init__(self) -> None:
         for name in ("queue_size", "max_running", "event_queue_size", "run_history"):

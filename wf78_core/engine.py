@@ -57,6 +57,7 @@ from .errors import (
 )
 from .events import TaskEvent, TaskState
 from .hookspecs import hookimpl
+from .journal import DeadLetter, Journal, JournaledRun, TaskCheckpoint, open_journal
 from .mirrors import MirrorStats, Relay
 from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
 from .runs import Run, RunState, TaskSlot
@@ -147,6 +148,10 @@ class Engine:
         self.retries = 0
         self.fallbacks = 0
         self._tickets: set[Ticket] = set()
+        # Accepted runs and task checkpoints (None: "off"), and the dead letters it holds.
+        self.journal: Journal | None = open_journal(self.settings.journal, self.base_dir)
+        self._dead: dict[str, DeadLetter] = {}
+        self.resumed_runs = 0
         # What the sharding maintenance of the last start-up did (None: no sharded table).
         self.startup_maintenance: MaintenanceReport | None = None
         allocators = plugin_names(self.pm, "wf78_allocate_agent")
@@ -268,6 +273,9 @@ class Engine:
                 self._sources[name] = source
                 self._by_type.setdefault(config.type, []).append(source)
             self._build_agents()
+            if self.journal is not None:
+                await self.journal.open()
+                stack.push_async_callback(self.journal.close)  # after its writer stopped
             services = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(services.cancel_scope.cancel)
             for source in self._sources.values():
@@ -275,6 +283,10 @@ class Engine:
                 if run is not None:
                     await services.start(run)
             services.start_soon(self._health_loop)
+            if self.journal is not None:
+                # In the services group: it stops after the work group has drained, and
+                # writes what is still queued before it returns.
+                await services.start(self.journal.run)
             if self.mirrors is not None:
                 await services.start(self.mirrors.run)
             # Work (runs and triggers) lives in its own group so it can drain first.
@@ -298,6 +310,12 @@ class Engine:
         self._started_at = time.monotonic()
         if self.mirrors is not None:
             self.mirrors.start()  # first pass: what a crash left in the outbox
+        if self.journal is not None:
+            try:
+                await self._resume()
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         if any(table.sharding is not None for table in self.config.tables.values()):
             # Today's shards exist before the first write; the workflow keeps them coming.
             try:
@@ -761,10 +779,30 @@ class Engine:
         if not self.scheduler.try_acquire((self._pending,)):
             await self._admit(workflow.priority)
         run = self._new_run(workflow, context, priority)
+        await self._journal_started(run)
         self._start_run(run)
         if wait:
             await run.done.wait()
         return run.snapshot()
+
+    async def _journal_started(self, run: RunState) -> None:
+        """Record an accepted run before anyone is told it was accepted."""
+        if self.journal is None:
+            return
+        try:
+            await self.journal.started(
+                JournaledRun(
+                    id=run.id,
+                    workflow=run.workflow.id,
+                    context=run.context,
+                    priority=run.priority,
+                    created=run.created,
+                )
+            )
+        except BaseException:
+            self.backend.discard_run(run.id)
+            self.scheduler.release((self._pending,))
+            raise
 
     def _new_run(
         self,
@@ -788,12 +826,15 @@ class Engine:
             if not self.scheduler.try_acquire((self._pending,)):
                 await self._admit(workflow.priority)
             run = self._new_run(workflow, payload, None)
+            await self._journal_started(run)
             try:
                 with anyio.fail_after(self.settings.overload_timeout):
                     await self._events_send.send(run)
             except TimeoutError:
                 self.backend.discard_run(run.id)
                 self.scheduler.release((self._pending,))
+                if self.journal is not None:
+                    self.journal.finished(run.id, "cancelled", "event queue full")
                 raise Overloaded(f"event queue full ({self.settings.event_queue_size})") from None
             run_ids.append(run.id)
         return run_ids
@@ -818,16 +859,32 @@ class Engine:
                 return
             if not self.scheduler.try_acquire((self._pending,)):
                 continue  # queue full: skip this tick rather than pile up
-            self._start_run(self._new_run(workflow, {"scheduled_at": time.time()}, None))
+            run = self._new_run(workflow, {"scheduled_at": time.time()}, None)
+            try:
+                await self._journal_started(run)
+            except Exception:
+                continue  # the journal refused this tick's run: the next tick tries again
+            self._start_run(run)
 
-    def _start_run(self, run: RunState) -> None:
+    def _start_run(self, run: RunState, *, resumed: bool = False) -> None:
         if run.done.is_set():  # cancelled while it waited in the event queue
             return
         run.status = "running"
-        run.started = time.time()
+        run.started = run.started or time.time()
+        if not resumed:
+            for slot in run.tasks.values():
+                if slot.remaining == 0:
+                    self._queue_task(run, slot)
+            return
+        # Checkpointed tasks keep their outcome; what they left pending continues.
         for slot in run.tasks.values():
-            if slot.remaining == 0:
+            if slot.state == "failed":
+                self._skip_dependants(run, slot)
+        for slot in run.tasks.values():
+            if slot.state == "pending" and slot.remaining == 0:
                 self._queue_task(run, slot)
+        if run.left == 0:
+            self._finish_run(run)
 
     def _queue_task(self, run: RunState, slot: TaskSlot) -> None:
         work = self._work
@@ -891,6 +948,8 @@ class Engine:
             if isinstance(value, Result):
                 slot.data_source = value.data_source
             self._finish_task(run, slot, "succeeded")
+            if self.journal is not None:
+                await self.journal.room()
             return
         retryable = getattr(error, "retryable", not isinstance(error, Wf78Error))
         exhausted = getattr(error, "exhausted", False) or owns_retry
@@ -905,7 +964,32 @@ class Engine:
             if slot.state == "retrying":
                 self._queue_task(run, slot)
             return
-        self._finish_task(run, slot, "failed", error=f"{type(error).__name__}: {error}")
+        message = f"{type(error).__name__}: {error}"
+        await self._dead_letter(run, slot, message)
+        self._finish_task(run, slot, "failed", error=message)
+        if self.journal is not None:
+            await self.journal.room()
+
+    async def _dead_letter(self, run: RunState, slot: TaskSlot, error: str) -> None:
+        """Keep a task that failed for good, to be looked at and run again."""
+        task = slot.definition
+        letter = DeadLetter(
+            id=uuid4().hex,
+            run_id=run.id,
+            workflow=run.workflow.id,
+            task=task.id,
+            action=task.action,
+            error=error,
+            attempts=slot.attempts,
+            time=time.time(),
+        )
+        if self.journal is not None:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.journal.add_dead_letter(letter)
+            except Exception:
+                pass  # not durable, but still listed: the failure itself is recorded below
+        self._dead[letter.id] = letter
 
     def _finish_task(
         self, run: RunState, slot: TaskSlot, state: TaskState, *, error: str | None = None
@@ -917,6 +1001,8 @@ class Engine:
         slot.finished = time.time()
         run.left -= 1
         self._emit_event(run, slot, state, error=error)
+        if self.journal is not None and state != "cancelled":
+            self.journal.checkpoint(run.id, _checkpoint(slot))
         if state == "succeeded":
             for dependant in slot.dependants:
                 dependant.remaining -= 1
@@ -938,6 +1024,8 @@ class Engine:
             dependant.finished = time.time()
             run.left -= 1
             self._emit_event(run, dependant, "skipped", error=dependant.error)
+            if self.journal is not None:
+                self.journal.checkpoint(run.id, _checkpoint(dependant))
             stack.extend(dependant.dependants)
 
     def _finish_run(self, run: RunState) -> None:
@@ -954,7 +1042,126 @@ class Engine:
         run.done.set()
         self.scheduler.release((self._pending,))
         self.backend.finish_run(run)
+        if self.journal is not None and not (self._closing and run.status == "cancelled"):
+            # A run cancelled by shutdown stays unfinished in the journal: the next start
+            # resumes it (its finished tasks are not run again).
+            self.journal.finished(run.id, run.status, run.error)
         self._work_done()
+
+    # -- the journal: resuming runs, dead letters ----------------------------------------
+
+    async def _resume(self) -> None:
+        """Start again every run the journal holds as unfinished (after a crash or a
+        shutdown that cancelled it): checkpointed tasks keep their outcome, the rest run."""
+        journal = self.journal
+        assert journal is not None
+        self._dead = {letter.id: letter for letter in await journal.dead_letters()}
+        for saved in await journal.unfinished():
+            workflow = self.workflows.get(saved.workflow)
+            if workflow is None:
+                journal.finished(
+                    saved.id, "failed", f"workflow {saved.workflow!r} is no longer configured"
+                )
+                continue
+            if not self.scheduler.try_acquire((self._pending,)):
+                await self._admit(saved.priority)
+            run = self._restore(saved, workflow)
+            self.backend.add_run(run)
+            self.resumed_runs += 1
+            self._start_run(run, resumed=True)
+
+    def _restore(self, saved: JournaledRun, workflow: WorkflowDefinition) -> RunState:
+        """A run as the journal left it: finished tasks done, their dependants counted."""
+        run = RunState(saved.id, workflow, dict(saved.context), saved.priority)
+        run.created = saved.created
+        for task_id, checkpoint in saved.tasks.items():
+            slot = run.tasks.get(task_id)
+            if slot is None or checkpoint.state not in ("succeeded", "failed", "skipped"):
+                continue
+            slot.state = checkpoint.state  # type: ignore[assignment]
+            slot.result = checkpoint.result
+            slot.error = checkpoint.error
+            slot.attempts = checkpoint.attempts
+            slot.data_source = checkpoint.data_source
+            slot.started = checkpoint.started
+            slot.finished = checkpoint.finished
+            run.left -= 1
+        for slot in run.tasks.values():
+            if slot.state == "succeeded":
+                for dependant in slot.dependants:
+                    dependant.remaining -= 1
+        return run
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Tasks that failed after their retries and fallbacks, newest first."""
+        return sorted(self._dead.values(), key=lambda letter: letter.time, reverse=True)
+
+    async def retry_dead_letter(self, letter_id: str) -> Run:
+        """Run a dead letter's task again, in its own run: the run reopens, the task and the
+        dependants it made skip go back to pending, and the run goes on from there.
+
+        Raises :class:`UnknownWorkflow` for an unknown letter and :class:`Wf78Error`
+        while its run is still running (retry once it has finished).
+        """
+        self._check_running()
+        letter = self._dead.get(letter_id)
+        if letter is None:
+            raise UnknownWorkflow(f"unknown dead letter {letter_id!r}")
+        run = self.backend.get_run(letter.run_id)
+        if run is None and self.journal is not None:
+            saved = await self.journal.load_run(letter.run_id)
+            workflow = self.workflows.get(saved.workflow) if saved is not None else None
+            if saved is not None and workflow is not None:
+                run = self._restore(saved, workflow)
+                run.status = "failed"
+                run.done.set()
+                self.backend.add_run(run)
+        if run is None:
+            raise UnknownWorkflow(
+                f"the run {letter.run_id!r} of dead letter {letter_id!r} is no longer known"
+            )
+        if not run.done.is_set():
+            raise Wf78Error(
+                f"run {run.id!r} is still running: retry dead letter {letter_id!r} once it "
+                "has finished"
+            )
+        slot = run.tasks.get(letter.task)
+        if slot is None:
+            raise UnknownWorkflow(f"run {run.id!r} has no task {letter.task!r}")
+        if not self.scheduler.try_acquire((self._pending,)):
+            await self._admit(run.priority)
+        reopened = [slot]
+        stack = list(slot.dependants)
+        while stack:
+            dependant = stack.pop()
+            if dependant.state == "skipped":
+                reopened.append(dependant)
+                stack.extend(dependant.dependants)
+        for reset in reopened:
+            reset.state = "pending"
+            reset.error = None
+            reset.result = None
+            reset.attempts = 0
+            reset.started = reset.finished = None
+            definition = reset.definition
+            reset.remaining = sum(
+                1 for dep in set(definition.depends_on) if run.tasks[dep].state != "succeeded"
+            )
+        run.left += len(reopened)
+        run.status = "running"
+        run.error = None
+        run.finished = None
+        run.done = anyio.Event()
+        try:
+            await self._journal_started(run)
+            if self.journal is not None:
+                await self.journal.remove_dead_letter(letter_id)
+        except BaseException:
+            self.backend.add_run(run)  # _journal_started discarded it: keep it known
+            raise
+        self._dead.pop(letter_id, None)
+        self._start_run(run, resumed=True)
+        return run.snapshot()
 
     def get_run(self, run_id: str) -> Run:
         """The current snapshot of a run; :class:`UnknownWorkflow` if there is none."""
@@ -1109,8 +1316,25 @@ class Engine:
             runs_active=active,
             runs_finished=len(runs) - active,
             uptime=time.monotonic() - self._started_at if self._running else 0.0,
+            dead_letters=self.dead_letters()[:100],
+            dead_letter_count=len(self._dead),
+            journal=self.settings.journal,
         )
 
 
 async def _await(awaitable: Any) -> None:
     await awaitable
+
+
+def _checkpoint(slot: TaskSlot) -> TaskCheckpoint:
+    """A finished task as the journal keeps it; a result JSON cannot hold is kept as its repr."""
+    return TaskCheckpoint(
+        task=slot.definition.id,
+        state=slot.state,
+        result=msgspec.to_builtins(slot.result, enc_hook=repr),
+        error=slot.error,
+        attempts=slot.attempts,
+        data_source=slot.data_source,
+        started=slot.started,
+        finished=slot.finished,
+    )

@@ -60,6 +60,11 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily(
             "wf78_max_running", "Engine-wide limit on tasks running at once.", stats.max_running
         )
+        yield GaugeMetricFamily(
+            "wf78_dead_letters",
+            "Tasks that failed after retries and fallbacks, waiting to be run again.",
+            stats.dead_letter_count,
+        )
 
         running = GaugeMetricFamily(
             "wf78_workflow_running", "Tasks running now, by workflow.", labels=["workflow"]

@@ -6,6 +6,8 @@ from bisect import bisect_left
 
 import msgspec
 
+from .journal import DeadLetter
+
 __all__ = [
     "AgentStats",
     "EngineStats",
@@ -112,3 +114,8 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     runs_active: int
     runs_finished: int
     uptime: float
+    #: tasks that failed after retries and fallbacks, kept until run again (newest first)
+    dead_letters: list[DeadLetter] = []
+    dead_letter_count: int = 0
+    #: where accepted runs are journaled ("off" when nowhere)
+    journal: str = "off"
