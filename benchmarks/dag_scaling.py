@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
 from typing import Any
 
@@ -43,8 +44,17 @@ def layered_dag(
 
 
 async def dag(args: argparse.Namespace) -> Measurement:
-    n = args.n
+    with tempfile.TemporaryDirectory(prefix="wf78-bench-") as folder:
+        return await _dag(args.n, f"sqlite:///{folder}/journal.db")
+
+
+async def dag_no_journal(args: argparse.Namespace) -> Measurement:
+    return await _dag(args.n, "off")
+
+
+async def _dag(n: int, journal: str) -> Measurement:
     config = {
+        "engine": {"journal": journal},
         "datasources": {"mem": {"type": "memory"}},
         "workflows": [layered_dag("warmup", 100), layered_dag("dag", n)],
     }
@@ -73,4 +83,8 @@ async def dag(args: argparse.Namespace) -> Measurement:
 
 
 if __name__ == "__main__":
-    case_main({"dag": dag}, description=__doc__ or "", default_n=1_000)
+    case_main(
+        {"dag": dag, "dag_no_journal": dag_no_journal},
+        description=__doc__ or "",
+        default_n=1_000,
+    )

@@ -594,7 +594,12 @@ def _serve(args: argparse.Namespace) -> int:
     # Built here even for several workers: a bad target or config fails now, once, clearly.
     app = serve.build_app(args.target, config, factory=args.factory)
     prefix = app.prefix
-    described = str(config) if config is not None else "the embedded default"
+    if config is not None:
+        described = str(config)
+    elif not args.factory and serve.import_target(args.target) is app:
+        described = "its own Wf78Middleware's"  # the target was wrapped already
+    else:
+        described = "the embedded default"
 
     def announce(port: int) -> None:
         url = f"http://{_url_host(args.host)}:{port}"
