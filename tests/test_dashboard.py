@@ -392,8 +392,10 @@ def test_dashboard_shows_live_engine_state(served: str, tmp_path: Path) -> None:
     for run_id in produced["long"]:
         assert runs.one(cls="run", data_run_id=run_id).attributes["data-status"] == "running"
 
-    # No dead letters yet.
-    assert dom.one(id="dead-letters").text.strip() == "none"
+    # The audit's failed task is a dead letter, with its error.
+    letters = dom.one(id="dead-letters").text
+    assert "audit / check" in letters and "unknown column 'nope'" in letters
+    assert dom.one(id="dead-letter-count").text.strip() == "1"
 
     screenshot = tmp_path / "dashboard.png"
     with background_traffic(served):  # so the charts move in the picture

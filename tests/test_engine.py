@@ -629,6 +629,31 @@ async def test_unhealthy_source_leaves_rotation_and_comes_back(
         assert (await engine.submit(add(data_source="sick"))).data_source == "sick"
 
 
+async def test_an_attempt_checks_an_unhealthy_source_at_most_twice_a_second(
+    faults: Faults, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(datasources={"sick": {"type": "faulty"}}, agents={"health_interval": 3600})
+    async with Engine(cfg, plugins=[faults]) as engine:
+        sick = faults.sources["sick"]
+        sick.sick = True
+        await engine.check_health()
+        checks = faults.health_checks
+        # The first attempt checks the source itself: still down, so it is refused...
+        with pytest.raises(NoAgentAvailable, match="health"):
+            await engine.submit(add(data_source="sick"))
+        assert faults.health_checks == checks + 1
+        # ...and the next ones within the probe interval are refused without asking.
+        sick.sick = False
+        with pytest.raises(NoAgentAvailable):
+            await engine.submit(add(data_source="sick"))
+        assert faults.health_checks == checks + 1 and sick.served == 0
+        # Once the interval is over, an attempt finds it back, long before the health loop.
+        monkeypatch.setattr("wf78_core.engine.PROBE_INTERVAL", 0.0)
+        engine._sources["sick"].probe_at = 0.0
+        assert (await engine.submit(add(data_source="sick"))).data_source == "sick"
+        assert faults.health_checks == checks + 2 and engine.stats().sources[0].healthy
+
+
 async def test_health_loop_runs_on_its_own(faults: Faults, config: Config) -> None:
     cfg = config(datasources={"sick": {"type": "faulty"}}, agents={"health_interval": 0.02})
     async with Engine(cfg, plugins=[faults]) as engine:

@@ -66,9 +66,33 @@ async def test_an_accepted_run_is_in_the_journal_before_run_returns(
         probe.gate("second").set()
         await probe.finished(engine, run.id)
         await engine.journal.flush()  # type: ignore[union-attr]
-    # A run that finished is forgotten: the journal holds only what may need resuming.
-    assert journal_rows(journal, "SELECT count(*) FROM wf78_runs") == [(0,)]
+    # A finished run keeps only a summary: its task rows are gone.
+    assert journal_rows(journal, "SELECT id, status FROM wf78_runs") == [(run.id, "succeeded")]
     assert journal_rows(journal, "SELECT count(*) FROM wf78_run_tasks") == [(0,)]
+    # The next start still knows how it ended (a client may hold its id from a 202).
+    async with Engine(chain_config(journal), plugins=[Probe()]) as engine:
+        assert engine.resumed_runs == 0
+        known = engine.get_run(run.id)
+        assert known.status == "succeeded" and known.context == {"order": 7}
+        assert {t.state for t in known.tasks.values()} == {"succeeded"}
+
+
+async def test_only_the_newest_finished_runs_keep_a_summary(tmp_path: Path, probe: Probe) -> None:
+    journal = tmp_path / "journal.db"
+    cfg = make_config(
+        {"id": "one", "tasks": [task("t")]},
+        engine={"journal": f"sqlite:///{journal}", "run_history": 20},
+    )
+    async with Engine(cfg, plugins=[probe]) as engine:
+        ids = [(await engine.run("one")).id for _ in range(45)]
+        await engine.journal.flush()  # type: ignore[union-attr]
+    kept = {row[0] for row in journal_rows(journal, "SELECT id FROM wf78_runs")}
+    # Pruned every run_history / 10 finishes: at most that many past the bound.
+    assert set(ids[-20:]) <= kept and len(kept) <= 22
+    async with Engine(cfg, plugins=[probe]) as engine:
+        assert engine.get_run(ids[-1]).status == "succeeded"
+        with pytest.raises(UnknownWorkflow):
+            engine.get_run(ids[0])
 
 
 async def test_a_run_cut_off_by_shutdown_resumes_at_the_next_start(

@@ -482,7 +482,7 @@ async def test_an_interrupted_mirror_update_completes_after_a_crash(
     script.write_text(CRASHING_WRITER, encoding="utf-8")
     async with await anyio.open_process(
         [sys.executable, str(script), json.dumps(setup.config(dead)), setup.items],
-        cwd=ROOT,
+        cwd=tmp_path,  # its journal and files stay in the test's folder
         stderr=subprocess.DEVNULL,
     ) as child:
         try:

@@ -242,6 +242,27 @@ async def test_trace_hooks_writes_to_stderr(
     assert "wf78_select_datasource [sync_plugin]" in err
 
 
+def test_trace_hooks_never_prints_request_headers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Config
+) -> None:
+    monkeypatch.setenv("WF78_TRACE_HOOKS", "1")
+    from wf78_core.plugins import HookChain
+
+    class Authenticator:
+        @hookimpl
+        def wf78_authenticate(self, scope: Any) -> None:
+            return None
+
+    engine = Engine(config(), plugins=[Authenticator()])
+    chain = HookChain(engine.pm, "wf78_authenticate")
+    scope = {"type": "http", "path": "/x", "headers": [(b"authorization", b"Bearer s3cret")]}
+    for _, function, _ in chain.impls:
+        function(scope=scope)
+    err = capsys.readouterr().err
+    assert "wf78_authenticate" in err and "/x" in err
+    assert "s3cret" not in err and "<1 headers>" in err
+
+
 # -- sync and async hooks --------------------------------------------------------------------
 
 

@@ -84,6 +84,9 @@ async def execute_action(ctx: TaskContext) -> Any:
         op = msgspec.structs.replace(op, retry=task.retry)
     if not op.fallback and task.fallback:
         op = msgspec.structs.replace(op, fallback=task.fallback)
+    # A write that could double gets the same key every time this task of this run runs,
+    # a run resumed after a crash included: a write that committed before is not made twice.
+    op = ctx.engine._prepare(op, (ctx.run_id, task.id))
     return await ctx.engine._data_path(
         op, ctx.priority, ctx.context, task=task, reason=reason, run_id=ctx.run_id
     )

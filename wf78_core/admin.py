@@ -22,9 +22,22 @@ from .config import Identity
 from .context import RequestClient
 from .engine import Engine
 from .errors import Overloaded, UnknownWorkflow, Wf78Error
-from .http import BodyTooLarge, Receive, Scope, Send, header, query_params, read_body, send_bytes
+from .http import (
+    MAX_JSON_DEPTH,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    header,
+    nested_deeper_than,
+    query_params,
+    read_body,
+    send_bytes,
+)
 from .identity import TokenAuthenticator
 from .metrics import CONTENT_TYPE_LATEST, engine_registry, render
+from .openapi import openapi_document
+from .routes import DEFAULT_MAX_PARS
 
 __all__ = ["ADMIN_ROLE", "AdminApp"]
 
@@ -58,6 +71,9 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_encode_unknown)
 _RUN_REQUEST = msgspec.json.Decoder(_RunRequest)
 _PAYLOAD = msgspec.json.Decoder(dict[str, Any])
 _JSON = b"application/json"
+# What a 503 from a stopping engine says: the client may try again shortly.
+_RETRY_SOON = (b"retry-after", b"1")
+_LIMIT = re.compile(r"[0-9]{1,9}")
 
 _CONTENT_TYPES = {
     ".js": b"text/javascript; charset=utf-8",
@@ -85,6 +101,17 @@ _LOGIN_POLICY = (
 
 def _is_admin(identity: Identity | None) -> bool:
     return identity is not None and ADMIN_ROLE in identity.roles
+
+
+def _shown(value: str) -> str:
+    """A caller's value for an error message: quoted, and shortened past 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_problem(error: Exception) -> str:
+    # msgspec raises RecursionError, not DecodeError, for arrays nested thousands deep.
+    return "nested too deeply" if isinstance(error, RecursionError) else str(error)
 
 
 def _field_of(error: msgspec.ValidationError) -> str | None:
@@ -132,10 +159,22 @@ class AdminApp:
     """The admin routes, as a pure ASGI handler the middleware calls for paths under
     ``prefix``: ``await admin(scope, receive, send, client)``."""
 
-    def __init__(self, engine: Engine, prefix: str, *, max_body: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prefix: str,
+        *,
+        max_body: int = 1 << 20,
+        max_page: int = 1000,
+        max_pars: int = DEFAULT_MAX_PARS,
+    ) -> None:
         self.engine = engine
         self.prefix = prefix.rstrip("/")
         self.max_body = max_body
+        # For the OpenAPI document: the limits the data routes apply.
+        self.max_page = max_page
+        self.max_pars = max_pars
+        self._openapi: bytes | None = None
         self.registry = engine_registry(engine)
         self._tokens = TokenAuthenticator(engine.config.auth)
         dashboard = resources.files(__package__ or "wf78_core").joinpath("dashboard")
@@ -159,6 +198,7 @@ class AdminApp:
                 re.compile(r"/dead-letters/(?P<letter_id>[^/]+)/retry"), {"POST": self._redrive}
             ),
             _Route(re.compile(r"/metrics"), {"GET": self._metrics}),
+            _Route(re.compile(r"/openapi\.json"), {"GET": self._openapi_document}),
         ]
 
     async def __call__(
@@ -273,7 +313,7 @@ class AdminApp:
             await _error(
                 send,
                 400,
-                f"X-Wf78-Priority must be an integer, got {requested!r}",
+                f"X-Wf78-Priority must be an integer of at most 9 digits, got {_shown(requested)}",
                 field="priority",
             )
             return
@@ -283,14 +323,22 @@ class AdminApp:
         try:
             request = _RUN_REQUEST.decode(body)
         except msgspec.ValidationError as error:
-            await _error(send, 400, f"bad run request: {error}", field=_field_of(error))
+            field = _field_of(error)
+            # No field: the body as a whole is wrong (an array, say), and the message says so.
+            what = "bad run request" if field else "bad run request body"
+            await _error(send, 400, f"{what}: {error}", field=field)
             return
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             await _error(
                 send,
                 400,
-                f'the body must be JSON like {{"workflow": id, "context": {{...}}}}: {error}',
+                'body: must be JSON like {"workflow": id, "context": {...}}: '
+                + _json_problem(error),
             )
+            return
+        if nested_deeper_than(request.context, MAX_JSON_DEPTH - 1, text=body):
+            message = f"context: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+            await _error(send, 400, message, field="context")
             return
         try:
             run = await self.engine.run(
@@ -302,8 +350,8 @@ class AdminApp:
         except Overloaded as error:
             await self._overloaded(send, error)
             return
-        except Wf78Error as error:  # shutting down
-            await _error(send, 503, str(error))
+        except Wf78Error as error:  # shutting down: another process may take it soon
+            await _error(send, 503, str(error), headers=[_RETRY_SOON])
             return
         location = f"{self.prefix}/runs/{run.id}".encode()
         await _send_json(send, 202, {"run_id": run.id}, [(b"location", location)])
@@ -313,10 +361,14 @@ class AdminApp:
     ) -> None:
         most = self.engine.settings.run_history
         raw = query_params(scope).get("limit", [str(DEFAULT_RUNS_LIMIT)])[-1]
-        limit = int(raw) if raw.isdigit() else 0
+        # ASCII digits only: str.isdigit() accepts '²', and int() refuses over 4300 digits.
+        limit = int(raw) if _LIMIT.fullmatch(raw) else 0
         if not 1 <= limit <= most:
             await _error(
-                send, 400, f"limit must be an integer from 1 to {most}, got {raw!r}", field="limit"
+                send,
+                400,
+                f"limit must be an integer from 1 to {most}, got {_shown(raw)}",
+                field="limit",
             )
             return
         await _send_json(send, 200, {"runs": self.engine.recent_runs(limit)})
@@ -332,7 +384,7 @@ class AdminApp:
         try:
             run = self.engine.get_run(params["run_id"])
         except UnknownWorkflow as error:
-            await _error(send, 404, str(error))
+            await _error(send, 404, str(error), field="run_id")
             return
         await _send_json(send, 200, run)
 
@@ -347,7 +399,7 @@ class AdminApp:
         try:
             run = await self.engine.cancel(params["run_id"])
         except UnknownWorkflow as error:
-            await _error(send, 404, str(error))
+            await _error(send, 404, str(error), field="run_id")
             return
         await _send_json(send, 200, run)
 
@@ -366,16 +418,24 @@ class AdminApp:
         if body.strip():
             try:
                 payload = _PAYLOAD.decode(body)
-            except msgspec.DecodeError as error:
-                await _error(send, 400, f"the event payload must be a JSON object: {error}")
+            except (msgspec.DecodeError, RecursionError) as error:
+                await _error(
+                    send,
+                    400,
+                    f"body: the event payload must be a JSON object: {_json_problem(error)}",
+                )
+                return
+            if nested_deeper_than(payload, text=body):
+                message = f"body: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+                await _error(send, 400, message)
                 return
         try:
             run_ids = await self.engine.emit(params["event"], payload)
         except Overloaded as error:
             await self._overloaded(send, error)
             return
-        except Wf78Error as error:  # shutting down
-            await _error(send, 503, str(error))
+        except Wf78Error as error:  # shutting down: another process may take it soon
+            await _error(send, 503, str(error), headers=[_RETRY_SOON])
             return
         await _send_json(send, 202, {"run_ids": run_ids})
 
@@ -408,8 +468,10 @@ class AdminApp:
             return
         except Wf78Error as error:
             # Its run is still going (409), or the engine is shutting down (503).
-            status = 503 if not self.engine.running else 409
-            await _error(send, status, str(error))
+            if self.engine.running:
+                await _error(send, 409, str(error))
+            else:
+                await _error(send, 503, str(error), headers=[_RETRY_SOON])
             return
         location = f"{self.prefix}/runs/{run.id}".encode()
         await _send_json(send, 202, {"run_id": run.id}, [(b"location", location)])
@@ -425,3 +487,18 @@ class AdminApp:
         self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
     ) -> None:
         await send_bytes(send, 200, render(self.registry), CONTENT_TYPE_LATEST.encode())
+
+    async def _openapi_document(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        if self._openapi is None:  # built on first use: the configuration does not change
+            document = openapi_document(
+                self.engine.config,
+                self.prefix,
+                max_body=self.max_body,
+                max_page=self.max_page,
+                max_pars=self.max_pars,
+                admin_role=ADMIN_ROLE,
+            )
+            self._openapi = _ENCODER.encode(document)
+        await send_bytes(send, 200, self._openapi, _JSON)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -37,9 +38,25 @@ __all__ = [
 ]
 
 ColumnType = Literal["text", "int", "float", "bool", "json", "datetime"]
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline ("items\n").
+_IDENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 # Columns every table has besides the declared ones (the koa78 base columns).
 BASE_COLUMNS: dict[str, ColumnType] = {"id": "text", "upby": "text", "uptime": "datetime"}
+
+
+# Priorities are small integers: the scheduler does float arithmetic on them when aging.
+_MAX_PRIORITY = 999_999_999
+
+
+def _priority_problem(value: int | None) -> str | None:
+    if value is None or -_MAX_PRIORITY <= value <= _MAX_PRIORITY:
+        return None
+    return f"must be from {-_MAX_PRIORITY} to {_MAX_PRIORITY}"
+
+
+def _positive(value: float) -> bool:
+    """A finite number above zero (TOML and JSON configs can say ``nan`` and ``inf``)."""
+    return math.isfinite(value) and value > 0
 
 
 class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -70,11 +87,23 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
         for name in ("queue_size", "max_running", "event_queue_size", "run_history"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("overload_timeout", "aging_seconds", "drain_timeout", "retry_backoff"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if self.default_timeout is not None and self.default_timeout <= 0:
-            raise ValueError("default_timeout must be positive")
+        for name in (
+            "overload_timeout",
+            "aging_seconds",
+            "drain_timeout",
+            "retry_backoff",
+            "retry_backoff_max",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+        problem = _priority_problem(self.submit_priority)
+        if problem:
+            raise ValueError(f"submit_priority {problem}")
+        if self.default_timeout is not None and not _positive(self.default_timeout):
+            raise ValueError(
+                f"default_timeout must be positive and finite, got {self.default_timeout}"
+            )
 
 
 class DataSourceConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -90,8 +119,8 @@ class DataSourceConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     def __post_init__(self) -> None:
         if self.pool_size is not None and self.pool_size < 1:
             raise ValueError("pool_size must be >= 1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if self.timeout is not None and not _positive(self.timeout):
+            raise ValueError(f"timeout must be positive and finite, got {self.timeout}")
 
 
 class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -112,6 +141,12 @@ class AgentsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     allocator: str = "least_load"
     health_interval: float = 5.0
     pool: tuple[AgentConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _positive(self.health_interval):
+            raise ValueError(
+                f"health_interval must be positive and finite, got {self.health_interval}"
+            )
 
 
 class ShardingConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -147,7 +182,7 @@ class TableConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     cache_ttl: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.cache_ttl <= 0:
+        if not _positive(self.cache_ttl):
             raise ValueError(f"cache_ttl must be positive seconds, got {self.cache_ttl}")
         for name in self.columns:
             if not _IDENT.match(name):
@@ -179,6 +214,11 @@ class Identity(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     uname: str = ""
     roles: tuple[str, ...] = ()
     max_priority: int | None = None
+
+    def __post_init__(self) -> None:
+        problem = _priority_problem(self.max_priority)
+        if problem:
+            raise ValueError(f"max_priority {problem}")
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -419,6 +459,9 @@ def _check_workflow(workflow: WorkflowDefinition, base: str) -> list[Problem]:
         problems.append(Problem(f"{base}.id", "must not be empty"))
     if workflow.max_concurrent < 1:
         problems.append(Problem(f"{base}.max_concurrent", "must be >= 1"))
+    priority_problem = _priority_problem(workflow.priority)
+    if priority_problem:
+        problems.append(Problem(f"{base}.priority", priority_problem))
     if not workflow.tasks:
         problems.append(Problem(f"{base}.tasks", "a workflow needs at least one task"))
     if workflow.trigger == "event" and not workflow.event:
@@ -430,8 +473,13 @@ def _check_workflow(workflow: WorkflowDefinition, base: str) -> list[Problem]:
         elif isinstance(schedule, str):
             if not croniter.is_valid(schedule):
                 problems.append(Problem(f"{base}.schedule", f"bad cron string {schedule!r}"))
-        elif schedule <= 0:
-            problems.append(Problem(f"{base}.schedule", "interval must be positive seconds"))
+        elif not _positive(schedule):
+            problems.append(
+                Problem(
+                    f"{base}.schedule",
+                    f"interval must be positive and finite seconds, got {schedule}",
+                )
+            )
     ids: dict[str, int] = {}
     for index, task in enumerate(workflow.tasks):
         path = f"{base}.tasks[{index}]"
@@ -440,8 +488,10 @@ def _check_workflow(workflow: WorkflowDefinition, base: str) -> list[Problem]:
         if task.id in ids:
             problems.append(Problem(f"{path}.id", f"duplicate task id {task.id!r}"))
         ids.setdefault(task.id, index)
-        if task.timeout is not None and task.timeout <= 0:
-            problems.append(Problem(f"{path}.timeout", f"must be positive, got {task.timeout}"))
+        if task.timeout is not None and not _positive(task.timeout):
+            problems.append(
+                Problem(f"{path}.timeout", f"must be positive and finite, got {task.timeout}")
+            )
         if task.retry < 0:
             problems.append(Problem(f"{path}.retry", f"must be >= 0, got {task.retry}"))
         if not task.auto_select and task.data_source is None:

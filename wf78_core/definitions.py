@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ Volume = Literal["small", "medium", "large"]
 # What add_many does with a row whose id already exists: fail the write, or skip the row.
 Conflict = Literal["error", "ignore"]
 _SHARD = re.compile(r"[0-9]{1,14}")
+# The longest idempotency key an operation carries (see wf78_core.idempotency).
+MAX_IDEMPOTENCY_KEY = 200
 
 
 class TaskDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -75,6 +78,11 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     dicts ``{mirror, action, table, id, ...}`` that a source able to keep an outbox stores in
     the write's own transaction, so they commit or roll back with it. A write that counts
     rows stores them only when it changed some.
+
+    ``idempotency_key`` (1 to 200 characters) makes a write safe to run again: a replay
+    with the same key returns the first result instead of writing twice. Keys starting
+    with ``~`` are the engine's own, generated before a write's first attempt; see
+    :mod:`wf78_core.idempotency`.
     """
 
     action: str
@@ -101,12 +109,18 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     conflict: Conflict = "error"
     shard: str | None = None
     outbox: list[dict[str, Any]] | None = None
+    idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
+        key = self.idempotency_key
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise ValueError(
+                f"idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY} characters, got {len(key)}"
+            )
         if self.shard is not None and not _SHARD.fullmatch(self.shard):
             raise ValueError(f"shard must be 1 to 14 digits, got {self.shard!r}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"timeout must be positive and finite, got {self.timeout}")
         if self.retry is not None and self.retry < 0:
             raise ValueError(f"retry must be >= 0, got {self.retry}")
         if self.limit is not None and self.limit < 0:

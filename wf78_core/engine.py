@@ -57,6 +57,7 @@ from .errors import (
 )
 from .events import TaskEvent, TaskState
 from .hookspecs import hookimpl
+from .idempotency import prepare, prepare_task
 from .journal import DeadLetter, Journal, JournaledRun, TaskCheckpoint, open_journal
 from .mirrors import MirrorStats, Relay
 from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
@@ -79,10 +80,24 @@ class _BuiltinActions:
             registry.add(name, function, default=True)
 
 
+# An unhealthy source is checked again by an attempt at most this often (seconds).
+PROBE_INTERVAL = 0.5
+
+
 class _Source:
     """A configured data source at run time: adapter, limit, health and counters."""
 
-    __slots__ = ("adapter", "agents", "counters", "healthy", "info", "limit", "name", "type")
+    __slots__ = (
+        "adapter",
+        "agents",
+        "counters",
+        "healthy",
+        "info",
+        "limit",
+        "name",
+        "probe_at",
+        "type",
+    )
 
     def __init__(self, name: str, type: str, adapter: DataSource, capacity: int) -> None:
         self.name = name
@@ -90,6 +105,7 @@ class _Source:
         self.adapter = adapter
         self.limit = Limit(f"source:{name}", capacity)
         self.healthy = True
+        self.probe_at = 0.0  # when an attempt may next check an unhealthy source itself
         self.agents: list[Agent] = []
         self.counters = SourceCounters()
         self.info = SourceInfo(name, type, frozenset(adapter.actions))
@@ -149,7 +165,9 @@ class Engine:
         self.fallbacks = 0
         self._tickets: set[Ticket] = set()
         # Accepted runs and task checkpoints (None: "off"), and the dead letters it holds.
-        self.journal: Journal | None = open_journal(self.settings.journal, self.base_dir)
+        self.journal: Journal | None = open_journal(
+            self.settings.journal, self.base_dir, keep_finished=self.settings.run_history
+        )
         self._dead: dict[str, DeadLetter] = {}
         self.resumed_runs = 0
         # What the sharding maintenance of the last start-up did (None: no sharded table).
@@ -407,6 +425,7 @@ class Engine:
         if not scheduler.try_acquire((pending,)):
             await self._admit(level)
         self.submitted += 1
+        op = self._prepare(op)  # ids and key fixed now: every attempt writes the same rows
         observed = bool(self._observers)
         if observed:
             self._notify(TaskEvent(state="running", workflow="submit", task=op.action))
@@ -447,6 +466,15 @@ class Engine:
             if self._closing:
                 self._work_done()
 
+    def _prepare(self, op: Operation, task: tuple[str, str] | None = None) -> Operation:
+        """:func:`~wf78_core.idempotency.prepare` (``prepare_task`` for a run's ``(run id,
+        task id)``), for rows of declared tables only (they all have an ``id``): what an
+        undeclared table's rows look like is its adapter's business, so no id is made up."""
+        if op.table is None or op.table not in self._tables:
+            if op.action in ("add", "add_many", "index", "upsert"):
+                return op
+        return prepare(op) if task is None else prepare_task(op, *task)
+
     async def enqueue(
         self,
         op: Operation,
@@ -463,6 +491,7 @@ class Engine:
         level = self.settings.submit_priority if priority is None else priority
         if not self.scheduler.try_acquire((self._pending,)):
             await self._admit(level)
+        op = self._prepare(op)
         ticket = Ticket(op, level, dict(context or {}))
         try:
             # Chosen now, so the ticket waits for every limit it needs and holds none.
@@ -663,9 +692,17 @@ class Engine:
         time_limit: float | None,
     ) -> tuple[Any, str]:
         if not source.healthy:
-            raise NoAgentAvailable(
-                f"data source {source.name!r} failed its health check", data_source=source.name
-            )
+            # Back already? An attempt may ask, at most once per PROBE_INTERVAL per source,
+            # rather than every caller waiting for the next round of health checks.
+            now = anyio.current_time()
+            if now >= source.probe_at:
+                source.probe_at = now + PROBE_INTERVAL
+                await self._check_source(source)
+            if not source.healthy:
+                raise NoAgentAvailable(
+                    f"data source {source.name!r} failed its health check",
+                    data_source=source.name,
+                )
         agent = await self._allocate_agent(op, source)
         limits = (*outer, source.limit, agent.limit)
         scheduler = self.scheduler
@@ -741,23 +778,25 @@ class Engine:
 
     async def check_health(self) -> dict[str, bool]:
         """Run every source's health check now; failing sources leave rotation."""
-        report: dict[str, bool] = {}
-        for source in list(self._sources.values()):
-            try:
-                with anyio.fail_after(max(self.config.agents.health_interval, 1.0)):
-                    await source.adapter.health()
-                healthy = True
-            except Exception:
-                healthy = False
-            if healthy != source.healthy:
-                source.healthy = healthy
-                self._route_cache.clear()
-            # Strategies see recent latency so they can demote a slow source.
-            source.info = msgspec.structs.replace(
-                source.info, healthy=healthy, latency=source.counters.latency.percentile(0.5)
-            )
-            report[source.name] = healthy
-        return report
+        return {
+            source.name: await self._check_source(source) for source in list(self._sources.values())
+        }
+
+    async def _check_source(self, source: _Source) -> bool:
+        try:
+            with anyio.fail_after(max(self.config.agents.health_interval, 1.0)):
+                await source.adapter.health()
+            healthy = True
+        except Exception:
+            healthy = False
+        if healthy != source.healthy:
+            source.healthy = healthy
+            self._route_cache.clear()
+        # Strategies see recent latency so they can demote a slow source.
+        source.info = msgspec.structs.replace(
+            source.info, healthy=healthy, latency=source.counters.latency.percentile(0.5)
+        )
+        return healthy
 
     # -- workflow runs ---------------------------------------------------------------------
 
@@ -1056,6 +1095,15 @@ class Engine:
         journal = self.journal
         assert journal is not None
         self._dead = {letter.id: letter for letter in await journal.dead_letters()}
+        for saved in await journal.finished_runs():
+            # How runs finished before this start (summaries: no task results), so a run
+            # id answered with a 202 before a crash is still known.
+            if self.backend.get_run(saved.id) is None and saved.workflow in self.workflows:
+                if saved.status == "failed":  # its checkpoints are kept for its dead letters
+                    saved = await journal.load_run(saved.id) or saved
+                summary = self._finished_summary(saved)
+                self.backend.add_run(summary)
+                self.backend.finish_run(summary)  # counts toward run_history
         for saved in await journal.unfinished():
             workflow = self.workflows.get(saved.workflow)
             if workflow is None:
@@ -1090,6 +1138,23 @@ class Engine:
             if slot.state == "succeeded":
                 for dependant in slot.dependants:
                     dependant.remaining -= 1
+        return run
+
+    def _finished_summary(self, saved: JournaledRun) -> RunState:
+        """A run that finished before this start, as its journal summary tells it."""
+        run = self._restore(saved, self.workflows[saved.workflow])
+        run.status = saved.status  # type: ignore[assignment]
+        run.error = saved.error
+        run.finished = saved.finished
+        # A succeeded run's tasks all succeeded; of other runs, tasks without a checkpoint
+        # are reported cancelled (what they did is not known any more).
+        state = "succeeded" if saved.status == "succeeded" else "cancelled"
+        for slot in run.tasks.values():
+            if not slot.done:
+                slot.state = state  # type: ignore[assignment]
+                slot.finished = saved.finished
+        run.left = 0
+        run.done.set()
         return run
 
     def dead_letters(self) -> list[DeadLetter]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -9,11 +10,14 @@ from urllib.parse import parse_qs
 import msgspec
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "BodyTooLarge",
     "Receive",
     "Scope",
     "Send",
     "header",
+    "nested_deeper_than",
+    "parse_priority",
     "query_params",
     "read_body",
     "send_bytes",
@@ -25,6 +29,39 @@ Receive = Any  # async () -> message
 Send = Any  # async (message) -> None
 
 _ENCODER = msgspec.json.Encoder()
+# A requested priority: small integers only (the scheduler does float arithmetic on them).
+_PRIORITY = re.compile(r"[+-]?[0-9]{1,9}")
+
+
+#: The deepest nesting of arrays and objects a request's JSON may have.
+MAX_JSON_DEPTH = 64
+
+
+def nested_deeper_than(
+    value: Any, limit: int = MAX_JSON_DEPTH, *, text: bytes | str | None = None
+) -> bool:
+    """Whether decoded JSON ``value`` nests arrays and objects more than ``limit`` deep
+    (``text``, the JSON it came from, lets a shallow document skip the walk). Without this
+    check the limit is msgspec's: the interpreter's recursion limit, which depends on how
+    deep the server's stack already is."""
+    if text is not None:
+        if isinstance(text, str):
+            brackets = text.count("[") + text.count("{")
+        else:
+            brackets = text.count(b"[") + text.count(b"{")
+        if brackets <= limit:
+            return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 class BodyTooLarge(Exception):
@@ -41,6 +78,12 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
+
+
+def parse_priority(text: str) -> int | None:
+    """The ``X-Wf78-Priority`` header as an integer of at most 9 digits, or None."""
+    text = text.strip(" \t")
+    return int(text) if _PRIORITY.fullmatch(text) else None
 
 
 def query_params(scope: Scope) -> dict[str, list[str]]:

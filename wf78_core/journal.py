@@ -3,8 +3,10 @@
 A run is written to the journal before :meth:`Engine.run <wf78_core.engine.Engine.run>`
 acknowledges it (the return of ``run(..., wait=False)``, the 202 of ``POST /runs``). Every
 task that finishes is checkpointed with its state and result; when the run finishes its
-rows are removed (a failed run keeps them while it has dead letters, which need the
-results of the failed task's dependencies to run it again). After a crash the engine reads
+task rows are removed (a failed run keeps them while it has dead letters, which need the
+results of the failed task's dependencies to run it again) and the run keeps a summary
+(status, error, times) among the newest ``keep_finished``, so a client holding a run id
+from before a crash still learns how that run ended. After a crash the engine reads
 the unfinished runs back at start-up and resumes them: tasks with a checkpoint are not run
 again, the others are (their writes carry idempotency keys, so a write that did commit
 before the crash is not doubled).
@@ -24,6 +26,7 @@ taking the engine's base directory that implements :class:`Journal`.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +80,7 @@ class JournaledRun(msgspec.Struct, frozen=True, kw_only=True):
     created: float
     status: str = "running"
     error: str | None = None
+    finished: float | None = None
     tasks: dict[str, TaskCheckpoint] = {}
 
 
@@ -113,7 +117,7 @@ class Journal(Protocol):
         """Queue a finished task (see :meth:`room`)."""
 
     def finished(self, run_id: str, status: str, error: str | None) -> None:
-        """Queue the end of a run."""
+        """Queue the end of a run (its summary stays among the newest finished)."""
 
     async def room(self) -> None:
         """Wait while more than the journal's bound of records is queued."""
@@ -136,6 +140,9 @@ class Journal(Protocol):
     async def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter, oldest first."""
 
+    async def finished_runs(self) -> list[JournaledRun]:
+        """Summaries of the newest finished runs kept, oldest first."""
+
 
 # One queued write: (kind, parameters).
 _Record = tuple[str, tuple[Any, ...]]
@@ -153,8 +160,11 @@ class _QueuedJournal:
 
     durable = True
 
-    def __init__(self, *, max_queued: int = 10_000, max_batch: int = 5_000) -> None:
+    def __init__(
+        self, *, max_queued: int = 10_000, max_batch: int = 5_000, keep_finished: int = 1000
+    ) -> None:
         self.max_queued = max_queued
+        self.keep_finished = keep_finished
         self.max_batch = max_batch
         self._batches: deque[_Batch] = deque()
         self._queued = 0
@@ -239,7 +249,7 @@ class _QueuedJournal:
 
     def finished(self, run_id: str, status: str, error: str | None) -> None:
         if self._running:
-            self._add("finish", (run_id, status, error))
+            self._add("finish", (run_id, status, error, time.time()))
 
     async def room(self) -> None:
         while self._running and self._queued > self.max_queued:
@@ -262,7 +272,8 @@ class _QueuedJournal:
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS wf78_runs (id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
     "context TEXT NOT NULL, priority INTEGER NOT NULL, created REAL NOT NULL, "
-    "status TEXT NOT NULL DEFAULT 'running', error TEXT)",
+    "status TEXT NOT NULL DEFAULT 'running', error TEXT, finished REAL)",
+    "CREATE INDEX IF NOT EXISTS wf78_runs_finished ON wf78_runs (status, finished)",
     "CREATE TABLE IF NOT EXISTS wf78_run_tasks (run_id TEXT NOT NULL, task TEXT NOT NULL, "
     "checkpoint TEXT NOT NULL, PRIMARY KEY (run_id, task))",
     "CREATE TABLE IF NOT EXISTS wf78_dead_letters (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
@@ -286,6 +297,7 @@ class SQLiteJournal(_QueuedJournal):
         super().__init__(**kwargs)
         self.path = Path(path)
         self._connection: sqlite3.Connection | None = None
+        self._finished_since_prune = 0
         self._lock = anyio.Lock()  # one statement at a time on the connection
 
     async def open(self) -> None:
@@ -340,24 +352,34 @@ class SQLiteJournal(_QueuedJournal):
             connection.execute("ROLLBACK")
             raise
 
-    @staticmethod
-    def _finish(connection: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """A finished run is forgotten, unless it failed with dead letters still kept."""
-        for run_id, status, error in rows:
+    def _finish(self, connection: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """A finished run keeps a summary; its task rows go, unless it failed with dead
+        letters still kept. Summaries past the newest ``keep_finished`` are dropped."""
+        for run_id, status, error, finished in rows:
+            connection.execute(
+                "UPDATE wf78_runs SET status = ?, error = ?, finished = ? WHERE id = ?",
+                (status, error, finished, run_id),
+            )
             kept = (
                 status == "failed"
                 and connection.execute(
                     "SELECT 1 FROM wf78_dead_letters WHERE run_id = ? LIMIT 1", (run_id,)
                 ).fetchone()
             )
-            if kept:
-                connection.execute(
-                    "UPDATE wf78_runs SET status = ?, error = ? WHERE id = ?",
-                    (status, error, run_id),
-                )
-            else:
+            if not kept:
                 connection.execute("DELETE FROM wf78_run_tasks WHERE run_id = ?", (run_id,))
-                connection.execute("DELETE FROM wf78_runs WHERE id = ?", (run_id,))
+        self._finished_since_prune += len(rows)
+        if self._finished_since_prune >= max(1, self.keep_finished // 10):
+            self._finished_since_prune = 0
+            connection.execute(
+                "DELETE FROM wf78_runs WHERE status != 'running' AND id NOT IN "
+                "(SELECT run_id FROM wf78_dead_letters) AND id NOT IN (SELECT id FROM "
+                "wf78_runs WHERE status != 'running' ORDER BY finished DESC LIMIT ?)",
+                (self.keep_finished,),
+            )
+            connection.execute(
+                "DELETE FROM wf78_run_tasks WHERE run_id NOT IN (SELECT id FROM wf78_runs)"
+            )
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         connection = self._connection
@@ -377,13 +399,13 @@ class SQLiteJournal(_QueuedJournal):
 
     async def load_run(self, run_id: str) -> JournaledRun | None:
         rows = await self._query(
-            "SELECT workflow, context, priority, created, status, error FROM wf78_runs "
-            "WHERE id = ?",
+            "SELECT workflow, context, priority, created, status, error, finished "
+            "FROM wf78_runs WHERE id = ?",
             (run_id,),
         )
         if not rows:
             return None
-        workflow, context, priority, created, status, error = rows[0]
+        workflow, context, priority, created, status, error, finished = rows[0]
         tasks = {}
         for (checkpoint,) in await self._query(
             "SELECT checkpoint FROM wf78_run_tasks WHERE run_id = ?", (run_id,)
@@ -398,8 +420,31 @@ class SQLiteJournal(_QueuedJournal):
             created=created,
             status=status,
             error=error,
+            finished=finished,
             tasks=tasks,
         )
+
+    async def finished_runs(self) -> list[JournaledRun]:
+        rows = await self._query(
+            "SELECT id, workflow, context, priority, created, status, error, finished "
+            "FROM wf78_runs WHERE status != 'running' ORDER BY finished DESC LIMIT ?",
+            (self.keep_finished,),
+        )
+        return [
+            JournaledRun(
+                id=run_id,
+                workflow=workflow,
+                context=_decoder.decode(context),
+                priority=priority,
+                created=created,
+                status=status,
+                error=error,
+                finished=finished,
+            )
+            for run_id, workflow, context, priority, created, status, error, finished in reversed(
+                rows
+            )
+        ]
 
     async def dead_letters(self) -> list[DeadLetter]:
         rows = await self._query("SELECT letter FROM wf78_dead_letters")
@@ -441,15 +486,21 @@ class MemoryJournal(_QueuedJournal):
                     task = msgspec.json.decode(encoded, type=TaskCheckpoint)
                     run.tasks[task.task] = task
             elif kind == "finish":
-                run_id, status, error = params
+                run_id, status, error, finished = params
                 run = self._runs.get(run_id)
+                if run is None:
+                    continue
                 kept = status == "failed" and any(
                     letter.run_id == run_id for letter in self._letters.values()
                 )
-                if run is not None and kept:
-                    self._runs[run_id] = msgspec.structs.replace(run, status=status, error=error)
-                else:
-                    self._runs.pop(run_id, None)
+                self._runs[run_id] = msgspec.structs.replace(
+                    run,
+                    status=status,
+                    error=error,
+                    finished=finished,
+                    tasks=run.tasks if kept else {},
+                )
+                self._prune()
             elif kind == "dead":
                 letter_id, _, encoded = params
                 self._letters[letter_id] = msgspec.json.decode(encoded, type=DeadLetter)
@@ -457,8 +508,18 @@ class MemoryJournal(_QueuedJournal):
                 self._letters.pop(params[0], None)
         await anyio.lowlevel.checkpoint()
 
+    def _prune(self) -> None:
+        done = [run for run in self._runs.values() if run.status != "running"]
+        letters = {letter.run_id for letter in self._letters.values()}
+        for run in done[: max(0, len(done) - self.keep_finished)]:
+            if run.id not in letters:
+                del self._runs[run.id]
+
     async def unfinished(self) -> list[JournaledRun]:
         return [run for run in self._runs.values() if run.status == "running"]
+
+    async def finished_runs(self) -> list[JournaledRun]:
+        return [run for run in self._runs.values() if run.status != "running"]
 
     async def load_run(self, run_id: str) -> JournaledRun | None:
         return self._runs.get(run_id)
@@ -467,13 +528,16 @@ class MemoryJournal(_QueuedJournal):
         return sorted(self._letters.values(), key=lambda letter: letter.time)
 
 
-def open_journal(setting: str, base_dir: str | Path) -> Journal | None:
-    """The journal ``[engine] journal`` names (not yet opened); None for ``"off"``."""
+def open_journal(
+    setting: str, base_dir: str | Path, *, keep_finished: int = 1000
+) -> Journal | None:
+    """The journal ``[engine] journal`` names (not yet opened); None for ``"off"``.
+    ``keep_finished``: how many finished runs keep a summary (``engine.run_history``)."""
     where = "engine.journal"
     if setting == "off":
         return None
     if setting == "memory":
-        return MemoryJournal()
+        return MemoryJournal(keep_finished=keep_finished)
     if setting.startswith("sqlite:///"):
         location = setting.removeprefix("sqlite:///")
         if not location or location == ":memory:":
@@ -481,7 +545,9 @@ def open_journal(setting: str, base_dir: str | Path) -> Journal | None:
                 f"expected 'sqlite:///path/to/journal.db', got {setting!r}", path=where
             )
         path = Path(location)
-        return SQLiteJournal(path if path.is_absolute() else Path(base_dir) / path)
+        return SQLiteJournal(
+            path if path.is_absolute() else Path(base_dir) / path, keep_finished=keep_finished
+        )
     if ":" in setting and "/" not in setting:
         from .datasource import load_factory
 

@@ -12,10 +12,10 @@ from .admin import AdminApp
 from .config import Config, Identity
 from .context import RequestClient, _current
 from .engine import Engine
-from .http import Receive, Scope, Send, header, send_json
+from .http import Receive, Scope, Send, header, parse_priority, send_json
 from .identity import TokenAuthenticator, effective_priority
 from .plugins import HookChain
-from .routes import DataRoutes
+from .routes import DEFAULT_MAX_PARS, DataRoutes
 
 __all__ = ["Wf78Middleware"]
 
@@ -63,7 +63,8 @@ class Wf78Middleware:
     ``engine`` is an :class:`Engine` (not yet entered: the middleware opens and closes it
     with the lifespan); otherwise one is built from ``config`` (None = embedded default).
     ``max_body`` (bytes, checked while reading) bounds request bodies of wf78's routes;
-    ``max_page`` is the largest ``getnumber`` a data route accepts.
+    ``max_page`` is the largest ``getnumber`` a data route accepts; ``max_pars`` the most
+    values a data route's ``pars`` (and ``rows``, ``ids``, a ``where`` list) may carry.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class Wf78Middleware:
         prefix: str = "/_wf78",
         max_body: int = 1 << 20,
         max_page: int = 1000,
+        max_pars: int = DEFAULT_MAX_PARS,
     ) -> None:
         if engine is not None and config is not None:
             raise ValueError("pass engine or config, not both")
@@ -85,8 +87,12 @@ class Wf78Middleware:
         self._tokens = TokenAuthenticator(self.engine.config.auth)
         # Third-party authenticators first, then the built-in token lookup.
         self._authenticate = HookChain(self.engine.pm, "wf78_authenticate")
-        self.routes = DataRoutes(self.engine, max_body=max_body, max_page=max_page)
-        self.admin = AdminApp(self.engine, self.prefix, max_body=max_body)
+        self.routes = DataRoutes(
+            self.engine, max_body=max_body, max_page=max_page, max_pars=max_pars
+        )
+        self.admin = AdminApp(
+            self.engine, self.prefix, max_body=max_body, max_page=max_page, max_pars=max_pars
+        )
         # Paths wf78 may serve; any other request goes straight to the app.
         self._claimed = (self.prefix, *self.routes.claims)
         self._plugins_authenticate = bool(self._authenticate)
@@ -157,12 +163,8 @@ class Wf78Middleware:
 
     def _priority(self, scope: Scope, identity: Identity | None) -> int | None:
         requested = header(scope, b"x-wf78-priority")
-        priority = None
-        if requested is not None:
-            try:
-                priority = int(requested)
-            except ValueError:
-                priority = None  # routes report a bad header; the app's own routes ignore it
+        # A bad header is None here: routes report it, the app's own routes ignore it.
+        priority = None if requested is None else parse_priority(requested)
         return effective_priority(priority, identity)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:

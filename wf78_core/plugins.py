@@ -121,10 +121,18 @@ def _traced(pm: pluggy.PluginManager, hook: str, impl: Any) -> Any:
     plugin_name = impl.plugin_name
 
     def call(**kwargs: Any) -> Any:
-        trace(f"{hook} [{plugin_name}]", kwargs)
+        trace(f"{hook} [{plugin_name}]", {name: _shown(value) for name, value in kwargs.items()})
         return function(**kwargs)
 
     return call
+
+
+def _shown(value: Any) -> Any:
+    """A hook argument as the trace prints it: an ASGI scope without its headers (they carry
+    bearer tokens), anything else as it is."""
+    if isinstance(value, dict) and "headers" in value and "type" in value:
+        return {**value, "headers": f"<{len(value['headers'])} headers>"}
+    return value
 
 
 def plugin_names(pm: pluggy.PluginManager, hook: str) -> dict[str, Any]:

@@ -26,7 +26,8 @@ status  kind                 when
 405     method_not_allowed   not GET/POST (``Allow: GET, POST``)
 409     conflict             non-retryable data-source error that is a duplicate
                              key or a violated constraint
-413     too_large            body over ``max_body``
+413     too_large            body over ``max_body``; ``pars``, ``rows``, ``ids`` or a
+                             ``where`` list of more than ``max_pars`` values
 415     unsupported_media    a body that is neither JSON nor a form
 429     (reserved)           for a rate-limiting plugin; wf78 itself never answers it
 503     overloaded           the engine's queue is full (``Retry-After``)
@@ -58,8 +59,12 @@ Methods (``cols`` = the columns ``pars`` refers to; ids are 1 to 64 digits):
 - ``mdelmany``: ``ids`` (array or comma-separated; ``pars`` too) -> rows deleted.
 - ``mUpdateElkByid``: ``pars = [id, document]`` or ``mid`` + ``values`` -> 1; 404 as above.
 
-Data-source errors are logged in full and answered with a generic message: driver
-messages can hold row values of other callers.
+Data-source errors are answered with a generic message and logged by class and code,
+never by message: driver messages can hold row values (MySQL's "Duplicate entry 'x'").
+
+``Idempotency-Key`` (1 to 255 printable ASCII characters, else 400 naming it): a write
+replayed with the same key answers the first one's ``back`` and writes nothing again. The
+key is scoped by the caller (the owner on an owned table), so tenants never share one.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -85,14 +91,26 @@ from .errors import (
     Overloaded,
     Wf78Error,
 )
-from .http import BodyTooLarge, Receive, Scope, Send, header, read_body, send_json
+from .http import (
+    MAX_JSON_DEPTH,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    header,
+    nested_deeper_than,
+    parse_priority,
+    read_body,
+    send_json,
+)
+from .idempotency import derive_key
 from .identity import TokenAuthenticator, bearer_token, effective_priority
-from .table import DEFAULT_NUMBER, Table
+from .table import DEFAULT_NUMBER, Table, owner_problem
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["METHODS", "DataRoute", "DataRoutes", "Refusal"]
+__all__ = ["DEFAULT_MAX_PARS", "METHODS", "DataRoute", "DataRoutes", "Refusal"]
 
 log = logging.getLogger("wf78.routes")
 
@@ -119,9 +137,12 @@ _NO_STORE = (b"cache-control", b"no-store")
 _DIGITS = re.compile(r"[0-9]{1,64}")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_TEXT = 64  # bcid and other identifiers
+_MAX_IDEMPOTENCY_KEY = 255  # the Idempotency-Key header (scoped, then hashed when long)
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _MAX_ID_INT = 10**64
 _MAX_OFFSET = 1 << 62  # paging offsets past this overflow the databases' integers
+#: The most values ``pars`` (and ``rows``, ``ids``, a ``where`` list) may carry by default.
+DEFAULT_MAX_PARS = 1000
 # Parameters whose query/form value may be repeated (or sent as ``name[]``) to make a list.
 _LIST_PARAMS = frozenset({"pars", "ids", "rows", "cols"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -268,11 +289,21 @@ def _shown(value: Any) -> str:
 class TableRoutes:
     """What the routes need of one configured table, computed once."""
 
-    __slots__ = ("columns", "config", "converters", "name", "owner", "schema", "writable")
+    __slots__ = (
+        "columns",
+        "config",
+        "converters",
+        "max_pars",
+        "name",
+        "owner",
+        "schema",
+        "writable",
+    )
 
-    def __init__(self, name: str, config: TableConfig) -> None:
+    def __init__(self, name: str, config: TableConfig, *, max_pars: int = DEFAULT_MAX_PARS) -> None:
         self.name = name
         self.config = config
+        self.max_pars = max_pars
         self.owner = config.owner
         self.columns: tuple[str, ...] = tuple(config.columns)
         self.writable = frozenset(self.columns)
@@ -315,10 +346,18 @@ class DataRoutes:
     calls the :class:`~wf78_core.table.Table` method and answers the envelope.
     """
 
-    def __init__(self, engine: Engine, *, max_body: int = 1 << 20, max_page: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_body: int = 1 << 20,
+        max_page: int = 1000,
+        max_pars: int = DEFAULT_MAX_PARS,
+    ) -> None:
         self.engine = engine
         self.max_body = max_body
         self.max_page = max_page
+        self.max_pars = max_pars
         self._tokens = TokenAuthenticator(engine.config.auth)
         self._guest = engine.config.auth.guest
         self._exact: dict[str, DataRoute] = {}
@@ -328,7 +367,7 @@ class DataRoutes:
                 continue
             apisys, apimicro = config.route.split("/")
             self._prefixes.setdefault((apisys, apimicro), set()).add(name)
-            table = TableRoutes(name, config)
+            table = TableRoutes(name, config, max_pars=max_pars)
             for method in METHODS:
                 path = f"/{config.route}/{name}/{method}"
                 self._exact[path] = DataRoute(table, method, _HANDLERS[method])
@@ -405,12 +444,12 @@ class DataRoutes:
         requested = header(scope, b"x-wf78-priority")
         priority: int | None = None
         if requested is not None:
-            try:
-                priority = int(requested)
-            except ValueError:
+            priority = parse_priority(requested)
+            if priority is None:
                 raise _bad(
-                    "X-WF78-Priority", f"must be an integer, got {_shown(requested)}"
-                ) from None
+                    "X-WF78-Priority",
+                    f"must be an integer of at most 9 digits, got {_shown(requested)}",
+                )
         info = route.table
         params = await self._params(scope, receive)
         identity = client.identity
@@ -439,7 +478,13 @@ class DataRoutes:
             priority = effective_priority(priority, identity)
         else:
             priority = client.priority
-        table = Table(self.engine, info.name, identity=identity, priority=priority)
+        table = Table(
+            self.engine,
+            info.name,
+            identity=identity,
+            priority=priority,
+            idempotency_key=_idempotency_key(scope, info, identity),
+        )
         return await route.handler(self, info, table, params)
 
     async def _params(self, scope: Scope, receive: Receive) -> dict[str, Any]:
@@ -498,10 +543,14 @@ def _from_pairs(text: str) -> dict[str, Any]:
 def _json_body(body: bytes) -> dict[str, Any]:
     try:
         decoded = _DECODER.decode(body)
-    except msgspec.DecodeError as error:
-        raise _bad("body", f"invalid JSON ({error})") from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _invalid_json("body", error) from None
     if not isinstance(decoded, dict):
         raise _bad("body", f"must be a JSON object, got {_type(decoded)}")
+    if nested_deeper_than(decoded, text=body):
+        for key, value in decoded.items():  # name the parameter that nests too deep
+            if nested_deeper_than(value, MAX_JSON_DEPTH - 1):
+                raise _too_deep(str(key))
     return decoded
 
 
@@ -515,14 +564,45 @@ def _form_body(body: bytes) -> dict[str, Any]:
 
 def _decoded(value: str, name: str) -> Any:
     try:
-        return _DECODER.decode(value)
-    except msgspec.DecodeError as error:
-        raise _bad(name, f"invalid JSON ({error})") from None
+        decoded = _DECODER.decode(value)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _invalid_json(name, error) from None
+    if nested_deeper_than(decoded, text=value):
+        raise _too_deep(name)
+    return decoded
 
 
-def _list_param(params: Mapping[str, Any], name: str, *, commas: bool = False) -> list[Any] | None:
+def _too_deep(name: str) -> Failure:
+    return _bad(name, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _invalid_json(name: str, error: Exception) -> Failure:
+    # msgspec raises RecursionError, not DecodeError, for arrays nested thousands deep.
+    reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+    return _bad(name, f"invalid JSON ({reason})")
+
+
+def _list_param(
+    params: Mapping[str, Any], name: str, *, commas: bool = False, limit: int | None = None
+) -> list[Any] | None:
     """A list parameter: a JSON array, repeated query/form keys, a JSON array in a string,
-    (``commas``) a comma-separated string, or one value."""
+    (``commas``) a comma-separated string, or one value; 413 past ``limit`` items."""
+    values = _any_list(params, name, commas)
+    if limit is not None and values is not None and len(values) > limit:
+        raise _too_many(name, len(values), limit)
+    return values
+
+
+def _too_many(field: str, count: int, limit: int) -> Failure:
+    return Failure(
+        413,
+        "too_large",
+        f"{field}: {count} values, more than the {limit} a request may carry (max_pars); "
+        "split the request",
+    )
+
+
+def _any_list(params: Mapping[str, Any], name: str, commas: bool) -> list[Any] | None:
     value = params.get(name)
     if value is None:
         return None
@@ -636,6 +716,32 @@ def _check_identity(info: TableRoutes, identity: Identity | None) -> None:
         raise Failure(
             403, "forbidden", f"table {info.name!r} is scoped by {owner}: the identity has none"
         )
+    problem = owner_problem(getattr(identity, owner))
+    if problem is not None:
+        raise Failure(
+            403, "forbidden", f"table {info.name!r} is scoped by {owner}: its {owner} {problem}"
+        )
+
+
+def _idempotency_key(scope: Scope, info: TableRoutes, identity: Identity | None) -> str | None:
+    """The request's ``Idempotency-Key`` header scoped by its caller (the owner of an owned
+    table, else company and user), so two tenants' equal keys never meet; None without one."""
+    value = header(scope, b"idempotency-key")
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    if not 0 < len(value) <= _MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
+        raise _bad(
+            "Idempotency-Key",
+            f"must be 1 to {_MAX_IDEMPOTENCY_KEY} printable ASCII characters, got {_shown(value)}",
+        )
+    if identity is None:
+        caller = ""
+    elif info.owner is not None:
+        caller = str(getattr(identity, info.owner))
+    else:
+        caller = f"{identity.cid}/{identity.uid}"
+    return derive_key(caller, value)
 
 
 # -- values of columns -----------------------------------------------------------------------
@@ -696,7 +802,7 @@ def _values(info: TableRoutes, params: Mapping[str, Any]) -> dict[str, Any]:
     named = _object_param(params, "values")
     if named is not None:
         return _named(info, named, "values")
-    pars = _list_param(params, "pars")
+    pars = _list_param(params, "pars", limit=info.max_pars)
     if not pars:
         raise _bad("pars", "required: the values of the columns (or a values object)")
     columns = _write_columns(info, params)
@@ -716,10 +822,10 @@ def _rows(info: TableRoutes, params: Mapping[str, Any], *, with_id: bool) -> lis
     width = len(columns) + (1 if with_id else 0)
     named = params.get("rows")
     if named is not None:
-        rows = _list_param(params, "rows")
+        rows = _list_param(params, "rows", limit=info.max_pars)
         assert rows is not None
         return [_one_row(info, row, f"rows[{i}]", columns, with_id) for i, row in enumerate(rows)]
-    pars = _list_param(params, "pars")
+    pars = _list_param(params, "pars", limit=info.max_pars)
     if not pars:
         raise _bad("pars", "required: the values of the rows (or a rows list)")
     if all(isinstance(row, list) for row in pars):
@@ -780,7 +886,7 @@ def _where(info: TableRoutes, params: Mapping[str, Any]) -> tuple[dict[str, Any]
             if column == info.owner:
                 raise _bad(field, "the owner column comes from the identity")
             where[column] = _filter_value(info, column, value, field)
-    pars = _list_param(params, "pars")
+    pars = _list_param(params, "pars", limit=info.max_pars)
     if not pars:
         return where, False
     names = _names_param(params, "cols")
@@ -798,6 +904,8 @@ def _filter_value(info: TableRoutes, column: str, value: Any, field: str) -> Any
     if column == "id":
         return _row_id(value, field)
     if isinstance(value, list):
+        if len(value) > info.max_pars:
+            raise _too_many(field, len(value), info.max_pars)
         return [info.converters[column](item, f"{field}[{i}]") for i, item in enumerate(value)]
     return info.converters[column](value, field)
 
@@ -956,7 +1064,7 @@ async def _m_del(
 ) -> Any:
     row_id = _mid(params, required=False)
     if row_id is None:
-        pars = _list_param(params, "pars")
+        pars = _list_param(params, "pars", limit=info.max_pars)
         if not pars or len(pars) != 1:
             raise _bad("mid", "required: the id of the row")
         row_id = _row_id(pars[0], "pars[0]")
@@ -970,7 +1078,7 @@ async def _m_del_many(
     routes: DataRoutes, info: TableRoutes, table: Table, params: dict[str, Any]
 ) -> Any:
     field = "ids" if params.get("ids") is not None else "pars"
-    ids = _list_param(params, field, commas=True)
+    ids = _list_param(params, field, commas=True, limit=info.max_pars)
     if not ids:
         raise _bad("ids", "required: the ids of the rows (a list or comma-separated)")
     return await table.delete_many([_row_id(value, f"{field}[{i}]") for i, value in enumerate(ids)])
@@ -980,11 +1088,12 @@ async def _m_update_elk_by_id(
     routes: DataRoutes, info: TableRoutes, table: Table, params: dict[str, Any]
 ) -> Any:
     # koa78: pars = [id, JSON document]; or mid with values / pars for the columns.
+    _check_search_source(routes, info)
     row_id = _mid(params, required=False)
     if row_id is not None:
         values = _values(info, params)
     else:
-        pars = _list_param(params, "pars")
+        pars = _list_param(params, "pars", limit=info.max_pars)
         if not pars or len(pars) != 2:
             raise _bad("pars", "expected [id, document] (or mid with values)")
         row_id = _row_id(pars[0], "pars[0]")
@@ -996,6 +1105,23 @@ async def _m_update_elk_by_id(
     if not changed:
         raise _not_found(info, row_id)
     return changed
+
+
+def _check_search_source(routes: DataRoutes, info: TableRoutes) -> None:
+    """mUpdateElkByid needs what Table.update_search_doc writes to: a search mirror, or a
+    data source of type elasticsearch. Refused up front, naming the method."""
+    config = info.config
+    if config.search_mirror is not None:
+        return
+    name = config.data_source
+    configured = routes.engine.config.datasources.get(name) if name is not None else None
+    kind = configured.type if configured is not None else name
+    if kind != "elasticsearch":
+        raise _bad(
+            "mUpdateElkByid",
+            f"table {info.name!r} has no search source (a search_mirror, or a data_source "
+            "of type 'elasticsearch')",
+        )
 
 
 _HANDLERS: dict[str, Handler] = {
@@ -1023,6 +1149,31 @@ def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
     return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
+def _logged(error: BaseException) -> str:
+    """What the log says of an error: the classes and codes along its causes and its flags,
+    never a message (messages of drivers and plugins quote the values they were given)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(parts) < 5:
+        seen.add(id(current))
+        # Codes, never text: MySQL's error number (args[0]), SQLite's error name.
+        codes: list[int | str] = [arg for arg in current.args[:1] if type(arg) is int]
+        name = getattr(current, "sqlite_errorname", None)
+        if isinstance(name, str):
+            codes.append(name)
+        part = type(current).__name__
+        parts.append(f"{part} {codes[0]}" if codes else part)
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
+    flags: list[str] = []
+    if isinstance(error, OperationError):
+        flags += [flag for flag in ("retryable", "conflict") if getattr(error, flag)]
+        if error.attempts:
+            flags.append(f"attempts={error.attempts}")
+    return " <- ".join(parts) + (f" ({', '.join(flags)})" if flags else "")
+
+
 def _failure_of(error: Exception, route: DataRoute | Refusal) -> Failure:
     """The answer for an error raised while serving: never a traceback, never a driver
     message (it may hold other callers' values); those go to the log."""
@@ -1033,7 +1184,7 @@ def _failure_of(error: Exception, route: DataRoute | Refusal) -> Failure:
         return Failure(400, "invalid", str(error))
     if isinstance(error, DataSourceError):
         source = f"data source {error.data_source!r}" if error.data_source else "the data source"
-        log.warning("%s: %s failed: %s", where, source, error)
+        log.warning("%s: %s failed: %s", where, source, _logged(error))
         if error.retryable:
             return Failure(
                 503,
@@ -1050,7 +1201,7 @@ def _failure_of(error: Exception, route: DataRoute | Refusal) -> Failure:
             )
         return Failure(502, "source_error", f"{source} failed; the server log has the details")
     if isinstance(error, OperationError):
-        log.warning("%s: %s: %s", where, type(error).__name__, error)
+        log.warning("%s: %s", where, _logged(error))
         if error.retryable or isinstance(error, NoDataSource | NoAgentAvailable):
             return Failure(
                 503,
@@ -1062,7 +1213,9 @@ def _failure_of(error: Exception, route: DataRoute | Refusal) -> Failure:
     if isinstance(error, Wf78Error):
         log.warning("%s: %s", where, error)
         return Failure(503, "unavailable", str(error), _retry_after(1.0))
-    log.exception("%s: unexpected error", where)
+    # The stack without the message: a bug's message may quote a row too.
+    stack = "".join(traceback.format_tb(error.__traceback__))
+    log.error("%s: unexpected error %s\n%s", where, _logged(error), stack)
     return Failure(500, "internal", "internal error; the server log has the details")
 
 

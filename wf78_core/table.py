@@ -6,6 +6,12 @@ like to any other. The koa78 columns are filled on every write: a snowflake ``id
 (the identity's user name), ``uptime`` (now, UTC) and the owner column (``cid`` or ``uid``,
 from the identity). The owner is also a filter of every read and write, bulk ones included,
 so one tenant never reads, changes or deletes another's rows.
+
+Every write method takes ``idempotency_key=``: a replay with the same key returns the first
+call's result and writes nothing again (:mod:`wf78_core.idempotency`). On an owned table keys
+are the owner's: two tenants' equal keys are two keys. An insert with a key
+gets ids derived from it; one without gets snowflakes and a generated key naming them, so the
+engine's retries of it never double a row either.
 """
 
 from __future__ import annotations
@@ -16,18 +22,20 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
+import msgspec
 
 from . import sharding
 from .config import Identity, TableConfig
 from .definitions import Operation
 from .errors import InvalidOperation, OperationError
+from .idempotency import AUTO_PREFIX, MAX_KEY, derive_key, key_id
 from .ids import snowflake_id
 from .mirrors import TableMirrors, cache_key, is_missing_index, search_body
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["DEFAULT_NUMBER", "MAX_NUMBER", "Table"]
+__all__ = ["DEFAULT_NUMBER", "MAX_NUMBER", "Table", "owner_problem"]
 
 # koa78's getnumber default, and the most rows one read returns.
 DEFAULT_NUMBER = 15
@@ -36,6 +44,20 @@ MAX_NUMBER = 1000
 _MAX_ID = 64
 _BASE = ("id", "upby", "uptime")
 _DIGITS = re.compile(r"[0-9]+")
+_SCOPE_ENCODER = msgspec.json.Encoder()
+
+
+def owner_problem(value: str) -> str | None:
+    """Why an identity's owner value (``cid``/``uid``) cannot scope rows, else None.
+
+    MySQL's owner column holds 64 characters, and ``INSERT IGNORE`` cuts a longer value to
+    another owner's; its PAD SPACE collations find ``'x'`` rows for ``'x '``.
+    """
+    if len(value) > _MAX_ID:
+        return f"is longer than the {_MAX_ID} characters the owner column holds"
+    if value.endswith(" "):
+        return "ends with a space (MySQL would match it to the owner without one)"
+    return None
 
 
 class Table:
@@ -45,6 +67,9 @@ class Table:
     ``priority`` defaults to the engine's ``submit_priority`` and is never more urgent
     than ``identity.max_priority`` allows. ``clock`` (returning an aware datetime) stands
     in for :func:`wf78_core.sharding.now`, the time that fills ``uptime`` and picks shards.
+    ``idempotency_key`` is the key of the one request this view serves (the data routes pass
+    the ``Idempotency-Key`` header, scoped by the caller): each write method called without
+    its own key uses ``{key}:{table}:{method}``, so a replayed request writes nothing twice.
     """
 
     # The most rows one read returns; set it on a class or an instance to change the cap.
@@ -58,6 +83,7 @@ class Table:
         identity: Identity | None = None,
         priority: int | None = None,
         clock: Callable[[], datetime] | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         config = engine.config.tables.get(name)
         if config is None:
@@ -77,6 +103,9 @@ class Table:
             priority = max(wanted, identity.max_priority)
         self.priority = priority
         self._clock = clock
+        if idempotency_key is not None:
+            self._check_key(idempotency_key)
+        self.idempotency_key = idempotency_key
         relay = engine.mirrors
         self._mirrors: TableMirrors | None = relay.tables.get(name) if relay else None
 
@@ -85,36 +114,56 @@ class Table:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def add(self, values: Mapping[str, Any]) -> str:
+    async def add(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
         """Insert one row (koa78 ``mAdd``); returns its new id."""
+        key = self._key(idempotency_key, "add")
         row = self._stamp(self._values(values, "values"), owner=True)
-        row["id"] = snowflake_id()
+        row["id"] = snowflake_id() if key is None else key_id(key)
         result: str = await self._write(
-            "add", "index", [row], values=row, shard=self._write_shard()
+            "add",
+            "index",
+            [row],
+            values=row,
+            shard=self._write_shard(),
+            idempotency_key=AUTO_PREFIX + row["id"] if key is None else key,
         )
         return result
 
-    async def add_many(self, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> list[str]:
+    async def add_many(
+        self,
+        rows: Sequence[Mapping[str, Any] | Sequence[Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[str]:
         """Insert many rows at once, all or none (koa78 ``mAddMany``); returns their ids.
 
         A row is a mapping of column to value, or a sequence of values in declared order.
         """
+        key = self._key(idempotency_key, "add_many")
         prepared = []
         for index, row in enumerate(self._rows(rows)):
             values = self._stamp(self._values(row, f"rows[{index}]"), owner=True)
-            values["id"] = snowflake_id()
+            values["id"] = snowflake_id() if key is None else key_id(key, index)
             prepared.append(values)
         if not prepared:
             return []
         ids: list[str] = await self._write(
-            "add_many", "index", prepared, rows=prepared, shard=self._write_shard()
+            "add_many",
+            "index",
+            prepared,
+            rows=prepared,
+            shard=self._write_shard(),
+            idempotency_key=AUTO_PREFIX + prepared[0]["id"] if key is None else key,
         )
         return ids
 
-    async def add_many_by_id(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def add_many_by_id(
+        self, rows: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> int:
         """Insert rows that carry their own ``id``, skipping ids that exist (koa78
         ``mAddManyByid``); returns how many were inserted. An existing row, whoever owns
         it, is left as it is."""
+        key = self._key(idempotency_key, "add_many_by_id")
         prepared = []
         for index, row in enumerate(self._rows(rows)):
             field = f"rows[{index}]"
@@ -132,24 +181,34 @@ class Table:
             rows=prepared,
             conflict="ignore",
             shard=self._write_shard(),
+            idempotency_key=key,
         )
         return inserted
 
-    async def update(self, id: str | int, values: Mapping[str, Any]) -> int:
+    async def update(
+        self, id: str | int, values: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> int:
         """Update the row ``id`` of this owner (koa78 ``mUpdate``); returns rows changed."""
+        key = self._key(idempotency_key, "update")
         changes = self._values(values, "values")
         if not changes:
             raise self._invalid("values: update needs at least one column to set")
-        return await self._update(self._row_id(id, "id"), changes)
+        return await self._update(self._row_id(id, "id"), changes, key)
 
-    async def update_by_id(self, values: Mapping[str, Any]) -> int:
+    async def update_by_id(
+        self, values: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> int:
         """Update the row named by ``values["id"]`` (koa78 ``mUpdateByid``)."""
+        key = self._key(idempotency_key, "update_by_id")
         row_id, rest = self._split_id(values, "values")
-        return await self.update(row_id, rest)
+        return await self.update(row_id, rest, idempotency_key=key)
 
-    async def update_many(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def update_many(
+        self, rows: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> int:
         """Update many rows of this owner in one statement, each by its ``id`` (koa78
         ``mUpdateMany``); returns rows changed. Rows of other owners are not touched."""
+        key = self._key(idempotency_key, "update_many")
         prepared = []
         for index, row in enumerate(self._rows(rows)):
             field = f"rows[{index}]"
@@ -169,40 +228,54 @@ class Table:
             rows=prepared,
             where=self._scope(),
             shard=self._write_shard(),
+            idempotency_key=key,
         )
         return changed
 
-    async def upsert(self, values: Mapping[str, Any]) -> str:
+    async def upsert(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
         """Update the row ``values["id"]`` when this owner has it, else insert it with that
         id (koa78 ``mByid``); returns the id. Another owner's row with that id is never
         overwritten: that raises InvalidOperation."""
+        key = self._key(idempotency_key, "upsert")
         row_id, rest = self._split_id(values, "values")
         changes = self._values(rest, "values")
         shard = self._write_shard()
         if self.owner is None:
             row = self._stamp(changes, owner=False)
             row["id"] = row_id
-            result: str = await self._write("upsert", "sync", [row], values=row, shard=shard)
+            result: str = await self._write(
+                "upsert", "sync", [row], values=row, shard=shard, idempotency_key=key
+            )
             return result
-        if await self._update(row_id, changes):
+        # Each step has its own key: a replay takes the path the first call took.
+        if await self._update(row_id, changes, _step(key, "update")):
             return row_id
         row = self._stamp(changes, owner=True)
         row["id"] = row_id
         if await self._write(
-            "add_many", "index", [row], rows=[row], conflict="ignore", shard=shard
+            "add_many",
+            "index",
+            [row],
+            rows=[row],
+            conflict="ignore",
+            shard=shard,
+            idempotency_key=_step(key, "insert"),
         ):
             return row_id
         # The id exists: ours if another caller inserted it just now, else someone else's.
-        if await self._update(row_id, changes):
+        if await self._update(row_id, changes, _step(key, "update again")):
             return row_id
         raise self._invalid(
             f"upsert: id {row_id!r} exists and is not this {self.owner}'s row; "
             "it is not overwritten"
         )
 
-    async def upsert_by_first_field(self, values: Mapping[str, Any]) -> str:
+    async def upsert_by_first_field(
+        self, values: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> str:
         """Update this owner's row whose first declared column equals ``values``' one, else
         insert (koa78 ``mByFirstField``); returns the row's id."""
+        key = self._key(idempotency_key, "upsert_by_first_field")
         if not self.columns:
             raise self._invalid("upsert_by_first_field needs a declared column")
         changes = self._values(values, "values")
@@ -212,20 +285,29 @@ class Table:
         found = await self.get(where={first: changes[first]}, cols=["id"], number=1)
         if found:
             row_id = str(found[0]["id"])
-            await self._update(row_id, changes)
+            await self._update(row_id, changes, _step(key, "update"))
             return row_id
-        return await self.add(changes)
+        return await self.add(changes, idempotency_key=_step(key, "add"))
 
-    async def delete(self, id: str | int) -> int:
+    async def delete(self, id: str | int, *, idempotency_key: str | None = None) -> int:
         """Delete the row ``id`` of this owner (koa78 ``mdel``); returns rows deleted."""
+        key = self._key(idempotency_key, "delete")
         where = {"id": self._row_id(id, "id"), **self._scope()}
         deleted: int = await self._write(
-            "delete", "delete", [where], where=where, shard=self._write_shard()
+            "delete",
+            "delete",
+            [where],
+            where=where,
+            shard=self._write_shard(),
+            idempotency_key=key,
         )
         return deleted
 
-    async def delete_many(self, ids: Sequence[str | int]) -> int:
+    async def delete_many(
+        self, ids: Sequence[str | int], *, idempotency_key: str | None = None
+    ) -> int:
         """Delete this owner's rows among ``ids`` (koa78 ``mdelmany``); returns rows deleted."""
+        key = self._key(idempotency_key, "delete_many")
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise self._invalid(f"ids must be a list of ids, got {type(ids).__name__}")
         wanted = list(dict.fromkeys(self._row_id(v, f"ids[{i}]") for i, v in enumerate(ids)))
@@ -239,16 +321,20 @@ class Table:
             [{"id": row_id} for row_id in wanted],
             where={"id": wanted, **scope},
             shard=self._write_shard(),
+            idempotency_key=key,
         )
         return deleted
 
-    async def update_search_doc(self, id: str | int, values: Mapping[str, Any]) -> int:
+    async def update_search_doc(
+        self, id: str | int, values: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> int:
         """Partially update the search document ``id`` (koa78 ``mUpdateElkByid``); the
         source adds ``@timestamp``. Returns 1, or 0 when this owner has no such document.
 
         Targets the table's ``search_mirror``, else its ``data_source`` when that is of type
         ``elasticsearch``. A later write of the row replaces a mirror's document again.
         """
+        key = self._key(idempotency_key, "update_search_doc")
         source = self._search_source()
         row_id = self._row_id(id, "id")
         changes = self._values(values, "values")
@@ -264,7 +350,9 @@ class Table:
                 return 0
         stamped = self._stamp(changes, owner=False)
         stamped["uptime"] = stamped["uptime"].isoformat()
-        changed: int = await self._submit_to(source, "update", where={"id": row_id}, values=stamped)
+        changed: int = await self._submit_to(
+            source, "update", where={"id": row_id}, values=stamped, idempotency_key=key
+        )
         return changed
 
     # -- reads ----------------------------------------------------------------------------
@@ -589,7 +677,7 @@ class Table:
 
     # -- operations -----------------------------------------------------------------------
 
-    async def _update(self, row_id: str, changes: dict[str, Any]) -> int:
+    async def _update(self, row_id: str, changes: dict[str, Any], key: str | None = None) -> int:
         where = {"id": row_id, **self._scope()}
         values = self._stamp(changes, owner=False)
         changed: int = await self._write(
@@ -599,6 +687,7 @@ class Table:
             values=values,
             where=where,
             shard=self._write_shard(),
+            idempotency_key=key,
         )
         return changed
 
@@ -659,6 +748,32 @@ class Table:
     def _invalid(self, message: str) -> InvalidOperation:
         return InvalidOperation(f"table {self.name!r}: {message}")
 
+    def _key(self, given: str | None, method: str) -> str | None:
+        """The idempotency key of a call of ``method``: its own, else derived from the view's."""
+        if given is None:
+            view = self.idempotency_key
+            key = None if view is None else derive_key(view, self.name, method)
+        else:
+            self._check_key(given)
+            key = given
+        if key is None or self.owner is None:
+            return key
+        # Owner first, JSON-quoted: one tenant's key (and the ids derived from it) never
+        # meets another's, whatever either holds (a ":" in an owner or a key included).
+        [(owner, value)] = self._scope().items()
+        return derive_key(_SCOPE_ENCODER.encode([owner, value]).decode(), key)
+
+    def _check_key(self, key: Any) -> None:
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY:
+            shown = f"{len(key)} characters" if isinstance(key, str) else repr(key)
+            raise self._invalid(
+                f"idempotency_key must be a string of 1 to {MAX_KEY} characters, got {shown}"
+            )
+        if key.startswith(AUTO_PREFIX):
+            raise self._invalid(
+                f"idempotency_key must not start with {AUTO_PREFIX!r} (generated keys do)"
+            )
+
     def _now(self) -> datetime:
         return self._clock() if self._clock is not None else sharding.now()
 
@@ -678,6 +793,9 @@ class Table:
         value = getattr(self.identity, owner)
         if not value:
             raise self._invalid(f"rows are scoped by {owner!r} and the identity has no {owner}")
+        problem = owner_problem(value)
+        if problem is not None:
+            raise self._invalid(f"rows are scoped by {owner!r}: the identity's {owner} {problem}")
         return {owner: value}
 
     def _stamp(self, values: dict[str, Any], *, owner: bool) -> dict[str, Any]:
@@ -788,6 +906,11 @@ class Table:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self._invalid(f"{field} must be a non-negative integer, got {value!r}")
         return value
+
+
+def _step(key: str | None, step: str) -> str | None:
+    """The key of one step of a method that writes several times."""
+    return None if key is None else derive_key(key, step)
 
 
 def _names(value: Any, field: str, table: Table) -> list[str]:

@@ -15,6 +15,11 @@ Actions and results (``op.table`` is the index name, after ``index_prefix``):
   refused (non-retryable). Returns the id. ``index`` is the same but replaces an existing
   document with that id (Elasticsearch's ``index``).
 - ``add_many``: ``op.rows`` -> their ids. Not atomic: see :class:`~.errors.PartialWrite`.
+- Idempotency (:mod:`wf78_core.idempotency`): documents are written by id. An ``add`` or
+  ``add_many`` row whose id was generated for that very operation (by the engine before its
+  first attempt, or derived from the caller's key) and that meets an existing document ran
+  before: it succeeds, and the document is left as that run wrote it. ``index``, ``update``,
+  ``upsert`` and deletes by id are idempotent as they are.
 - ``get``: ``where={"id": x}`` reads that document in real time -> ``[doc]`` or ``[]``;
   ``{"id": [..]}`` -> the documents found; other equality filters search (``bool`` of
   ``term`` filters, :func:`~.queries.where_query`) with ``order``, ``limit``, ``offset``.
@@ -59,6 +64,7 @@ from elasticsearch.serializer import JsonSerializer
 from wf78_core.datasource import SourceSpec, convert_options
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
+from wf78_core.idempotency import generated_ids
 from wf78_core.ids import snowflake_id
 
 from .bulk import BulkWriter, Item, Response, Write
@@ -243,7 +249,9 @@ class ElasticsearchSource:
         what = f"{op.action} to index {index!r}"
         doc_id, item = self._document_item(op.action, index, values, what)
         (response,) = await self._submit([item])
-        self._answer(response, what)
+        # A conflict on an id generated for this operation: an earlier run of it created it.
+        if not (_refused_as_existing(response) and doc_id in generated_ids(op)):
+            self._answer(response, what)
         return doc_id
 
     async def _add_many(self, index: str, op: Operation) -> list[str]:
@@ -261,7 +269,13 @@ class ElasticsearchSource:
             return []
         responses = await self._submit(items)
         failed: dict[int, DataSourceError] = {}
+        generated: set[str] | None = None
         for number, response in enumerate(responses):
+            if _refused_as_existing(response):
+                if generated is None:
+                    generated = set(generated_ids(op))
+                if ids[number] in generated:
+                    continue  # created by an earlier run of this very operation
             try:
                 self._answer(response, f"add_many rows[{number}] (id {ids[number]!r})")
             except DataSourceError as error:
@@ -538,6 +552,11 @@ def load_node_class(path: str, where: str) -> type[BaseNode]:
             path=where,
         )
     return found
+
+
+def _refused_as_existing(response: Response) -> bool:
+    """Whether a bulk ``create`` was refused because a document with its id exists."""
+    return not isinstance(response, DataSourceError) and int(response.get("status", 0)) == 409
 
 
 def _now() -> str:

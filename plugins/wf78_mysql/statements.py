@@ -54,4 +54,9 @@ MYSQL = Dialect(
         "INDEX {index} (`mirror`, `id`)) "
         "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     ),
+    idempotency_table=(
+        "CREATE TABLE IF NOT EXISTS {table} (`key` VARCHAR(200) NOT NULL PRIMARY KEY, "
+        "`result` JSON NOT NULL, `created` DOUBLE NOT NULL, INDEX {index} (`created`)) "
+        "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    ),
 )

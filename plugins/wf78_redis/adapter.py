@@ -21,6 +21,15 @@ Auto-pipelining (:mod:`wf78_redis.pipeline`): while :meth:`RedisSource.run` runs
 group, commands issued together share one pipelined round trip, and each caller still gets
 its own reply or error. Without ``run``, every command is its own round trip.
 
+Idempotency (:mod:`wf78_core.idempotency`): an ``incr`` with an idempotency key (the engine
+gives it a generated one) keeps a marker ``{prefix}:idem:{key}`` holding its result, set in the
+same script as the increment: a replay returns that result and counts nothing. Table writes
+with a caller's key keep one under the table's hash tag (``{prefix}:{table}:idem:{key}``) the
+same way. An insert whose ids were generated for it and finds them stored ran before, and
+succeeds. Markers live ``idempotency_ttl`` seconds (callers' keys) or
+``auto_idempotency_ttl`` (generated ones). ``cache_set``, ``cache_delete``, updates and
+deletes by key are idempotent as they are.
+
 Each command is tried once: connection errors, timeouts and a loading server raise a
 retryable DataSourceError and the engine decides whether to try again (redis-py's own retry
 is off, so a pipeline that may have run is never sent twice behind the engine's back).
@@ -41,10 +50,11 @@ from redis.backoff import NoBackoff
 from wf78_core.datasource import SourceSpec, convert_options
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
+from wf78_core.idempotency import explicit_key, generated_ids, is_auto
 
 from .errors import closed_error, map_error
 from .pipeline import Arg, AutoPipeline
-from .scripts import INCR_WITH_TTL, MATCH_ROWS, SCRIPTS, WRITE_ROWS, Script
+from .scripts import INCR_ONCE, INCR_WITH_TTL, MATCH_ROWS, SCRIPTS, WRITE_ROWS, Script
 from .tables import RedisTable
 
 __all__ = ["DEFAULT_URL", "RedisOptions", "RedisSource"]
@@ -69,12 +79,21 @@ class RedisOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     queue_size: int = 10_000
     # A connection idle this long is PINGed before use (0 = never).
     health_check_interval: float = 15.0
+    # Seconds an idempotency marker is kept: of a caller's key, and of a generated one
+    # (those only guard the engine's own retries and re-executions).
+    idempotency_ttl: float = 86_400.0
+    auto_idempotency_ttl: float = 3_600.0
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_pipeline", "queue_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("socket_timeout", "connect_timeout"):
+        for name in (
+            "socket_timeout",
+            "connect_timeout",
+            "idempotency_ttl",
+            "auto_idempotency_ttl",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.health_check_interval < 0:
@@ -245,20 +264,18 @@ class RedisSource:
                 args, ids = table.write_args(
                     [op.values], "insert" if op.action == "add" else "upsert", "values"
                 )
-                await self._write(table, args)
-                return ids[0]
+                return await self._write(table, args, op, ids[0])
             case "add_many":
                 if op.rows is None:
                     raise table.invalid(f"add_many needs rows (table {op.table!r})")
                 if not op.rows:
                     return []
                 args, ids = table.write_args(op.rows, "insert", "rows")
-                await self._write(table, args)
-                return ids
+                return await self._write(table, args, op, ids)
             case "update":
                 table.require_key("update", op.where)
                 args = table.match_args("update", op.where, op.values)
-                return 0 if args is None else int(await self._script(MATCH_ROWS, table, args))
+                return 0 if args is None else await self._match(table, args, op)
             case _:
                 table.require_key(op.action, op.where)
                 where = op.where or {}
@@ -270,7 +287,7 @@ class RedisSource:
                         f"got {where!r}"
                     )
                 args = table.match_args("delete", where)
-                return 0 if args is None else int(await self._script(MATCH_ROWS, table, args))
+                return 0 if args is None else await self._match(table, args, op)
 
     def _table(self, op: Operation) -> RedisTable:
         if op.table is None:
@@ -317,6 +334,12 @@ class RedisSource:
                         f"incr amount (value) must be an int, got {amount!r}",
                         data_source=self.name,
                     )
+                if op.idempotency_key is not None:
+                    marker = f"{self.prefix}:idem:{op.idempotency_key}"
+                    ttl = 0 if op.ttl is None else self._ttl_ms(op)
+                    keep = self._marker_ms(op.idempotency_key)
+                    command = _evalsha(INCR_ONCE, 2, key, marker, amount, ttl, keep)
+                    return command, INCR_ONCE, _counted
                 if op.ttl is None:
                     return ("INCRBY", key, amount), None, int
                 command = _evalsha(INCR_WITH_TTL, 1, key, amount, self._ttl_ms(op))
@@ -329,17 +352,49 @@ class RedisSource:
             )
         return max(1, round(op.ttl * 1000))
 
-    async def _write(self, table: RedisTable, args: list[Arg]) -> None:
-        reply = await self._script(WRITE_ROWS, table, args)
-        if reply[0] == 0:
-            duplicate = reply[1].decode()
-            raise DataSourceError(
-                f"duplicate id {duplicate!r} in table {table.schema.name!r} of redis source "
-                f"{self.name!r}",
-                data_source=self.name,
-                retryable=False,
-                conflict=True,
+    def _marker_ms(self, key: str) -> int:
+        """How long the idempotency marker of ``key`` lives, in milliseconds."""
+        options = self.options
+        seconds = options.auto_idempotency_ttl if is_auto(key) else options.idempotency_ttl
+        return max(1, round(seconds * 1000))
+
+    async def _write(self, table: RedisTable, args: list[Arg], op: Operation, result: Any) -> Any:
+        """Run ``write_rows``; ``result`` (the ids) unless it ran before or meets a duplicate."""
+        key = explicit_key(op)
+        if key is None:
+            reply = await self._script(WRITE_ROWS, table, args)
+        else:
+            marker = table.marker_prefix + key
+            remembered = _JSON_ENCODER.encode(result)
+            command = _evalsha(
+                WRITE_ROWS, 2, table.all_key, marker, *args, remembered, self._marker_ms(key)
             )
+            reply = await self._call(command, WRITE_ROWS)
+        if reply[0] == 1:
+            return result
+        if reply[0] == 2:
+            return _JSON_DECODER.decode(reply[1])
+        duplicate = reply[1].decode()
+        # The script writes all rows or none: one of our own ids stored means it ran before.
+        if duplicate in generated_ids(op):
+            return result
+        raise DataSourceError(
+            f"duplicate id {duplicate!r} in table {table.schema.name!r} of redis source "
+            f"{self.name!r}",
+            data_source=self.name,
+            retryable=False,
+            conflict=True,
+        )
+
+    async def _match(self, table: RedisTable, args: list[Arg], op: Operation) -> int:
+        """An update or delete through ``match_rows``: rows changed (with a caller's key,
+        the count of its first run)."""
+        key = explicit_key(op)
+        if key is None:
+            return int(await self._script(MATCH_ROWS, table, args))
+        marker = table.marker_prefix + key
+        command = _evalsha(MATCH_ROWS, 2, table.all_key, marker, *args, self._marker_ms(key))
+        return int(await self._call(command, MATCH_ROWS))
 
     async def _script(self, script: Script, table: RedisTable, args: list[Arg]) -> Any:
         return await self._call(_evalsha(script, 1, table.all_key, *args), script)
@@ -363,6 +418,11 @@ def _cached_value(raw: bytes | None) -> Any:
 
 def _stored(reply: Any) -> bool:
     return True
+
+
+def _counted(reply: Any) -> int:
+    """The value of an ``incr_once`` reply, first run or replay."""
+    return int(reply[1])
 
 
 def _evalsha(script: Script, *args: Arg) -> tuple[Arg, ...]:

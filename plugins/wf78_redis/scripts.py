@@ -3,6 +3,12 @@
 Every script takes the table's ``all`` index as ``KEYS[1]`` (so a Redis Cluster routes it to
 the table's slot) and builds the row and owner-index keys from prefixes in ``ARGV``; all of
 them share the table's hash tag, so they live in that same slot.
+
+Idempotency markers: a write with a caller's key passes its marker as ``KEYS[2]`` (under the
+table's hash tag too) and two more trailing ``ARGV``: the result to remember (``write_rows``;
+``match_rows`` remembers its count) and the marker's time to live in milliseconds. A marker
+found means the write ran before: nothing is written and its result comes back. A marker is
+set only by a write that happened, in the same script, so the two never part.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-__all__ = ["INCR_WITH_TTL", "MATCH_ROWS", "SCRIPTS", "WRITE_ROWS", "Script"]
+__all__ = ["INCR_ONCE", "INCR_WITH_TTL", "MATCH_ROWS", "SCRIPTS", "WRITE_ROWS", "Script"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,15 @@ end
 # ARGV: row key prefix, owner index prefix, owner column ('' = none), mode ('insert' or
 # 'upsert'), row count, then per row: id, n, n field/value pairs, d, d fields to delete.
 # Returns {1} when written, {0, id} when mode 'insert' meets an existing (or repeated) id:
-# then nothing is written.
+# then nothing is written; {2, result} when the marker KEYS[2] says it ran before.
 WRITE_ROWS = Script(
     "write_rows",
     _REINDEX
     + """
+if #KEYS > 1 then
+  local prior = redis.call('GET', KEYS[2])
+  if prior then return {2, prior} end
+end
 local row_prefix, owner_prefix, owner, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count = tonumber(ARGV[5])
 local rows = {}
@@ -71,6 +81,7 @@ for i = 1, count do
   redis.call('SADD', KEYS[1], id)
   if owner ~= '' then reindex(owner_prefix, id, old_owner, redis.call('HGET', key, owner)) end
 end
+if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[#ARGV - 1], 'NX', 'PX', ARGV[#ARGV]) end
 return {1}
 """,
 )
@@ -79,11 +90,20 @@ return {1}
 # 'update' or 'delete'), candidates ('ids', 'owners' or 'all'), c, c ids or owner values,
 # f, per filter: column, k, k accepted encoded values (k = 0: the column must be absent);
 # for 'update' then: n, n field/value pairs to set, d, d fields to delete.
-# Returns the matched rows as HGETALL arrays ('get') or how many rows changed.
+# Returns the matched rows as HGETALL arrays ('get') or how many rows changed (with a marker
+# KEYS[2] that says it ran before: the count that run returned).
 MATCH_ROWS = Script(
     "match_rows",
     _REINDEX
     + """
+local function remember(changed)
+  if #KEYS > 1 then redis.call('SET', KEYS[2], changed, 'NX', 'PX', ARGV[#ARGV]) end
+  return changed
+end
+if #KEYS > 1 then
+  local prior = redis.call('GET', KEYS[2])
+  if prior then return tonumber(prior) end
+end
 local row_prefix, owner_prefix, owner = ARGV[1], ARGV[2], ARGV[3]
 local action, source = ARGV[4], ARGV[5]
 local c = tonumber(ARGV[6])
@@ -144,7 +164,7 @@ if action == 'delete' then
     redis.call('DEL', key)
     redis.call('SREM', KEYS[1], id)
   end
-  return #matched
+  return remember(#matched)
 end
 local n = tonumber(ARGV[at])
 local from = at + 1
@@ -158,7 +178,7 @@ for _, id in ipairs(matched) do
   if d > 0 then redis.call('HDEL', key, unpack(ARGV, del_from, del_from + d - 1)) end
   if owner ~= '' then reindex(owner_prefix, id, old_owner, redis.call('HGET', key, owner)) end
 end
-return #matched
+return remember(#matched)
 """,
 )
 
@@ -173,4 +193,21 @@ return value
 """,
 )
 
-SCRIPTS = (WRITE_ROWS, MATCH_ROWS, INCR_WITH_TTL)
+# KEYS[1]: the counter, KEYS[2]: the idempotency marker; ARGV: amount, ttl in milliseconds
+# (0 = none, else as INCR_WITH_TTL), the marker's ttl in milliseconds. Returns {1, value}, or
+# {0, value} with the value the first run returned when the marker says it ran before.
+INCR_ONCE = Script(
+    "incr_once",
+    """
+local prior = redis.call('GET', KEYS[2])
+if prior then return {0, tonumber(prior)} end
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] ~= '0' and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+redis.call('SET', KEYS[2], value, 'NX', 'PX', ARGV[3])
+return {1, value}
+""",
+)
+
+SCRIPTS = (WRITE_ROWS, MATCH_ROWS, INCR_WITH_TTL, INCR_ONCE)

@@ -3,8 +3,9 @@
 A row is the hash ``{prefix}:{table}:row:{id}`` (the table name inside braces, a Redis
 Cluster hash tag) holding one field per non-null column, ``id`` included. The set
 ``{prefix}:{table}:all`` indexes every id; when the table has an owner column, the set
-``{prefix}:{table}:owner:{value}`` indexes the ids of each owner. Every column name is
-checked against the declared schema before anything reaches Redis.
+``{prefix}:{table}:owner:{value}`` indexes the ids of each owner; ``{prefix}:{table}:idem:{key}``
+marks a write with a caller's idempotency key. Every column name is checked against the
+declared schema before anything reaches Redis.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class RedisTable:
         self.all_key = f"{base}:all"
         self.row_prefix = f"{base}:row:"
         self.owner_prefix = f"{base}:owner:"
+        # Idempotency markers of the table's writes with a caller's key (same hash tag).
+        self.marker_prefix = f"{base}:idem:"
         self.owner = schema.owner if schema.owner in schema.columns else None
 
     def invalid(self, message: str) -> InvalidOperation:

@@ -5,12 +5,14 @@
 - :class:`GroupCommitWriter` and :class:`Write`: many callers' writes in one transaction.
 - :class:`SqlSource`: the actions, their checks and result shapes, less the driver.
 - :class:`OutboxSql`: the transactional outbox that feeds a table's mirrors.
+- :class:`IdempotencySql`: callers' idempotency keys, recorded in the write's transaction.
 """
 
 from __future__ import annotations
 
 from .dialect import Dialect
 from .errors import closed_error
+from .idempotency import DEFAULT_IDEMPOTENCY_TABLE, IdempotencySql
 from .options import convert_options
 from .outbox import DEFAULT_OUTBOX_TABLE, OUTBOX_ACTIONS, OutboxSql, check_outbox_table
 from .source import SQL_ACTIONS, SqlSource
@@ -28,11 +30,13 @@ from .statements import (
 from .writer import GroupCommitWriter, Write, WriteFailed
 
 __all__ = [
+    "DEFAULT_IDEMPOTENCY_TABLE",
     "DEFAULT_OUTBOX_TABLE",
     "OUTBOX_ACTIONS",
     "SQL_ACTIONS",
     "Dialect",
     "GroupCommitWriter",
+    "IdempotencySql",
     "OutboxSql",
     "Params",
     "Route",

@@ -52,6 +52,9 @@ class Dialect:
     # CREATE statements of the transactional outbox (wf78_sql.outbox), filled with the quoted
     # ``{table}`` and ``{index}`` names; empty means the dialect keeps no outbox.
     outbox_table: tuple[str, ...] = ()
+    # CREATE statements of the table recording callers' idempotency keys (wf78_sql.idempotency),
+    # filled like ``outbox_table``; empty means the dialect records none.
+    idempotency_table: tuple[str, ...] = ()
 
     def quote(self, identifier: str) -> str:
         """A quoted identifier (callers pass only names checked against the schema)."""

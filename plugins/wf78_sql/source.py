@@ -17,9 +17,11 @@ from anyio.abc import TaskStatus
 from wf78_core.datasource import SourceSpec
 from wf78_core.definitions import Operation
 from wf78_core.errors import DataSourceError, InvalidOperation
+from wf78_core.idempotency import explicit_key, generated_ids
 
 from .dialect import Dialect
 from .errors import closed_error
+from .idempotency import DEFAULT_IDEMPOTENCY_TABLE, IdempotencySql
 from .outbox import DEFAULT_OUTBOX_TABLE, OUTBOX_ACTIONS, OUTBOX_WRITES, OutboxSql
 from .statements import Params, TableSql, create_table_sql, raw_params, route
 from .writer import GroupCommitWriter, Write
@@ -63,6 +65,8 @@ class SqlSource(ABC):
     outbox_actions: frozenset[str] = OUTBOX_ACTIONS
     # The outbox table's name; subclasses take it from their options.
     outbox_table: str = DEFAULT_OUTBOX_TABLE
+    # Where callers' idempotency keys are recorded (wf78_sql.idempotency).
+    idempotency_table: str = DEFAULT_IDEMPOTENCY_TABLE
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
@@ -75,6 +79,7 @@ class SqlSource(ABC):
         self._transactions = 0
         self._writes = 0
         self._outbox: OutboxSql | None = None  # set once its table exists
+        self._keys: IdempotencySql | None = None  # likewise
         if not self.dialect.outbox_table:
             self.outbox_actions = frozenset()
 
@@ -145,6 +150,12 @@ class SqlSource(ABC):
         rows for a query else the rows changed, ``noop`` None. ``op.shard`` addresses the
         physical table ``<table>_<shard>`` (same columns). Raises InvalidOperation for a
         bad operation, DataSourceError when the database refuses.
+
+        Idempotency (:mod:`wf78_core.idempotency`): a write with a caller's key records it
+        with its result in the write's transaction, and a replay answers that result. An
+        insert whose ids were generated for it and meets a duplicate key on them ran before
+        (its commit's answer was lost): it succeeds with those ids. Other writes are
+        idempotent as they are; raw SQL only with a caller's key.
         """
         if op.action not in self.actions:
             if op.action in self.outbox_actions:
@@ -211,7 +222,54 @@ class SqlSource(ABC):
         if op.outbox:
             outbox = await self._open_outbox()
             write.then = (outbox.insert, outbox.rows(op.outbox))
-        return await self._write(write)
+        if op.idempotency_key is None:
+            return await self._write(write)
+        return await self._write_once(op, write, table)
+
+    async def _write_once(self, op: Operation, write: Write, table: TableSql | None) -> Any:
+        """``write`` of an operation with an idempotency key, which may have run before."""
+        key = explicit_key(op)
+        if key is not None:
+            write.record = (await self._open_keys()).record(key)
+        try:
+            return await self._write(write)
+        except DataSourceError as error:
+            if not error.conflict:
+                raise
+            if key is not None:
+                found, result = await self._recorded(key)
+                if found:
+                    return result
+            ids = generated_ids(op)
+            if table is not None and ids and await self._stored(table, ids):
+                return write.value
+            raise
+
+    async def _open_keys(self) -> IdempotencySql:
+        """The idempotency table's statements, creating it on first use (as the outbox's)."""
+        if self._keys is None:
+            keys = IdempotencySql(self.dialect, self.idempotency_table, self.name)
+            await self._ddl(keys.create)
+            self._keys = keys
+        return self._keys
+
+    async def _recorded(self, key: str) -> tuple[bool, Any]:
+        """Whether ``key`` is recorded, and the result recorded with it."""
+        keys = await self._open_keys()
+        _, rows = await self._read(keys.select, [key])
+        return (True, keys.decode(rows[0][0])) if rows else (False, None)
+
+    async def _stored(self, table: TableSql, ids: list[str]) -> bool:
+        """Whether every row of ``ids`` is stored (after the write that met them committed)."""
+        statement = table.count({"id": ids})
+        _, rows = await self._read(statement.sql, statement.params)
+        return int(rows[0][0]) == len(set(ids))
+
+    async def purge_idempotency_keys(self, before: float) -> int:
+        """Forget callers' keys recorded before ``before`` (seconds since the epoch); how
+        many were forgotten. A replay of a forgotten key runs as a new write."""
+        keys = await self._open_keys()
+        return int(await self._write(Write([(keys.purge, [[before]])], counts=True)))
 
     async def _open_outbox(self) -> OutboxSql:
         """The outbox's statements, creating its table on first use (concurrent first uses
@@ -332,7 +390,10 @@ class SqlSource(ABC):
             return [dict(zip(names, row, strict=True)) for row in rows]
         if where == "alone":
             return await self._run_alone(sql, params)
-        return await self._write(Write([(sql, [params])], counts=True))
+        write = Write([(sql, [params])], counts=True)
+        if explicit_key(op) is None:
+            return await self._write(write)
+        return await self._write_once(op, write, None)
 
     async def _write(self, write: Write) -> Any:
         writer = self._writer

@@ -40,7 +40,9 @@ class Write:
     The result is ``value`` when ``counts`` is false (the ids of inserted rows), otherwise
     the rows changed, or the rows returned when the SQL returns any. ``then`` (an outbox
     INSERT) runs after them in the same savepoint, so it commits or rolls back with them;
-    a write that ``counts`` runs it only when it changed some row.
+    a write that ``counts`` runs it only when it changed some row. ``record`` (a caller's
+    idempotency key, :mod:`wf78_sql.idempotency`) gives the statement storing the result,
+    run last in the same savepoint; such a write is never grouped.
     """
 
     statements: list[tuple[str, list[Params]]]
@@ -48,13 +50,14 @@ class Write:
     counts: bool = False
     groupable: bool = False
     then: tuple[str, list[Params]] | None = None
+    record: Callable[[Any], tuple[str, Params]] | None = None
     result: Any = None
     error: DataSourceError | None = None
 
     @property
     def group_key(self) -> object:
         """Writes with equal keys may run as one ``executemany``; others key on themselves."""
-        if self.groupable and not self.counts and len(self.statements) == 1:
+        if self.groupable and not self.counts and len(self.statements) == 1 and not self.record:
             return self.statements[0][0]
         return self
 
@@ -280,6 +283,8 @@ class GroupCommitWriter(ABC):
                 continue
             outcome = await self._execute(sql, rows[0])
             if isinstance(outcome, list):
+                if write.record is not None:
+                    await self._execute(*write.record(outcome))
                 return outcome
             count += outcome
         if write.then is not None and (count or not write.counts):
@@ -288,7 +293,10 @@ class GroupCommitWriter(ABC):
                 await self._execute(then_sql, then_rows[0])
             else:
                 await self._executemany(then_sql, then_rows)
-        return count if write.counts else write.value
+        result = count if write.counts else write.value
+        if write.record is not None:
+            await self._execute(*write.record(result))
+        return result
 
     async def _in_savepoint(self, apply: Callable[[], Awaitable[T]]) -> T:
         """Run ``apply`` under a savepoint; its failure is rolled back and raised as WriteFailed.

@@ -35,6 +35,11 @@ SQLITE = Dialect(
         '"created" REAL NOT NULL, "mirror" TEXT NOT NULL, "payload" TEXT NOT NULL)',
         'CREATE INDEX IF NOT EXISTS {index} ON {table} ("mirror", "id")',
     ),
+    idempotency_table=(
+        'CREATE TABLE IF NOT EXISTS {table} ("key" TEXT PRIMARY KEY, "result" TEXT NOT NULL, '
+        '"created" REAL NOT NULL) WITHOUT ROWID',
+        'CREATE INDEX IF NOT EXISTS {index} ON {table} ("created")',
+    ),
     # Raw SQL must not end or nest the writer's own transaction and savepoints.
     refused_keywords=dict.fromkeys(
         ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"), _TRANSACTION
