@@ -335,6 +335,37 @@ def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
     except msgspec.ValidationError as error:
         problems.append(msgspec_problem(path, error))
         return None
+    except UnicodeEncodeError:  # a key with a lone surrogate: _not_unicode reported it
+        return None
+
+
+def _shown(name: Any) -> str:
+    """A key as a path part: printable even when it holds a lone surrogate."""
+    return str(name).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _not_unicode(raw: Mapping[str, Any]) -> list[Problem]:
+    """Every key and string that is not valid Unicode (a lone surrogate, which JSON's
+    ``\\ud800`` escapes can make): wf78 could neither store nor print it."""
+    problems: list[Problem] = []
+    stack: list[tuple[str | None, Any]] = [(None, raw)]  # None: the root
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(Problem(path or "", "is not valid Unicode text (a lone surrogate)"))
+        elif isinstance(value, Mapping):
+            for key, item in reversed(list(value.items())):
+                child = _shown(key) if path is None else f"{path}.{_shown(key)}"
+                stack.append((child, item))
+                stack.append((child, str(key)))
+        elif isinstance(value, list | tuple):
+            stack.extend(
+                (f"{path or ''}[{index}]", item) for index, item in reversed(list(enumerate(value)))
+            )
+    return problems
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
@@ -353,10 +384,11 @@ def collect_config(raw: Mapping[str, Any]) -> tuple[Config, list[Problem]]:
     problems: list[Problem] = []
     if not isinstance(raw, Mapping):
         return Config(), [Problem("", "the configuration must be a table/object")]
+    problems.extend(_not_unicode(raw))
     known = {"engine", "datasources", "agents", "workflows", "tables", "auth"}
     for key in raw:
         if key not in known:
-            problems.append(Problem(str(key), f"unknown key (expected one of {sorted(known)})"))
+            problems.append(Problem(_shown(key), f"unknown key (expected one of {sorted(known)})"))
 
     sections: dict[str, Any] = {}
     for key, type_ in _SECTION_TYPES.items():
@@ -369,7 +401,7 @@ def collect_config(raw: Mapping[str, Any]) -> tuple[Config, list[Problem]]:
         problems.append(Problem("datasources", "must be a table of named sources"))
         raw_sources = {}
     for name, body in raw_sources.items():
-        path = f"datasources.{name}"
+        path = f"datasources.{_shown(name)}"
         if not isinstance(body, Mapping):
             problems.append(Problem(path, "must be a table"))
             continue
@@ -396,7 +428,9 @@ def collect_config(raw: Mapping[str, Any]) -> tuple[Config, list[Problem]]:
         raw_tables = {}
     for name, body in raw_tables.items():
         if not _IDENT.match(str(name)):
-            problems.append(Problem(f"tables.{name}", "table name is not a plain identifier"))
+            problems.append(
+                Problem(f"tables.{_shown(name)}", "table name is not a plain identifier")
+            )
             continue
         table = _convert(body, TableConfig, f"tables.{name}", problems)
         if table is not None:

@@ -1391,12 +1391,19 @@ async def _await(awaitable: Any) -> None:
     await awaitable
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can hold it (plain values as they are: most task results)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    return msgspec.to_builtins(value, enc_hook=repr)
+
+
 def _checkpoint(slot: TaskSlot) -> TaskCheckpoint:
     """A finished task as the journal keeps it; a result JSON cannot hold is kept as its repr."""
     return TaskCheckpoint(
         task=slot.definition.id,
         state=slot.state,
-        result=msgspec.to_builtins(slot.result, enc_hook=repr),
+        result=_plain(slot.result),
         error=slot.error,
         attempts=slot.attempts,
         data_source=slot.data_source,

@@ -95,8 +95,10 @@ async def read_body(receive: Receive, limit: int, scope: Scope | None = None) ->
     """The whole request body; :class:`BodyTooLarge` as soon as it passes ``limit``."""
     if scope is not None:
         declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge(limit)
+        # ASCII digits only ("²".isdigit() is true); a number too long for int() is too large.
+        if declared is not None and declared.isascii() and declared.isdigit():
+            if len(declared) > 18 or int(declared) > limit:
+                raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
