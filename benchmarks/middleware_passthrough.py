@@ -353,33 +353,23 @@ _PING = (
 )
 
 
-async def _paired(n: int, workers: int) -> Measurement:
-    """Bare and wrapped in one process, alternating chunks; the median chunk-pair ratio."""
-    with tempfile.TemporaryDirectory(prefix="wf78-bench-") as folder:
-        async with (
-            AsgiDriver(bare_app()) as bare,
-            AsgiDriver(wf78_app(Path(folder) / "b9.db")) as wrapped,
-        ):
+Chunk = Callable[[int], Awaitable[float]]
 
-            def one_for(driver: AsgiDriver) -> Request_:
-                async def one(i: int) -> None:
-                    status, body = await driver.request("GET", "/ping", headers=AUTH_HEADERS)
-                    if status != 200 or body != b'{"ok":true}':
-                        raise RuntimeError(f"request {i}: {status} {body[:200]!r}")
 
-                return one
-
-            bare_one, wrapped_one = one_for(bare), one_for(wrapped)
-            await time_requests(bare_one, WARMUP, workers, warmup=0)
-            await time_requests(wrapped_one, WARMUP, workers, warmup=0)
-            ratios: list[float] = []
-            bare_time = wrapped_time = 0.0
-            for _ in range(max(1, n // CHUNK)):
-                base = await time_requests(bare_one, CHUNK, workers, warmup=0)
-                cand = await time_requests(wrapped_one, CHUNK, workers, warmup=0)
-                bare_time += base["elapsed"]
-                wrapped_time += cand["elapsed"]
-                ratios.append(base["elapsed"] / cand["elapsed"])
+async def _alternate(bare: Chunk, wrapped: Chunk, n: int, workers: int) -> Measurement:
+    """``n`` requests to each side in alternating chunks of ``CHUNK`` after a warm-up;
+    ``bare(count)``/``wrapped(count)`` send ``count`` requests and return the seconds taken.
+    The figure is the median of the per-chunk-pair ratios."""
+    await bare(WARMUP)
+    await wrapped(WARMUP)
+    ratios: list[float] = []
+    bare_time = wrapped_time = 0.0
+    for _ in range(max(1, n // CHUNK)):
+        base = await bare(CHUNK)
+        cand = await wrapped(CHUNK)
+        bare_time += base
+        wrapped_time += cand
+        ratios.append(base / cand)
     ratios.sort()
     count = len(ratios) * CHUNK
     return {
@@ -396,55 +386,58 @@ async def _paired(n: int, workers: int) -> Measurement:
     }
 
 
+async def _paired(n: int, workers: int) -> Measurement:
+    """Bare and wrapped in one process, the ASGI apps called directly (no server)."""
+    with tempfile.TemporaryDirectory(prefix="wf78-bench-") as folder:
+        async with (
+            AsgiDriver(bare_app()) as bare,
+            AsgiDriver(wf78_app(Path(folder) / "b9.db")) as wrapped,
+        ):
+
+            def chunk_of(driver: AsgiDriver) -> Chunk:
+                async def one(i: int) -> None:
+                    status, body = await driver.request("GET", "/ping", headers=AUTH_HEADERS)
+                    if status != 200 or body != b'{"ok":true}':
+                        raise RuntimeError(f"request {i}: {status} {body[:200]!r}")
+
+                async def chunk(count: int) -> float:
+                    measured = await time_requests(one, count, workers, warmup=0)
+                    return float(measured["elapsed"])
+
+                return chunk
+
+            return await _alternate(chunk_of(bare), chunk_of(wrapped), n, workers)
+
+
 async def _paired_uvicorn(n: int, connections: int) -> Measurement:
-    """Bare and wrapped under in-process uvicorn, alternating chunks (as :func:`_paired`)."""
+    """Bare and wrapped under in-process uvicorn (as :func:`_paired`)."""
     with tempfile.TemporaryDirectory(prefix="wf78-bench-") as folder:
         async with (
             UvicornDriver(bare_app(), connections) as bare,
             UvicornDriver(wf78_app(Path(folder) / "b9.db"), connections) as wrapped,
         ):
 
-            async def chunk(driver: UvicornDriver, count: int) -> float:
-                left = count
+            def chunk_of(driver: UvicornDriver) -> Chunk:
+                async def chunk(count: int) -> float:
+                    left = count
 
-                async def worker(connection: _Connection) -> None:
-                    nonlocal left
-                    while left > 0:
-                        left -= 1
-                        response = await connection.get(_PING)
-                        if not response.startswith(b"HTTP/1.1 200") or not response.endswith(
-                            b'{"ok":true}'
-                        ):
-                            raise RuntimeError(f"unexpected answer {response[:200]!r}")
+                    async def worker(connection: _Connection) -> None:
+                        nonlocal left
+                        while left > 0:
+                            left -= 1
+                            response = await connection.get(_PING)
+                            if not response.startswith(b"HTTP/1.1 200") or not response.endswith(
+                                b'{"ok":true}'
+                            ):
+                                raise RuntimeError(f"unexpected answer {response[:200]!r}")
 
-                began = time.perf_counter()
-                await asyncio.gather(*(worker(c) for c in driver.connections))
-                return time.perf_counter() - began
+                    began = time.perf_counter()
+                    await asyncio.gather(*(worker(c) for c in driver.connections))
+                    return time.perf_counter() - began
 
-            await chunk(bare, WARMUP)
-            await chunk(wrapped, WARMUP)
-            ratios: list[float] = []
-            bare_time = wrapped_time = 0.0
-            for _ in range(max(1, n // CHUNK)):
-                base = await chunk(bare, CHUNK)
-                cand = await chunk(wrapped, CHUNK)
-                bare_time += base
-                wrapped_time += cand
-                ratios.append(base / cand)
-    ratios.sort()
-    count = len(ratios) * CHUNK
-    return {
-        "ratio": statistics.median(ratios),
-        "ratio_low": ratios[0],
-        "ratio_high": ratios[-1],
-        "chunks": len(ratios),
-        "chunk": CHUNK,
-        "bare_requests_per_s": count / bare_time,
-        "wf78_requests_per_s": count / wrapped_time,
-        "bare_per_request_us": bare_time / count * 1e6,
-        "wf78_per_request_us": wrapped_time / count * 1e6,
-        "workers": connections,
-    }
+                return chunk
+
+            return await _alternate(chunk_of(bare), chunk_of(wrapped), n, connections)
 
 
 async def uvicorn_seq(args: argparse.Namespace) -> Measurement:

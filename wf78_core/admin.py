@@ -353,8 +353,12 @@ class AdminApp:
         except Wf78Error as error:  # shutting down: another process may take it soon
             await _error(send, 503, str(error), headers=[_RETRY_SOON])
             return
-        location = f"{self.prefix}/runs/{run.id}".encode()
-        await _send_json(send, 202, {"run_id": run.id}, [(b"location", location)])
+        await self._accepted(send, run.id)
+
+    async def _accepted(self, send: Send, run_id: str) -> None:
+        """202 for a run that was accepted (journaled), with where to follow it."""
+        location = f"{self.prefix}/runs/{run_id}".encode()
+        await _send_json(send, 202, {"run_id": run_id}, [(b"location", location)])
 
     async def _list_runs(
         self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
@@ -473,8 +477,7 @@ class AdminApp:
             else:
                 await _error(send, 503, str(error), headers=[_RETRY_SOON])
             return
-        location = f"{self.prefix}/runs/{run.id}".encode()
-        await _send_json(send, 202, {"run_id": run.id}, [(b"location", location)])
+        await self._accepted(send, run.id)
 
     # -- introspection ---------------------------------------------------------------------
 

@@ -206,12 +206,7 @@ class _QueuedJournal:
                     continue
                 batch = self._writing = batches.popleft()
                 with anyio.CancelScope(shield=True):  # a started batch is finished
-                    try:
-                        await self._apply(batch.records)
-                        self.commits += 1
-                        self.records += len(batch.records)
-                    except Exception as error:
-                        batch.error = error
+                    await self._write_batch(batch)
                 self._queued -= len(batch.records)
                 self._writing = None
                 batch.done.set()
@@ -223,16 +218,20 @@ class _QueuedJournal:
             with anyio.CancelScope(shield=True):
                 while batches:  # the engine stopped: what is queued is still written
                     batch = batches.popleft()
-                    try:
-                        await self._apply(batch.records)
-                        self.commits += 1
-                        self.records += len(batch.records)
-                    except Exception as error:
-                        batch.error = error
+                    await self._write_batch(batch)
                     batch.done.set()
                 self._queued = 0
                 if self._room is not None:
                     self._room.set()
+
+    async def _write_batch(self, batch: _Batch) -> None:
+        """Apply ``batch``; a failure is kept for its waiters, not raised."""
+        try:
+            await self._apply(batch.records)
+            self.commits += 1
+            self.records += len(batch.records)
+        except Exception as error:
+            batch.error = error
 
     async def _apply(self, records: list[_Record]) -> None:
         raise NotImplementedError
@@ -287,6 +286,25 @@ _SQL = {
     "dead": "INSERT OR REPLACE INTO wf78_dead_letters (id, run_id, letter) VALUES (?, ?, ?)",
     "undead": "DELETE FROM wf78_dead_letters WHERE id = ?",
 }
+
+
+_RUN_COLUMNS = "id, workflow, context, priority, created, status, error, finished"
+
+
+def _run_of(row: Sequence[Any], tasks: dict[str, TaskCheckpoint]) -> JournaledRun:
+    """A ``wf78_runs`` row (``_RUN_COLUMNS``) with its checkpoints."""
+    run_id, workflow, context, priority, created, status, error, finished = row
+    return JournaledRun(
+        id=run_id,
+        workflow=workflow,
+        context=_decoder.decode(context),
+        priority=priority,
+        created=created,
+        status=status,
+        error=error,
+        finished=finished,
+        tasks=tasks,
+    )
 
 
 class SQLiteJournal(_QueuedJournal):
@@ -392,59 +410,40 @@ class SQLiteJournal(_QueuedJournal):
 
     async def unfinished(self) -> list[JournaledRun]:
         rows = await self._query(
-            "SELECT id FROM wf78_runs WHERE status = 'running' ORDER BY created"
+            f"SELECT {_RUN_COLUMNS} FROM wf78_runs WHERE status = 'running' ORDER BY created"
         )
-        runs = [await self.load_run(row[0]) for row in rows]
-        return [run for run in runs if run is not None]
+        tasks = await self._checkpoints(
+            "SELECT run_id, checkpoint FROM wf78_run_tasks WHERE run_id IN "
+            "(SELECT id FROM wf78_runs WHERE status = 'running')"
+        )
+        return [_run_of(row, tasks.get(row[0], {})) for row in rows]
 
     async def load_run(self, run_id: str) -> JournaledRun | None:
-        rows = await self._query(
-            "SELECT workflow, context, priority, created, status, error, finished "
-            "FROM wf78_runs WHERE id = ?",
-            (run_id,),
-        )
+        rows = await self._query(f"SELECT {_RUN_COLUMNS} FROM wf78_runs WHERE id = ?", (run_id,))
         if not rows:
             return None
-        workflow, context, priority, created, status, error, finished = rows[0]
-        tasks = {}
-        for (checkpoint,) in await self._query(
-            "SELECT checkpoint FROM wf78_run_tasks WHERE run_id = ?", (run_id,)
-        ):
-            task = msgspec.json.decode(checkpoint, type=TaskCheckpoint)
-            tasks[task.task] = task
-        return JournaledRun(
-            id=run_id,
-            workflow=workflow,
-            context=_decoder.decode(context),
-            priority=priority,
-            created=created,
-            status=status,
-            error=error,
-            finished=finished,
-            tasks=tasks,
+        tasks = await self._checkpoints(
+            "SELECT run_id, checkpoint FROM wf78_run_tasks WHERE run_id = ?", (run_id,)
         )
+        return _run_of(rows[0], tasks.get(run_id, {}))
+
+    async def _checkpoints(
+        self, sql: str, params: Sequence[Any] = ()
+    ) -> dict[str, dict[str, TaskCheckpoint]]:
+        """Checkpoints by run id and task id, from ``sql`` selecting (run_id, checkpoint)."""
+        found: dict[str, dict[str, TaskCheckpoint]] = {}
+        for run_id, encoded in await self._query(sql, params):
+            task = msgspec.json.decode(encoded, type=TaskCheckpoint)
+            found.setdefault(run_id, {})[task.task] = task
+        return found
 
     async def finished_runs(self) -> list[JournaledRun]:
         rows = await self._query(
-            "SELECT id, workflow, context, priority, created, status, error, finished "
-            "FROM wf78_runs WHERE status != 'running' ORDER BY finished DESC LIMIT ?",
+            f"SELECT {_RUN_COLUMNS} FROM wf78_runs WHERE status != 'running' "
+            "ORDER BY finished DESC LIMIT ?",
             (self.keep_finished,),
         )
-        return [
-            JournaledRun(
-                id=run_id,
-                workflow=workflow,
-                context=_decoder.decode(context),
-                priority=priority,
-                created=created,
-                status=status,
-                error=error,
-                finished=finished,
-            )
-            for run_id, workflow, context, priority, created, status, error, finished in reversed(
-                rows
-            )
-        ]
+        return [_run_of(row, {}) for row in reversed(rows)]
 
     async def dead_letters(self) -> list[DeadLetter]:
         rows = await self._query("SELECT letter FROM wf78_dead_letters")
