@@ -169,6 +169,13 @@ def run_case(module: str, case: str, n: int, in_flight: int = 1000) -> Sample:
         f"--n={n}",
         f"--in-flight={in_flight}",
     ]
+    result: Sample = run_child(command, f"{module} {case} --n={n}")
+    return result
+
+
+def run_child(command: list[str], label: str) -> dict[str, Any]:
+    """Run a benchmark process (``CASE_TIMEOUT`` at most) and return the JSON it printed
+    after ``RESULT_PREFIX``; :class:`CaseFailed` with its last error lines otherwise."""
     try:
         done = subprocess.run(
             command,
@@ -180,12 +187,12 @@ def run_case(module: str, case: str, n: int, in_flight: int = 1000) -> Sample:
             check=False,
         )
     except subprocess.TimeoutExpired as error:
-        raise CaseFailed(f"{module} {case}: no result after {CASE_TIMEOUT:.0f}s") from error
+        raise CaseFailed(f"{label}: no result after {CASE_TIMEOUT:.0f}s") from error
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise CaseFailed(f"{module} {case} --n={n} exited {done.returncode}:\n{tail}")
-    result: Sample = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+        raise CaseFailed(f"{label} exited {done.returncode}:\n{tail}")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
     return result
 
 

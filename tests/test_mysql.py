@@ -925,6 +925,32 @@ async def test_driver_errors_are_mapped(names: Names) -> None:
         assert await source.execute(op("add", items, values={"id": "after"})) == "after"
 
 
+@pytest.mark.anyio
+async def test_reads_give_their_connection_back_and_wake_waiting_readers(names: Names) -> None:
+    items = names.items
+    # Two connections in all, the writer's and one reader: 40 reads at once take turns.
+    async with running(names, minsize=0, maxsize=2) as source:
+        await source.execute(op("add", items, values={"id": "r1", "name": "one", "qty": 1}))
+        pool = source._pool
+        got: list[Any] = []
+
+        async def read() -> None:
+            got.append(await source.execute(op("get", items, where={"id": "r1"})))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    tg.start_soon(read)
+        assert len(got) == 40 and all(rows[0]["name"] == "one" for rows in got)
+        # Failing reads give their connection back too.
+        for _ in range(3):
+            with pytest.raises(DataSourceError, match=r"\(1146\)"):
+                await source.execute(op("execute", None, sql="SELECT * FROM wf78_missing_table"))
+        await anyio.lowlevel.checkpoint()  # the release's wake-up task runs
+        assert pool.size - pool.freesize == 1  # only the writer's connection is out
+        assert await source.execute(op("count", items)) == 1
+
+
 @pytest.mark.parametrize(
     ("error", "retryable", "text"),
     [

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
+from wf78_core.agents import Agent
 from wf78_core.scheduling import Limit, Scheduler, Waiter
 
 
@@ -310,3 +311,29 @@ def test_withdrawn_waiters_do_not_pile_up() -> None:
     scheduler.enqueue(2, (limit,), lambda: granted.append(2))
     scheduler.release((limit,))
     assert granted == [2]
+
+
+def test_a_limit_alone_is_one_shared_tuple() -> None:
+    scheduler = Scheduler()
+    limit = Limit("l", 1)
+    assert limit.alone == (limit,) and limit.alone is limit.alone
+    assert scheduler.try_acquire(limit.alone) is True
+    assert scheduler.try_acquire(limit.alone) is False
+    scheduler.release(limit.alone)
+    assert limit.in_use == 0
+
+
+def test_an_agent_gives_the_same_limit_set_each_time() -> None:
+    engine_limit, source, other = Limit("running", 10), Limit("source", 5), Limit("other", 5)
+    agent = Agent("a", ["db"], 3, 0)
+    both = agent.limit_set(engine_limit.alone, source)
+    assert both == (engine_limit, source, agent.limit)
+    assert agent.limit_set(engine_limit.alone, source) is both
+    assert agent.limit_set((engine_limit,), source) is both  # equal outer limits, same set
+    assert agent.limit_set((), source) == (source, agent.limit)
+    assert agent.limit_set(engine_limit.alone, other) == (engine_limit, other, agent.limit)
+    # Bounded, whatever callers pass.
+    for index in range(200):
+        limits = agent.limit_set((Limit(f"outer{index}", 1),), source)
+        assert limits[-2:] == (source, agent.limit)
+    assert len(agent._limit_sets) <= 64

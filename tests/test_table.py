@@ -356,6 +356,35 @@ def test_update_many_builds_one_case_statement() -> None:
     assert params == ["1", "a", "2", "b", "2", "3", "1", "2", "acme"]
 
 
+def test_a_select_by_one_key_shape_seen_before_checks_only_its_value() -> None:
+    schema = TableSchema.from_config("items", TableConfig(columns={"name": "text", "qty": "int"}))
+    builder = TableSql(schema, "db", SQLITE)
+
+    def select(where: dict[str, Any], **kwargs: Any) -> Any:
+        options: dict[str, Any] = {"columns": None, "order": None, "limit": None, "offset": 0}
+        return builder.select(where=where, **{**options, **kwargs})
+
+    first = select({"id": "a"})
+    again = select({"id": "b"})  # the same shape: from the builder's cache
+    expected = 'SELECT "id", "name", "qty", "upby", "uptime" FROM "items" WHERE "id" = ?'
+    assert again[0].sql == first[0].sql == expected
+    assert (first[0].params, again[0].params) == (["a"], ["b"])
+    assert again[1] == ["id", "name", "qty", "upby", "uptime"]
+    again[1].append("mutated")  # callers get their own list of names
+    assert select({"id": "c"})[1] == ["id", "name", "qty", "upby", "uptime"]
+    # Other shapes are not taken for it.
+    assert select({"id": "a"}, limit=2)[0].params == ["a", 2, 0]
+    assert select({"id": "a"}, offset=3)[0].params == ["a", -1, 3]
+    assert select({"id": ["a", "b"]})[0].sql.endswith('WHERE "id" IN (?, ?)')
+    assert select({"id": None})[0].sql.endswith('WHERE "id" IS NULL')
+    assert select({"id": "a"}, columns=["name"])[0].sql.startswith('SELECT "name" FROM')
+    # A bad value of a known shape is reported as always, naming the field.
+    with pytest.raises(InvalidOperation, match=r"where\.id of table 'items' has unsupported type"):
+        select({"id": object()})
+    with pytest.raises(InvalidOperation, match="unknown column 'nope' in where"):
+        select({"nope": "a"})
+
+
 # -- inserts by id and upserts ------------------------------------------------------------------
 
 

@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from .definitions import Operation, TaskDefinition
-from .errors import InvalidOperation
+from .errors import InvalidOperation, TaskTimeout, Wf78Error
 from .sharding import maintain
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["TaskContext", "builtin_actions", "operation_from"]
+__all__ = ["TaskContext", "builtin_actions", "operation_from", "run_action", "worth_retrying"]
+
+
+async def run_action(
+    action: Callable[[TaskContext], Any], ctx: TaskContext, limit: float | None
+) -> tuple[Any, Exception | None]:
+    """One attempt of a task's action (sync or async) within ``limit`` seconds (its
+    timeout): ``(value, None)``, or ``(None, error)`` when it raised or timed out."""
+    try:
+        with anyio.fail_after(limit):
+            value = action(ctx)
+            if inspect.isawaitable(value):
+                value = await value
+    except TimeoutError:
+        return None, TaskTimeout(f"task {ctx.task.id!r} timed out after {limit}s")
+    except Exception as error:
+        return None, error
+    return value, None
+
+
+def worth_retrying(error: BaseException, owns_retry: bool, attempts: int, retry: int) -> bool:
+    """Whether a task whose attempt number ``attempts`` failed with ``error`` runs again:
+    wf78's own errors say whether they are retryable; others are; an action that retries
+    by itself (``wf78_owns_retry``) has done so already."""
+    retryable = getattr(error, "retryable", not isinstance(error, Wf78Error))
+    exhausted = getattr(error, "exhausted", False) or owns_retry
+    return bool(retryable) and not exhausted and attempts <= retry
 
 
 class TaskContext:

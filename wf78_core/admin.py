@@ -375,7 +375,7 @@ class AdminApp:
                 field="limit",
             )
             return
-        await _send_json(send, 200, {"runs": self.engine.recent_runs(limit)})
+        await _send_json(send, 200, {"runs": await self.engine.fetch_recent_runs(limit)})
 
     async def _get_run(
         self,
@@ -386,7 +386,7 @@ class AdminApp:
         params: dict[str, str],
     ) -> None:
         try:
-            run = self.engine.get_run(params["run_id"])
+            run = await self.engine.fetch_run(params["run_id"])
         except UnknownWorkflow as error:
             await _error(send, 404, str(error), field="run_id")
             return
@@ -452,7 +452,7 @@ class AdminApp:
     async def _dead_letters(
         self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
     ) -> None:
-        await _send_json(send, 200, {"dead_letters": self.engine.dead_letters()})
+        await _send_json(send, 200, {"dead_letters": await self.engine.fetch_dead_letters()})
 
     async def _redrive(
         self,

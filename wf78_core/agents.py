@@ -8,6 +8,10 @@ from .scheduling import Limit
 
 __all__ = ["Agent"]
 
+# Limit sets an agent keeps at most (two per source it serves in practice: engine.submit's
+# and a workflow task's).
+_LIMIT_SETS = 64
+
 
 class Agent:
     """A worker slot pool serving some data sources.
@@ -18,7 +22,7 @@ class Agent:
     fails and comes back when it passes.
     """
 
-    __slots__ = ("capabilities", "completed", "id", "limit", "order", "sources")
+    __slots__ = ("_limit_sets", "capabilities", "completed", "id", "limit", "order", "sources")
 
     def __init__(self, id: str, capabilities: Sequence[str], concurrency: int, order: int):
         self.id = id
@@ -28,6 +32,19 @@ class Agent:
         self.completed = 0
         # Names of the configured sources this agent serves, filled by the engine.
         self.sources: list[str] = []
+        self._limit_sets: dict[tuple[tuple[Limit, ...], Limit], tuple[Limit, ...]] = {}
+
+    def limit_set(self, outer: tuple[Limit, ...], source: Limit) -> tuple[Limit, ...]:
+        """``(*outer, source, self.limit)``: every limit a task on this agent takes, as the
+        same tuple each time. A task holds it while it runs; one tuple per task would be
+        1,000 more objects for the garbage collector to walk with 1,000 tasks in flight."""
+        key = (outer, source)
+        limits = self._limit_sets.get(key)
+        if limits is None:
+            if len(self._limit_sets) >= _LIMIT_SETS:
+                self._limit_sets.clear()
+            limits = self._limit_sets[key] = (*outer, source, self.limit)
+        return limits
 
     @property
     def running(self) -> int:

@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import itertools
 import json
+import logging
 import os
 import random
 import secrets
@@ -222,6 +223,30 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_option(maintain_command)
     maintain_command.add_argument("--json", action="store_true", help="print what changed as JSON")
     maintain_command.set_defaults(handler=_maintain)
+
+    worker_command = commands.add_parser(
+        "worker",
+        help="run workflow tasks from the redis backend, without HTTP",
+        description="Start an engine that takes workflow tasks from the Redis Streams "
+        'backend ([engine] backend = "redis") and runs them until Ctrl-C or SIGTERM, which '
+        "let the tasks it holds finish (up to drain_timeout). Start any number, on any "
+        "host, with the same configuration. Logs 'worker ready' once it takes work.",
+    )
+    _add_config_option(worker_command)
+    worker_command.add_argument(
+        "--plugin",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="also register the plugin module MODULE (its actions, sources...); repeatable",
+    )
+    worker_command.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="log level (default: info)",
+    )
+    worker_command.set_defaults(handler=_worker)
     return parser
 
 
@@ -357,7 +382,7 @@ async def _run_workflow(
             # The tracker wakes us at once; the poll covers runs ended some other way.
             with anyio.move_on_after(0.25):
                 await tracker.done.wait()
-            run = engine.get_run(started.id)
+            run = await engine.fetch_run(started.id)
             if run.status not in ("pending", "running"):
                 return run
 
@@ -447,6 +472,46 @@ async def _maintain_now(engine: Engine) -> MaintenanceReport:
             report.created[:0] = startup.created
             report.dropped[:0] = startup.dropped
         return report
+
+
+# -- worker ----------------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    plugins = []
+    for name in args.plugin:
+        try:
+            plugins.append(importlib.import_module(name))
+        except ImportError as error:
+            raise UsageError(f"--plugin {name!r} cannot be imported: {error}") from error
+    engine = Engine(_config_path(args), plugins=plugins)
+    if engine.settings.backend != "redis":
+        raise UsageError(
+            'wf78 worker needs [engine] backend = "redis" in its configuration '
+            f"(it has {engine.settings.backend!r})"
+        )
+    if not engine.settings.consume:
+        raise UsageError("wf78 worker needs [engine] consume = true (it says false)")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    return anyio.run(_work_until_signal, engine)
+
+
+async def _work_until_signal(engine: Engine) -> int:
+    # A repeated signal after the first changes nothing, up to the exit: the receiver
+    # takes them while the engine drains and restores this "ignore" when it is done.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with engine:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                print(f"wf78 worker: {name}: finishing the tasks it holds", file=sys.stderr)
+                break
+    return 0
 
 
 # -- serving ---------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ BASE_COLUMNS: dict[str, ColumnType] = {"id": "text", "upby": "text", "uptime": "
 _MAX_PRIORITY = 999_999_999
 
 
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
 def _priority_problem(value: int | None) -> str | None:
     if value is None or -_MAX_PRIORITY <= value <= _MAX_PRIORITY:
         return None
@@ -62,7 +65,24 @@ def _positive(value: float) -> bool:
 class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``[engine]``: queueing, limits, retry and shutdown behaviour."""
 
-    backend: Literal["memory"] = "memory"
+    # Where workflow runs queue: "memory" (this process) or "redis" (Redis Streams shared
+    # by every process naming the same backend_url and backend_namespace; wf78_core.streams).
+    backend: Literal["memory", "redis"] = "memory"
+    backend_url: str = "redis://127.0.0.1:6379/0"
+    # The hash tag of every key: one namespace lives in one Redis Cluster slot.
+    backend_namespace: str = "wf78"
+    # Whether this process runs tasks from the redis backend (false: it only queues runs).
+    consume: bool = True
+    # Tasks one process takes from the redis backend at once.
+    worker_slots: int = 100
+    # A worker's heartbeat and the leases it holds expire after lease_ttl without renewal.
+    lease_ttl: float = 10.0
+    # Entries idle this long past their task's time budget are taken over (XAUTOCLAIM).
+    claim_margin: float = 5.0
+    # An entry delivered more often than this is a poison entry: a dead letter.
+    max_deliveries: int = 5
+    # Seconds a finished run's state and results stay in Redis.
+    run_ttl: float = 86_400.0
     # Operations accepted but not finished (queued + running); the bound on memory.
     queue_size: int = 100_000
     # How long submit/run wait for queue space before raising Overloaded.
@@ -84,7 +104,14 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     journal: str = "sqlite:///wf78-journal.db"
 
     def __post_init__(self) -> None:
-        for name in ("queue_size", "max_running", "event_queue_size", "run_history"):
+        for name in (
+            "queue_size",
+            "max_running",
+            "event_queue_size",
+            "run_history",
+            "worker_slots",
+            "max_deliveries",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in (
@@ -97,6 +124,20 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+        for name in ("lease_ttl", "run_ttl"):
+            if not _positive(getattr(self, name)):
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
+        if not math.isfinite(self.claim_margin) or self.claim_margin < 0:
+            raise ValueError(f"claim_margin must be >= 0 and finite, got {self.claim_margin}")
+        if not _NAMESPACE.fullmatch(self.backend_namespace):
+            raise ValueError(
+                "backend_namespace must be 1 to 64 letters, digits, '_', '-', '.' or ':', "
+                f"got {self.backend_namespace!r}"
+            )
+        if not self.backend_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"backend_url must be a redis://, rediss:// or unix:// URL, got {self.backend_url!r}"
+            )
         problem = _priority_problem(self.submit_priority)
         if problem:
             raise ValueError(f"submit_priority {problem}")

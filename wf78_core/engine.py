@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
@@ -11,7 +12,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import anyio
@@ -21,7 +22,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from croniter import croniter
 
-from .actions import TaskContext, builtin_actions
+from .actions import TaskContext, builtin_actions, run_action, worth_retrying
 from .agents import Agent
 from .backend import Backend, InProcessBackend
 from .config import (
@@ -61,14 +62,20 @@ from .idempotency import prepare, prepare_task
 from .journal import DeadLetter, Journal, JournaledRun, TaskCheckpoint, open_journal
 from .mirrors import MirrorStats, Relay
 from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
-from .runs import Run, RunState, TaskSlot
+from .runs import Run, RunState, TaskRun, TaskSlot
 from .scheduling import Limit
 from .sharding import MaintenanceReport, maintain
 from .stats import AgentStats, EngineStats, SourceCounters, SourceStats, WorkflowStats
 from .table import Table
 from .tickets import Ticket
 
+if TYPE_CHECKING:
+    from .streams import RedisBackend
+    from .worker import StreamWorker
+
 __all__ = ["Engine"]
+
+logger = logging.getLogger("wf78.engine")
 
 
 class _BuiltinActions:
@@ -136,7 +143,17 @@ class Engine:
         self.base_dir = str(base_dir or ".")
         self.pm: pluggy.PluginManager = make_plugin_manager([_BuiltinActions(), *plugins])
         self.workflows: dict[str, WorkflowDefinition] = {w.id: w for w in self.config.workflows}
-        self.backend: Backend = InProcessBackend(self.settings, self.config.workflows)
+        # The redis backend when configured (imported only then: redis is a heavy driver).
+        self.shared: RedisBackend | None = None
+        if self.settings.backend == "redis":
+            from .streams import RedisBackend
+
+            self.shared = RedisBackend(self.settings, self.config.workflows)
+        self.backend: Backend = self.shared or InProcessBackend(
+            self.settings, self.config.workflows
+        )
+        # The redis backend's consumer in this process (None: in-process runs, or consume=false).
+        self.worker: StreamWorker | None = None
         self.scheduler = self.backend.scheduler
         self._pending = self.backend.pending
         self._global = self.backend.running
@@ -165,8 +182,13 @@ class Engine:
         self.fallbacks = 0
         self._tickets: set[Ticket] = set()
         # Accepted runs and task checkpoints (None: "off"), and the dead letters it holds.
-        self.journal: Journal | None = open_journal(
-            self.settings.journal, self.base_dir, keep_finished=self.settings.run_history
+        # With the redis backend, Redis holds accepted runs and their progress.
+        self.journal: Journal | None = (
+            None
+            if self.shared is not None
+            else open_journal(
+                self.settings.journal, self.base_dir, keep_finished=self.settings.run_history
+            )
         )
         self._dead: dict[str, DeadLetter] = {}
         self.resumed_runs = 0
@@ -307,6 +329,8 @@ class Engine:
                 await services.start(self.journal.run)
             if self.mirrors is not None:
                 await services.start(self.mirrors.run)
+            if self.shared is not None:
+                await services.start(self.shared.run)
             # Work (runs and triggers) lives in its own group so it can drain first.
             self._work = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._drain)
@@ -315,6 +339,11 @@ class Engine:
             )
             self._events_send = send
             self._work.start_soon(self._event_loop, receive)
+            if self.shared is not None and self.settings.consume:
+                from .worker import StreamWorker
+
+                self.worker = StreamWorker(self, self.shared)
+                await self._work.start(self.worker.run)
             for workflow in self.config.workflows:
                 if workflow.trigger == "schedule":
                     self._work.start_soon(self._schedule_loop, workflow)
@@ -369,6 +398,7 @@ class Engine:
 
     def _reset(self) -> None:
         self._running = False
+        self.worker = None
         self._work = None
         self._sources.clear()
         self._by_type.clear()
@@ -380,8 +410,15 @@ class Engine:
         self._closing = True
         if self._events_send is not None:
             await self._events_send.aclose()
+        worker = self.worker
+        if worker is not None:
+            worker.stop()
         with anyio.move_on_after(self.settings.drain_timeout):
-            while self._pending.in_use or any(not r.done.is_set() for r in self.backend.runs()):
+            while (
+                self._pending.in_use
+                or any(not r.done.is_set() for r in self.backend.runs())
+                or (worker is not None and worker.busy)
+            ):
                 self._idle = anyio.Event()
                 await self._idle.wait()
         for run in self.backend.runs():
@@ -420,9 +457,9 @@ class Engine:
         """
         self._check_running()
         level = self.settings.submit_priority if priority is None else priority
-        pending = self._pending
+        pending = self._pending.alone
         scheduler = self.scheduler
-        if not scheduler.try_acquire((pending,)):
+        if not scheduler.try_acquire(pending):
             await self._admit(level)
         self.submitted += 1
         op = self._prepare(op)  # ids and key fixed now: every attempt writes the same rows
@@ -430,9 +467,7 @@ class Engine:
         if observed:
             self._notify(TaskEvent(state="running", workflow="submit", task=op.action))
         try:
-            result = await self._data_path(
-                op, level, context or {}, task=None, outer=(self._global,)
-            )
+            result = await self._data_path(op, level, context, task=None, outer=self._global.alone)
             self.completed += 1
             if observed:
                 self._notify(
@@ -462,7 +497,7 @@ class Engine:
                 )
             raise
         finally:
-            scheduler.release((pending,))
+            scheduler.release(pending)
             if self._closing:
                 self._work_done()
 
@@ -489,7 +524,7 @@ class Engine:
         """
         self._check_running()
         level = self.settings.submit_priority if priority is None else priority
-        if not self.scheduler.try_acquire((self._pending,)):
+        if not self.scheduler.try_acquire(self._pending.alone):
             await self._admit(level)
         op = self._prepare(op)
         ticket = Ticket(op, level, dict(context or {}))
@@ -502,13 +537,13 @@ class Engine:
                 source = self._sources[name]
             agent = await self._allocate_agent(op, source)
         except BaseException:
-            self.scheduler.release((self._pending,))
+            self.scheduler.release(self._pending.alone)
             raise
         self.submitted += 1
         self._tickets.add(ticket)
         work = self._work
         assert work is not None
-        limits = (self._global, source.limit, agent.limit)
+        limits = agent.limit_set(self._global.alone, source.limit)
 
         def granted() -> None:
             ticket.waiter = None
@@ -526,7 +561,7 @@ class Engine:
                 ticket.priority,
                 ticket.context,
                 task=None,
-                outer=(self._global,),
+                outer=self._global.alone,
                 reason=reason,
                 held=held,
             )
@@ -542,7 +577,7 @@ class Engine:
             ticket._finish(result, None)
         finally:
             self._tickets.discard(ticket)
-            self.scheduler.release((self._pending,))
+            self.scheduler.release(self._pending.alone)
             self._work_done()
 
     async def _admit(self, level: int) -> None:
@@ -605,7 +640,7 @@ class Engine:
         self,
         op: Operation,
         level: int,
-        context: Mapping[str, Any],
+        context: Mapping[str, Any] | None,
         *,
         task: TaskDefinition | None,
         outer: tuple[Limit, ...] = (),
@@ -621,7 +656,7 @@ class Engine:
             source = self._resolve(op.data_source, op.action)
             reason = "explicit data_source"
         else:
-            name, chosen_reason = await self._choose_source(op, task, context)
+            name, chosen_reason = await self._choose_source(op, task, context or {})
             source = self._sources[name]
             reason = reason or chosen_reason
         fallback = op.fallback or (task.fallback if task is not None else ())
@@ -632,9 +667,10 @@ class Engine:
         if timeout is None:
             timeout = self.config.datasources[source.name].timeout
         attempts = 0
-        tried: list[str] = []
+        tried: tuple[str, ...] = ()
         error: OperationError | None = None
         started = time.perf_counter()
+        scheduler = self.scheduler
         for index in range(1 + len(fallback)):
             if index:
                 try:
@@ -648,15 +684,63 @@ class Engine:
             tries = 1 + retry if index == 0 else 1
             for attempt in range(tries):
                 attempts += 1
+                counters = source.counters
+                # Each attempt runs here, not in coroutines of its own: with 1,000 operations
+                # in flight, every frame alive while they wait is 1,000 more objects for the
+                # garbage collector to walk (the B6 benchmark).
                 try:
                     if held is not None:
-                        _, granted_agent, limits = held
+                        _, agent, limits = held
                         held = None
-                        value, agent = await self._run_attempt(
-                            op, source, granted_agent, limits, timeout
-                        )
                     else:
-                        value, agent = await self._attempt(op, source, level, outer, timeout)
+                        if not source.healthy:
+                            # Back already? An attempt may ask, at most once per PROBE_INTERVAL
+                            # per source, rather than wait for the next round of health checks.
+                            now = anyio.current_time()
+                            if now >= source.probe_at:
+                                source.probe_at = now + PROBE_INTERVAL
+                                await self._check_source(source)
+                            if not source.healthy:
+                                raise NoAgentAvailable(
+                                    f"data source {source.name!r} failed its health check",
+                                    data_source=source.name,
+                                )
+                        agents = source.agents
+                        if len(agents) == 1:
+                            agent = agents[0]
+                        else:
+                            agent = await self._allocate_agent(op, source)
+                        limits = agent.limit_set(outer, source.limit)
+                        if not scheduler.try_acquire(limits):
+                            await scheduler.acquire(level, limits)
+                    # From here the limits are held; they are released on every path.
+                    attempt_started = time.perf_counter()
+                    try:
+                        if timeout is None:
+                            value = await source.adapter.execute(op)
+                        else:
+                            with anyio.CancelScope(
+                                deadline=anyio.current_time() + timeout
+                            ) as scope:
+                                value = await source.adapter.execute(op)
+                            if scope.cancelled_caught:
+                                raise TaskTimeout(
+                                    f"{op.action} on {source.name!r} timed out after {timeout}s",
+                                    data_source=source.name,
+                                )
+                    except OperationError as failure:
+                        counters.errors += 1
+                        if failure.data_source is None:
+                            failure.data_source = source.name
+                        raise
+                    except Exception as failure:
+                        counters.errors += 1
+                        raise DataSourceError(
+                            f"{source.name!r} raised {type(failure).__name__}: {failure}",
+                            data_source=source.name,
+                        ) from failure
+                    finally:
+                        scheduler.release(limits)
                 except OperationError as failure:
                     error = failure
                     if not failure.retryable:
@@ -664,92 +748,28 @@ class Engine:
                         raise
                     if attempt + 1 < tries:
                         self.retries += 1
-                        source.counters.retries += 1
+                        counters.retries += 1
                         await anyio.sleep(self._backoff(attempt))
                     continue
+                finished = time.perf_counter()
+                counters.ops += 1
+                counters.latency.record(finished - attempt_started)
+                agent.completed += 1
                 return Result(
                     value=value,
                     data_source=source.name,
                     source_type=source.type,
                     reason=reason,
-                    agent=agent,
+                    agent=agent.id,
                     attempts=attempts,
-                    fallback_from=tuple(tried),
-                    elapsed=time.perf_counter() - started,
+                    fallback_from=tried,
+                    elapsed=finished - started,
                 )
-            tried.append(source.name)
+            tried += (source.name,)
         assert error is not None
         error.attempts = attempts
         error.exhausted = True  # type: ignore[attr-defined]
         raise error
-
-    async def _attempt(
-        self,
-        op: Operation,
-        source: _Source,
-        level: int,
-        outer: tuple[Limit, ...],
-        time_limit: float | None,
-    ) -> tuple[Any, str]:
-        if not source.healthy:
-            # Back already? An attempt may ask, at most once per PROBE_INTERVAL per source,
-            # rather than every caller waiting for the next round of health checks.
-            now = anyio.current_time()
-            if now >= source.probe_at:
-                source.probe_at = now + PROBE_INTERVAL
-                await self._check_source(source)
-            if not source.healthy:
-                raise NoAgentAvailable(
-                    f"data source {source.name!r} failed its health check",
-                    data_source=source.name,
-                )
-        agent = await self._allocate_agent(op, source)
-        limits = (*outer, source.limit, agent.limit)
-        scheduler = self.scheduler
-        if not scheduler.try_acquire(limits):
-            await scheduler.acquire(level, limits)
-        return await self._run_attempt(op, source, agent, limits, time_limit)
-
-    async def _run_attempt(
-        self,
-        op: Operation,
-        source: _Source,
-        agent: Agent,
-        limits: tuple[Limit, ...],
-        time_limit: float | None,
-    ) -> tuple[Any, str]:
-        """One execution with ``limits`` already held; they are released on every path."""
-        scheduler = self.scheduler
-        counters = source.counters
-        started = time.perf_counter()
-        try:
-            if time_limit is None:
-                value = await source.adapter.execute(op)
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + time_limit) as scope:
-                    value = await source.adapter.execute(op)
-                if scope.cancelled_caught:
-                    raise TaskTimeout(
-                        f"{op.action} on {source.name!r} timed out after {time_limit}s",
-                        data_source=source.name,
-                    )
-        except OperationError as error:
-            counters.errors += 1
-            if error.data_source is None:
-                error.data_source = source.name
-            raise
-        except Exception as error:
-            counters.errors += 1
-            raise DataSourceError(
-                f"{source.name!r} raised {type(error).__name__}: {error}",
-                data_source=source.name,
-            ) from error
-        finally:
-            scheduler.release(limits)
-        counters.ops += 1
-        counters.latency.record(time.perf_counter() - started)
-        agent.completed += 1
-        return value, agent.id
 
     async def _allocate_agent(self, op: Operation, source: _Source) -> Agent:
         agents = source.agents
@@ -815,6 +835,9 @@ class Engine:
             raise UnknownWorkflow(
                 f"unknown workflow {workflow_id!r} (known: {sorted(self.workflows)})"
             )
+        if self.shared is not None:
+            started = await self._start_remote(workflow, context, priority, waited=wait)
+            return await self.shared.wait_run(started.id) if wait else started
         if not self.scheduler.try_acquire((self._pending,)):
             await self._admit(workflow.priority)
         run = self._new_run(workflow, context, priority)
@@ -823,6 +846,31 @@ class Engine:
         if wait:
             await run.done.wait()
         return run.snapshot()
+
+    async def _start_remote(
+        self,
+        workflow: WorkflowDefinition,
+        context: Mapping[str, Any] | None,
+        priority: int | None,
+        *,
+        waited: bool = False,
+    ) -> Run:
+        """Queue a run on the redis backend; returns once Redis holds it."""
+        assert self.shared is not None
+        level = workflow.priority if priority is None else priority
+        run_id = uuid4().hex
+        created = time.time()
+        values = dict(context or {})
+        await self.shared.start_run(run_id, workflow, values, level, created, waited=waited)
+        return Run(
+            id=run_id,
+            workflow=workflow.id,
+            status="running",
+            tasks={t.id: TaskRun(id=t.id, state="pending") for t in workflow.tasks},
+            context=values,
+            created=created,
+            started=created,
+        )
 
     async def _journal_started(self, run: RunState) -> None:
         """Record an accepted run before anyone is told it was accepted."""
@@ -862,6 +910,9 @@ class Engine:
         for workflow in self.workflows.values():
             if workflow.trigger != "event" or workflow.event != event:
                 continue
+            if self.shared is not None:
+                run_ids.append((await self._start_remote(workflow, payload, None)).id)
+                continue
             if not self.scheduler.try_acquire((self._pending,)):
                 await self._admit(workflow.priority)
             run = self._new_run(workflow, payload, None)
@@ -887,15 +938,21 @@ class Engine:
         schedule = workflow.schedule
         assert schedule is not None
         cron = croniter(schedule, datetime.now(UTC)) if isinstance(schedule, str) else None
+        shared = self.shared is not None
         while True:
             if cron is not None:
-                delay = cron.get_next(datetime).timestamp() - time.time()
+                due = cron.get_next(datetime).timestamp()
             else:
                 assert isinstance(schedule, int | float)
-                delay = float(schedule)
-            await anyio.sleep(max(delay, 0.0))
+                period = float(schedule)
+                # Shared: every process wakes on the same multiples of the period.
+                due = (time.time() // period + 1) * period if shared else time.time() + period
+            await anyio.sleep(max(due - time.time(), 0.0))
             if self._closing:
                 return
+            if shared:
+                await self._scheduled_remote(workflow, due)
+                continue
             if not self.scheduler.try_acquire((self._pending,)):
                 continue  # queue full: skip this tick rather than pile up
             run = self._new_run(workflow, {"scheduled_at": time.time()}, None)
@@ -904,6 +961,16 @@ class Engine:
             except Exception:
                 continue  # the journal refused this tick's run: the next tick tries again
             self._start_run(run)
+
+    async def _scheduled_remote(self, workflow: WorkflowDefinition, due: float) -> None:
+        """One run per tick across every process sharing the backend: the first process
+        to claim the tick (its due time) starts it."""
+        assert self.shared is not None
+        try:
+            if await self.shared.claim_tick(workflow.id, due):
+                await self._start_remote(workflow, {"scheduled_at": time.time()}, None)
+        except Exception as error:  # Redis away: the next tick tries again
+            logger.warning("scheduled run of %r skipped: %s", workflow.id, error)
 
     def _start_run(self, run: RunState, *, resumed: bool = False) -> None:
         if run.done.is_set():  # cancelled while it waited in the event queue
@@ -957,20 +1024,13 @@ class Engine:
             context=run.context,
             results={dep: run.tasks[dep].result for dep in task.depends_on},
         )
-        error: BaseException | None = None
+        error: Exception | None = None
         value: Any = None
         with anyio.CancelScope() as scope:
             slot.scope = scope
             try:
                 timeout = None if owns_retry else (task.timeout or self.settings.default_timeout)
-                with anyio.fail_after(timeout):
-                    value = action(ctx)
-                    if inspect.isawaitable(value):
-                        value = await value
-            except TimeoutError:
-                error = TaskTimeout(f"task {task.id!r} timed out after {timeout}s")
-            except Exception as failure:
-                error = failure
+                value, error = await run_action(action, ctx, timeout)
             except BaseException:
                 # Shutdown cancels past our own scope: finish the task (and run) anyway so
                 # nobody waiting on the run hangs; a no-op when our scope catches it.
@@ -990,9 +1050,7 @@ class Engine:
             if self.journal is not None:
                 await self.journal.room()
             return
-        retryable = getattr(error, "retryable", not isinstance(error, Wf78Error))
-        exhausted = getattr(error, "exhausted", False) or owns_retry
-        if retryable and not exhausted and slot.attempts <= task.retry:
+        if worth_retrying(error, owns_retry, slot.attempts, task.retry):
             self.retries += 1
             slot.state = "retrying"
             self._emit_event(run, slot, "retrying", error=str(error))
@@ -1158,8 +1216,17 @@ class Engine:
         return run
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Tasks that failed after their retries and fallbacks, newest first."""
+        """Tasks that failed after their retries and fallbacks, newest first (with the
+        redis backend: as last read from Redis; ``fetch_dead_letters`` reads them now)."""
+        if self.shared is not None:
+            return self.shared.dead_cache
         return sorted(self._dead.values(), key=lambda letter: letter.time, reverse=True)
+
+    async def fetch_dead_letters(self) -> list[DeadLetter]:
+        """:meth:`dead_letters`, read from the redis backend when there is one."""
+        if self.shared is not None:
+            return await self.shared.dead_letters()
+        return self.dead_letters()
 
     async def retry_dead_letter(self, letter_id: str) -> Run:
         """Run a dead letter's task again, in its own run: the run reopens, the task and the
@@ -1169,6 +1236,8 @@ class Engine:
         while its run is still running (retry once it has finished).
         """
         self._check_running()
+        if self.shared is not None:
+            return await self._retry_remote(letter_id)
         letter = self._dead.get(letter_id)
         if letter is None:
             raise UnknownWorkflow(f"unknown dead letter {letter_id!r}")
@@ -1228,15 +1297,63 @@ class Engine:
         self._start_run(run, resumed=True)
         return run.snapshot()
 
+    async def _retry_remote(self, letter_id: str) -> Run:
+        assert self.shared is not None
+        letters = {letter.id: letter for letter in await self.shared.dead_letters()}
+        letter = letters.get(letter_id)
+        if letter is None:
+            raise UnknownWorkflow(f"unknown dead letter {letter_id!r}")
+        answer = await self.shared.reopen(letter)
+        if answer == 0:
+            raise Wf78Error(
+                f"run {letter.run_id!r} is still running: retry dead letter {letter_id!r} "
+                "once it has finished"
+            )
+        if answer == -2:
+            raise UnknownWorkflow(f"unknown dead letter {letter_id!r}")
+        if answer < 0:
+            raise UnknownWorkflow(
+                f"the run {letter.run_id!r} of dead letter {letter_id!r} is no longer known"
+            )
+        return await self.fetch_run(letter.run_id)
+
     def get_run(self, run_id: str) -> Run:
-        """The current snapshot of a run; :class:`UnknownWorkflow` if there is none."""
+        """The current snapshot of a run; :class:`UnknownWorkflow` if there is none.
+
+        With the redis backend runs live in Redis: use ``await engine.fetch_run(run_id)``.
+        """
+        self._check_local("get_run", "fetch_run")
         run = self.backend.get_run(run_id)
         if run is None:
             raise UnknownWorkflow(f"unknown run {run_id!r}")
         return run.snapshot()
 
+    async def fetch_run(self, run_id: str) -> Run:
+        """:meth:`get_run` for every backend: with the redis backend, the run as Redis
+        holds it now, whichever process started it."""
+        if self.shared is not None:
+            run = await self.shared.fetch_run(run_id)
+            if run is None:
+                raise UnknownWorkflow(f"unknown run {run_id!r}")
+            return run
+        return self.get_run(run_id)
+
+    def _check_local(self, name: str, instead: str) -> None:
+        if self.shared is not None:
+            raise Wf78Error(
+                f"engine.{name}() cannot ask Redis without awaiting: with the redis backend "
+                f"use `await engine.{instead}(...)`"
+            )
+
     async def cancel(self, run_id: str) -> Run:
-        """Cancel a run: queued tasks are withdrawn, running ones cancelled, slots freed."""
+        """Cancel a run: queued tasks are withdrawn, running ones cancelled, slots freed.
+
+        With the redis backend, tasks already running on a worker finish there and what
+        they return is dropped."""
+        if self.shared is not None:
+            if await self.shared.cancel_run(run_id, "cancelled by request") < 0:
+                raise UnknownWorkflow(f"unknown run {run_id!r}")
+            return await self.fetch_run(run_id)
         run = self.backend.get_run(run_id)
         if run is None:
             raise UnknownWorkflow(f"unknown run {run_id!r}")
@@ -1246,8 +1363,20 @@ class Engine:
 
     def recent_runs(self, limit: int = 20) -> list[Run]:
         """Snapshots of the newest ``limit`` runs still known (active and finished), newest first."""
+        self._check_local("recent_runs", "fetch_recent_runs")
         newest = heapq.nlargest(max(0, limit), self.backend.runs(), key=lambda run: run.created)
         return [run.snapshot() for run in newest]
+
+    async def fetch_recent_runs(self, limit: int = 20) -> list[Run]:
+        """:meth:`recent_runs` for every backend (with redis: from every process)."""
+        if self.shared is None:
+            return self.recent_runs(limit)
+        runs = []
+        for run_id in await self.shared.recent_run_ids(limit):
+            run = await self.shared.fetch_run(run_id)
+            if run is not None:
+                runs.append(run)
+        return runs
 
     def _cancel_run(self, run: RunState, why: str) -> None:
         if run.done.is_set():
@@ -1358,17 +1487,27 @@ class Engine:
             WorkflowStats(
                 id=w.id,
                 priority=w.priority,
-                running=self.backend.workflow_limit(w.id).in_use,
+                running=(
+                    self.shared.running_by_workflow.get(w.id, 0)
+                    if self.shared is not None
+                    else self.backend.workflow_limit(w.id).in_use
+                ),
                 max_concurrent=w.max_concurrent,
                 queued=queued_by_workflow.get(w.id, 0),
             )
             for w in self.workflows.values()
         ]
         active = sum(1 for run in runs if not run.done.is_set())
+        queued = dict(self.scheduler.queued_by_priority)
+        running = self._global.in_use
+        if self.shared is not None:
+            for level, depth in self.shared.depth.items():
+                queued[level] = queued.get(level, 0) + depth
+            running += self.worker.busy if self.worker is not None else 0
         return EngineStats(
-            queued=dict(sorted(self.scheduler.queued_by_priority.items())),
+            queued=dict(sorted(queued.items())),
             pending=self._pending.in_use,
-            running=self._global.in_use,
+            running=running,
             max_running=self._global.capacity,
             workflows=workflows,
             agents=agents,
@@ -1382,8 +1521,8 @@ class Engine:
             runs_finished=len(runs) - active,
             uptime=time.monotonic() - self._started_at if self._running else 0.0,
             dead_letters=self.dead_letters()[:100],
-            dead_letter_count=len(self._dead),
-            journal=self.settings.journal,
+            dead_letter_count=len(self.dead_letters()),
+            journal=self.settings.journal if self.journal is not None else "off",
         )
 
 

@@ -49,7 +49,7 @@ class Waiter:
 class Limit:
     """A counted resource (``capacity`` slots) with a priority queue of waiters."""
 
-    __slots__ = ("_levels", "capacity", "in_use", "name", "stale", "waiting")
+    __slots__ = ("_levels", "alone", "capacity", "in_use", "name", "stale", "waiting")
 
     def __init__(self, name: str, capacity: int) -> None:
         if capacity < 1:
@@ -60,6 +60,8 @@ class Limit:
         self.waiting = 0
         self.stale = 0  # withdrawn waiters not yet dropped from the deques
         self._levels: dict[int, deque[Waiter]] = {}
+        # This limit on its own, to take or release it without a new tuple each time.
+        self.alone: tuple[Limit] = (self,)
 
     @property
     def free(self) -> int:
@@ -188,7 +190,8 @@ class Scheduler:
         for limit in limits:
             limit.in_use -= 1
         for limit in limits:
-            self._dispatch(limit)
+            if limit.waiting:  # checked here: most releases have nobody to hand a slot to
+                self._dispatch(limit)
 
     def _dispatch(self, limit: Limit) -> None:
         if not limit.waiting or limit.in_use >= limit.capacity:

@@ -240,17 +240,27 @@ class MySQLSource(SqlSource):
         if pool is None or pool.closed:
             raise self.closed_error("not open")
         try:
-            async with pool.acquire() as connection:
-                async with (await prepare(connection)).cursor() as cursor:
-                    await cursor.execute(sql, params)
-                    if cursor.description is None:
-                        return [], [], cursor.rowcount
-                    names = [column[0] for column in cursor.description]
-                    return names, list(await cursor.fetchall()), cursor.rowcount
+            connection = await pool.acquire()
         except RuntimeError as error:  # the pool is closing
             raise self.closed_error() from error
         except Exception as error:
             raise map_error(error, self.name) from error
+        try:
+            async with (await prepare(connection)).cursor() as cursor:
+                await cursor.execute(sql, params)
+                if cursor.description is None:
+                    return [], [], cursor.rowcount
+                names = [column[0] for column in cursor.description]
+                return names, list(await cursor.fetchall()), cursor.rowcount
+        except RuntimeError as error:
+            raise self.closed_error() from error
+        except Exception as error:
+            raise map_error(error, self.name) from error
+        finally:
+            # Not awaited (as `async with pool.acquire()` would): the task it returns only
+            # wakes a caller waiting for a connection, and waiting for it costs each read two
+            # more turns of the event loop.
+            pool.release(connection)
 
 
 def connection_settings(spec: SourceSpec) -> dict[str, Any]:

@@ -37,7 +37,7 @@ is off, so a pipeline that may have run is never sent twice behind the engine's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -241,11 +241,11 @@ class RedisSource:
         if op.action == "noop":
             return None
         if op.action in _CACHE_ACTIONS:
-            command, script, finish = self._cache_command(op)
             pipeline = self._pipeline
             if pipeline is None:
                 raise closed_error(self.name, "not open")
-            return finish(pipeline.outcome(await pipeline.send(command, script)))
+            reply, finish = self._send_cache(pipeline, op)
+            return finish(pipeline.outcome(await reply))
         table = self._table(op)
         match op.action:
             case "get":
@@ -300,6 +300,15 @@ class RedisSource:
                 data_source=self.name,
             )
         return table
+
+    def _send_cache(
+        self, pipeline: AutoPipeline, op: Operation
+    ) -> tuple[Awaitable[Any], Callable[[Any], Any]]:
+        """Send the command of a cache action: its reply, and what turns it into the result.
+        The command is packed by then and not kept while the reply is awaited (with 1,000
+        in flight, 1,000 fewer objects for the garbage collector to walk)."""
+        command, script, finish = self._cache_command(op)
+        return pipeline.send(command, script), finish
 
     def _cache_command(
         self, op: Operation

@@ -290,6 +290,18 @@ class TableSql:
         order, whether there is a LIMIT) and kept: a shape seen before was checked then,
         so only the values are encoded again.
         """
+        if where and len(where) == 1 and not columns and not order and limit is None:
+            # A get by one key, the commonest shape: its cache key is made directly.
+            ((name, value),) = where.items()
+            if not offset and value is not None and not isinstance(value, list | tuple):
+                known_one = self._select_sql.get((None, ((name, -2),), None, False))
+                if known_one is not None:
+                    try:
+                        param = self.encode(name, value, "where")
+                    except Exception:  # reported by the full build below, as always
+                        pass
+                    else:
+                        return Statement(known_one[0], [param]), list(known_one[1])
         # One pass over where gives its shape and, should the shape be known, its values. A
         # failure here (an unknown column, an unhashable name...) is left to the full build,
         # which reports the first problem in the order the checks always run.

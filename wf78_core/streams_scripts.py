@@ -1,0 +1,569 @@
+"""The Lua scripts of the Redis Streams backend (see :mod:`wf78_core.streams`).
+
+Every script changes run state, leases and streams in one atomic step, so a process that
+dies between two calls never leaves a run half-updated. Each script is called with one
+key, ``<prefix>stats``, which names the hash slot (the prefix carries a ``{hash tag}``:
+every key of one namespace lives in one slot, so Redis Cluster runs the scripts whole),
+and with the prefix and the finished-run TTL as its first two arguments.
+
+Keys under the prefix ``P``:
+
+``P q:<capability>:<level>``
+    a stream per capability and priority level; its consumer group is the capability;
+    entries carry ``r`` (run), ``t`` (task) and ``w`` (workflow); acknowledged entries are
+    deleted, so the stream holds only undelivered and in-flight work
+``P levels:<capability>``, ``P caps``
+    the levels and capabilities that have a stream
+``P run:<id>``
+    a hash per run: ``wf st pri ctx cr sa fi err left nf`` and per task ``s:`` state,
+    ``n:`` dependencies not yet done, ``c:`` capability, ``a:`` attempts, ``r:`` result,
+    ``e:`` error, ``d:`` data source, ``ts:``/``tf:`` start and finish times
+``P lease:<workflow>``
+    a sorted set of the workflow's leases (``run<US>task``), scored by expiry in ms;
+    ``+inf`` while the task waits in its stream, ``now + lease_ttl`` once a worker holds it
+``P wait:<workflow>``
+    tasks ready but over ``max_concurrent``, scored by level, FIFO within a level
+``P mc:<workflow>``, ``P wfs``
+    the workflow's ``max_concurrent``; the workflows seen
+``P hb:<consumer>``
+    a worker's heartbeat (expires after ``lease_ttl``)
+``P dead``, ``P recent``, ``P seq``
+    dead letters by id; run ids by creation time; the wait-set sequence
+"""
+
+from __future__ import annotations
+
+__all__ = ["CANCEL", "COMPLETE", "DEPTHS", "RECLAIM", "RECONCILE", "REOPEN", "START", "TAKE"]
+
+# ARGV[1] = the key prefix, ARGV[2] = seconds a finished run is kept.
+_COMMON = r"""
+local P = ARGV[1]
+local RUN_TTL = tonumber(ARGV[2])
+local SEP = '\031'
+local clock = redis.call('TIME')
+local NOW = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local NOW_S = clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))
+local rung = false
+
+local function qkey(cap, level) return P .. 'q:' .. cap .. ':' .. level end
+local function lease_key(wf) return P .. 'lease:' .. wf end
+local function limit_of(wf) return tonumber(redis.call('GET', P .. 'mc:' .. wf)) or 1e15 end
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+
+local function push(run, task, cap, level, wf)
+  local q = qkey(cap, level)
+  if redis.call('EXISTS', q) == 0 then
+    redis.pcall('XGROUP', 'CREATE', q, cap, '$', 'MKSTREAM')
+    redis.call('ZADD', P .. 'levels:' .. cap, level, level)
+    redis.call('SADD', P .. 'caps', cap)
+  end
+  redis.call('XADD', q, '*', 'r', run, 't', task, 'w', wf)
+  -- Ring only when the namespace goes from nothing ready to something: busy workers
+  -- come back for more by themselves, idle ones wait for the bell.
+  if redis.call('INCR', P .. 'ready') == 1 then rung = true end
+end
+
+-- A ready task enters its stream holding a lease, or waits for one.
+local function admit(run, task, cap, level, wf)
+  local lease = lease_key(wf)
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
+  if redis.call('ZCARD', lease) < limit_of(wf) then
+    redis.call('ZADD', lease, 'inf', run .. SEP .. task)
+    push(run, task, cap, level, wf)
+  else
+    local seq = redis.call('INCR', P .. 'seq')
+    redis.call('ZADD', P .. 'wait:' .. wf, level,
+      string.format('%016d', seq) .. SEP .. run .. SEP .. task .. SEP .. cap)
+  end
+end
+
+local function live(rk, task)
+  return redis.call('HGET', rk, 'st') == 'running'
+    and redis.call('HGET', rk, 's:' .. task) == 'queued'
+end
+
+-- Freed leases go to the most urgent waiting tasks of the workflow.
+local function promote(wf)
+  local lease = lease_key(wf)
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
+  local limit = limit_of(wf)
+  while redis.call('ZCARD', lease) < limit do
+    local top = redis.call('ZPOPMIN', P .. 'wait:' .. wf)
+    if #top == 0 then return end
+    local _, run, task, cap = string.match(top[1],
+      '^([^\031]*)\031([^\031]*)\031(.*)\031([^\031]*)$')
+    if run and live(P .. 'run:' .. run, task) then
+      redis.call('ZADD', lease, 'inf', run .. SEP .. task)
+      push(run, task, cap, top[2], wf)
+    end
+  end
+end
+
+local function release(wf, run, task)
+  redis.call('ZREM', lease_key(wf), run .. SEP .. task)
+  if redis.call('EXISTS', P .. 'wait:' .. wf) == 1 then promote(wf) end
+end
+
+local function drop(q, cap, id, wf, run, task)
+  redis.call('XACK', q, cap, id)
+  redis.call('XDEL', q, id)
+  release(wf, run, task)
+end
+
+-- The caller adds the run to the stats' runs_finished.
+local function finish(rk, run, failed, waited)
+  local status = 'succeeded'
+  if failed then status = 'failed' end
+  redis.call('HSET', rk, 'st', status, 'fi', NOW_S)
+  redis.call('EXPIRE', rk, RUN_TTL)
+  if waited == '1' then redis.call('PUBLISH', P .. 'done', run) end
+end
+
+-- Entries in the streams not yet delivered to any worker, per level.
+local function undelivered()
+  local depth = {}
+  for _, cap in ipairs(redis.call('SMEMBERS', P .. 'caps')) do
+    for _, level in ipairs(redis.call('ZRANGE', P .. 'levels:' .. cap, 0, -1)) do
+      local q = qkey(cap, level)
+      local groups = redis.pcall('XINFO', 'GROUPS', q)
+      if type(groups) == 'table' and not groups.err then
+        for _, g in ipairs(groups) do
+          local f = fields_of(g)
+          if f['name'] == cap then
+            depth[level] = (depth[level] or 0) + redis.call('XLEN', q) - f['pending']
+          end
+        end
+      end
+    end
+  end
+  return depth
+end
+
+local function ring()
+  if rung then redis.call('PUBLISH', P .. 'bell', '1') end
+end
+"""
+
+# ARGV: prefix, ttl, runs (msgpack: a list of [run, workflow, level, max_concurrent,
+# context JSON, created, waited (1: someone waits for the run's done message), tasks as
+# [task, capability, unfinished dependencies]]), run history. Returns 1 per run stored,
+# 0 per run id already known.
+START = (
+    _COMMON
+    + r"""
+local history = tonumber(ARGV[4])
+local answers, known = {}, {}
+for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local run, wf, level, tasks = r[1], r[2], tostring(r[3]), r[8]
+  local rk = P .. 'run:' .. run
+  if redis.call('EXISTS', rk) == 1 then
+    answers[#answers + 1] = 0
+  else
+    if not known[wf] then
+      known[wf] = true
+      redis.call('SET', P .. 'mc:' .. wf, r[4])
+      redis.call('SADD', P .. 'wfs', wf)
+    end
+    redis.call('HSET', rk, 'wf', wf, 'st', 'running', 'pri', level, 'ctx', r[5],
+      'cr', r[6], 'sa', NOW_S, 'left', #tasks, 'nf', 0, 'w', r[7])
+    local roots, batch = {}, {}
+    for _, t in ipairs(tasks) do
+      local task, cap, remaining = t[1], t[2], t[3]
+      local state = 'pending'
+      if remaining == 0 then
+        state = 'queued'
+        roots[#roots + 1] = t
+      end
+      for _, v in ipairs({'s:' .. task, state, 'c:' .. task, cap, 'n:' .. task, remaining}) do
+        batch[#batch + 1] = v
+      end
+      if #batch >= 900 then
+        redis.call('HSET', rk, unpack(batch))
+        batch = {}
+      end
+    end
+    if #batch > 0 then redis.call('HSET', rk, unpack(batch)) end
+    for _, root in ipairs(roots) do admit(run, root[1], root[2], level, wf) end
+    redis.call('ZADD', P .. 'recent', r[6], run)
+    answers[#answers + 1] = 1
+  end
+end
+redis.call('ZREMRANGEBYRANK', P .. 'recent', 0, -history - 1)
+redis.call('HINCRBY', KEYS[1], 'runs_started', #answers)
+ring()
+return answers
+"""
+)
+
+# ARGV: prefix, ttl, consumer, count, aging ms, lease ttl ms, capability count, capabilities.
+# Reads the most urgent undelivered entries across the capabilities' level streams: by
+# level minus the aging credit of the entry's wait, then level, then age.
+TAKE = (
+    _COMMON
+    + r"""
+local consumer, need = ARGV[3], tonumber(ARGV[4])
+local aging, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function ms_of(id) return tonumber(string.match(id, '^(%d+)')) end
+local function eff(level, ms)
+  if aging <= 0 then return level end
+  return level - math.floor((NOW - ms) / aging)
+end
+local function before(e, level, ms, other)
+  if e ~= other.eff then return e < other.eff end
+  if level ~= other.level then return level < other.level end
+  return ms < other.ms
+end
+local function last_delivered(q, cap)
+  local groups = redis.pcall('XINFO', 'GROUPS', q)
+  if type(groups) ~= 'table' or groups.err then return nil end
+  for _, g in ipairs(groups) do
+    local f = fields_of(g)
+    if f['name'] == cap then return f['last-delivered-id'] end
+  end
+  return nil
+end
+local function head(c)
+  local h = redis.call('XRANGE', c.q, '(' .. c.last, '+', 'COUNT', 1)
+  if #h == 0 then return false end
+  c.ms = ms_of(h[1][1])
+  c.eff = eff(c.level, c.ms)
+  return true
+end
+local cands = {}
+for i = 1, tonumber(ARGV[7]) do
+  local cap = ARGV[7 + i]
+  for _, level in ipairs(redis.call('ZRANGE', P .. 'levels:' .. cap, 0, -1)) do
+    local q = qkey(cap, level)
+    local last = last_delivered(q, cap)
+    if last then
+      local c = {q = q, cap = cap, level = tonumber(level), last = last}
+      if head(c) then cands[#cands + 1] = c end
+    end
+  end
+end
+local out = {}
+local order = function(a, b) return before(a.eff, a.level, a.ms, b) end
+while need > 0 and #cands > 0 do
+  table.sort(cands, order)
+  local best, second = cands[1], cands[2]
+  local n = need
+  if second then
+    n = 0
+    for _, e in ipairs(redis.call('XRANGE', best.q, '(' .. best.last, '+', 'COUNT', need)) do
+      local ms = ms_of(e[1])
+      if n > 0 and not before(eff(best.level, ms), best.level, ms, second) then break end
+      n = n + 1
+    end
+  end
+  local got = redis.call('XREADGROUP', 'GROUP', best.cap, consumer, 'COUNT', n,
+    'STREAMS', best.q, '>')
+  local entries = {}
+  if got then entries = got[1][2] end
+  redis.call('DECRBY', P .. 'ready', #entries)
+  for _, e in ipairs(entries) do
+    best.last = e[1]
+    local f = fields_of(e[2])
+    local rk = P .. 'run:' .. f.r
+    local v = redis.call('HMGET', rk, 'st', 's:' .. f.t, 'pri', 'ctx', 'ts:' .. f.t)
+    if v[1] == 'running' and v[2] == 'queued' then
+      need = need - 1
+      if v[5] then
+        redis.call('HSET', rk, 's:' .. f.t, 'running')
+      else
+        redis.call('HSET', rk, 's:' .. f.t, 'running', 'ts:' .. f.t, NOW_S)
+      end
+      local attempts = redis.call('HINCRBY', rk, 'a:' .. f.t, 1)
+      redis.call('ZADD', lease_key(f.w), NOW + ttl, f.r .. SEP .. f.t)
+      out[#out + 1] = {best.q, best.cap, e[1], f.r, f.t, f.w, v[3], attempts, v[4], 1}
+    else
+      drop(best.q, best.cap, e[1], f.w, f.r, f.t)
+    end
+  end
+  if #entries == 0 or not head(best) then table.remove(cands, 1) end
+end
+ring()
+return out
+"""
+)
+
+# ARGV: prefix, ttl, completions (msgpack: a list of [stream, capability, entry, run,
+# task, workflow, consumer, outcome, result, error, run error, data source, extra
+# attempts, dead-letter id, dead letter, followers]; followers are the dependants when
+# the task succeeded, [task, error] pairs to skip when it failed). A report from a
+# worker that no longer owns its entry (another took it over while it stalled) is
+# stale and changes nothing. Returns how many runs finished.
+COMPLETE = (
+    _COMMON
+    + r"""
+local finished, tasks = 0, 0
+for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local q, cap, id, run, task, wf, owner = c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+  local outcome, result, err, runerr, ds = c[8], c[9], c[10], c[11], c[12]
+  local extra, dead_id, dead, followers = c[13], c[14], c[15], c[16]
+  local pending = redis.call('XPENDING', q, cap, id, id, 1)
+  if #pending == 1 and pending[1][2] == owner then
+    redis.call('XACK', q, cap, id)
+    redis.call('XDEL', q, id)
+    release(wf, run, task)
+    local rk = P .. 'run:' .. run
+    local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w')
+    local state = v[2]
+    if v[1] == 'running' and (state == 'running' or state == 'queued') then
+      local failed = tonumber(v[4]) > 0
+      local fields = {'s:' .. task, outcome, 'tf:' .. task, NOW_S}
+      if result ~= '' then fields[#fields + 1] = 'r:' .. task; fields[#fields + 1] = result end
+      if err ~= '' then fields[#fields + 1] = 'e:' .. task; fields[#fields + 1] = err end
+      if ds ~= '' then fields[#fields + 1] = 'd:' .. task; fields[#fields + 1] = ds end
+      redis.call('HSET', rk, unpack(fields))
+      if extra ~= 0 then redis.call('HINCRBY', rk, 'a:' .. task, extra) end
+      local left = redis.call('HINCRBY', rk, 'left', -1)
+      if outcome == 'succeeded' then
+        local level = v[3]
+        for _, dep in ipairs(followers) do
+          if redis.call('HINCRBY', rk, 'n:' .. dep, -1) == 0
+            and redis.call('HGET', rk, 's:' .. dep) == 'pending' then
+            redis.call('HSET', rk, 's:' .. dep, 'queued')
+            admit(run, dep, redis.call('HGET', rk, 'c:' .. dep), level, wf)
+          end
+        end
+      else
+        failed = true
+        redis.call('HINCRBY', rk, 'nf', 1)
+        redis.call('HSETNX', rk, 'err', runerr)
+        if dead_id ~= '' then redis.call('HSET', P .. 'dead', dead_id, dead) end
+        for _, pair in ipairs(followers) do
+          local dep = pair[1]
+          local s = redis.call('HGET', rk, 's:' .. dep)
+          if s == 'pending' or s == 'queued' then
+            redis.call('HSET', rk, 's:' .. dep, 'skipped', 'e:' .. dep, pair[2], 'tf:' .. dep, NOW_S)
+            left = redis.call('HINCRBY', rk, 'left', -1)
+          end
+        end
+      end
+      tasks = tasks + 1
+      if left <= 0 then
+        finish(rk, run, failed, v[5])
+        finished = finished + 1
+      end
+    end
+  end
+end
+if tasks > 0 then redis.call('HINCRBY', KEYS[1], 'tasks_finished', tasks) end
+if finished > 0 then redis.call('HINCRBY', KEYS[1], 'runs_finished', finished) end
+ring()
+return finished
+"""
+)
+
+# ARGV: prefix, ttl, run, reason.  -1: unknown run, 0: already finished, 1: cancelled.
+CANCEL = (
+    _COMMON
+    + r"""
+local rk = P .. 'run:' .. ARGV[3]
+local status = redis.call('HGET', rk, 'st')
+if not status then return -1 end
+if status ~= 'running' then return 0 end
+local all = redis.call('HGETALL', rk)
+local fields = {'err', ARGV[4], 'left', 0}
+for k = 1, #all, 2 do
+  local key, state = all[k], all[k + 1]
+  if string.sub(key, 1, 2) == 's:' and
+    (state == 'pending' or state == 'queued' or state == 'running') then
+    local task = string.sub(key, 3)
+    for _, v in ipairs({key, 'cancelled', 'e:' .. task, ARGV[4], 'tf:' .. task, NOW_S}) do
+      fields[#fields + 1] = v
+    end
+  end
+end
+redis.call('HSET', rk, unpack(fields))
+redis.call('HSET', rk, 'st', 'cancelled', 'fi', NOW_S)
+redis.call('EXPIRE', rk, RUN_TTL)
+redis.call('HINCRBY', KEYS[1], 'runs_finished', 1)
+if redis.call('HGET', rk, 'w') == '1' then redis.call('PUBLISH', P .. 'done', ARGV[3]) end
+return 1
+"""
+)
+
+# ARGV: prefix, ttl, dead-letter id, run, tasks (msgpack: [[task, dependencies], ...],
+# the dead letter's task first, then the dependants its failure may have skipped).
+# Reopens a finished run for a dead letter: its task and the dependants it skipped go
+# back to pending (ready ones are queued), the run runs again. -1: the run is gone,
+# -2: no such dead letter, 0: the run is still running, 1: reopened.
+REOPEN = (
+    _COMMON
+    + r"""
+local rk = P .. 'run:' .. ARGV[4]
+local status = redis.call('HGET', rk, 'st')
+if not status then return -1 end
+if redis.call('HEXISTS', P .. 'dead', ARGV[3]) == 0 then return -2 end
+if status == 'running' then return 0 end
+local chosen = {}
+for i, t in ipairs(cmsgpack.unpack(ARGV[5])) do
+  if i == 1 or redis.call('HGET', rk, 's:' .. t[1]) == 'skipped' then
+    chosen[#chosen + 1] = t
+  end
+end
+local ready = {}
+for _, t in ipairs(chosen) do
+  local task, remaining = t[1], 0
+  for _, dep in ipairs(t[2]) do
+    if redis.call('HGET', rk, 's:' .. dep) ~= 'succeeded' then remaining = remaining + 1 end
+  end
+  redis.call('HDEL', rk, 'r:' .. task, 'e:' .. task, 'd:' .. task, 'ts:' .. task,
+    'tf:' .. task, 'a:' .. task)
+  redis.call('HSET', rk, 's:' .. task, 'pending', 'n:' .. task, remaining)
+  if remaining == 0 then ready[#ready + 1] = task end
+end
+redis.call('HDEL', rk, 'err', 'fi')
+redis.call('HINCRBY', rk, 'nf', -1)
+redis.call('HINCRBY', rk, 'left', #chosen)
+redis.call('HSET', rk, 'st', 'running', 'w', 0)
+redis.call('PERSIST', rk)
+redis.call('HDEL', P .. 'dead', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'runs_finished', -1)
+local wf, level = redis.call('HGET', rk, 'wf'), redis.call('HGET', rk, 'pri')
+for _, task in ipairs(ready) do
+  redis.call('HSET', rk, 's:' .. task, 'queued')
+  admit(ARGV[4], task, redis.call('HGET', rk, 'c:' .. task), level, wf)
+end
+ring()
+return 1
+"""
+)
+
+# ARGV: prefix, ttl, consumer, stuck ms, lease ttl ms, room (the most to take over),
+# capability count, capabilities.
+# Takes over the in-flight entries of workers whose heartbeat stopped, and (XAUTOCLAIM)
+# entries idle past the longest task budget plus the margin. A claimed task needs its
+# lease again; without one it goes back to waiting. Returns what to run, with its
+# delivery count (the caller dead-letters poison entries).
+RECLAIM = (
+    _COMMON
+    + r"""
+local consumer, stuck, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local room = tonumber(ARGV[6])
+local out = {}
+local function claimed(q, cap, id, flat, deliveries)
+  local f = fields_of(flat)
+  local rk = P .. 'run:' .. f.r
+  local state = redis.call('HGET', rk, 's:' .. f.t)
+  if redis.call('HGET', rk, 'st') ~= 'running' or (state ~= 'running' and state ~= 'queued') then
+    drop(q, cap, id, f.w, f.r, f.t)
+    return
+  end
+  local lease, member = lease_key(f.w), f.r .. SEP .. f.t
+  if not redis.call('ZSCORE', lease, member) then
+    redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
+    if redis.call('ZCARD', lease) >= limit_of(f.w) then
+      redis.call('XACK', q, cap, id)
+      redis.call('XDEL', q, id)
+      redis.call('HSET', rk, 's:' .. f.t, 'queued')
+      local seq = redis.call('INCR', P .. 'seq')
+      redis.call('ZADD', P .. 'wait:' .. f.w, redis.call('HGET', rk, 'pri'),
+        string.format('%016d', seq) .. SEP .. f.r .. SEP .. f.t .. SEP .. cap)
+      return
+    end
+  end
+  redis.call('ZADD', lease, NOW + ttl, member)
+  redis.call('HSET', rk, 's:' .. f.t, 'running')
+  local attempts = redis.call('HINCRBY', rk, 'a:' .. f.t, 1)
+  out[#out + 1] = {q, cap, id, f.r, f.t, f.w, redis.call('HGET', rk, 'pri'), attempts,
+    redis.call('HGET', rk, 'ctx'), deliveries}
+end
+for i = 1, tonumber(ARGV[7]) do
+  local cap = ARGV[7 + i]
+  for _, level in ipairs(redis.call('ZRANGE', P .. 'levels:' .. cap, 0, -1)) do
+    local q = qkey(cap, level)
+    local consumers = redis.pcall('XINFO', 'CONSUMERS', q, cap)
+    if type(consumers) == 'table' and not consumers.err then
+      for _, c in ipairs(consumers) do
+        local info = fields_of(c)
+        local name = info['name']
+        if name ~= consumer and redis.call('EXISTS', P .. 'hb:' .. name) == 0 then
+          if tonumber(info['pending']) == 0 then
+            -- a consumer gone with nothing left: forget it (the next round, once emptied)
+            redis.call('XGROUP', 'DELCONSUMER', q, cap, name)
+          else
+            -- Only as many as this worker has room for: the rest wait for the next round.
+            for _, p in ipairs(redis.call('XPENDING', q, cap, '-', '+', 100, name)) do
+              if #out >= room then break end
+              local got = redis.call('XCLAIM', q, cap, consumer, 0, p[1])
+              if got[1] then claimed(q, cap, p[1], got[1][2], tonumber(p[4]) + 1) end
+            end
+          end
+        end
+      end
+      if #out < room then
+        local auto = redis.call('XAUTOCLAIM', q, cap, consumer, stuck, '0-0',
+          'COUNT', room - #out)
+        for _, e in ipairs(auto[2]) do
+          if e and e[2] then
+            local p = redis.call('XPENDING', q, cap, e[1], e[1], 1)
+            claimed(q, cap, e[1], e[2], tonumber(p[1][4]))
+          end
+        end
+      end
+    end
+  end
+end
+ring()
+return out
+"""
+)
+
+# ARGV: prefix, ttl. Repairs lease drift: leases of tasks no longer waiting in a stream
+# (cancelled runs, entries lost with a flushed stream) are dropped; expired ones go;
+# waiting tasks take the room. Returns how many leases were dropped.
+RECONCILE = (
+    _COMMON
+    + r"""
+local dropped = 0
+local ready = 0
+for _, n in pairs(undelivered()) do ready = ready + n end
+-- The bell's counter, set right again (it only decides when to ring).
+redis.call('SET', P .. 'ready', ready)
+if ready > 0 then rung = true end
+for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
+  local lease = lease_key(wf)
+  dropped = dropped + redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', lease, 'inf', 'inf', 'LIMIT', 0, 1000)) do
+    local run, task = string.match(member, '^([^\031]*)\031(.*)$')
+    if not (run and live(P .. 'run:' .. run, task)) then
+      redis.call('ZREM', lease, member)
+      dropped = dropped + 1
+    end
+  end
+  promote(wf)
+end
+ring()
+return dropped
+"""
+)
+
+# ARGV: prefix, ttl. Tasks ready but not taken per level (in streams or waiting for a
+# lease), and tasks running per workflow (leases held by workers), as two flat lists.
+DEPTHS = (
+    _COMMON
+    + r"""
+local depth = undelivered()
+for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
+  for _, pair in ipairs({redis.call('ZRANGE', P .. 'wait:' .. wf, 0, -1, 'WITHSCORES')}) do
+    for k = 2, #pair, 2 do depth[pair[k]] = (depth[pair[k]] or 0) + 1 end
+  end
+end
+local levels, running = {}, {}
+for level, n in pairs(depth) do
+  levels[#levels + 1] = level
+  levels[#levels + 1] = n
+end
+for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
+  running[#running + 1] = wf
+  running[#running + 1] = redis.call('ZCOUNT', lease_key(wf), NOW, '(inf')
+end
+return {levels, running}
+"""
+)

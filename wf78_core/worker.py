@@ -1,0 +1,297 @@
+"""A process's share of a Redis Streams backend: its agents pull tasks and run them.
+
+One :class:`StreamWorker` per engine with ``[engine] backend = "redis"`` and ``consume =
+true`` (``wf78 worker`` is an engine with no HTTP). It serves the capabilities of this
+process's data sources and agents plus ``*``, holds at most ``worker_slots`` tasks, and
+takes only what it has free slots for. A task runs exactly as in process (the action,
+its timeout, its retries with backoff); its end is reported in one Lua call that
+acknowledges the entry and moves the run on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+from redis.exceptions import RedisError
+
+from .actions import TaskContext, run_action, worth_retrying
+from .definitions import Result, TaskDefinition
+from .errors import Wf78Error
+from .events import TaskEvent, TaskState
+from .journal import DeadLetter
+from .streams import Completion, RedisBackend, Taken, encode_result
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["StreamWorker"]
+
+logger = logging.getLogger("wf78.worker")
+# How long to wait before trying Redis again after it failed to answer.
+_REDIS_RETRY = 0.5
+# Without a bell, look at the streams this often anyway (a lost pub/sub message).
+_IDLE_LOOK = 1.0
+
+
+class StreamWorker:
+    """Pulls tasks from the backend's streams into this engine's free slots."""
+
+    def __init__(self, engine: Engine, backend: RedisBackend) -> None:
+        self.engine = engine
+        self.backend = backend
+        settings = engine.settings
+        self.slots = settings.worker_slots
+        self._batch = max(1, self.slots // 4)
+        capabilities = {"*"}
+        for source in engine._sources.values():
+            capabilities.update((source.name, source.type))
+        for agent in engine._agents:
+            capabilities.update(agent.capabilities)
+        self.capabilities = sorted(capabilities)
+        self.stuck_after = settings.claim_margin + max(
+            (_budget(task, settings) for w in engine.workflows.values() for task in w.tasks),
+            default=0.0,
+        )
+        self.completed = 0
+        self.failed = 0
+        self._held: dict[str, Taken] = {}
+        self._freed = anyio.Event()
+        self._stopping = False
+        self._group: TaskGroup | None = None
+
+    @property
+    def busy(self) -> int:
+        """Tasks this worker holds now."""
+        return len(self._held)
+
+    def stop(self) -> None:
+        """Take nothing more; what is held runs to its end."""
+        self._stopping = True
+        self._freed.set()
+        self.backend.ring()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.backend.heartbeat(())
+            async with anyio.create_task_group() as group:
+                self._group = group
+                group.start_soon(self._heartbeats)
+                group.start_soon(self._maintenance)
+                task_status.started()
+                logger.info(
+                    "worker ready: %s serves %s with %d slots",
+                    self.backend.consumer,
+                    ", ".join(self.capabilities),
+                    self.slots,
+                )
+                await self._pull()
+                while self._held:  # the engine's drain cancels us when it has waited enough
+                    self._freed = anyio.Event()
+                    await self._freed.wait()
+                group.cancel_scope.cancel()
+        finally:
+            self._group = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                try:
+                    await self.backend.leave()
+                except (RedisError, OSError, Wf78Error):
+                    pass  # the heartbeat expires by itself
+
+    async def _pull(self) -> None:
+        while not self._stopping:
+            free = self.slots - len(self._held)
+            # Take in batches (a quarter of the slots free, or nothing held): one script
+            # call per batch instead of one per finished task.
+            if free <= 0 or (self._held and free < self._batch):
+                self._freed = anyio.Event()
+                await self._freed.wait()
+                continue
+            self.backend.clear_bell()
+            try:
+                batch = await self.backend.take(self.capabilities, free)
+            except (RedisError, OSError) as error:
+                logger.warning("taking work from redis failed: %s", error)
+                await anyio.sleep(_REDIS_RETRY)
+                continue
+            if not batch:
+                await self.backend.wait_for_work(_IDLE_LOOK)
+                continue
+            self._start(batch)
+
+    def _start(self, batch: list[Taken]) -> None:
+        assert self._group is not None
+        for taken in batch:
+            self._held[taken.entry] = taken
+            self._group.start_soon(self._execute, taken)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.engine.settings.lease_ttl / 3)
+            try:
+                await self.backend.heartbeat(list(self._held.values()))
+            except (RedisError, OSError) as error:
+                logger.warning("worker heartbeat failed: %s", error)
+
+    async def _maintenance(self) -> None:
+        """Take over dead or stuck workers' tasks, repair lease drift, refresh depths."""
+        interval = self.engine.settings.lease_ttl / 2
+        rounds = 0
+        while True:
+            await anyio.sleep(interval)
+            rounds += 1
+            try:
+                room = self.slots - len(self._held)
+                if not self._stopping and room > 0:
+                    reclaimed = await self.backend.reclaim(
+                        self.capabilities, self.stuck_after, room
+                    )
+                    if reclaimed:
+                        logger.info("took over %d tasks from other workers", len(reclaimed))
+                        self._start(reclaimed)
+                if rounds % 2 == 0:
+                    await self.backend.reconcile()
+                    await self.backend.depths()
+                    await self.backend.dead_letters()
+            except (RedisError, OSError) as error:
+                logger.warning("worker maintenance failed: %s", error)
+
+    async def _execute(self, taken: Taken) -> None:
+        try:
+            completion = await self._outcome(taken)
+            while True:
+                try:
+                    await self.backend.complete(taken, completion)
+                    break
+                except (RedisError, OSError) as error:
+                    # Held until Redis takes it: the lease is renewed meanwhile.
+                    logger.warning("reporting task %s failed, retrying: %s", taken.task, error)
+                    await anyio.sleep(_REDIS_RETRY)
+            if completion.outcome == "succeeded":
+                self.completed += 1
+            else:
+                self.failed += 1
+        finally:
+            self._held.pop(taken.entry, None)
+            self._freed.set()
+            self.engine._work_done()
+
+    async def _outcome(self, taken: Taken) -> Completion:
+        engine = self.engine
+        graph = self.backend.graph(taken.workflow)
+        task = graph.tasks.get(taken.task) if graph is not None else None
+        if task is None:
+            unknown = (
+                f"this worker's configuration has no task {taken.task!r} in workflow "
+                f"{taken.workflow!r}: every process must load the same workflows"
+            )
+            return self._failure(taken, None, unknown, 0)
+        if taken.deliveries > engine.settings.max_deliveries:
+            poison = (
+                f"PoisonTask: delivered {taken.deliveries} times without finishing "
+                f"(max_deliveries = {engine.settings.max_deliveries})"
+            )
+            self.backend.poisoned += 1
+            return self._failure(taken, task, poison, 0)
+        action = engine.actions[task.action]
+        owns_retry = getattr(action, "wf78_owns_retry", False)
+        ctx = TaskContext(
+            engine=engine,
+            task=task,
+            run_id=taken.run_id,
+            priority=taken.priority,
+            context=taken.context,
+            results=await self._dependency_results(taken, task),
+        )
+        extra = 0
+        timeout = None if owns_retry else (task.timeout or engine.settings.default_timeout)
+        while True:
+            number = taken.attempts + extra
+            self._event(taken, "running", number)
+            value, error = await run_action(action, ctx, timeout)
+            if error is None:
+                try:
+                    result = encode_result(value)
+                except (TypeError, msgspec.EncodeError) as failure:
+                    message = (
+                        f"ResultNotStorable: the result of task {task.id!r} cannot be kept "
+                        f"in redis ({failure})"
+                    )
+                    return self._failure(taken, task, message, extra)
+                self._event(taken, "succeeded", number)
+                source = value.data_source if isinstance(value, Result) else None
+                return Completion(
+                    outcome="succeeded",
+                    result=result,
+                    data_source=source or "",
+                    extra_attempts=extra,
+                )
+            if worth_retrying(error, owns_retry, number, task.retry):
+                engine.retries += 1
+                self._event(taken, "retrying", number, str(error))
+                await anyio.sleep(engine._backoff(number - 1))
+                extra += 1
+                continue
+            return self._failure(taken, task, f"{type(error).__name__}: {error}", extra)
+
+    async def _dependency_results(self, taken: Taken, task: TaskDefinition) -> dict[str, Any]:
+        while True:
+            try:
+                return await self.backend.dependency_results(taken, task)
+            except (RedisError, OSError) as error:
+                logger.warning("reading results for task %s failed, retrying: %s", task.id, error)
+                await anyio.sleep(_REDIS_RETRY)
+
+    def _failure(
+        self, taken: Taken, task: TaskDefinition | None, message: str, extra: int
+    ) -> Completion:
+        task_id = taken.task
+        self._event(taken, "failed", taken.attempts + extra, message)
+        letter = DeadLetter(
+            id=uuid4().hex,
+            run_id=taken.run_id,
+            workflow=taken.workflow,
+            task=task_id,
+            action=task.action if task is not None else "",
+            error=message,
+            attempts=taken.attempts + extra,
+            time=time.time(),
+        )
+        return Completion(
+            outcome="failed",
+            error=message,
+            run_error=f"task {task_id!r}: {message}",
+            extra_attempts=extra,
+            dead_letter=letter,
+        )
+
+    def _event(
+        self, taken: Taken, state: TaskState, attempt: int, error: str | None = None
+    ) -> None:
+        engine = self.engine
+        if engine._observers:
+            engine._notify(
+                TaskEvent(
+                    state=state,
+                    workflow=taken.workflow,
+                    task=taken.task,
+                    run_id=taken.run_id,
+                    attempt=attempt,
+                    error=error,
+                    time=time.time(),
+                )
+            )
+
+
+def _budget(task: TaskDefinition, settings: Any) -> float:
+    """The longest a live worker may hold a task: every attempt timing out, plus backoffs."""
+    timeout = task.timeout or settings.default_timeout or 24 * 3600.0
+    backoff = sum(
+        min(settings.retry_backoff * 2**i, settings.retry_backoff_max) for i in range(task.retry)
+    )
+    return float(timeout * (task.retry + 1) + backoff)
