@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio
 from asgi_lifespan import LifespanManager
 from conftest import Probe
+from servers import RedisServer
 
 from wf78_core import ConfigError, Engine, Run, Wf78Error, Wf78Middleware, hookimpl
 from wf78_core.cli import main
@@ -458,3 +459,49 @@ async def test_stats_show_the_shared_queue(namespace: str, probe: Probe) -> None
         assert {w.id: w.running for w in stats.workflows} == {"block": 1, "later": 0}
         probe.gate("g").set()
         await probe.until(lambda: len(probe.calls) == 5)
+
+
+class Nap:
+    """Actions that take a little while: ``nap`` sleeps ``params["s"]`` and counts itself."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    @hookimpl
+    def wf78_register_actions(self, registry: Any) -> None:
+        async def nap(ctx: Any) -> str:
+            await anyio.sleep(float(ctx.params.get("s", 0.05)))
+            self.calls.append((ctx.run_id, ctx.task.id))
+            return ctx.task.id
+
+        registry.add("nap", nap)
+
+
+async def test_a_redis_restart_loses_no_accepted_run() -> None:
+    """Redis (append-only, fsync per write) restarted while a worker runs 300 accepted
+    two-task runs: the worker, its listener and its reports ride it out and every run
+    finishes."""
+    flow = workflow("pair", task("a", "nap"), task("b", "nap", depends_on=["a"]))
+    naps = Nap()
+    with RedisServer() as server:
+        settings = config("restart", flow, backend_url=server.url, worker_slots=20)
+        async with Engine(settings, plugins=[naps]) as engine:
+            assert engine.shared is not None
+            ids = [(await engine.run("pair", wait=False)).id for _ in range(300)]
+            for _ in range(100):
+                if len(naps.calls) >= 60:
+                    break
+                await anyio.sleep(0.02)
+            assert await engine.shared.finished_runs() < 300  # the restart comes mid-way
+            await anyio.to_thread.run_sync(lambda: server.restart(down_for=1.0))
+            for run_id in ids:
+                for _ in range(100):  # the first reads after the restart may still fail
+                    try:
+                        run = await settled(engine, run_id, within=30)
+                        break
+                    except redis.exceptions.ConnectionError:
+                        await anyio.sleep(0.1)
+                assert run.status == "succeeded"
+            assert await engine.shared.finished_runs() == 300
+    ran = {(run_id, task) for run_id, task in naps.calls}
+    assert ran == {(run_id, t) for run_id in ids for t in "ab"}  # at least once each
