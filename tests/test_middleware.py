@@ -22,6 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from wf78_core import Engine, Identity, Wf78Error, current, hookimpl
+from wf78_core.context import RequestClient
 from wf78_core.datasource import SourceSpec
 from wf78_core.middleware import Wf78Middleware
 
@@ -295,6 +296,31 @@ async def test_current_and_scope_state_inside_a_handler(config: dict[str, Any]) 
         assert odd.json()["priority"] is None
     with pytest.raises(Wf78Error, match="only available inside a request"):
         current()
+
+
+@pytest.mark.anyio
+async def test_a_client_kept_after_its_request_still_knows_the_caller(
+    config: dict[str, Any],
+) -> None:
+    """The identity is looked up on first use, even after the response, from the headers
+    the request had when it reached wf78 (not from whatever the scope holds later)."""
+    kept: list[RequestClient] = []
+
+    async def remember(request: Request) -> JSONResponse:
+        kept.append(current())
+        request.scope["headers"].clear()  # what an app may do to its own scope
+        return JSONResponse({})
+
+    app = Wf78Middleware(Starlette(routes=[Route("/remember", remember)]), config=config)
+    async with client_of(app) as client:
+        await client.get("/remember", headers={"authorization": f"Bearer {TOKEN}"})
+        await client.get("/remember", headers={"sid": CAPPED, "x-wf78-priority": "0"})
+        await client.get("/remember")
+    assert [(c.identity.uname if c.identity else None, c.priority) for c in kept] == [
+        ("alice", None),
+        ("carol", 2),
+        (None, None),
+    ]
 
 
 def test_current_outside_a_request_is_a_clear_error() -> None:
