@@ -29,14 +29,13 @@ class _LazyClient(RequestClient):
     """The client of a request the app serves: the identity is looked up on first use,
     from the headers the request had when it reached wf78.
 
-    It keeps a tuple of those headers, not the scope (the scope's state holds the client: a
-    reference back would make every request a cycle for the garbage collector) and not the
-    scope's list. The client outlives the request: uvicorn's keep-alive timer holds a copy
-    of the request's context, and so of ``current()``, until the event loop drops the
-    cancelled timer, often dozens of requests later. A list kept that long by every request
-    made the collector run about 50 times as often under 64 keep-alive connections (7.5
-    young collections per 1,000 requests instead of 0.15); a tuple, 2 (B9a in
-    benchmarks/README.md).
+    It keeps a tuple of those headers: not the scope (the scope's state holds the client, a
+    reference back would make every request a cycle for the garbage collector), and not the
+    scope's list. The client outlives its request: uvicorn's keep-alive timer keeps a copy of
+    the request's context, and so the client, until the event loop drops the cancelled timer,
+    dozens of requests later. Under 64 keep-alive connections, a list kept that way by every
+    request made the garbage collector run 50 times as often as for the bare app; a tuple,
+    13 times (benchmarks/README.md, B9).
     """
 
     __slots__ = ("_headers", "_middleware")
