@@ -1371,12 +1371,7 @@ class Engine:
         """:meth:`recent_runs` for every backend (with redis: from every process)."""
         if self.shared is None:
             return self.recent_runs(limit)
-        runs = []
-        for run_id in await self.shared.recent_run_ids(limit):
-            run = await self.shared.fetch_run(run_id)
-            if run is not None:
-                runs.append(run)
-        return runs
+        return await self.shared.recent_runs(limit) if limit > 0 else []
 
     def _cancel_run(self, run: RunState, why: str) -> None:
         if run.done.is_set():

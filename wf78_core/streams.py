@@ -399,7 +399,20 @@ class RedisBackend(InProcessBackend):
 
     async def fetch_run(self, run_id: str) -> Run | None:
         """The run as Redis holds it now, or None (unknown, or expired after ``run_ttl``)."""
-        raw = await self.redis.hgetall(self.prefix + "run:" + run_id)
+        return self._run_from(run_id, await self.redis.hgetall(self.prefix + "run:" + run_id))
+
+    async def recent_runs(self, limit: int) -> list[Run]:
+        """The newest ``limit`` runs still kept, newest first: one round trip for the ids,
+        one pipeline for the runs."""
+        ids = [i.decode() for i in await self.redis.zrevrange(self.prefix + "recent", 0, limit - 1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hgetall(self.prefix + "run:" + run_id)
+            hashes = await pipe.execute()
+        runs = (self._run_from(run_id, raw) for run_id, raw in zip(ids, hashes, strict=True))
+        return [run for run in runs if run is not None]
+
+    def _run_from(self, run_id: str, raw: Any) -> Run | None:
         if not raw:
             return None
         fields = {k.decode(): v for k, v in raw.items()}
@@ -440,10 +453,6 @@ class RedisBackend(InProcessBackend):
             finished=number("fi"),
             error=_text(fields.get("err")),
         )
-
-    async def recent_run_ids(self, limit: int) -> list[str]:
-        ids = await self.redis.zrevrange(self.prefix + "recent", 0, max(0, limit) - 1)
-        return [i.decode() for i in ids]
 
     async def cancel_run(self, run_id: str, reason: str) -> int:
         """-1: unknown run, 0: it had finished, 1: cancelled (running tasks finish on
