@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from wf78_core.config import load_config
-from wf78_core.datasource import TableSchema
+from wf78_core.plugin.datasource import TableSchema
 
 __all__ = [
     "MYSQL_SERVER",

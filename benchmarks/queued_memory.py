@@ -30,7 +30,7 @@ import anyio
 
 from benchmarks._harness import Measurement, case_main, rss
 from wf78_core import Engine, Operation, TaskContext, hookimpl
-from wf78_core.datasource import SourceSpec
+from wf78_core.plugin.datasource import SourceSpec
 
 SETTLE_TIMEOUT = 120.0
 

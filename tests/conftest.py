@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from wf78_core import DataSourceError, Engine, Operation, TaskContext, TaskEvent, hookimpl
-from wf78_core.datasource import SourceSpec
+from wf78_core.plugin.datasource import SourceSpec
 
 TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
 

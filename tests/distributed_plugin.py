@@ -31,10 +31,10 @@ import anyio
 import msgspec
 import redis.asyncio
 
-from wf78_core.actions import TaskContext, execute_action
-from wf78_core.datasource import SourceSpec, convert_options
+from wf78_core.core.actions import TaskContext, execute_action
 from wf78_core.definitions import Operation
-from wf78_core.hookspecs import hookimpl
+from wf78_core.plugin.datasource import SourceSpec, convert_options
+from wf78_core.plugin.spec import hookimpl
 
 URL = "redis://127.0.0.1:6379/0"
 # INCR the level, raise the high-water mark to it: one atomic step.

@@ -21,8 +21,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from wf78_core import Engine, EngineStats
-from wf78_core.metrics import CONTENT_TYPE_LATEST
-from wf78_core.middleware import Wf78Middleware
+from wf78_core.http.metrics import CONTENT_TYPE_LATEST
+from wf78_core.http.middleware import Wf78Middleware
 
 ADMIN = "admin-token"
 USER = "user-token"

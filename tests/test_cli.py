@@ -16,8 +16,8 @@ from uuid import uuid4
 import pymysql
 import pytest
 
-from wf78_core import sharding
 from wf78_core.cli import main
+from wf78_core.data import sharding
 
 SOURCE = """\
 [datasources.main]

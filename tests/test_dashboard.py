@@ -28,7 +28,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from wf78_core import Engine, TaskContext, hookimpl
-from wf78_core.middleware import Wf78Middleware
+from wf78_core.http.middleware import Wf78Middleware
 
 ADMIN = "dash-admin-token"
 USER = "dash-user-token"

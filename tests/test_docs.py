@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import wf78_core.hookspecs as hookspecs
+import wf78_core.plugin.spec as hookspecs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -13,10 +13,10 @@ from osmem_server import OsmemServer
 
 from tests.esutil import JsonNode, plain_media_type
 from wf78_core import Engine
-from wf78_core.datasource import SourceSpec, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.registry import Registry
+from wf78_core.plugin.datasource import SourceSpec, load_factory
+from wf78_core.plugin.registry import Registry
 from wf78_elasticsearch import ElasticsearchSource, PartialWrite, wf78_register_datasources
 
 NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"

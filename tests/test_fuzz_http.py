@@ -33,9 +33,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from wf78_core import Engine
-from wf78_core.http import MAX_JSON_DEPTH
-from wf78_core.middleware import Wf78Middleware
-from wf78_core.routes import DEFAULT_MAX_PARS, METHODS
+from wf78_core.http.asgi import MAX_JSON_DEPTH
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.http.routes import DEFAULT_MAX_PARS, METHODS
 
 ALICE = "tok-alice"  # company acme
 BOB = "tok-bob"  # company globex

@@ -31,8 +31,8 @@ from starlette.applications import Starlette
 from tests.esutil import JsonNode
 from wf78_core import Engine, Identity, Operation, Table
 from wf78_core.config import TableConfig
-from wf78_core.datasource import SourceSpec, TableSchema
 from wf78_core.errors import DataSourceError, InvalidOperation
+from wf78_core.http.middleware import Wf78Middleware
 from wf78_core.idempotency import (
     AUTO_PREFIX,
     MAX_KEY,
@@ -47,7 +47,7 @@ from wf78_core.idempotency import (
     prepare_task,
     task_key,
 )
-from wf78_core.middleware import Wf78Middleware
+from wf78_core.plugin.datasource import SourceSpec, TableSchema
 from wf78_elasticsearch import ElasticsearchSource
 from wf78_mysql import MySQLSource
 from wf78_redis import RedisSource

@@ -20,7 +20,7 @@ from asgi_lifespan import LifespanManager
 from conftest import Probe, make_config
 
 from wf78_core import ConfigError, Engine, UnknownWorkflow, Wf78Error, Wf78Middleware, hookimpl
-from wf78_core.journal import MemoryJournal, SQLiteJournal, open_journal
+from wf78_core.persistence.journal import MemoryJournal, SQLiteJournal, open_journal
 
 pytestmark = pytest.mark.anyio
 
@@ -244,7 +244,7 @@ async def test_checkpoints_are_bounded_and_all_written(tmp_path: Path, probe: Pr
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(journal.run)
-            from wf78_core.journal import JournaledRun, TaskCheckpoint
+            from wf78_core.persistence.journal import JournaledRun, TaskCheckpoint
 
             await journal.started(
                 JournaledRun(id="r", workflow="w", context={}, priority=1, created=1.0)

@@ -22,9 +22,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from wf78_core import Engine, Identity, Wf78Error, current, hookimpl
-from wf78_core.context import RequestClient
-from wf78_core.datasource import SourceSpec
-from wf78_core.middleware import Wf78Middleware
+from wf78_core.http.context import RequestClient
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.plugin.datasource import SourceSpec
 
 TOKEN = "tok-alice"
 CAPPED = "tok-carol"

@@ -28,7 +28,7 @@ from osmem_server import OsmemServer
 from tests.conftest import Faults
 from tests.esutil import JsonNode
 from wf78_core import ConfigError, DataSourceError, Engine, Identity, Operation, Table
-from wf78_core.mirrors import Relay, cache_key
+from wf78_core.data.mirrors import Relay, cache_key
 
 NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"

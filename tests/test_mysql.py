@@ -18,10 +18,10 @@ import pytest
 
 from wf78_core import Engine
 from wf78_core.config import TableConfig
-from wf78_core.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.registry import Registry
+from wf78_core.plugin.datasource import DataSource, SourceSpec, TableSchema, load_factory
+from wf78_core.plugin.registry import Registry
 from wf78_mysql import MySQLSource, wf78_register_datasources
 from wf78_mysql.errors import map_error
 

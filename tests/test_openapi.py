@@ -24,9 +24,9 @@ from starlette.routing import Route
 
 from wf78_core import Engine
 from wf78_core.config import parse_config
-from wf78_core.middleware import Wf78Middleware
-from wf78_core.openapi import openapi_document
-from wf78_core.routes import METHODS
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.http.openapi import openapi_document
+from wf78_core.http.routes import METHODS
 
 ADMIN = "tok-admin"
 ALICE = "tok-alice"  # no admin role

@@ -17,8 +17,8 @@ import pytest
 from conftest import Probe
 
 from wf78_core import ConfigError, Engine, Operation, TaskContext, TaskEvent, hookimpl
-from wf78_core.plugins import make_plugin_manager
-from wf78_core.registry import Registry
+from wf78_core.plugin.manager import make_plugin_manager
+from wf78_core.plugin.registry import Registry
 from wf78_memory import MemorySource
 
 Config = Callable[..., dict[str, Any]]
@@ -246,7 +246,7 @@ def test_trace_hooks_never_prints_request_headers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Config
 ) -> None:
     monkeypatch.setenv("WF78_TRACE_HOOKS", "1")
-    from wf78_core.plugins import HookChain
+    from wf78_core.plugin.manager import HookChain
 
     class Authenticator:
         @hookimpl

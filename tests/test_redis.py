@@ -21,10 +21,10 @@ from redis.backoff import NoBackoff
 
 from wf78_core import Engine
 from wf78_core.config import TableConfig
-from wf78_core.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.registry import Registry
+from wf78_core.plugin.datasource import DataSource, SourceSpec, TableSchema, load_factory
+from wf78_core.plugin.registry import Registry
 from wf78_redis import RedisSource, wf78_register_datasources
 from wf78_redis.errors import map_error
 

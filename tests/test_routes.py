@@ -25,9 +25,9 @@ from starlette.routing import Route
 
 from tests.conftest import Faults
 from wf78_core import DataSourceError, Engine, Operation, hookimpl
-from wf78_core.datasource import SourceSpec
-from wf78_core.middleware import Wf78Middleware
-from wf78_core.routes import METHODS
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.http.routes import METHODS
+from wf78_core.plugin.datasource import SourceSpec
 from wf78_memory import MemorySource
 
 ALICE = "tok-alice"  # company acme

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from wf78_core.agents import Agent
-from wf78_core.scheduling import Limit, Scheduler, Waiter
+from wf78_core.core.agents import Agent
+from wf78_core.core.scheduling import Limit, Scheduler, Waiter
 
 
 class FakeClock:

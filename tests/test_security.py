@@ -30,15 +30,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import wf78_core
-import wf78_core.identity
+import wf78_core.http.identity
 from wf78_core import Engine, Identity, OperationError, Table, current, hookimpl
-from wf78_core.admin import AdminApp
 from wf78_core.config import AuthConfig
-from wf78_core.datasource import SourceSpec
 from wf78_core.definitions import Operation
 from wf78_core.errors import DataSourceError
-from wf78_core.identity import TokenAuthenticator
-from wf78_core.middleware import Wf78Middleware
+from wf78_core.http.admin import AdminApp
+from wf78_core.http.identity import TokenAuthenticator
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.plugin.datasource import SourceSpec
 
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
@@ -249,7 +249,7 @@ class CountingCompare:
 @pytest.fixture
 def compare(monkeypatch: pytest.MonkeyPatch) -> CountingCompare:
     counting = CountingCompare()
-    assert vars(wf78_core.identity)["hmac"] is hmac  # what the authenticator compares with
+    assert vars(wf78_core.http.identity)["hmac"] is hmac  # what the authenticator compares with
     monkeypatch.setattr(hmac, "compare_digest", counting)
     return counting
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from wf78_core import Wf78Middleware, serve
-from wf78_core.cli import main
+from wf78_core import Wf78Middleware
+from wf78_core.cli import main, serve
 
 ADMIN = "serve-admin-token"
 USER = "serve-user-token"

@@ -16,9 +16,9 @@ import pymysql
 import pytest
 
 from wf78_core import ConfigError, Engine, Identity, InvalidOperation, Operation, Table
-from wf78_core import sharding as sharding_module
 from wf78_core.config import MAINTENANCE_WORKFLOW, parse_config, with_maintenance
-from wf78_core.sharding import (
+from wf78_core.data import sharding as sharding_module
+from wf78_core.data.sharding import (
     is_expired,
     maintain,
     overlaps,

@@ -16,10 +16,10 @@ import anyio.lowlevel
 import pytest
 
 from wf78_core.config import TableConfig
-from wf78_core.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.registry import Registry
+from wf78_core.plugin.datasource import DataSource, SourceSpec, TableSchema, load_factory
+from wf78_core.plugin.registry import Registry
 from wf78_sqlite import SQLiteSource, wf78_register_datasources
 from wf78_sqlite.writer import GroupCommitWriter, Write
 

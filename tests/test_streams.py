@@ -21,8 +21,8 @@ from servers import RedisServer
 
 from wf78_core import ConfigError, Engine, Run, Wf78Error, Wf78Middleware, hookimpl
 from wf78_core.cli import main
+from wf78_core.cluster.streams import RedisBackend
 from wf78_core.config import EngineSettings
-from wf78_core.streams import RedisBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ import pytest
 
 from wf78_core import Engine, Identity, InvalidOperation, Operation, Table, hookimpl
 from wf78_core.config import TableConfig
-from wf78_core.datasource import TableSchema
+from wf78_core.plugin.datasource import TableSchema
 from wf78_memory import MemorySource
 from wf78_sql import TableSql
 from wf78_sqlite.statements import SQLITE

@@ -44,10 +44,10 @@ from starlette.applications import Starlette
 
 from tests.esutil import JsonNode
 from wf78_core import Engine, Identity, InvalidOperation, Table
-from wf78_core.context import RequestClient
+from wf78_core.http.context import RequestClient
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.http.routes import METHODS
 from wf78_core.ids import snowflake_id
-from wf78_core.middleware import Wf78Middleware
-from wf78_core.routes import METHODS
 
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
@@ -878,7 +878,7 @@ async def test_idempotency_keys_never_cross_tenants(
 
 
 def test_owner_values_mariadb_would_confuse_are_refused() -> None:
-    from wf78_core.table import owner_problem
+    from wf78_core.data.table import owner_problem
 
     assert owner_problem("globex") is None
     assert owner_problem("x" * 64) is None

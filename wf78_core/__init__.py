@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from .actions import TaskContext
-from .agents import Agent
-from .config import Config, Identity, load_config
-from .context import current
-from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
-from .engine import Engine
-from .errors import (
+from wf78_core.config import Config, Identity, load_config
+from wf78_core.core.actions import TaskContext
+from wf78_core.core.agents import Agent
+from wf78_core.core.runs import Run, TaskRun
+from wf78_core.core.stats import EngineStats
+from wf78_core.core.tickets import Ticket
+from wf78_core.data.table import Table
+from wf78_core.definitions import Operation, Result, TaskDefinition, WorkflowDefinition
+from wf78_core.engine import Engine
+from wf78_core.errors import (
     ConfigError,
     DataSourceError,
     InvalidOperation,
@@ -20,13 +23,10 @@ from .errors import (
     UnknownWorkflow,
     Wf78Error,
 )
-from .events import TaskEvent
-from .hookspecs import hookimpl
-from .middleware import Wf78Middleware
-from .runs import Run, TaskRun
-from .stats import EngineStats
-from .table import Table
-from .tickets import Ticket
+from wf78_core.events import TaskEvent
+from wf78_core.http.context import current
+from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.plugin.spec import hookimpl
 
 __all__ = [
     "Agent",

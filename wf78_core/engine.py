@@ -22,10 +22,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from croniter import croniter
 
-from .actions import TaskContext, builtin_actions, run_action, worth_retrying
-from .agents import Agent
-from .backend import Backend, InProcessBackend
-from .config import (
+from wf78_core.config import (
     Config,
     Identity,
     check_references,
@@ -35,16 +32,18 @@ from .config import (
     read_config,
     with_maintenance,
 )
-from .datasource import (
-    DataSource,
-    SourceInfo,
-    SourceSpec,
-    TableSchema,
-    load_factory,
-    options_for,
-)
-from .definitions import Operation, Result, TaskDefinition, WorkflowDefinition
-from .errors import (
+from wf78_core.core.actions import TaskContext, builtin_actions, run_action, worth_retrying
+from wf78_core.core.agents import Agent
+from wf78_core.core.backend import Backend, InProcessBackend
+from wf78_core.core.runs import Run, RunState, TaskRun, TaskSlot
+from wf78_core.core.scheduling import Limit
+from wf78_core.core.stats import AgentStats, EngineStats, SourceCounters, SourceStats, WorkflowStats
+from wf78_core.core.tickets import Ticket
+from wf78_core.data.mirrors import MirrorStats, Relay
+from wf78_core.data.sharding import MaintenanceReport, maintain
+from wf78_core.data.table import Table
+from wf78_core.definitions import Operation, Result, TaskDefinition, WorkflowDefinition
+from wf78_core.errors import (
     ConfigError,
     DataSourceError,
     NoAgentAvailable,
@@ -56,22 +55,29 @@ from .errors import (
     UnknownWorkflow,
     Wf78Error,
 )
-from .events import TaskEvent, TaskState
-from .hookspecs import hookimpl
-from .idempotency import prepare, prepare_task
-from .journal import DeadLetter, Journal, JournaledRun, TaskCheckpoint, open_journal
-from .mirrors import MirrorStats, Relay
-from .plugins import HookChain, collect_registry, make_plugin_manager, plugin_names
-from .runs import Run, RunState, TaskRun, TaskSlot
-from .scheduling import Limit
-from .sharding import MaintenanceReport, maintain
-from .stats import AgentStats, EngineStats, SourceCounters, SourceStats, WorkflowStats
-from .table import Table
-from .tickets import Ticket
+from wf78_core.events import TaskEvent, TaskState
+from wf78_core.idempotency import prepare, prepare_task
+from wf78_core.persistence.journal import (
+    DeadLetter,
+    Journal,
+    JournaledRun,
+    TaskCheckpoint,
+    open_journal,
+)
+from wf78_core.plugin.datasource import (
+    DataSource,
+    SourceInfo,
+    SourceSpec,
+    TableSchema,
+    load_factory,
+    options_for,
+)
+from wf78_core.plugin.manager import HookChain, collect_registry, make_plugin_manager, plugin_names
+from wf78_core.plugin.spec import hookimpl
 
 if TYPE_CHECKING:
-    from .streams import RedisBackend
-    from .worker import StreamWorker
+    from wf78_core.cluster.streams import RedisBackend
+    from wf78_core.cluster.worker import StreamWorker
 
 __all__ = ["Engine"]
 
@@ -146,7 +152,7 @@ class Engine:
         # The redis backend when configured (imported only then: redis is a heavy driver).
         self.shared: RedisBackend | None = None
         if self.settings.backend == "redis":
-            from .streams import RedisBackend
+            from wf78_core.cluster.streams import RedisBackend
 
             self.shared = RedisBackend(self.settings, self.config.workflows)
         self.backend: Backend = self.shared or InProcessBackend(
@@ -340,7 +346,7 @@ class Engine:
             self._events_send = send
             self._work.start_soon(self._event_loop, receive)
             if self.shared is not None and self.settings.consume:
-                from .worker import StreamWorker
+                from wf78_core.cluster.worker import StreamWorker
 
                 self.worker = StreamWorker(self, self.shared)
                 await self._work.start(self.worker.run)

@@ -35,8 +35,8 @@ from typing import Any
 
 import msgspec
 
-from .definitions import MAX_IDEMPOTENCY_KEY, Operation
-from .ids import snowflake_id
+from wf78_core.definitions import MAX_IDEMPOTENCY_KEY, Operation
+from wf78_core.ids import snowflake_id
 
 __all__ = [
     "AUTO_PREFIX",

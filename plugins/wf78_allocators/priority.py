@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from wf78_core.agents import Agent
-from wf78_core.hookspecs import hookimpl
+from wf78_core.core.agents import Agent
+from wf78_core.plugin.spec import hookimpl
 
 __all__ = ["wf78_allocate_agent"]
 

@@ -61,11 +61,11 @@ from elastic_transport import BaseNode, SerializationError
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from elasticsearch.serializer import JsonSerializer
 
-from wf78_core.datasource import SourceSpec, convert_options
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.idempotency import generated_ids
 from wf78_core.ids import snowflake_id
+from wf78_core.plugin.datasource import SourceSpec, convert_options
 
 from .bulk import BulkWriter, Item, Response, Write
 from .errors import PartialWrite, closed_error, error_type, item_error, map_error

@@ -12,11 +12,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from wf78_core.datasource import SourceSpec
 from wf78_core.definitions import Operation
 from wf78_core.errors import DataSourceError, InvalidOperation
-from wf78_core.hookspecs import hookimpl
 from wf78_core.ids import snowflake_id
+from wf78_core.plugin.datasource import SourceSpec
+from wf78_core.plugin.spec import hookimpl
 
 __all__ = ["MemorySource", "wf78_register_datasources"]
 

@@ -28,8 +28,8 @@ import anyio
 import msgspec
 from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 
-from wf78_core.datasource import SourceSpec
 from wf78_core.errors import ConfigError
+from wf78_core.plugin.datasource import SourceSpec
 from wf78_sql import (
     DEFAULT_OUTBOX_TABLE,
     Params,

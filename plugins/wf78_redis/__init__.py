@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wf78_core.hookspecs import hookimpl
-from wf78_core.registry import Registry
+from wf78_core.plugin.registry import Registry
+from wf78_core.plugin.spec import hookimpl
 
 __all__ = ["RedisOptions", "RedisSource", "wf78_register_datasources"]
 

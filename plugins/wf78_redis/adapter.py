@@ -47,10 +47,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from wf78_core.datasource import SourceSpec, convert_options
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.idempotency import explicit_key, generated_ids, is_auto
+from wf78_core.plugin.datasource import SourceSpec, convert_options
 
 from .errors import closed_error, map_error
 from .pipeline import Arg, AutoPipeline

@@ -17,9 +17,9 @@ from typing import Any, Literal
 import msgspec
 
 from wf78_core.config import ColumnType
-from wf78_core.datasource import TableSchema
 from wf78_core.errors import InvalidOperation
 from wf78_core.ids import snowflake_id
+from wf78_core.plugin.datasource import TableSchema
 
 from .pipeline import Arg
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from wf78_core.datasource import SourceInfo
-from wf78_core.hookspecs import hookimpl
+from wf78_core.plugin.datasource import SourceInfo
+from wf78_core.plugin.spec import hookimpl
 
 __all__ = ["RULES", "choose", "wf78_select_datasource"]
 

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import anyio
 from anyio.abc import TaskStatus
 
-from wf78_core.datasource import SourceSpec
 from wf78_core.definitions import Operation
 from wf78_core.errors import DataSourceError, InvalidOperation
 from wf78_core.idempotency import explicit_key, generated_ids
+from wf78_core.plugin.datasource import SourceSpec
 
 from .dialect import Dialect
 from .errors import closed_error

@@ -9,9 +9,9 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from wf78_core.datasource import TableSchema
 from wf78_core.errors import InvalidOperation
 from wf78_core.ids import snowflake_id
+from wf78_core.plugin.datasource import TableSchema
 
 from .dialect import Dialect
 

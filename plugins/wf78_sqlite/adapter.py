@@ -37,8 +37,8 @@ import aiosqlite
 import anyio
 import msgspec
 
-from wf78_core.datasource import SourceSpec
 from wf78_core.errors import ConfigError, DataSourceError
+from wf78_core.plugin.datasource import SourceSpec
 from wf78_sql import (
     DEFAULT_OUTBOX_TABLE,
     Params,

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import msgspec
 from croniter import croniter
 
-from .definitions import Kind, TaskDefinition, WorkflowDefinition
-from .errors import ConfigError, Problem
+from wf78_core.definitions import Kind, TaskDefinition, WorkflowDefinition
+from wf78_core.errors import ConfigError, Problem
 
 __all__ = [
     "DEFAULT_CONFIG_TOML",

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import Wf78Error
-from .middleware import Wf78Middleware
+from wf78_core.errors import Wf78Error
+from wf78_core.http.middleware import Wf78Middleware
 
 __all__ = [
     "CONFIG_ENV",

@@ -20,15 +20,15 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from redis.exceptions import RedisError
 
-from .actions import TaskContext, run_action, worth_retrying
-from .definitions import Result, TaskDefinition
-from .errors import Wf78Error
-from .events import TaskEvent, TaskState
-from .journal import DeadLetter
-from .streams import Completion, RedisBackend, Taken, encode_result
+from wf78_core.cluster.streams import Completion, RedisBackend, Taken, encode_result
+from wf78_core.core.actions import TaskContext, run_action, worth_retrying
+from wf78_core.definitions import Result, TaskDefinition
+from wf78_core.errors import Wf78Error
+from wf78_core.events import TaskEvent, TaskState
+from wf78_core.persistence.journal import DeadLetter
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = ["StreamWorker"]
 

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = ["AGENT_STATES", "CONTENT_TYPE_LATEST", "EngineCollector", "engine_registry", "render"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from wf78_core.errors import ConfigError
 
 __all__ = ["Registry"]
 

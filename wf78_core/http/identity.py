@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from .config import AuthConfig, Identity
-from .hookspecs import hookimpl
-from .http import Scope, header
+from wf78_core.config import AuthConfig, Identity
+from wf78_core.http.asgi import Scope, header
+from wf78_core.plugin.spec import hookimpl
 
 __all__ = ["TokenAuthenticator", "bearer_token", "effective_priority"]
 

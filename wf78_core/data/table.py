@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import anyio
 import msgspec
 
-from . import sharding
-from .config import Identity, TableConfig
-from .definitions import Operation
-from .errors import InvalidOperation, OperationError
-from .idempotency import AUTO_PREFIX, MAX_KEY, derive_key, key_id
-from .ids import snowflake_id
-from .mirrors import TableMirrors, cache_key, is_missing_index, search_body
+from wf78_core.config import Identity, TableConfig
+from wf78_core.data import sharding
+from wf78_core.data.mirrors import TableMirrors, cache_key, is_missing_index, search_body
+from wf78_core.definitions import Operation
+from wf78_core.errors import InvalidOperation, OperationError
+from wf78_core.idempotency import AUTO_PREFIX, MAX_KEY, derive_key, key_id
+from wf78_core.ids import snowflake_id
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = ["DEFAULT_NUMBER", "MAX_NUMBER", "Table", "owner_problem"]
 

@@ -38,13 +38,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from . import streams_scripts as scripts
-from .backend import InProcessBackend
-from .config import EngineSettings
-from .definitions import Result, TaskDefinition, WorkflowDefinition
-from .errors import Wf78Error
-from .journal import DeadLetter
-from .runs import Run, RunStatus, TaskRun
+from wf78_core.cluster import scripts
+from wf78_core.config import EngineSettings
+from wf78_core.core.backend import InProcessBackend
+from wf78_core.core.runs import Run, RunStatus, TaskRun
+from wf78_core.definitions import Result, TaskDefinition, WorkflowDefinition
+from wf78_core.errors import Wf78Error
+from wf78_core.persistence.journal import DeadLetter
 
 __all__ = ["Completion", "RedisBackend", "Taken", "encode_result"]
 

@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .admin import AdminApp
-from .config import Config, Identity
-from .context import RequestClient, _current
-from .engine import Engine
-from .http import Receive, Scope, Send, header, parse_priority, send_json
-from .identity import TokenAuthenticator, effective_priority
-from .plugins import HookChain
-from .routes import DEFAULT_MAX_PARS, DataRoutes
+from wf78_core.config import Config, Identity
+from wf78_core.engine import Engine
+from wf78_core.http.admin import AdminApp
+from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority, send_json
+from wf78_core.http.context import RequestClient, _current
+from wf78_core.http.identity import TokenAuthenticator, effective_priority
+from wf78_core.http.routes import DEFAULT_MAX_PARS, DataRoutes
+from wf78_core.plugin.manager import HookChain
 
 __all__ = ["Wf78Middleware"]
 

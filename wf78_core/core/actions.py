@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from .definitions import Operation, TaskDefinition
-from .errors import InvalidOperation, TaskTimeout, Wf78Error
-from .sharding import maintain
+from wf78_core.data.sharding import maintain
+from wf78_core.definitions import Operation, TaskDefinition
+from wf78_core.errors import InvalidOperation, TaskTimeout, Wf78Error
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = ["TaskContext", "builtin_actions", "operation_from", "run_action", "worth_retrying"]
 

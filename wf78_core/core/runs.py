@@ -8,9 +8,9 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
-from .definitions import TaskDefinition, WorkflowDefinition
-from .events import TaskState
-from .scheduling import Waiter
+from wf78_core.core.scheduling import Waiter
+from wf78_core.definitions import TaskDefinition, WorkflowDefinition
+from wf78_core.events import TaskState
 
 __all__ = ["Run", "RunStatus", "TaskRun"]
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import msgspec
 
-from .config import Config, TableConfig
-from .journal import DeadLetter
-from .routes import DEFAULT_MAX_PARS, METHODS
-from .runs import Run
-from .stats import EngineStats
+from wf78_core.config import Config, TableConfig
+from wf78_core.core.runs import Run
+from wf78_core.core.stats import EngineStats
+from wf78_core.http.routes import DEFAULT_MAX_PARS, METHODS
+from wf78_core.persistence.journal import DeadLetter
 
 __all__ = ["openapi_document"]
 

@@ -8,9 +8,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from .config import ColumnType, TableConfig, msgspec_problem
-from .definitions import Operation
-from .errors import ConfigError
+from wf78_core.config import ColumnType, TableConfig, msgspec_problem
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError
 
 __all__ = [
     "DataSource",

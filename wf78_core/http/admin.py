@@ -18,11 +18,10 @@ from urllib.parse import quote
 
 import msgspec
 
-from .config import Identity
-from .context import RequestClient
-from .engine import Engine
-from .errors import Overloaded, UnknownWorkflow, Wf78Error
-from .http import (
+from wf78_core.config import Identity
+from wf78_core.engine import Engine
+from wf78_core.errors import Overloaded, UnknownWorkflow, Wf78Error
+from wf78_core.http.asgi import (
     MAX_JSON_DEPTH,
     BodyTooLarge,
     Receive,
@@ -34,10 +33,11 @@ from .http import (
     read_body,
     send_bytes,
 )
-from .identity import TokenAuthenticator
-from .metrics import CONTENT_TYPE_LATEST, engine_registry, render
-from .openapi import openapi_document
-from .routes import DEFAULT_MAX_PARS
+from wf78_core.http.context import RequestClient
+from wf78_core.http.identity import TokenAuthenticator
+from wf78_core.http.metrics import CONTENT_TYPE_LATEST, engine_registry, render
+from wf78_core.http.openapi import openapi_document
+from wf78_core.http.routes import DEFAULT_MAX_PARS
 
 __all__ = ["ADMIN_ROLE", "AdminApp"]
 
@@ -177,7 +177,7 @@ class AdminApp:
         self._openapi: bytes | None = None
         self.registry = engine_registry(engine)
         self._tokens = TokenAuthenticator(engine.config.auth)
-        dashboard = resources.files(__package__ or "wf78_core").joinpath("dashboard")
+        dashboard = resources.files("wf78_core.http").joinpath("dashboard")
         self._index = dashboard.joinpath("index.html").read_text("utf-8")
         self._login = dashboard.joinpath("login.html").read_text("utf-8")
         self._assets: dict[str, tuple[bytes, bytes]] = {}

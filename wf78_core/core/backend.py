@@ -12,10 +12,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from .config import EngineSettings
-from .definitions import WorkflowDefinition
-from .runs import RunState
-from .scheduling import Limit, Scheduler
+from wf78_core.config import EngineSettings
+from wf78_core.core.runs import RunState
+from wf78_core.core.scheduling import Limit, Scheduler
+from wf78_core.definitions import WorkflowDefinition
 
 __all__ = ["Backend", "InProcessBackend"]
 

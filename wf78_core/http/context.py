@@ -6,12 +6,12 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .config import Identity
-from .errors import Wf78Error
+from wf78_core.config import Identity
+from wf78_core.errors import Wf78Error
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .table import Table
+    from wf78_core.data.table import Table
+    from wf78_core.engine import Engine
 
 __all__ = ["RequestClient", "current"]
 

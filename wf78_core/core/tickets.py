@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from .definitions import Operation, Result
-from .scheduling import Waiter
+from wf78_core.core.scheduling import Waiter
+from wf78_core.definitions import Operation, Result
 
 __all__ = ["Ticket"]
 

@@ -80,9 +80,9 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from .config import Identity, TableConfig
-from .context import RequestClient
-from .errors import (
+from wf78_core.config import Identity, TableConfig
+from wf78_core.data.table import DEFAULT_NUMBER, Table, owner_problem
+from wf78_core.errors import (
     DataSourceError,
     InvalidOperation,
     NoAgentAvailable,
@@ -91,7 +91,7 @@ from .errors import (
     Overloaded,
     Wf78Error,
 )
-from .http import (
+from wf78_core.http.asgi import (
     MAX_JSON_DEPTH,
     BodyTooLarge,
     Receive,
@@ -103,12 +103,12 @@ from .http import (
     read_body,
     send_json,
 )
-from .idempotency import derive_key
-from .identity import TokenAuthenticator, bearer_token, effective_priority
-from .table import DEFAULT_NUMBER, Table, owner_problem
+from wf78_core.http.context import RequestClient
+from wf78_core.http.identity import TokenAuthenticator, bearer_token, effective_priority
+from wf78_core.idempotency import derive_key
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = ["DEFAULT_MAX_PARS", "METHODS", "DataRoute", "DataRoutes", "Refusal"]
 

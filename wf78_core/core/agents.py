@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .scheduling import Limit
+from wf78_core.core.scheduling import Limit
 
 __all__ = ["Agent"]
 

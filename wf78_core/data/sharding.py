@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from .config import TableConfig
-from .definitions import Operation
-from .errors import ConfigError, InvalidOperation
+from wf78_core.config import TableConfig
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError, InvalidOperation
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = [
     "SHARD_ACTIONS",

@@ -37,14 +37,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import serve
-from .definitions import Result
-from .engine import Engine
-from .errors import ConfigError, Wf78Error
-from .events import TaskEvent
-from .hookspecs import hookimpl
-from .runs import Run
-from .sharding import MaintenanceReport, maintain
+from wf78_core.cli import serve
+from wf78_core.core.runs import Run
+from wf78_core.data.sharding import MaintenanceReport, maintain
+from wf78_core.definitions import Result
+from wf78_core.engine import Engine
+from wf78_core.errors import ConfigError, Wf78Error
+from wf78_core.events import TaskEvent
+from wf78_core.plugin.spec import hookimpl
 
 if TYPE_CHECKING:
     # Imported when a server runs: validate, run and maintain do without them.

@@ -37,7 +37,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from .errors import ConfigError, Wf78Error
+from wf78_core.errors import ConfigError, Wf78Error
 
 __all__ = [
     "DeadLetter",
@@ -548,7 +548,7 @@ def open_journal(
             path if path.is_absolute() else Path(base_dir) / path, keep_finished=keep_finished
         )
     if ":" in setting and "/" not in setting:
-        from .datasource import load_factory
+        from wf78_core.plugin.datasource import load_factory
 
         try:
             factory = load_factory(setting)

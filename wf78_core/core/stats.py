@@ -6,7 +6,7 @@ from bisect import bisect_left
 
 import msgspec
 
-from .journal import DeadLetter
+from wf78_core.persistence.journal import DeadLetter
 
 __all__ = [
     "AgentStats",

@@ -38,12 +38,12 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from .config import ColumnType, TableConfig
-from .definitions import Operation
-from .errors import ConfigError, OperationError, Problem
+from wf78_core.config import ColumnType, TableConfig
+from wf78_core.definitions import Operation
+from wf78_core.errors import ConfigError, OperationError, Problem
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wf78_core.engine import Engine
 
 __all__ = [
     "RELAY_PRIORITY",

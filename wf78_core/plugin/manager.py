@@ -10,9 +10,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import ConfigError
-from .registry import Registry
+from wf78_core.errors import ConfigError
+from wf78_core.plugin import spec as hookspecs
+from wf78_core.plugin.registry import Registry
 
 __all__ = ["HookChain", "collect_registry", "make_plugin_manager"]
 

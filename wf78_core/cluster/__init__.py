@@ -1,0 +1,1 @@
+"""The Redis Streams backend and the distributed worker."""

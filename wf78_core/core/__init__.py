@@ -1,0 +1,1 @@
+"""The engine core: scheduling, dispatch, sources, agents, workflow runs, events, stats."""

@@ -1,0 +1,1 @@
+"""The HTTP layer: ASGI middleware, data routes, admin API, metrics, dashboard."""

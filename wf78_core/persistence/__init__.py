@@ -1,0 +1,1 @@
+"""The run journal: accepted runs on disk before they are acknowledged."""

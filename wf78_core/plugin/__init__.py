@@ -1,0 +1,1 @@
+"""The plugin SDK: what a data-source adapter, strategy or allocator imports."""
