@@ -648,8 +648,8 @@ async def test_an_attempt_checks_an_unhealthy_source_at_most_twice_a_second(
             await engine.submit(add(data_source="sick"))
         assert faults.health_checks == checks + 1 and sick.served == 0
         # Once the interval is over, an attempt finds it back, long before the health loop.
-        monkeypatch.setattr("wf78_core.engine.PROBE_INTERVAL", 0.0)
-        engine._sources["sick"].probe_at = 0.0
+        monkeypatch.setattr("wf78_core.core.dispatch.PROBE_INTERVAL", 0.0)
+        engine.sources.named["sick"].probe_at = 0.0
         assert (await engine.submit(add(data_source="sick"))).data_source == "sick"
         assert faults.health_checks == checks + 2 and engine.stats().sources[0].healthy
 

@@ -567,7 +567,7 @@ async def test_a_batch_killed_before_commit_runs_again_once(mysql_table: str) ->
     marker = f"kill_{uuid4().hex[:8]}"
     async with Engine(_engine_config(MYSQL_URL, table)) as engine:
         await engine.submit(Operation(action="add", table=table, values={"id": "w", "cid": "a"}))
-        source = engine._sources["my"].adapter
+        source = engine.sources.named["my"].adapter
         assert isinstance(source, MySQLSource)
         ops = [prepare(add(table, name=f"n{index}", retry=5)) for index in range(30)]
         results: list[Any] = []

@@ -396,7 +396,7 @@ async def test_runs_in_flight_at_kill_9_finish_after_restart_without_repeating_t
         assert engine.resumed_runs == 20
         with anyio.fail_after(10):
             for run_id in run_ids:
-                resumed = engine.backend.get_run(run_id)
+                resumed = engine.backend.runs.get(run_id)  # type: ignore[attr-defined]
                 assert resumed is not None
                 await resumed.done.wait()
                 assert resumed.status == "succeeded"

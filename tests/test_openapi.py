@@ -167,13 +167,13 @@ async def test_every_admin_route_is_listed_and_needs_the_admin_role(tmp_path: Pa
         document = await fetch(client)
     paths = document["paths"]
     # Derived from the live routing table: a route added to AdminApp must be documented.
-    for route in app.admin._routes:
+    for route in app.admin.routes:
         template = PREFIX + template_of(route.pattern.pattern)
         assert template in paths, template
         assert {verb.upper() for verb in paths[template]} == set(route.methods), template
     admin_paths = [path for path in paths if path.startswith(PREFIX)]
     assert f"{PREFIX}/openapi.json" in admin_paths
-    assert len(admin_paths) == len(app.admin._routes)
+    assert len(admin_paths) == len(app.admin.routes)
     for path in admin_paths:
         for operation in paths[path].values():
             assert "'admin' role" in operation["description"]
@@ -239,7 +239,7 @@ def test_schemathesis_finds_no_server_error_and_responses_match(tmp_path: Path) 
     try:
         schema = schemathesis.openapi.from_asgi(f"{PREFIX}/openapi.json", app, headers=headers)
         operations = [cast(Any, result).ok() for result in schema.get_all_operations()]
-        admin_operations = sum(len(route.methods) for route in app.admin._routes)
+        admin_operations = sum(len(route.methods) for route in app.admin.routes)
         # schemathesis leaves out the document's own route.
         assert len(operations) == 2 * 2 * len(METHODS) + admin_operations - 1
         checks = [not_a_server_error, response_schema_conformance]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,7 +165,7 @@ async def test_a_plugin_type_replaces_the_built_in_type(config: Config) -> None:
     async with Engine(config(), plugins=[SecondMemory()]) as engine:
         result = await engine.submit(Operation(action="noop", data_source="mem"))
     assert result.data_source == "mem"
-    assert engine._source_types.get("memory") is MemorySource
+    assert engine.source_types.get("memory") is MemorySource
 
 
 @pytest.mark.anyio
@@ -432,3 +435,186 @@ def test_heavy_drivers_load_only_for_configured_sources() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- the SDK: what plugins import, and drivers as extras ---------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# type -> (the package that registers it, the factory it names, its driver, the extra)
+DRIVERS = {
+    "mysql": ("wf78_mysql", "MySQLSource", "aiomysql", "mysql"),
+    "redis": ("wf78_redis", "RedisSource", "redis", "redis"),
+    "elasticsearch": (
+        "wf78_elasticsearch",
+        "ElasticsearchSource",
+        "elasticsearch",
+        "elasticsearch",
+    ),
+}
+
+
+def _wf78_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every absolute import of wf78_core in ``path``, wherever it is
+    (top level, functions, ``TYPE_CHECKING`` blocks). ``from wf78_core import X`` reaches
+    the module ``wf78_core.X`` unless ``X`` is one of the root package's public names."""
+    import wf78_core
+
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module != "wf78_core":
+                found.append((node.lineno, node.module))
+                continue
+            for alias in node.names:
+                public = alias.name in wf78_core.__all__
+                found.append((node.lineno, "wf78_core" if public else f"wf78_core.{alias.name}"))
+    return [(line, module) for line, module in found if module.split(".")[0] == "wf78_core"]
+
+
+def test_plugins_import_only_wf78_core_or_its_sdk() -> None:
+    files = sorted((ROOT / "plugins").rglob("*.py"))
+    files += sorted((THIRDPARTY / "wf78_thirdparty").rglob("*.py"))
+    assert len(files) > 30
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in files
+        for line, module in _wf78_imports(path)
+        if module not in ("wf78_core", "wf78_core.plugin")
+    ]
+    assert wrong == []
+
+
+def test_the_sdk_exports_what_plugins_need() -> None:
+    import wf78_core.plugin as sdk
+
+    wanted = {
+        "hookimpl", "Registry", "DataSource", "DataSourceFactory", "SourceInfo", "SourceSpec",
+        "TableSchema", "convert_options", "ColumnType", "Operation", "Result", "TaskDefinition",
+        "ConfigError", "DataSourceError", "InvalidOperation", "OperationError", "snowflake_id",
+        "explicit_key", "generated_ids", "is_auto", "AgentInfo", "Identity", "Scope",
+        "require_driver", "TaskEvent",
+    }  # fmt: skip
+    assert wanted <= set(sdk.__all__)
+    assert all(hasattr(sdk, name) for name in sdk.__all__)
+    # Names plugins share with the root package are the same objects.
+    import wf78_core
+
+    for name in set(sdk.__all__) & set(wf78_core.__all__):
+        assert getattr(sdk, name) is getattr(wf78_core, name), name
+
+
+def test_the_engine_agent_is_what_allocators_see() -> None:
+    from wf78_core import Agent
+    from wf78_core.plugin import AgentInfo
+
+    agent = Agent("a1", ["db"], 4, 0)
+    assert isinstance(agent, AgentInfo)
+    assert (agent.capacity, agent.running, agent.load, agent.has_free_slot) == (4, 0, 0.0, True)
+
+
+def test_require_driver_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wf78_core.plugin import MissingDriver, require_driver
+
+    assert require_driver("json", "json", what="x") is sys.modules["json"]
+    with pytest.raises(ConfigError) as raised:
+        require_driver("wf78_no_such_driver", "nothing", what="data source type 'none'")
+    assert str(raised.value) == (
+        "data source type 'none' needs the wf78_no_such_driver package: "
+        'pip install "wf78[nothing]"'
+    )
+    # The driver is there, but one of its own dependencies is not: say which.
+    (tmp_path / "wf78_half_driver.py").write_text("import wf78_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingDriver) as half:
+        require_driver("wf78_half_driver", "half", what="thing")
+    assert 'pip install "wf78[half]"' in str(half.value)
+    assert "wf78_missing_dependency" in str(half.value)
+    assert half.value.extra == "half" and half.value.module == "wf78_half_driver"
+
+
+@pytest.mark.parametrize("source_type", sorted(DRIVERS))
+def test_a_missing_driver_names_its_extra(
+    monkeypatch: pytest.MonkeyPatch, source_type: str
+) -> None:
+    from wf78_core.plugin import Registry
+    from wf78_core.plugin.datasource import load_factory
+
+    package, factory, driver, extra = DRIVERS[source_type]
+    plugin = importlib.import_module(package)
+    registry: Registry[Any] = Registry("data-source type")
+    plugin.wf78_register_datasources(registry=registry)
+    # As if the driver were not installed (None in sys.modules makes its import fail).
+    monkeypatch.setitem(sys.modules, driver, None)
+    install = f'pip install "wf78[{extra}]"'
+    with pytest.raises(ConfigError) as raised:
+        load_factory(registry[source_type])
+    assert str(raised.value) == (
+        f"data source type '{source_type}' needs the {driver} package: {install}"
+    )
+    with pytest.raises(ConfigError) as named:
+        load_factory(registry[source_type], what=f"data source 'db' (type {source_type})")
+    assert str(named.value) == (
+        f"data source 'db' (type {source_type}) needs the {driver} package: {install}"
+    )
+    with pytest.raises(ConfigError, match=re.escape(install)):
+        getattr(plugin, factory)
+    monkeypatch.undo()
+    assert load_factory(registry[source_type]) is getattr(plugin, factory)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source_type", sorted(DRIVERS))
+async def test_a_configured_source_without_its_driver_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch, source_type: str
+) -> None:
+    _, _, driver, extra = DRIVERS[source_type]
+    monkeypatch.setitem(sys.modules, driver, None)
+    config = {"datasources": {"db": {"type": source_type, "url": "x://127.0.0.1:1"}}}
+    install = f'pip install "wf78[{extra}]"'
+    (problem,) = await Engine.check(config)
+    assert f"needs the {driver} package: {install}" in problem.message
+    with pytest.raises(ConfigError, match=re.escape(install)):
+        async with Engine(config):
+            pytest.fail("must not start")
+    # Not configured, not needed: the embedded default starts without any of the drivers.
+    async with Engine({"datasources": {"m": {"type": "memory"}}}) as engine:
+        assert (await engine.submit(Operation(action="noop"))).data_source == "m"
+
+
+def test_a_bare_install_serves_the_embedded_default(tmp_path: Path) -> None:
+    """No aiomysql, redis or elasticsearch at all: the SDK, the engine on its SQLite default
+    and the middleware import and run; a MySQL source names the extra to install."""
+    code = (
+        "import sys\n"
+        "for name in ('aiomysql', 'pymysql', 'redis', 'hiredis', 'elasticsearch',\n"
+        "             'elastic_transport'):\n"
+        "    sys.modules[name] = None\n"
+        "import anyio\n"
+        "import wf78_core.plugin\n"
+        "from wf78_core import ConfigError, Engine, Operation, Wf78Middleware\n"
+        "async def main():\n"
+        "    async with Engine() as engine:\n"
+        "        added = await engine.submit(Operation(action='add', table='items',\n"
+        "                                              values={'name': 'pen'}))\n"
+        "        print(added.data_source)\n"
+        "    try:\n"
+        "        async with Engine({'datasources': {'db': {'type': 'mysql'}}}):\n"
+        "            pass\n"
+        "    except ConfigError as error:\n"
+        "        print(error)\n"
+        "anyio.run(main)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "default"
+    assert lines[1].endswith('needs the aiomysql package: pip install "wf78[mysql]"')

@@ -30,13 +30,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import wf78_core
-import wf78_core.http.identity
+import wf78_core.core.auth
 from wf78_core import Engine, Identity, OperationError, Table, current, hookimpl
 from wf78_core.config import AuthConfig
+from wf78_core.core.auth import TokenAuth
 from wf78_core.definitions import Operation
 from wf78_core.errors import DataSourceError
 from wf78_core.http.admin import AdminApp
-from wf78_core.http.identity import TokenAuthenticator
 from wf78_core.http.middleware import Wf78Middleware
 from wf78_core.plugin.datasource import SourceSpec
 
@@ -128,7 +128,7 @@ def admin_requests() -> list[tuple[str, str]]:
     engine = Engine({"datasources": {"mem": {"type": "memory"}}})
     admin = AdminApp(engine, PREFIX)
     found: list[tuple[str, str]] = []
-    for route in admin._routes:
+    for route in admin.routes:
         path = re.sub(r"\(\?P<\w+>[^)]*\)", "x", route.pattern.pattern).replace("/?", "/")
         for method in route.methods:
             found.append((method, PREFIX + path))
@@ -249,7 +249,7 @@ class CountingCompare:
 @pytest.fixture
 def compare(monkeypatch: pytest.MonkeyPatch) -> CountingCompare:
     counting = CountingCompare()
-    assert vars(wf78_core.http.identity)["hmac"] is hmac  # what the authenticator compares with
+    assert vars(wf78_core.core.auth)["hmac"] is hmac  # what the authenticator compares with
     monkeypatch.setattr(hmac, "compare_digest", counting)
     return counting
 
@@ -260,7 +260,7 @@ TOKENS["tök-ünïcode-ключ"] = "u-unicode"
 
 def test_tokens_are_compared_in_constant_time_every_one(compare: CountingCompare) -> None:
     auth = AuthConfig(tokens={token: Identity(uid=uid) for token, uid in TOKENS.items()})
-    tokens = TokenAuthenticator(auth)
+    tokens = TokenAuth(auth)
     first, *_, last = TOKENS
     cases = [
         (first, "u0"),  # a hit on the first token still compares all of them

@@ -21,7 +21,8 @@ from servers import RedisServer
 
 from wf78_core import ConfigError, Engine, Run, Wf78Error, Wf78Middleware, hookimpl
 from wf78_core.cli import main
-from wf78_core.cluster.streams import RedisBackend
+from wf78_core.cluster.backend import RedisBackend
+from wf78_core.cluster.streams import RedisStreams
 from wf78_core.config import EngineSettings
 
 pytestmark = pytest.mark.anyio
@@ -294,7 +295,7 @@ async def test_a_dead_workers_task_is_taken_over(namespace: str, probe: Probe) -
         await anyio.sleep(0.05)
         started = await engine.run("one", wait=False)
         # Another "worker" takes the task and dies without a heartbeat.
-        ghost = RedisBackend(engine.settings, engine.config.workflows)
+        ghost = RedisStreams(engine.settings, engine.config.workflows)
         async with anyio.create_task_group() as group:
             await group.start(ghost.run)
             taken = await ghost.take(["*"], 5)
@@ -317,7 +318,7 @@ async def test_an_entry_delivered_too_often_is_a_poison_dead_letter(
         engine.worker.stop()
         await anyio.sleep(0.05)
         started = await engine.run("one", wait=False)
-        ghost = RedisBackend(engine.settings, engine.config.workflows)
+        ghost = RedisStreams(engine.settings, engine.config.workflows)
         async with anyio.create_task_group() as group:
             await group.start(ghost.run)
             assert len(await ghost.take(["*"], 5)) == 1
@@ -486,13 +487,13 @@ async def test_a_redis_restart_loses_no_accepted_run() -> None:
     with RedisServer() as server:
         settings = config("restart", flow, backend_url=server.url, worker_slots=20)
         async with Engine(settings, plugins=[naps]) as engine:
-            assert engine.shared is not None
+            assert engine.backend is not None
             ids = [(await engine.run("pair", wait=False)).id for _ in range(300)]
             for _ in range(100):
                 if len(naps.calls) >= 60:
                     break
                 await anyio.sleep(0.02)
-            assert await engine.shared.finished_runs() < 300  # the restart comes mid-way
+            assert await engine.backend.finished_runs() < 300  # the restart comes mid-way
             await anyio.to_thread.run_sync(lambda: server.restart(down_for=1.0))
             for run_id in ids:
                 for _ in range(100):  # the first reads after the restart may still fail
@@ -502,6 +503,6 @@ async def test_a_redis_restart_loses_no_accepted_run() -> None:
                     except redis.exceptions.ConnectionError:
                         await anyio.sleep(0.1)
                 assert run.status == "succeeded"
-            assert await engine.shared.finished_runs() == 300
+            assert await engine.backend.finished_runs() == 300
     ran = {(run_id, task) for run_id, task in naps.calls}
     assert ran == {(run_id, t) for run_id in ids for t in "ab"}  # at least once each

@@ -1,11 +1,15 @@
-"""The built-in Elasticsearch data source (``type = "elasticsearch"``), with grouped bulk writes."""
+"""The built-in Elasticsearch data source (``type = "elasticsearch"``), with grouped bulk writes.
+
+Its driver, elasticsearch, comes with the ``elasticsearch`` extra (``pip install "wf78[elasticsearch]"``):
+this package imports without it, and its adapter's classes, loaded on first use, name
+the extra when it is missing.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from wf78_core.plugin.registry import Registry
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin import DataSourceFactory, Registry, hookimpl, require_driver
 
 __all__ = [
     "ElasticsearchOptions",
@@ -14,16 +18,21 @@ __all__ = [
     "wf78_register_datasources",
 ]
 
+_ADAPTER_NAMES = frozenset({"ElasticsearchOptions", "ElasticsearchSource", "PartialWrite"})
 
-# A third-party plugin registering the same type replaces this one.
+
+# A third-party plugin registering the same type replaces this one. The factory is named
+# through this package so that loading it goes by way of the driver check below.
 @hookimpl(trylast=True)
-def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("elasticsearch", "wf78_elasticsearch.adapter:ElasticsearchSource", default=True)
+def wf78_register_datasources(registry: Registry[DataSourceFactory | str]) -> None:
+    registry.add("elasticsearch", "wf78_elasticsearch:ElasticsearchSource", default=True)
 
 
 def __getattr__(name: str) -> Any:
-    """The adapter's classes, imported on first use: the driver loads only when needed."""
-    if name in ("ElasticsearchSource", "ElasticsearchOptions", "PartialWrite"):
+    """The adapter's classes, imported on first use: the driver loads only when needed, and
+    a missing driver is a ``ConfigError`` naming the extra to install."""
+    if name in _ADAPTER_NAMES:
+        require_driver("elasticsearch", "elasticsearch", what="data source type 'elasticsearch'")
         from . import adapter
 
         return getattr(adapter, name)

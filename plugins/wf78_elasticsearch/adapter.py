@@ -61,11 +61,16 @@ from elastic_transport import BaseNode, SerializationError
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from elasticsearch.serializer import JsonSerializer
 
-from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.idempotency import generated_ids
-from wf78_core.ids import snowflake_id
-from wf78_core.plugin.datasource import SourceSpec, convert_options
+from wf78_core.plugin import (
+    ConfigError,
+    DataSourceError,
+    InvalidOperation,
+    Operation,
+    SourceSpec,
+    convert_options,
+    generated_ids,
+    snowflake_id,
+)
 
 from .bulk import BulkWriter, Item, Response, Write
 from .errors import PartialWrite, closed_error, error_type, item_error, map_error
@@ -110,7 +115,7 @@ class ElasticsearchOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unk
 
 
 class ElasticsearchSource:
-    """A :class:`~wf78_core.datasource.DataSource` on one Elasticsearch cluster.
+    """A :class:`~wf78_core.plugin.DataSource` on one Elasticsearch cluster.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
     to group writes into bulk requests. ``bulks`` and ``documents`` count the bulk requests

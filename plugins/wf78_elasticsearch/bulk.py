@@ -24,7 +24,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from elasticsearch import AsyncElasticsearch
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 
 from .errors import closed_error, map_error
 

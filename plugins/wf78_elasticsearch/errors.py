@@ -1,4 +1,4 @@
-"""Client errors and failed bulk items mapped to :class:`~wf78_core.errors.DataSourceError`.
+"""Client errors and failed bulk items mapped to :class:`~wf78_core.plugin.DataSourceError`.
 
 Retryable: the cluster could not be reached or timed out, refused for load (429) or failed
 (5xx, 408). Not retryable: the request itself is wrong (400), the index is missing (404),
@@ -19,7 +19,7 @@ from elastic_transport import (
     TransportError,
 )
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 
 __all__ = [
     "PartialWrite",

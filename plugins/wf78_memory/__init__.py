@@ -12,15 +12,20 @@ from typing import Any
 import anyio
 import msgspec
 
-from wf78_core.definitions import Operation
-from wf78_core.errors import DataSourceError, InvalidOperation
-from wf78_core.ids import snowflake_id
-from wf78_core.plugin.datasource import SourceSpec
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin import (
+    DataSourceError,
+    DataSourceFactory,
+    InvalidOperation,
+    Operation,
+    Registry,
+    SourceSpec,
+    hookimpl,
+    snowflake_id,
+)
 
 __all__ = ["MemorySource", "wf78_register_datasources"]
 
-# The actions whose outbox entries are kept (see wf78_core.mirrors).
+# The actions whose outbox entries are kept (see wf78_core.data.mirrors).
 _OUTBOX_WRITES = frozenset(
     {"add", "add_many", "upsert", "update", "update_many", "delete", "delete_many"}
 )
@@ -224,5 +229,5 @@ def _matches(row: dict[str, Any], where: dict[str, Any]) -> bool:
 
 
 @hookimpl(trylast=True)
-def wf78_register_datasources(registry: Any) -> None:
+def wf78_register_datasources(registry: Registry[DataSourceFactory | str]) -> None:
     registry.add("memory", MemorySource, default=True)

@@ -1,24 +1,33 @@
-"""The built-in MySQL / MariaDB data source (``type = "mysql"``)."""
+"""The built-in MySQL / MariaDB data source (``type = "mysql"``).
+
+Its driver, aiomysql, comes with the ``mysql`` extra (``pip install "wf78[mysql]"``):
+this package imports without it, and its adapter's classes, loaded on first use, name
+the extra when it is missing.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from wf78_core.plugin.registry import Registry
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin import DataSourceFactory, Registry, hookimpl, require_driver
 
 __all__ = ["MySQLOptions", "MySQLSource", "wf78_register_datasources"]
 
+_ADAPTER_NAMES = frozenset({"MySQLOptions", "MySQLSource"})
 
-# A third-party plugin registering the same type replaces this one.
+
+# A third-party plugin registering the same type replaces this one. The factory is named
+# through this package so that loading it goes by way of the driver check below.
 @hookimpl(trylast=True)
-def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("mysql", "wf78_mysql.adapter:MySQLSource", default=True)
+def wf78_register_datasources(registry: Registry[DataSourceFactory | str]) -> None:
+    registry.add("mysql", "wf78_mysql:MySQLSource", default=True)
 
 
 def __getattr__(name: str) -> Any:
-    """The adapter's classes, imported on first use: the driver loads only when needed."""
-    if name in ("MySQLSource", "MySQLOptions"):
+    """The adapter's classes, imported on first use: the driver loads only when needed, and
+    a missing driver is a ``ConfigError`` naming the extra to install."""
+    if name in _ADAPTER_NAMES:
+        require_driver("aiomysql", "mysql", what="data source type 'mysql'")
         from . import adapter
 
         return getattr(adapter, name)

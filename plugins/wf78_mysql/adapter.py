@@ -28,8 +28,7 @@ import anyio
 import msgspec
 from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 
-from wf78_core.errors import ConfigError
-from wf78_core.plugin.datasource import SourceSpec
+from wf78_core.plugin import ConfigError, SourceSpec
 from wf78_sql import (
     DEFAULT_OUTBOX_TABLE,
     Params,
@@ -89,7 +88,7 @@ class MySQLOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
 
 class MySQLSource(SqlSource):
-    """A :class:`~wf78_core.datasource.DataSource` on one MySQL or MariaDB database.
+    """A :class:`~wf78_core.plugin.DataSource` on one MySQL or MariaDB database.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
     for group commit. Without ``run`` every write commits alone. Counters: ``transactions``

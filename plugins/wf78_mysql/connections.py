@@ -34,7 +34,8 @@ async def prepare(connection: Any) -> Any:
     protocol's COM_SET_OPTION turns it off; aiomysql has no public call for it.
     """
     if connection not in _prepared:
-        await connection._execute_command(COMMAND.COM_SET_OPTION, _MULTI_STATEMENTS_OFF)
-        await connection._read_packet()
+        # aiomysql's own: no public call sends COM_SET_OPTION or reads its answer.
+        await connection._execute_command(COMMAND.COM_SET_OPTION, _MULTI_STATEMENTS_OFF)  # noqa: SLF001
+        await connection._read_packet()  # noqa: SLF001
         _prepared.add(connection)
     return connection

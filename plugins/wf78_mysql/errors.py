@@ -1,10 +1,10 @@
-"""aiomysql (PyMySQL) errors mapped to :class:`~wf78_core.errors.DataSourceError`."""
+"""aiomysql (PyMySQL) errors mapped to :class:`~wf78_core.plugin.DataSourceError`."""
 
 from __future__ import annotations
 
 import aiomysql
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 
 __all__ = [
     "CommitUnknown",

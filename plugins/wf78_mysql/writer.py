@@ -17,7 +17,7 @@ from aiomysql.cursors import RE_INSERT_VALUES
 from pymysql.constants import SERVER_STATUS  # type: ignore[import-untyped]
 from pymysql.converters import escape_string  # type: ignore[import-untyped]
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 from wf78_sql import GroupCommitWriter, Params, closed_error
 
 from .connections import prepare

@@ -2,27 +2,35 @@
 
 See :mod:`wf78_redis.adapter` for the key layout and :mod:`wf78_redis.pipeline` for how
 commands issued together share one round trip.
+
+Its driver, redis, comes with the ``redis`` extra (``pip install "wf78[redis]"``):
+this package imports without it, and its adapter's classes, loaded on first use, name
+the extra when it is missing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from wf78_core.plugin.registry import Registry
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin import DataSourceFactory, Registry, hookimpl, require_driver
 
 __all__ = ["RedisOptions", "RedisSource", "wf78_register_datasources"]
 
+_ADAPTER_NAMES = frozenset({"RedisOptions", "RedisSource"})
 
-# A third-party plugin registering the same type replaces this one.
+
+# A third-party plugin registering the same type replaces this one. The factory is named
+# through this package so that loading it goes by way of the driver check below.
 @hookimpl(trylast=True)
-def wf78_register_datasources(registry: Registry[Any]) -> None:
-    registry.add("redis", "wf78_redis.adapter:RedisSource", default=True)
+def wf78_register_datasources(registry: Registry[DataSourceFactory | str]) -> None:
+    registry.add("redis", "wf78_redis:RedisSource", default=True)
 
 
 def __getattr__(name: str) -> Any:
-    """The adapter's classes, imported on first use: the driver loads only when needed."""
-    if name in ("RedisSource", "RedisOptions"):
+    """The adapter's classes, imported on first use: the driver loads only when needed, and
+    a missing driver is a ``ConfigError`` naming the extra to install."""
+    if name in _ADAPTER_NAMES:
+        require_driver("redis", "redis", what="data source type 'redis'")
         from . import adapter
 
         return getattr(adapter, name)

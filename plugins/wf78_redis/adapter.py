@@ -47,10 +47,17 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.idempotency import explicit_key, generated_ids, is_auto
-from wf78_core.plugin.datasource import SourceSpec, convert_options
+from wf78_core.plugin import (
+    ConfigError,
+    DataSourceError,
+    InvalidOperation,
+    Operation,
+    SourceSpec,
+    convert_options,
+    explicit_key,
+    generated_ids,
+    is_auto,
+)
 
 from .errors import closed_error, map_error
 from .pipeline import Arg, AutoPipeline
@@ -106,7 +113,7 @@ class RedisOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
 
 class RedisSource:
-    """A :class:`~wf78_core.datasource.DataSource` on one Redis database.
+    """A :class:`~wf78_core.plugin.DataSource` on one Redis database.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
     for auto-pipelining. ``pipelines`` and ``commands`` count round trips and the commands

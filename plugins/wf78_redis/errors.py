@@ -1,10 +1,10 @@
-"""Driver errors mapped to :class:`~wf78_core.errors.DataSourceError` at the adapter boundary."""
+"""Driver errors mapped to :class:`~wf78_core.plugin.DataSourceError` at the adapter boundary."""
 
 from __future__ import annotations
 
 from redis import exceptions as redis_errors
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 
 __all__ = ["closed_error", "map_error"]
 

@@ -46,7 +46,7 @@ Command = tuple[Arg, ...]
 Packer = Callable[[Command], bytes]
 
 _hiredis_pack: Packer | None
-try:  # redis[hiredis] is a dependency, but the wire format does not depend on it
+try:  # the redis extra brings hiredis, but the wire format does not depend on it
     from hiredis import pack_command as _hiredis_pack  # type: ignore[assignment]
 except ImportError:  # pragma: no cover
     _hiredis_pack = None
@@ -304,7 +304,7 @@ async def _exchange(connection: Any, packed: list[bytes]) -> list[Any]:
         if not connection.is_connected:
             await connection.connect()
         await connection.check_health()  # a PING when the connection sat idle too long
-        parser = connection._parser
+        parser = connection._parser  # noqa: SLF001 - redis-py's; its type picks the fast path
         if _HIREDIS_PARSER is not None and type(parser) is _HIREDIS_PARSER:
             return await _exchange_hiredis(connection, parser, packed)
         await connection.send_packed_command(packed, check_health=False)
@@ -331,11 +331,12 @@ async def _exchange_hiredis(connection: Any, parser: Any, packed: list[bytes]) -
     stage = "writing to"
     try:
         async with asyncio.timeout(loop.time() + limit if limit else None) as deadline:
-            writer = connection._writer
+            # redis-py's stream and hiredis reader: no public call writes and reads raw RESP.
+            writer = connection._writer  # noqa: SLF001
             writer.writelines(packed)
             await writer.drain()
             stage = "reading from"
-            gets = parser._reader.gets
+            gets = parser._reader.gets  # noqa: SLF001
             # RESP3 out-of-band messages (None with a hiredis that has no such type)
             push = getattr(parser, "_hiredis_PushNotificationType", None)
             while len(replies) < count:

@@ -16,10 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from wf78_core.config import ColumnType
-from wf78_core.errors import InvalidOperation
-from wf78_core.ids import snowflake_id
-from wf78_core.plugin.datasource import TableSchema
+from wf78_core.plugin import ColumnType, InvalidOperation, TableSchema, snowflake_id
 
 from .pipeline import Arg
 

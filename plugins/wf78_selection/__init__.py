@@ -16,10 +16,8 @@ other candidate of an acceptable type exists.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from wf78_core.plugin.datasource import SourceInfo
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin import Choice, Operation, SourceInfo, hookimpl
 
 __all__ = ["RULES", "choose", "wf78_select_datasource"]
 
@@ -39,7 +37,7 @@ RULES: dict[tuple[str, str], tuple[str, ...]] = {
 _SLOW_FACTOR = 4.0
 
 
-def choose(operation: Any, candidates: Sequence[SourceInfo]) -> tuple[str, str] | None:
+def choose(operation: Operation, candidates: Sequence[SourceInfo]) -> tuple[str, str] | None:
     """The source the rules pick for ``operation`` and why, or ``None``."""
     fastest = min((c.latency for c in candidates if c.latency), default=0.0)
     for hint in ("kind", "latency", "volume"):
@@ -58,5 +56,5 @@ def choose(operation: Any, candidates: Sequence[SourceInfo]) -> tuple[str, str] 
 
 
 @hookimpl(trylast=True)
-def wf78_select_datasource(operation: Any, candidates: Sequence[SourceInfo]) -> Any:
+def wf78_select_datasource(operation: Operation, candidates: Sequence[SourceInfo]) -> Choice:
     return choose(operation, candidates)

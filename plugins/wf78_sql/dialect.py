@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from wf78_core.config import ColumnType
+from wf78_core.plugin import ColumnType
 
 __all__ = ["Dialect"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 
 __all__ = ["closed_error"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from wf78_core.errors import InvalidOperation
+from wf78_core.plugin import InvalidOperation
 
 from .dialect import Dialect
 from .statements import Params

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from wf78_core.plugin.datasource import convert_options
+from wf78_core.plugin import convert_options
 
 __all__ = ["convert_options"]

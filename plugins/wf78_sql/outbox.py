@@ -3,7 +3,7 @@
 A write of a table with mirrors carries ``op.outbox`` entries; they become rows of the outbox
 table (``id`` ascending in commit order, ``created``, ``mirror``, ``payload`` JSON) inserted in
 the same savepoint as the write (:attr:`wf78_sql.writer.Write.then`), so the row and its
-entries commit or roll back together. The relay (:mod:`wf78_core.mirrors`) reads them with
+entries commit or roll back together. The relay (:mod:`wf78_core.data.mirrors`) reads them with
 ``outbox_fetch``, applies them to the mirrors and deletes them with ``outbox_ack``.
 """
 
@@ -16,8 +16,7 @@ from typing import Any
 
 import msgspec
 
-from wf78_core.definitions import Operation
-from wf78_core.errors import InvalidOperation
+from wf78_core.plugin import InvalidOperation, Operation
 
 from .dialect import Dialect
 from .statements import Params

@@ -14,10 +14,14 @@ from typing import Any, ClassVar
 import anyio
 from anyio.abc import TaskStatus
 
-from wf78_core.definitions import Operation
-from wf78_core.errors import DataSourceError, InvalidOperation
-from wf78_core.idempotency import explicit_key, generated_ids
-from wf78_core.plugin.datasource import SourceSpec
+from wf78_core.plugin import (
+    DataSourceError,
+    InvalidOperation,
+    Operation,
+    SourceSpec,
+    explicit_key,
+    generated_ids,
+)
 
 from .dialect import Dialect
 from .errors import closed_error
@@ -52,7 +56,7 @@ _SHARD_CACHE = 1024
 
 
 class SqlSource(ABC):
-    """A :class:`~wf78_core.datasource.DataSource` over SQL, less the driver.
+    """A :class:`~wf78_core.plugin.DataSource` over SQL, less the driver.
 
     ``transactions`` and ``writes`` count committed write transactions and writes handled.
     """

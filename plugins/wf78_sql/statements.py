@@ -9,9 +9,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from wf78_core.errors import InvalidOperation
-from wf78_core.ids import snowflake_id
-from wf78_core.plugin.datasource import TableSchema
+from wf78_core.plugin import InvalidOperation, TableSchema, snowflake_id
 
 from .dialect import Dialect
 

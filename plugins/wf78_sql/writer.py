@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 
 from .statements import Params
 

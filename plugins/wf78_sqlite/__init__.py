@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from wf78_core.plugin.registry import Registry
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin import DataSourceFactory, Registry, hookimpl
 
 __all__ = ["SQLiteOptions", "SQLiteSource", "wf78_register_datasources"]
 
 
 # A third-party plugin registering the same type replaces this one.
 @hookimpl(trylast=True)
-def wf78_register_datasources(registry: Registry[Any]) -> None:
+def wf78_register_datasources(registry: Registry[DataSourceFactory | str]) -> None:
     registry.add("sqlite", "wf78_sqlite.adapter:SQLiteSource", default=True)
 
 

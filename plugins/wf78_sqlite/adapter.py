@@ -37,8 +37,7 @@ import aiosqlite
 import anyio
 import msgspec
 
-from wf78_core.errors import ConfigError, DataSourceError
-from wf78_core.plugin.datasource import SourceSpec
+from wf78_core.plugin import ConfigError, DataSourceError, SourceSpec
 from wf78_sql import (
     DEFAULT_OUTBOX_TABLE,
     Params,
@@ -131,7 +130,7 @@ class _ReaderPool:
 
 
 class SQLiteSource(SqlSource):
-    """A :class:`~wf78_core.datasource.DataSource` on one SQLite file.
+    """A :class:`~wf78_core.plugin.DataSource` on one SQLite file.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
     for group commit. Without ``run`` every write commits alone, which suits scripts and tests.

@@ -1,10 +1,10 @@
-"""Driver errors mapped to :class:`~wf78_core.errors.DataSourceError` at the adapter boundary."""
+"""Driver errors mapped to :class:`~wf78_core.plugin.DataSourceError` at the adapter boundary."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 from wf78_sql import closed_error as _closed_error
 
 __all__ = ["closed_error", "map_error"]

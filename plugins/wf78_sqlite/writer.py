@@ -7,7 +7,7 @@ from typing import Any
 
 import aiosqlite
 
-from wf78_core.errors import DataSourceError
+from wf78_core.plugin import DataSourceError
 from wf78_sql import GroupCommitWriter as SharedWriter
 from wf78_sql import Params, Write
 

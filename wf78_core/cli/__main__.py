@@ -2,4 +2,6 @@
 
 from wf78_core.cli import main
 
+__all__: list[str] = []
+
 raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""``wf78 serve``: import an ASGI app from ``MODULE:APP``, wrap it in :class:`Wf78Middleware`.
+"""``wf78 serve``: import an ASGI app from ``MODULE:APP``, wrap it in :class:`Wf78Middleware`
+and serve it with uvicorn.
 
 Several uvicorn workers each import the app themselves, from an import string: they call
 :func:`app_factory`, which reads the target and the configuration from the environment
@@ -7,11 +8,15 @@ variables ``wf78 serve`` sets before it starts them.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from wf78_core.cli.common import UsageError, config_path
+from wf78_core.cli.server import check_port, run_server, url_host
 from wf78_core.errors import Wf78Error
 from wf78_core.http.middleware import Wf78Middleware
 
@@ -23,6 +28,7 @@ __all__ = [
     "app_factory",
     "build_app",
     "import_target",
+    "serve_command",
 ]
 
 TARGET_ENV = "WF78_SERVE_TARGET"
@@ -83,10 +89,61 @@ def build_app(
 
 
 def app_factory() -> Wf78Middleware:
-    """The wrapped app for a uvicorn worker (``wf78_core.serve:app_factory``, factory=True),
+    """The wrapped app for a uvicorn worker (``wf78_core.cli.serve:app_factory``, factory=True),
     from ``WF78_SERVE_TARGET``, ``WF78_SERVE_CONFIG`` and ``WF78_SERVE_FACTORY``."""
     target = os.environ.get(TARGET_ENV)
     if not target:
         raise TargetError(f"{TARGET_ENV} is not set: start workers with 'wf78 serve'")
     config = os.environ.get(CONFIG_ENV) or None
     return build_app(target, config, factory=os.environ.get(FACTORY_ENV) == "1")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    check_port(args.port)
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    # As uvicorn does: MODULE is looked up from the current directory (or --app-dir) first.
+    sys.path.insert(0, str(Path(args.app_dir).resolve()))
+    config = config_path(args)
+    config = config.resolve() if config is not None else None
+    # Built here even for several workers: a bad target or config fails now, once, clearly.
+    app = build_app(args.target, config, factory=args.factory)
+    prefix = app.prefix
+    if config is not None:
+        described = str(config)
+    elif not args.factory and import_target(args.target) is app:
+        described = "its own Wf78Middleware's"  # the target was wrapped already
+    else:
+        described = "the embedded default"
+
+    def announce(port: int) -> None:
+        url = f"http://{url_host(args.host)}:{port}"
+        print(
+            f"wf78 serve: {args.target} on {url} (config: {described}); "
+            f"wf78 at {url}{prefix}/ - Ctrl-C to stop",
+            flush=True,
+        )
+
+    if args.workers > 1:
+        os.environ[TARGET_ENV] = args.target
+        os.environ[CONFIG_ENV] = str(config or "")
+        os.environ[FACTORY_ENV] = "1" if args.factory else ""
+        announce(args.port)
+        uvicorn.run(
+            FACTORY_IMPORT,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            lifespan="on",
+            log_level=args.log_level,
+        )
+        return 0
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level)
+    )
+    run_server(server, announce)
+    print("wf78 serve: stopped", flush=True)
+    return 0

@@ -27,234 +27,70 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from wf78_core.cluster import scripts
+from wf78_core.cluster.wire import (
+    BATCH,
+    Batcher,
+    Call,
+    Completion,
+    Graph,
+    Taken,
+    decode,
+    decode_dead,
+    decode_value,
+    encode_result,
+    json_encode,
+    pack,
+    text,
+)
 from wf78_core.config import EngineSettings
-from wf78_core.core.backend import InProcessBackend
+from wf78_core.core.records import DeadLetter
 from wf78_core.core.runs import Run, RunStatus, TaskRun
-from wf78_core.definitions import Result, TaskDefinition, WorkflowDefinition
+from wf78_core.definitions import TaskDefinition, WorkflowDefinition
 from wf78_core.errors import Wf78Error
-from wf78_core.persistence.journal import DeadLetter
 
-__all__ = ["Completion", "RedisBackend", "Taken", "encode_result"]
+__all__ = ["Completion", "RedisStreams", "Taken", "encode_result"]
 
-#: the capability of a task that names no data source: any worker runs it
-ANY = "*"
-_BATCH = 256
 _CONNECTIONS = 32
 # Seconds between attempts to listen again after the pub/sub connection was lost.
 _RECONNECT = 0.5
 logger = logging.getLogger("wf78.streams")
-# Contexts and results are kept as JSON text (the scripts read their arguments with
-# cmsgpack, which takes text but not binary strings); a Result stays a Result.
-_RESULT, _VALUE = "R", "V"
-_json = msgspec.json.Encoder().encode
-_decode_value = msgspec.json.Decoder().decode
-_decode_result = msgspec.json.Decoder(Result).decode
-_dead_decode = msgspec.json.Decoder(DeadLetter).decode
-_pack = msgspec.msgpack.Encoder().encode
 
 
-def encode_result(value: Any) -> str:
-    """A task result as stored in its run's hash (JSON; a :class:`Result` stays one)."""
-    if isinstance(value, Result):
-        return _RESULT + _json(value).decode()
-    return _VALUE + _json(value).decode()
-
-
-def _decode(data: bytes | None) -> Any:
-    if not data:
-        return None
-    if data[:1] == b"R":
-        return _decode_result(data[1:])
-    return _decode_value(data[1:])
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class Taken:
-    """A task a worker took from a stream (or took over from another worker)."""
-
-    __slots__ = (
-        "attempts",
-        "capability",
-        "context",
-        "deliveries",
-        "entry",
-        "priority",
-        "run_id",
-        "stream",
-        "task",
-        "workflow",
-    )
-
-    def __init__(self, row: Sequence[Any]) -> None:
-        self.stream: str = row[0].decode()
-        self.capability: str = row[1].decode()
-        self.entry: str = row[2].decode()
-        self.run_id: str = row[3].decode()
-        self.task: str = row[4].decode()
-        self.workflow: str = row[5].decode()
-        self.priority = int(row[6])
-        self.attempts = int(row[7])
-        self.context: dict[str, Any] = _decode_value(row[8]) if row[8] else {}
-        self.deliveries = int(row[9])
-
-
-class Completion(msgspec.Struct, kw_only=True):
-    """How a taken task ended, as the worker reports it."""
-
-    outcome: str  # succeeded | failed
-    result: str = ""
-    error: str = ""
-    run_error: str = ""
-    data_source: str = ""
-    extra_attempts: int = 0
-    dead_letter: DeadLetter | None = None
-
-
-class _Graph:
-    """What the scripts need of a workflow's DAG: dependants, and what a failure skips."""
-
-    __slots__ = ("capabilities", "dependants", "rows", "skips", "tasks")
-
-    def __init__(self, workflow: WorkflowDefinition) -> None:
-        self.tasks = {t.id: t for t in workflow.tasks}
-        self.capabilities = {t.id: t.data_source or ANY for t in workflow.tasks}
-        dependants: dict[str, list[str]] = {t.id: [] for t in workflow.tasks}
-        for task in workflow.tasks:
-            for dep in dict.fromkeys(task.depends_on):
-                dependants[dep].append(task.id)
-        self.dependants = {k: tuple(v) for k, v in dependants.items()}
-        # What START stores per task: id, capability, unfinished dependencies.
-        self.rows = [
-            (t.id, self.capabilities[t.id], len(set(t.depends_on))) for t in workflow.tasks
-        ]
-        self.skips: dict[str, tuple[tuple[str, str], ...]] = {}
-        for task_id in self.tasks:
-            seen: dict[str, str] = {}
-            stack = [(d, task_id) for d in self.dependants[task_id]]
-            while stack:
-                dep, parent = stack.pop()
-                if dep not in seen:
-                    seen[dep] = f"dependency {parent!r} did not succeed"
-                    stack.extend((d, dep) for d in self.dependants[dep])
-            self.skips[task_id] = tuple(seen.items())
-
-
-class _Call:
-    """One queued call of a batcher: its arguments, and its answer once sent."""
-
-    __slots__ = ("args", "done", "error", "value")
-
-    def __init__(self, args: list[Any]) -> None:
-        self.args = args
-        self.done = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-
-class _Batcher:
-    """Calls made together share one round trip: a bounded stream of calls, drained by
-    one task that sends what is waiting as one pipeline (or one script call)."""
-
-    def __init__(
-        self, name: str, send: Callable[[list[_Call]], Awaitable[None]], size: int
-    ) -> None:
-        self.name = name
-        self._flush = send
-        self._send: MemoryObjectSendStream[_Call] | None = None
-        self._size = size
-
-    async def call(self, args: list[Any]) -> Any:
-        send = self._send
-        if send is None:
-            raise Wf78Error(f"the redis backend is not running ({self.name})")
-        call = _Call(args)
-        try:
-            await send.send(call)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise Wf78Error(f"the redis backend is not running ({self.name})") from None
-        await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.value
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        send, receive = anyio.create_memory_object_stream[_Call](self._size)
-        self._send = send
-        task_status.started()
-        try:
-            async for first in receive:
-                calls = [first]
-                while len(calls) < _BATCH:
-                    try:
-                        calls.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._flush(calls)
-                    except Exception as error:
-                        for call in calls:
-                            call.error = error
-                    for call in calls:
-                        call.done.set()
-        finally:
-            # Stopped with calls still queued: they were never sent, and say so.
-            self._send = None
-            while True:
-                try:
-                    call = receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-                call.error = Wf78Error(f"the redis backend stopped before this {self.name}")
-                call.done.set()
-            receive.close()
-            send.close()
-
-    def close(self) -> None:
-        if self._send is not None:
-            self._send.close()
-            self._send = None
-
-
-class RedisBackend(InProcessBackend):
+class RedisStreams:
     """Runs, their tasks, leases and results in Redis, shared by every process that
     names the same ``backend_url`` and ``backend_namespace``.
 
-    Single operations keep the in-process limits this class inherits.
+    The store under :class:`~wf78_core.cluster.backend.RedisBackend`: it speaks to
+    Redis (Lua scripts, batching), and the backend and the worker speak to it.
     """
 
     distributed = True
 
     def __init__(self, settings: EngineSettings, workflows: Iterable[WorkflowDefinition]):
         workflows = list(workflows)
-        super().__init__(settings, workflows)
         self.settings = settings
         self.prefix = f"wf78:{{{settings.backend_namespace}}}:"
         self._stats_key = self.prefix + "stats"
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._graphs = {w.id: _Graph(w) for w in workflows}
+        self._graphs = {w.id: Graph(w) for w in workflows}
         self._workflows = {w.id: w for w in workflows}
         # Any: redis-py types every reply as bytes | str; this client always answers bytes.
         self._redis: Any = None
         self._waiters: dict[str, anyio.Event] = {}
         self._bell = anyio.Event()
-        self._starts = _Batcher("start", self._send_starts, _BATCH * 4)
-        self._completions = _Batcher("complete", self._send_completions, _BATCH * 4)
+        self._starts = Batcher("start", self._send_starts, BATCH * 4)
+        self._completions = Batcher("complete", self._send_completions, BATCH * 4)
         # Refreshed by this process's worker (every lease_ttl) or by depths().
         self.depth: dict[int, int] = {}
         self.running_by_workflow: dict[str, int] = {}
@@ -356,7 +192,7 @@ class RedisBackend(InProcessBackend):
         """Store a run and queue its first tasks; returns once Redis has both.
         ``waited``: :meth:`wait_run` will wait for it (Redis then announces its end)."""
         try:
-            text = _json(context).decode()
+            text = json_encode(context).decode()
         except (TypeError, msgspec.EncodeError) as error:
             raise Wf78Error(f"the run context cannot be kept in redis as JSON: {error}") from None
         stored = await self._starts.call(
@@ -374,10 +210,10 @@ class RedisBackend(InProcessBackend):
         if not stored:
             raise Wf78Error(f"run id {run_id!r} is already known to the redis backend")
 
-    async def _send_starts(self, calls: list[_Call]) -> None:
+    async def _send_starts(self, calls: list[Call]) -> None:
         answers = await self._scripts["START"](
             keys=[self._stats_key],
-            args=self._args(_pack([call.args for call in calls]), self.settings.run_history),
+            args=self._args(pack([call.args for call in calls]), self.settings.run_history),
         )
         for call, answer in zip(calls, answers, strict=True):
             call.value = answer
@@ -433,9 +269,9 @@ class RedisBackend(InProcessBackend):
                 id=task_id,
                 state=fields[f"s:{task_id}"].decode(),
                 attempts=int(fields.get(f"a:{task_id}", 0)),
-                result=_decode(fields.get(f"r:{task_id}")),
-                error=_text(fields.get(f"e:{task_id}")),
-                data_source=_text(fields.get(f"d:{task_id}")),
+                result=decode(fields.get(f"r:{task_id}")),
+                error=text(fields.get(f"e:{task_id}")),
+                data_source=text(fields.get(f"d:{task_id}")),
                 started=number(f"ts:{task_id}"),
                 finished=number(f"tf:{task_id}"),
             )
@@ -447,11 +283,11 @@ class RedisBackend(InProcessBackend):
             workflow=workflow_id,
             status=status,
             tasks=tasks,
-            context=_decode_value(fields["ctx"]) if fields.get("ctx") else {},
+            context=decode_value(fields["ctx"]) if fields.get("ctx") else {},
             created=float(fields["cr"]),
             started=number("sa"),
             finished=number("fi"),
-            error=_text(fields.get("err")),
+            error=text(fields.get("err")),
         )
 
     async def cancel_run(self, run_id: str, reason: str) -> int:
@@ -471,7 +307,7 @@ class RedisBackend(InProcessBackend):
         order = [letter.task, *(dep for dep, _ in graph.skips[letter.task])]
         rows = [[t, list(dict.fromkeys(graph.tasks[t].depends_on))] for t in order]
         answer = await self._scripts["REOPEN"](
-            keys=[self._stats_key], args=self._args(letter.id, letter.run_id, _pack(rows))
+            keys=[self._stats_key], args=self._args(letter.id, letter.run_id, pack(rows))
         )
         return int(answer)
 
@@ -483,7 +319,7 @@ class RedisBackend(InProcessBackend):
     async def dead_letters(self) -> list[DeadLetter]:
         raw = await self.redis.hgetall(self.prefix + "dead")
         letters = sorted(
-            (_dead_decode(v) for v in raw.values()), key=lambda letter: letter.time, reverse=True
+            (decode_dead(v) for v in raw.values()), key=lambda letter: letter.time, reverse=True
         )
         self.dead_cache = letters
         return letters
@@ -508,7 +344,7 @@ class RedisBackend(InProcessBackend):
 
     # -- workers ------------------------------------------------------------------------
 
-    def graph(self, workflow_id: str) -> _Graph | None:
+    def graph(self, workflow_id: str) -> Graph | None:
         return self._graphs.get(workflow_id)
 
     async def take(self, capabilities: Sequence[str], count: int) -> list[Taken]:
@@ -551,7 +387,7 @@ class RedisBackend(InProcessBackend):
         values = await self.redis.hmget(
             self.prefix + "run:" + taken.run_id, [f"r:{d}" for d in deps]
         )
-        return {dep: _decode(value) for dep, value in zip(deps, values, strict=True)}
+        return {dep: decode(value) for dep, value in zip(deps, values, strict=True)}
 
     async def complete(self, taken: Taken, completion: Completion) -> None:
         """Report a taken task's end: returns once Redis acknowledged it and moved the DAG."""
@@ -579,14 +415,14 @@ class RedisBackend(InProcessBackend):
                 completion.data_source,
                 completion.extra_attempts,
                 letter.id if letter else "",
-                _json(letter).decode() if letter else "",
+                json_encode(letter).decode() if letter else "",
                 followers,
             ]
         )
 
-    async def _send_completions(self, calls: list[_Call]) -> None:
+    async def _send_completions(self, calls: list[Call]) -> None:
         await self._scripts["COMPLETE"](
-            keys=[self._stats_key], args=self._args(_pack([call.args for call in calls]))
+            keys=[self._stats_key], args=self._args(pack([call.args for call in calls]))
         )
 
     async def heartbeat(self, held: Iterable[Taken]) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from uuid import uuid4
 
 import anyio
@@ -20,15 +21,20 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from redis.exceptions import RedisError
 
-from wf78_core.cluster.streams import Completion, RedisBackend, Taken, encode_result
+from wf78_core.cluster.streams import RedisStreams
+from wf78_core.cluster.wire import Completion, Taken, encode_result
+from wf78_core.config import EngineSettings
 from wf78_core.core.actions import TaskContext, run_action, worth_retrying
-from wf78_core.definitions import Result, TaskDefinition
+from wf78_core.core.admission import Counters
+from wf78_core.core.agents import Agent
+from wf78_core.core.bus import EventBus
+from wf78_core.core.dispatch import Dispatcher
+from wf78_core.core.lifecycle import Lifecycle
+from wf78_core.core.records import DeadLetter
+from wf78_core.core.sources import SourcePool
+from wf78_core.definitions import Result, TaskDefinition, WorkflowDefinition
 from wf78_core.errors import Wf78Error
 from wf78_core.events import TaskEvent, TaskState
-from wf78_core.persistence.journal import DeadLetter
-
-if TYPE_CHECKING:
-    from wf78_core.engine import Engine
 
 __all__ = ["StreamWorker"]
 
@@ -42,20 +48,39 @@ _IDLE_LOOK = 1.0
 class StreamWorker:
     """Pulls tasks from the backend's streams into this engine's free slots."""
 
-    def __init__(self, engine: Engine, backend: RedisBackend) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        backend: RedisStreams,
+        *,
+        engine: Any,
+        dispatcher: Dispatcher,
+        settings: EngineSettings,
+        workflows: Iterable[WorkflowDefinition],
+        sources: SourcePool,
+        agents: Iterable[Agent],
+        actions: Mapping[str, Callable[..., Any]],
+        bus: EventBus,
+        counters: Counters,
+        life: Lifecycle,
+    ) -> None:
         self.backend = backend
-        settings = engine.settings
+        self.settings = settings
+        self._engine = engine  # what actions see as ctx.engine
+        self._dispatcher = dispatcher
+        self._actions = actions
+        self._bus = bus
+        self._counters = counters
+        self._life = life
         self.slots = settings.worker_slots
         self._batch = max(1, self.slots // 4)
         capabilities = {"*"}
-        for source in engine._sources.values():
+        for source in sources:
             capabilities.update((source.name, source.type))
-        for agent in engine._agents:
+        for agent in agents:
             capabilities.update(agent.capabilities)
         self.capabilities = sorted(capabilities)
         self.stuck_after = settings.claim_margin + max(
-            (_budget(task, settings) for w in engine.workflows.values() for task in w.tasks),
+            (_budget(task, settings) for w in workflows for task in w.tasks),
             default=0.0,
         )
         self.completed = 0
@@ -132,7 +157,7 @@ class StreamWorker:
 
     async def _heartbeats(self) -> None:
         while True:
-            await anyio.sleep(self.engine.settings.lease_ttl / 3)
+            await anyio.sleep(self.settings.lease_ttl / 3)
             try:
                 await self.backend.heartbeat(list(self._held.values()))
             except (RedisError, OSError) as error:
@@ -140,7 +165,7 @@ class StreamWorker:
 
     async def _maintenance(self) -> None:
         """Take over dead or stuck workers' tasks, repair lease drift, refresh depths."""
-        interval = self.engine.settings.lease_ttl / 2
+        interval = self.settings.lease_ttl / 2
         rounds = 0
         while True:
             await anyio.sleep(interval)
@@ -179,10 +204,9 @@ class StreamWorker:
         finally:
             self._held.pop(taken.entry, None)
             self._freed.set()
-            self.engine._work_done()
+            self._life.work_done()
 
     async def _outcome(self, taken: Taken) -> Completion:
-        engine = self.engine
         graph = self.backend.graph(taken.workflow)
         task = graph.tasks.get(taken.task) if graph is not None else None
         if task is None:
@@ -191,17 +215,18 @@ class StreamWorker:
                 f"{taken.workflow!r}: every process must load the same workflows"
             )
             return self._failure(taken, None, unknown, 0)
-        if taken.deliveries > engine.settings.max_deliveries:
+        if taken.deliveries > self.settings.max_deliveries:
             poison = (
                 f"PoisonTask: delivered {taken.deliveries} times without finishing "
-                f"(max_deliveries = {engine.settings.max_deliveries})"
+                f"(max_deliveries = {self.settings.max_deliveries})"
             )
             self.backend.poisoned += 1
             return self._failure(taken, task, poison, 0)
-        action = engine.actions[task.action]
+        action = self._actions[task.action]
         owns_retry = getattr(action, "wf78_owns_retry", False)
         ctx = TaskContext(
-            engine=engine,
+            engine=self._engine,
+            dispatcher=self._dispatcher,
             task=task,
             run_id=taken.run_id,
             priority=taken.priority,
@@ -209,7 +234,7 @@ class StreamWorker:
             results=await self._dependency_results(taken, task),
         )
         extra = 0
-        timeout = None if owns_retry else (task.timeout or engine.settings.default_timeout)
+        timeout = None if owns_retry else (task.timeout or self.settings.default_timeout)
         while True:
             number = taken.attempts + extra
             self._event(taken, "running", number)
@@ -232,9 +257,9 @@ class StreamWorker:
                     extra_attempts=extra,
                 )
             if worth_retrying(error, owns_retry, number, task.retry):
-                engine.retries += 1
+                self._counters.retries += 1
                 self._event(taken, "retrying", number, str(error))
-                await anyio.sleep(engine._backoff(number - 1))
+                await anyio.sleep(self._dispatcher.backoff(number - 1))
                 extra += 1
                 continue
             return self._failure(taken, task, f"{type(error).__name__}: {error}", extra)
@@ -273,9 +298,8 @@ class StreamWorker:
     def _event(
         self, taken: Taken, state: TaskState, attempt: int, error: str | None = None
     ) -> None:
-        engine = self.engine
-        if engine._observers:
-            engine._notify(
+        if self._bus:
+            self._bus.notify(
                 TaskEvent(
                     state=state,
                     workflow=taken.workflow,

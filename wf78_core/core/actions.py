@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from wf78_core.data.sharding import maintain
 from wf78_core.definitions import Operation, TaskDefinition
 from wf78_core.errors import InvalidOperation, TaskTimeout, Wf78Error
 
 if TYPE_CHECKING:
-    from wf78_core.engine import Engine
+    from wf78_core.core.dispatch import Dispatcher
 
 __all__ = ["TaskContext", "builtin_actions", "operation_from", "run_action", "worth_retrying"]
 
@@ -47,14 +46,25 @@ def worth_retrying(error: BaseException, owns_retry: bool, attempts: int, retry:
 
 class TaskContext:
     """What an action receives: its ``params``, its dependencies' ``results``, the run's
-    ``context`` and the ``engine``."""
+    ``context`` and the ``engine`` (the :class:`~wf78_core.Engine`); ``dispatcher`` is the
+    engine's data path, which the built-in ``datasource.*`` actions use."""
 
-    __slots__ = ("context", "engine", "params", "priority", "results", "run_id", "task")
+    __slots__ = (
+        "context",
+        "dispatcher",
+        "engine",
+        "params",
+        "priority",
+        "results",
+        "run_id",
+        "task",
+    )
 
     def __init__(
         self,
         *,
-        engine: Engine,
+        engine: Any,
+        dispatcher: Dispatcher,
         task: TaskDefinition,
         run_id: str,
         priority: int,
@@ -62,6 +72,7 @@ class TaskContext:
         results: dict[str, Any],
     ) -> None:
         self.engine = engine
+        self.dispatcher = dispatcher
         self.task = task
         self.run_id = run_id
         self.priority = priority
@@ -87,7 +98,7 @@ def operation_from(ctx: TaskContext) -> Operation:
 async def select_action(ctx: TaskContext) -> dict[str, Any]:
     """``datasource.select``: decide the source (note 3.1 step one) and say why."""
     op = operation_from(ctx)
-    name, reason = await ctx.engine._choose_source(op, ctx.task, ctx.context)
+    name, reason = await ctx.dispatcher.choose_source(op, ctx.task, ctx.context)
     return {"data_source": name, "reason": reason}
 
 
@@ -105,7 +116,7 @@ async def execute_action(ctx: TaskContext) -> Any:
                 reason = str(result.get("reason", "chosen by datasource.select"))
                 break
     if op.timeout is None:
-        timeout = task.timeout or ctx.engine.settings.default_timeout
+        timeout = task.timeout or ctx.dispatcher.settings.default_timeout
         if timeout is not None:
             op = msgspec.structs.replace(op, timeout=timeout)
     if op.retry is None:
@@ -114,29 +125,10 @@ async def execute_action(ctx: TaskContext) -> Any:
         op = msgspec.structs.replace(op, fallback=task.fallback)
     # A write that could double gets the same key every time this task of this run runs,
     # a run resumed after a crash included: a write that committed before is not made twice.
-    op = ctx.engine._prepare(op, (ctx.run_id, task.id))
-    return await ctx.engine._data_path(
-        op, ctx.priority, ctx.context, task=task, reason=reason, run_id=ctx.run_id
+    op = ctx.dispatcher.prepare(op, (ctx.run_id, task.id))
+    return await ctx.dispatcher.execute(
+        op, ctx.priority, ctx.context, task=task, reason=reason
     )
-
-
-async def maintain_action(ctx: TaskContext) -> dict[str, Any]:
-    """``tables.maintain``: create upcoming shards and drop expired ones (params
-    ``create_tables = true`` also creates missing declared tables, ``tables`` limits it
-    to some tables); returns what changed."""
-    tables = ctx.params.get("tables")
-    if tables is not None and not (
-        isinstance(tables, list) and all(isinstance(name, str) for name in tables)
-    ):
-        raise InvalidOperation(f"task {ctx.task.id!r}: params.tables must be a list of names")
-    report = await maintain(
-        ctx.engine,
-        create_tables=bool(ctx.params.get("create_tables", False)),
-        tables=tables,
-        priority=ctx.priority,
-    )
-    result: dict[str, Any] = msgspec.to_builtins(report)
-    return result
 
 
 def noop_action(ctx: TaskContext) -> None:
@@ -152,6 +144,5 @@ def builtin_actions() -> dict[str, Any]:
     return {
         "datasource.select": select_action,
         "datasource.execute": execute_action,
-        "tables.maintain": maintain_action,
         "noop": noop_action,
     }

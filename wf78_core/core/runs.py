@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import anyio
@@ -12,7 +14,7 @@ from wf78_core.core.scheduling import Waiter
 from wf78_core.definitions import TaskDefinition, WorkflowDefinition
 from wf78_core.events import TaskState
 
-__all__ = ["Run", "RunStatus", "TaskRun"]
+__all__ = ["Run", "RunStatus", "RunStore", "TaskRun"]
 
 RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
@@ -123,6 +125,32 @@ class RunState:
                 self.tasks[dep].dependants.append(slot)
         self.left = len(self.tasks)
 
+    def reopen(self, slot: TaskSlot) -> None:
+        """Run a failed task again: it and the dependants it made skip go back to
+        pending, and the run is running again (a dead letter's retry)."""
+        reopened = [slot]
+        stack = list(slot.dependants)
+        while stack:
+            dependant = stack.pop()
+            if dependant.state == "skipped":
+                reopened.append(dependant)
+                stack.extend(dependant.dependants)
+        for reset in reopened:
+            reset.state = "pending"
+            reset.error = None
+            reset.result = None
+            reset.attempts = 0
+            reset.started = reset.finished = None
+            definition = reset.definition
+            reset.remaining = sum(
+                1 for dep in set(definition.depends_on) if self.tasks[dep].state != "succeeded"
+            )
+        self.left += len(reopened)
+        self.status = "running"
+        self.error = None
+        self.finished = None
+        self.done = anyio.Event()
+
     def snapshot(self) -> Run:
         return Run(
             id=self.id,
@@ -147,3 +175,31 @@ class RunState:
             finished=self.finished,
             error=self.error,
         )
+
+
+class RunStore:
+    """The runs this process knows: active ones, and the newest ``history`` finished."""
+
+    def __init__(self, history: int) -> None:
+        self._history = history
+        self._runs: dict[str, RunState] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, run: RunState) -> None:
+        self._runs[run.id] = run
+
+    def get(self, run_id: str) -> RunState | None:
+        return self._runs.get(run_id)
+
+    def discard(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def finish(self, run: RunState) -> None:
+        """Keep a finished run for lookups, forgetting the oldest past ``history``."""
+        self._finished[run.id] = None
+        while len(self._finished) > self._history:
+            old, _ = self._finished.popitem(last=False)
+            self._runs.pop(old, None)
+
+    def __iter__(self) -> Iterator[RunState]:
+        return iter(list(self._runs.values()))

@@ -70,7 +70,7 @@ class Limit:
     def __repr__(self) -> str:
         return f"Limit({self.name!r}, {self.in_use}/{self.capacity}, waiting={self.waiting})"
 
-    def _push(self, waiter: Waiter) -> None:
+    def push(self, waiter: Waiter) -> None:
         level = self._levels.get(waiter.priority)
         if level is None:
             level = self._levels[waiter.priority] = deque()
@@ -85,7 +85,7 @@ class Limit:
         waiter.queue = self
         self.waiting += 1
 
-    def _pop_best(self, now: float, aging: float) -> Waiter | None:
+    def pop_best(self, now: float, aging: float) -> Waiter | None:
         """Remove and return the most urgent live waiter (lazy removal of withdrawn ones)."""
         while self.waiting:
             best_level: deque[Waiter] | None = None
@@ -110,7 +110,7 @@ class Limit:
             return waiter
         return None
 
-    def _withdrawn(self) -> None:
+    def withdrawn(self) -> None:
         """Count a withdrawn waiter; drop them all once they outnumber the live ones."""
         self.waiting -= 1
         self.stale += 1
@@ -154,7 +154,7 @@ class Scheduler:
         if blocked is None and not any(limit.waiting for limit in limits):
             self._grant(waiter)
         else:
-            (blocked or next(limit for limit in limits if limit.waiting))._push(waiter)
+            (blocked or next(limit for limit in limits if limit.waiting)).push(waiter)
             self.queued_by_priority[priority] = self.queued_by_priority.get(priority, 0) + 1
         return waiter
 
@@ -180,7 +180,7 @@ class Scheduler:
         waiter.state = 2
         queue = waiter.queue
         if queue is not None:
-            queue._withdrawn()
+            queue.withdrawn()
             waiter.queue = None
         self._dequeued(waiter.priority)
         return True
@@ -198,7 +198,7 @@ class Scheduler:
             return
         now = self.clock()
         while limit.waiting and limit.in_use < limit.capacity:
-            waiter = limit._pop_best(now, self.aging)
+            waiter = limit.pop_best(now, self.aging)
             if waiter is None:
                 return
             blocked = self._blocking(waiter)
@@ -206,7 +206,7 @@ class Scheduler:
                 self._dequeued(waiter.priority)
                 self._grant(waiter)
             else:
-                blocked._push(waiter)
+                blocked.push(waiter)
 
     def _blocking(self, waiter: Waiter) -> Limit | None:
         for limit in waiter.limits:

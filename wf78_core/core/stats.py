@@ -6,7 +6,7 @@ from bisect import bisect_left
 
 import msgspec
 
-from wf78_core.persistence.journal import DeadLetter
+from wf78_core.core.records import DeadLetter
 
 __all__ = [
     "AgentStats",

@@ -42,7 +42,8 @@ class Ticket:
         assert self._result is not None
         return self._result
 
-    def _finish(self, result: Result | None, error: BaseException | None) -> None:
+    def set_result(self, result: Result | None, error: BaseException | None) -> None:
+        """Settle the ticket (the dispatcher calls it once) and wake who waits."""
         self._result, self._error = result, error
         self.waiter = None
         if self._event is not None:

@@ -3,7 +3,7 @@
 A table may name a ``search_mirror`` (an elasticsearch source) and a ``cache_mirror`` (a
 redis source) besides its primary ``data_source``. The policy:
 
-- **The primary first.** A write of a mirrored table (through :class:`~wf78_core.table.Table`)
+- **The primary first.** A write of a mirrored table (through :class:`~wf78_core.data.table.Table`)
   carries outbox entries (:attr:`Operation.outbox <wf78_core.definitions.Operation.outbox>`)
   that the primary stores in the write's own transaction: the row and its entries commit or
   roll back together, so a mirror never learns of a write that did not happen, and never
@@ -30,21 +30,27 @@ redis source) besides its primary ``data_source``. The policy:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from wf78_core.config import ColumnType, TableConfig
+from wf78_core.core.retry import backoff
+from wf78_core.data.outbox import (
+    OutboxEntry,
+    TableMirrors,
+    cache_key,
+    is_missing_index,
+    search_body,
+)
+from wf78_core.data.ports import EnginePort
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, OperationError, Problem
 
-if TYPE_CHECKING:
-    from wf78_core.engine import Engine
-
+# The outbox format lives in wf78_core.data.outbox; its names are re-exported here, where
+# they were first documented.
 __all__ = [
     "RELAY_PRIORITY",
     "MirrorStats",
@@ -58,29 +64,6 @@ __all__ = [
 
 # Mirror work is background work: less urgent than the default submit priority (1).
 RELAY_PRIORITY = 2
-_KEY_ENCODER = msgspec.json.Encoder()
-Action = Literal["index", "update", "delete", "sync", "invalidate"]
-
-
-class OutboxEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """One outbox entry: what to do to one row's copy in one mirror."""
-
-    mirror: str
-    action: Action
-    table: str
-    id: str
-    # index: the full row; update: the columns changed.
-    values: dict[str, Any] | None = None
-    # invalidate: the cache key of the row.
-    key: str | None = None
-    # sync: the shard the row lives in.
-    shard: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.action in ("index", "update") and not self.values:
-            raise ValueError(f"a {self.action} entry needs values")
-        if self.action == "invalidate" and not self.key:
-            raise ValueError("an invalidate entry needs a key")
 
 
 class MirrorStats(msgspec.Struct, kw_only=True, frozen=True):
@@ -97,121 +80,6 @@ class MirrorStats(msgspec.Struct, kw_only=True, frozen=True):
     cache_misses: int
     cache_fallbacks: int
     last_error: str | None
-
-
-def cache_key(table: str, owner: str, row_id: str) -> str:
-    """The cache key of one owner's row: a JSON array, so no owner or id can forge another's."""
-    return "row:" + _KEY_ENCODER.encode([table, owner, row_id]).decode()
-
-
-def is_missing_index(error: OperationError) -> bool:
-    """Whether a search failed because its index does not exist yet (no write reached it)."""
-    return "index_not_found_exception" in str(error)
-
-
-def search_body(
-    schema: Mapping[str, ColumnType],
-    filters: Mapping[str, Any],
-    sort: Sequence[tuple[str, bool]] = (),
-    query: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A search body: ``query`` (scored) with exact ``filters`` (owner included) and ``sort``.
-
-    Text columns filter and sort on their ``.keyword`` sub-field (what dynamic mapping adds):
-    on the analysed field a ``term`` matches single words, so owner ``acme`` would match
-    ``acme corp``.
-    """
-    clauses: list[dict[str, Any]] = []
-    missing: list[dict[str, Any]] = []
-    for column, value in filters.items():
-        if column == "id":
-            values = value if isinstance(value, list | tuple) else [value]
-            clauses.append({"ids": {"values": [str(item) for item in values]}})
-        elif value is None:
-            missing.append({"exists": {"field": _exact(schema, column)}})
-        elif isinstance(value, list | tuple):
-            clauses.append({"terms": {_exact(schema, column): list(value)}})
-        else:
-            clauses.append({"term": {_exact(schema, column): value}})
-    boolean: dict[str, Any] = {"filter": clauses}
-    if missing:
-        boolean["must_not"] = missing
-    if query is not None:
-        boolean["must"] = [dict(query)]
-    body: dict[str, Any] = {"query": {"bool": boolean}}
-    if sort:
-        body["sort"] = [
-            {
-                _exact(schema, column): {
-                    "order": "desc" if descending else "asc",
-                    "unmapped_type": "keyword",
-                }
-            }
-            for column, descending in sort
-        ]
-    return body
-
-
-def _exact(schema: Mapping[str, ColumnType], column: str) -> str:
-    return f"{column}.keyword" if schema.get(column, "text") == "text" else column
-
-
-class TableMirrors:
-    """One table's mirrors: the outbox entries its writes carry."""
-
-    def __init__(self, name: str, config: TableConfig) -> None:
-        self.table = name
-        self.primary = config.data_source
-        self.search = config.search_mirror
-        self.cache = config.cache_mirror
-        self.cache_ttl = config.cache_ttl
-
-    @property
-    def mirrors(self) -> tuple[str, ...]:
-        return tuple(name for name in (self.search, self.cache) if name is not None)
-
-    def entries(
-        self,
-        action: Literal["index", "update", "delete", "sync"],
-        rows: Iterable[Mapping[str, Any]],
-        *,
-        owner: str,
-        shard: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """The entries of a write of ``rows`` (each with its ``id``) by ``owner``."""
-        entries: list[dict[str, Any]] = []
-        for row in rows:
-            row_id = str(row["id"])
-            if self.search is not None:
-                entry: dict[str, Any] = {
-                    "mirror": self.search,
-                    "action": action,
-                    "table": self.table,
-                    "id": row_id,
-                }
-                if action == "index":
-                    entry["values"] = _document(row)
-                elif action == "update":
-                    entry["values"] = _document({k: v for k, v in row.items() if k != "id"})
-                elif action == "sync" and shard is not None:
-                    entry["shard"] = shard
-                entries.append(entry)
-            if self.cache is not None:
-                entries.append(
-                    {
-                        "mirror": self.cache,
-                        "action": "invalidate",
-                        "table": self.table,
-                        "id": row_id,
-                        "key": cache_key(self.table, owner, row_id),
-                    }
-                )
-        return entries
-
-
-def _document(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Row values as a document: datetimes in ISO 8601, as SQL sources read them back."""
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 class _Lane:
@@ -242,7 +110,7 @@ class Relay:
     concurrency = 64
     poison_attempts = 5
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EnginePort) -> None:
         self.engine = engine
         self.tables = {
             name: TableMirrors(name, table)
@@ -275,9 +143,7 @@ class Relay:
         lanes: dict[tuple[str, str], _Lane] = {}
         for name, mirrors in self.tables.items():
             assert mirrors.primary is not None  # check_references demands it
-            source = engine._sources.get(mirrors.primary)
-            primaries = [source] if source is not None else engine._by_type.get(mirrors.primary, [])
-            for primary in primaries:
+            for primary in engine.sources.matching(mirrors.primary):
                 if "outbox_fetch" not in getattr(primary.adapter, "outbox_actions", ()):
                     problems.append(
                         Problem(
@@ -367,7 +233,7 @@ class Relay:
                 self._failed(error)
                 lane.busy = False
                 failures += 1
-                await anyio.sleep(self.engine._backoff(min(failures, 30)))
+                await anyio.sleep(self._backoff(failures))
                 continue
             failures = 0
             lane.busy = False
@@ -433,7 +299,7 @@ class Relay:
                         self.skipped += 1
                         return
                     self.retries += 1
-                    await anyio.sleep(self.engine._backoff(min(attempt, 30)))
+                    await anyio.sleep(self._backoff(attempt))
                     continue
                 self.applied += 1
                 return
@@ -482,6 +348,10 @@ class Relay:
 
     async def _submit(self, op: Operation, priority: int | None = RELAY_PRIORITY) -> Any:
         return (await self.engine.submit(op, priority=priority)).value
+
+    def _backoff(self, attempt: int) -> float:
+        settings = self.engine.settings
+        return backoff(min(attempt, 30), settings.retry_backoff, settings.retry_backoff_max)
 
     def _failed(self, error: BaseException) -> None:
         self.last_error = f"{type(error).__name__}: {error}"

@@ -3,7 +3,7 @@
 A table configured with ``sharding = {type = "daily"|"monthly", retention_days, ahead}`` is
 stored as ``<table>_YYYYMMDD`` or ``<table>_YYYYMM`` (as koa78 named them); the declared
 table's columns are every shard's columns. Writes go to the shard of "now"; reads take the
-shard of today or fan out over a date range (:class:`wf78_core.table.Table`).
+shard of today or fan out over a date range (:class:`wf78_core.data.table.Table`).
 
 Creating and dropping shards is not work for the insert path: :func:`maintain` (the built-in
 action ``tables.maintain``, run once when the engine starts, by the ``wf78.maintenance``
@@ -15,24 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from wf78_core.config import TableConfig
+from wf78_core.core.actions import TaskContext
+from wf78_core.data.ports import EnginePort
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, InvalidOperation
-
-if TYPE_CHECKING:
-    from wf78_core.engine import Engine
 
 __all__ = [
     "SHARD_ACTIONS",
     "MaintenanceReport",
     "ShardType",
     "TableChange",
+    "builtin_actions",
     "is_expired",
     "maintain",
+    "maintain_action",
     "now",
     "overlaps",
     "parse_suffix",
@@ -138,12 +139,12 @@ class MaintenanceReport(msgspec.Struct, kw_only=True):
     tables_created: list[TableChange] = []
 
 
-def _targets(engine: Engine, name: str, table: TableConfig, *, sharded: bool) -> list[str]:
+def _targets(engine: EnginePort, name: str, table: TableConfig, *, sharded: bool) -> list[str]:
     """The sources that hold ``table``: its ``data_source``, else every source able to."""
     needed = SHARD_ACTIONS if sharded else frozenset({"create_table"})
     path = f"tables.{name}.sharding" if sharded else f"tables.{name}"
     if table.data_source is not None:
-        source = engine._resolve(table.data_source, "create_table")
+        source = engine.sources.resolve(table.data_source, "create_table")
         missing = needed - source.info.actions
         if missing and sharded:
             raise ConfigError(
@@ -152,7 +153,7 @@ def _targets(engine: Engine, name: str, table: TableConfig, *, sharded: bool) ->
                 path=path,
             )
         return [] if missing else [source.name]
-    able = [s.name for s in engine._sources.values() if needed <= s.info.actions]
+    able = [s.name for s in engine.sources if needed <= s.info.actions]
     if sharded and not able:
         raise ConfigError(
             f"no data source can hold the shards of table {name!r} (one needs the actions "
@@ -163,7 +164,7 @@ def _targets(engine: Engine, name: str, table: TableConfig, *, sharded: bool) ->
 
 
 async def maintain(
-    engine: Engine,
+    engine: EnginePort,
     *,
     create_tables: bool = False,
     today: date | None = None,
@@ -207,3 +208,27 @@ async def maintain(
                 if await perform("drop_table", name, source, suffix):
                     report.dropped.append(TableChange(source, f"{name}_{suffix}"))
     return report
+
+
+async def maintain_action(ctx: TaskContext) -> dict[str, Any]:
+    """``tables.maintain``: create upcoming shards and drop expired ones (params
+    ``create_tables = true`` also creates missing declared tables, ``tables`` limits it
+    to some tables); returns what changed."""
+    tables = ctx.params.get("tables")
+    if tables is not None and not (
+        isinstance(tables, list) and all(isinstance(name, str) for name in tables)
+    ):
+        raise InvalidOperation(f"task {ctx.task.id!r}: params.tables must be a list of names")
+    report = await maintain(
+        ctx.engine,
+        create_tables=bool(ctx.params.get("create_tables", False)),
+        tables=tables,
+        priority=ctx.priority,
+    )
+    result: dict[str, Any] = msgspec.to_builtins(report)
+    return result
+
+
+def builtin_actions() -> dict[str, Any]:
+    """The data layer's built-in actions, which the engine registers with the core's."""
+    return {"tables.maintain": maintain_action}

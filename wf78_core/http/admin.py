@@ -34,12 +34,12 @@ from wf78_core.http.asgi import (
     send_bytes,
 )
 from wf78_core.http.context import RequestClient
-from wf78_core.http.identity import TokenAuthenticator
+from wf78_core.http.identity import Callers
 from wf78_core.http.metrics import CONTENT_TYPE_LATEST, engine_registry, render
 from wf78_core.http.openapi import openapi_document
 from wf78_core.http.routes import DEFAULT_MAX_PARS
 
-__all__ = ["ADMIN_ROLE", "AdminApp"]
+__all__ = ["ADMIN_ROLE", "AdminApp", "AdminRoute"]
 
 #: The role every admin route requires.
 ADMIN_ROLE = "admin"
@@ -48,7 +48,9 @@ DEFAULT_RUNS_LIMIT = 20
 _Handler = Callable[[Scope, Receive, Send, RequestClient, dict[str, str]], Awaitable[None]]
 
 
-class _Route(NamedTuple):
+class AdminRoute(NamedTuple):
+    """An admin path (after the prefix) and its handlers by HTTP method."""
+
     pattern: re.Pattern[str]
     methods: dict[str, _Handler]
 
@@ -167,6 +169,7 @@ class AdminApp:
         max_body: int = 1 << 20,
         max_page: int = 1000,
         max_pars: int = DEFAULT_MAX_PARS,
+        callers: Callers | None = None,
     ) -> None:
         self.engine = engine
         self.prefix = prefix.rstrip("/")
@@ -176,7 +179,7 @@ class AdminApp:
         self.max_pars = max_pars
         self._openapi: bytes | None = None
         self.registry = engine_registry(engine)
-        self._tokens = TokenAuthenticator(engine.config.auth)
+        self.callers = callers if callers is not None else Callers(engine.pm, engine.config.auth)
         dashboard = resources.files("wf78_core.http").joinpath("dashboard")
         self._index = dashboard.joinpath("index.html").read_text("utf-8")
         self._login = dashboard.joinpath("login.html").read_text("utf-8")
@@ -186,20 +189,25 @@ class AdminApp:
             if entry.is_file() and suffix in _CONTENT_TYPES:
                 self._assets[entry.name] = (entry.read_bytes(), _CONTENT_TYPES[suffix])
         self._routes = [
-            _Route(re.compile(r"/?"), {"GET": self._page}),
-            _Route(re.compile(r"/static/(?P<name>[^/]+)"), {"GET": self._static}),
-            _Route(re.compile(r"/runs"), {"GET": self._list_runs, "POST": self._start_run}),
-            _Route(re.compile(r"/runs/(?P<run_id>[^/]+)"), {"GET": self._get_run}),
-            _Route(re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), {"POST": self._cancel_run}),
-            _Route(re.compile(r"/events/(?P<event>[^/]+)"), {"POST": self._emit}),
-            _Route(re.compile(r"/status"), {"GET": self._status}),
-            _Route(re.compile(r"/dead-letters"), {"GET": self._dead_letters}),
-            _Route(
+            AdminRoute(re.compile(r"/?"), {"GET": self._page}),
+            AdminRoute(re.compile(r"/static/(?P<name>[^/]+)"), {"GET": self._static}),
+            AdminRoute(re.compile(r"/runs"), {"GET": self._list_runs, "POST": self._start_run}),
+            AdminRoute(re.compile(r"/runs/(?P<run_id>[^/]+)"), {"GET": self._get_run}),
+            AdminRoute(re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), {"POST": self._cancel_run}),
+            AdminRoute(re.compile(r"/events/(?P<event>[^/]+)"), {"POST": self._emit}),
+            AdminRoute(re.compile(r"/status"), {"GET": self._status}),
+            AdminRoute(re.compile(r"/dead-letters"), {"GET": self._dead_letters}),
+            AdminRoute(
                 re.compile(r"/dead-letters/(?P<letter_id>[^/]+)/retry"), {"POST": self._redrive}
             ),
-            _Route(re.compile(r"/metrics"), {"GET": self._metrics}),
-            _Route(re.compile(r"/openapi\.json"), {"GET": self._openapi_document}),
+            AdminRoute(re.compile(r"/metrics"), {"GET": self._metrics}),
+            AdminRoute(re.compile(r"/openapi\.json"), {"GET": self._openapi_document}),
         ]
+
+    @property
+    def routes(self) -> tuple[AdminRoute, ...]:
+        """Every admin route, in the order paths are matched."""
+        return tuple(self._routes)
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, client: RequestClient
@@ -211,7 +219,7 @@ class AdminApp:
         if page and not _is_admin(identity):
             query_token = query_params(scope).get("token", [None])[-1]
             if query_token:
-                identity = self._tokens.lookup(query_token)
+                identity = await self.callers.identify_token(scope, query_token)
         if not _is_admin(identity):
             await self._deny(scope, send, identity, login=page)
             return

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from wf78_core.data.table import Table
     from wf78_core.engine import Engine
 
-__all__ = ["RequestClient", "current"]
+__all__ = ["CURRENT_CLIENT", "RequestClient", "current"]
 
 
 class RequestClient:
@@ -69,12 +69,14 @@ class RequestClient:
         return f"RequestClient({who!r}, priority={self.priority})"
 
 
-_current: ContextVar[RequestClient | None] = ContextVar("wf78_current", default=None)
+#: The client of the request being handled. The middleware sets and resets it itself (no
+#: helper call: it is on the path of every request the app serves).
+CURRENT_CLIENT: ContextVar[RequestClient | None] = ContextVar("wf78_current", default=None)
 
 
 def current() -> RequestClient:
     """The client of the request being handled; an error outside a wrapped request."""
-    client = _current.get()
+    client = CURRENT_CLIENT.get()
     if client is None:
         raise Wf78Error(
             "wf78.current() is only available inside a request wrapped by Wf78Middleware"

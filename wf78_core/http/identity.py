@@ -1,50 +1,80 @@
-"""Who is calling: the ``wf78_authenticate`` hook and the built-in token lookup."""
+"""Who is calling: the ``wf78_authenticate`` hook chain, and the priority a caller may use.
+
+The chain is the only way a request gets an identity: authentication plugins first, the
+default token plugin (:class:`wf78_core.core.auth.TokenAuth`, ``trylast``) last. A token
+sent outside the headers (koa78's ``sid`` parameter, the dashboard's ``?token=``) is put to
+the same chain as the request's bearer token.
+"""
 
 from __future__ import annotations
 
-import hmac
-from typing import Any
+import pluggy
 
 from wf78_core.config import AuthConfig, Identity
-from wf78_core.http.asgi import Scope, header
-from wf78_core.plugin.spec import hookimpl
+from wf78_core.core.auth import TokenAuth
+from wf78_core.http.asgi import Scope, header, parse_priority
+from wf78_core.plugin.manager import HookChain
 
-__all__ = ["TokenAuthenticator", "bearer_token", "effective_priority"]
+__all__ = ["Callers", "allowed_priority", "effective_priority"]
 
-
-def bearer_token(scope: Scope) -> str | None:
-    """``Authorization: Bearer <token>``, or koa78's ``sid`` header."""
-    authorization = header(scope, b"authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    sid = header(scope, b"sid")
-    return sid.strip() if sid and sid.strip() else None
+_TOKEN_AUTH = "wf78_core.core.auth.TokenAuth"
+_TOKEN_HEADERS = (b"authorization", b"sid")
 
 
-class TokenAuthenticator:
-    """The built-in ``wf78_authenticate``: bearer tokens from ``[auth.tokens]``, then
-    ``[auth.guest]`` when configured. Tokens are compared in constant time, each one."""
+class Callers:
+    """``Callers(pm, auth)``: the identities of requests, from ``pm``'s
+    ``wf78_authenticate`` implementations in call order.
 
-    def __init__(self, auth: AuthConfig) -> None:
-        self._tokens = [(token.encode(), identity) for token, identity in auth.tokens.items()]
-        self._guest = auth.guest
+    ``lazy`` is true when every implementation declares ``wf78_authenticate_lazily`` (it is
+    synchronous and reads only the headers): the app's own requests then ask the chain only
+    when a handler first wants the identity (:meth:`identify_now`).
+    """
 
-    def lookup(self, token: str | None) -> Identity | None:
-        if token is not None:
-            given = token.encode()
-            found: Identity | None = None
-            for known, identity in self._tokens:  # no early exit: timing says nothing
-                if hmac.compare_digest(given, known):
-                    found = identity
-            if found is not None:
-                return found
-        return self._guest
+    __slots__ = ("_chain", "lazy")
 
-    @hookimpl(trylast=True)
-    def wf78_authenticate(self, scope: Any) -> Identity | None:
-        return self.lookup(bearer_token(scope))
+    def __init__(self, pm: pluggy.PluginManager, auth: AuthConfig) -> None:
+        # The default plugin, when the engine that owns ``pm`` has not registered it.
+        if not any(isinstance(plugin, TokenAuth) for plugin in pm.get_plugins()):
+            if not pm.is_blocked(_TOKEN_AUTH) and not pm.has_plugin(_TOKEN_AUTH):
+                pm.register(TokenAuth(auth), name=_TOKEN_AUTH)
+        self._chain = HookChain(pm, "wf78_authenticate")
+        self.lazy = all(
+            getattr(impl.plugin, "wf78_authenticate_lazily", False) is True
+            for impl in pm.hook.wf78_authenticate.get_hookimpls()
+        )
+
+    async def identify(self, scope: Scope) -> Identity | None:
+        """The first identity the chain gives for ``scope``, or None."""
+        identity: Identity | None = await self._chain.first(scope=scope)
+        return identity
+
+    def identify_now(self, scope: Scope) -> Identity | None:
+        """:meth:`identify` without awaiting: only when :attr:`lazy` (every implementation
+        is synchronous)."""
+        for _, function, argnames in self._chain.impls:
+            identity: Identity | None = function(scope=scope) if argnames else function()
+            if identity is not None:
+                return identity
+        return None
+
+    async def identify_token(self, scope: Scope, token: str) -> Identity | None:
+        """The identity of ``token`` given outside the headers: the chain is asked as if
+        the request had sent it as ``Authorization: Bearer`` (and no other token)."""
+        try:
+            value = token.encode("latin-1")  # what a header's latin-1 decoding gives back
+        except UnicodeEncodeError:  # no header can carry it: it names no identity
+            value = token.encode()
+        headers = [(b"authorization", b"Bearer " + value)]
+        headers += [item for item in scope.get("headers", ()) if item[0] not in _TOKEN_HEADERS]
+        return await self.identify({**scope, "headers": headers})
+
+
+def allowed_priority(scope: Scope, identity: Identity | None) -> int | None:
+    """The request's ``X-Wf78-Priority``, capped by ``identity``; None without one (or with
+    a bad one: the data routes report it, the app's own routes ignore it)."""
+    requested = header(scope, b"x-wf78-priority")
+    priority = None if requested is None else parse_priority(requested)
+    return effective_priority(priority, identity)
 
 
 def effective_priority(requested: int | None, identity: Identity | None) -> int | None:

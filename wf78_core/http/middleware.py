@@ -11,11 +11,10 @@ from typing import Any
 from wf78_core.config import Config, Identity
 from wf78_core.engine import Engine
 from wf78_core.http.admin import AdminApp
-from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority, send_json
-from wf78_core.http.context import RequestClient, _current
-from wf78_core.http.identity import TokenAuthenticator, effective_priority
+from wf78_core.http.asgi import Receive, Scope, Send, send_json
+from wf78_core.http.context import CURRENT_CLIENT, RequestClient
+from wf78_core.http.identity import Callers, allowed_priority
 from wf78_core.http.routes import DEFAULT_MAX_PARS, DataRoutes
-from wf78_core.plugin.manager import HookChain
 
 __all__ = ["Wf78Middleware"]
 
@@ -27,7 +26,8 @@ _NOT_STARTED = (
 
 class _LazyClient(RequestClient):
     """The client of a request the app serves: the identity is looked up on first use,
-    from the headers the request had when it reached wf78.
+    from the headers the request had when it reached wf78 (only when every authenticator
+    allows it: :attr:`Callers.lazy`).
 
     It keeps a tuple of those headers: not the scope (the scope's state holds the client, a
     reference back would make every request a cycle for the garbage collector), and not the
@@ -38,21 +38,22 @@ class _LazyClient(RequestClient):
     13 times (benchmarks/README.md, B9).
     """
 
-    __slots__ = ("_headers", "_middleware")
+    __slots__ = ("_callers", "_headers")
 
-    def __init__(self, middleware: Wf78Middleware, headers: Any) -> None:
-        self.engine = middleware.engine
+    def __init__(self, engine: Engine, callers: Callers, headers: Any) -> None:
+        self.engine = engine
         self._identity = None
         self._priority = None
         self._resolve = _later
-        self._middleware = middleware
+        self._callers = callers
         self._headers = tuple(headers)
 
     def _resolved(self) -> None:
         self._resolve = None
         scope = {"type": "http", "headers": self._headers}
         self._headers = ()
-        self._identity, self._priority = self._middleware._from_tokens(scope)
+        identity = self._callers.identify_now(scope)
+        self._identity, self._priority = identity, allowed_priority(scope, identity)
 
 
 def _later() -> tuple[Identity | None, int | None]:
@@ -91,18 +92,26 @@ class Wf78Middleware:
         self.engine = engine if engine is not None else Engine(config)
         self.prefix = "/" + prefix.strip("/")
         self.max_body = max_body
-        self._tokens = TokenAuthenticator(self.engine.config.auth)
-        # Third-party authenticators first, then the built-in token lookup.
-        self._authenticate = HookChain(self.engine.pm, "wf78_authenticate")
+        # One ``wf78_authenticate`` chain for the app's requests, the data and admin routes.
+        self.callers = Callers(self.engine.pm, self.engine.config.auth)
         self.routes = DataRoutes(
-            self.engine, max_body=max_body, max_page=max_page, max_pars=max_pars
+            self.engine,
+            max_body=max_body,
+            max_page=max_page,
+            max_pars=max_pars,
+            callers=self.callers,
         )
         self.admin = AdminApp(
-            self.engine, self.prefix, max_body=max_body, max_page=max_page, max_pars=max_pars
+            self.engine,
+            self.prefix,
+            max_body=max_body,
+            max_page=max_page,
+            max_pars=max_pars,
+            callers=self.callers,
         )
         # Paths wf78 may serve; any other request goes straight to the app.
         self._claimed = (self.prefix, *self.routes.claims)
-        self._plugins_authenticate = bool(self._authenticate)
+        self._lazy = self.callers.lazy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -117,20 +126,21 @@ class Wf78Middleware:
             await self.app(scope, receive, send)
             return
         # The app's own request: the identity is worked out only if a handler asks, unless
-        # plugins authenticate (they may be async, so they are asked now).
-        if self._plugins_authenticate:
-            client = await self.client(scope)
+        # an authenticator must see the whole request now (it may be async, or read more
+        # than the headers).
+        if self._lazy:
+            client: RequestClient = _LazyClient(self.engine, self.callers, scope["headers"])
         else:
-            client = _LazyClient(self, scope["headers"])
+            client = await self.client(scope)
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state["wf78"] = client
-        token = _current.set(client)
+        token = CURRENT_CLIENT.set(client)
         try:
             await self.app(scope, receive, send)
         finally:
-            _current.reset(token)
+            CURRENT_CLIENT.reset(token)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer an admin or data route; False when ``path`` is the app's after all."""
@@ -152,27 +162,13 @@ class Wf78Middleware:
                 {"res": -503, "errmsg": _NOT_STARTED, "kind": "unavailable", "back": None},
             )
             return True
-        await self.routes.handle(scope, receive, send, await self.client(scope), route)
+        await self.routes.handle(scope, receive, send, route)  # it asks who calls
         return True
 
     async def client(self, scope: Scope) -> RequestClient:
-        """The caller's identity (plugins first, then tokens) and allowed priority."""
-        identity = None
-        if self._authenticate:
-            identity = await self._authenticate.first(scope=scope)
-        if identity is None:
-            identity = self._tokens.wf78_authenticate(scope)
-        return RequestClient(self.engine, identity, self._priority(scope, identity))
-
-    def _from_tokens(self, scope: Scope) -> tuple[Identity | None, int | None]:
-        identity = self._tokens.wf78_authenticate(scope)
-        return identity, self._priority(scope, identity)
-
-    def _priority(self, scope: Scope, identity: Identity | None) -> int | None:
-        requested = header(scope, b"x-wf78-priority")
-        # A bad header is None here: routes report it, the app's own routes ignore it.
-        priority = None if requested is None else parse_priority(requested)
-        return effective_priority(priority, identity)
+        """The caller's identity (the ``wf78_authenticate`` chain) and allowed priority."""
+        identity = await self.callers.identify(scope)
+        return RequestClient(self.engine, identity, allowed_priority(scope, identity))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Open the engine at startup (before the app's handlers) and close it after the

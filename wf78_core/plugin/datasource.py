@@ -11,6 +11,7 @@ import msgspec
 from wf78_core.config import ColumnType, TableConfig, msgspec_problem
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError
+from wf78_core.plugin.drivers import MissingDriver
 
 __all__ = [
     "DataSource",
@@ -81,16 +82,28 @@ class DataSource(Protocol):
 
 
 class DataSourceFactory(Protocol):
+    """What ``wf78_register_datasources`` registers: usually the adapter class itself. An
+    ``Options`` msgspec Struct on it validates the type-specific keys of its config."""
+
     def __call__(self, spec: SourceSpec) -> DataSource: ...
 
 
-def load_factory(item: Any) -> Any:
+def load_factory(item: DataSourceFactory | str, *, what: str | None = None) -> Any:
     """A registered factory; ``"module:attribute"`` strings are imported on first use, so a
-    plugin whose driver is heavy costs nothing until a configured source needs it."""
+    plugin whose driver is heavy costs nothing until a configured source needs it.
+
+    A driver missing on import (:class:`~wf78_core.plugin.drivers.MissingDriver`) is
+    reported as ``what`` needing it when given, e.g. ``"data source 'db' (type mysql)"``.
+    """
     if not isinstance(item, str):
         return item
     module, _, attribute = item.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except MissingDriver as error:
+        if what is None:
+            raise
+        raise error.for_source(what) from error.__cause__
 
 
 T = TypeVar("T", bound=msgspec.Struct)

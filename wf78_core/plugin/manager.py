@@ -1,4 +1,5 @@
-"""Loading plugins and calling hooks that may be sync or async."""
+"""Loading plugins and calling hooks that may be sync or async (the engine's side of the SDK:
+plugins never import this module)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from wf78_core.errors import ConfigError
 from wf78_core.plugin import spec as hookspecs
 from wf78_core.plugin.registry import Registry
 
-__all__ = ["HookChain", "collect_registry", "make_plugin_manager"]
+__all__ = ["HookChain", "collect_registry", "make_plugin_manager", "plugin_names"]
 
 
 def make_plugin_manager(extra: Iterable[Any] = ()) -> pluggy.PluginManager:
@@ -67,7 +68,7 @@ class HookChain:
 
     __slots__ = ("impls", "name")
 
-    def __init__(self, pm: pluggy.PluginManager, name: str, *, exclude: Iterable[Any] = ()):
+    def __init__(self, pm: pluggy.PluginManager, name: str, *, exclude: Iterable[Any] = ()) -> None:
         excluded = set(map(id, exclude))
         caller = getattr(pm.hook, name)
         self.name = name

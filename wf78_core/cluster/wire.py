@@ -1,0 +1,209 @@
+"""What the Redis Streams backend stores and sends: task entries taken by a worker,
+completions, each workflow's graph, and the batching of script calls."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from wf78_core.core.records import DeadLetter
+from wf78_core.definitions import Result, WorkflowDefinition
+from wf78_core.errors import Wf78Error
+
+__all__ = [
+    "Batcher",
+    "Call",
+    "Completion",
+    "Graph",
+    "Taken",
+    "decode",
+    "decode_dead",
+    "decode_value",
+    "encode_result",
+    "json_encode",
+    "pack",
+    "text",
+]
+
+#: the capability of a task that names no data source: any worker runs it
+ANY = "*"
+#: script calls sent at once
+BATCH = 256
+
+# Contexts and results are kept as JSON text (the scripts read their arguments with
+# cmsgpack, which takes text but not binary strings); a Result stays a Result.
+RESULT, VALUE = "R", "V"
+json_encode = msgspec.json.Encoder().encode
+decode_value = msgspec.json.Decoder().decode
+decode_result = msgspec.json.Decoder(Result).decode
+decode_dead = msgspec.json.Decoder(DeadLetter).decode
+pack = msgspec.msgpack.Encoder().encode
+
+
+def encode_result(value: Any) -> str:
+    """A task result as stored in its run's hash (JSON; a :class:`Result` stays one)."""
+    if isinstance(value, Result):
+        return RESULT + json_encode(value).decode()
+    return VALUE + json_encode(value).decode()
+
+
+def decode(data: bytes | None) -> Any:
+    if not data:
+        return None
+    if data[:1] == b"R":
+        return decode_result(data[1:])
+    return decode_value(data[1:])
+
+
+def text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Taken:
+    """A task a worker took from a stream (or took over from another worker)."""
+
+    __slots__ = (
+        "attempts",
+        "capability",
+        "context",
+        "deliveries",
+        "entry",
+        "priority",
+        "run_id",
+        "stream",
+        "task",
+        "workflow",
+    )
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        self.stream: str = row[0].decode()
+        self.capability: str = row[1].decode()
+        self.entry: str = row[2].decode()
+        self.run_id: str = row[3].decode()
+        self.task: str = row[4].decode()
+        self.workflow: str = row[5].decode()
+        self.priority = int(row[6])
+        self.attempts = int(row[7])
+        self.context: dict[str, Any] = decode_value(row[8]) if row[8] else {}
+        self.deliveries = int(row[9])
+
+
+class Completion(msgspec.Struct, kw_only=True):
+    """How a taken task ended, as the worker reports it."""
+
+    outcome: str  # succeeded | failed
+    result: str = ""
+    error: str = ""
+    run_error: str = ""
+    data_source: str = ""
+    extra_attempts: int = 0
+    dead_letter: DeadLetter | None = None
+
+
+class Graph:
+    """What the scripts need of a workflow's DAG: dependants, and what a failure skips."""
+
+    __slots__ = ("capabilities", "dependants", "rows", "skips", "tasks")
+
+    def __init__(self, workflow: WorkflowDefinition) -> None:
+        self.tasks = {t.id: t for t in workflow.tasks}
+        self.capabilities = {t.id: t.data_source or ANY for t in workflow.tasks}
+        dependants: dict[str, list[str]] = {t.id: [] for t in workflow.tasks}
+        for task in workflow.tasks:
+            for dep in dict.fromkeys(task.depends_on):
+                dependants[dep].append(task.id)
+        self.dependants = {k: tuple(v) for k, v in dependants.items()}
+        # What START stores per task: id, capability, unfinished dependencies.
+        self.rows = [
+            (t.id, self.capabilities[t.id], len(set(t.depends_on))) for t in workflow.tasks
+        ]
+        self.skips: dict[str, tuple[tuple[str, str], ...]] = {}
+        for task_id in self.tasks:
+            seen: dict[str, str] = {}
+            stack = [(d, task_id) for d in self.dependants[task_id]]
+            while stack:
+                dep, parent = stack.pop()
+                if dep not in seen:
+                    seen[dep] = f"dependency {parent!r} did not succeed"
+                    stack.extend((d, dep) for d in self.dependants[dep])
+            self.skips[task_id] = tuple(seen.items())
+
+
+class Call:
+    """One queued call of a batcher: its arguments, and its answer once sent."""
+
+    __slots__ = ("args", "done", "error", "value")
+
+    def __init__(self, args: list[Any]) -> None:
+        self.args = args
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class Batcher:
+    """Calls made together share one round trip: a bounded stream of calls, drained by
+    one task that sends what is waiting as one pipeline (or one script call)."""
+
+    def __init__(self, name: str, send: Callable[[list[Call]], Awaitable[None]], size: int) -> None:
+        self.name = name
+        self._flush = send
+        self._send: MemoryObjectSendStream[Call] | None = None
+        self._size = size
+
+    async def call(self, args: list[Any]) -> Any:
+        send = self._send
+        if send is None:
+            raise Wf78Error(f"the redis backend is not running ({self.name})")
+        call = Call(args)
+        try:
+            await send.send(call)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise Wf78Error(f"the redis backend is not running ({self.name})") from None
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        send, receive = anyio.create_memory_object_stream[Call](self._size)
+        self._send = send
+        task_status.started()
+        try:
+            async for first in receive:
+                calls = [first]
+                while len(calls) < BATCH:
+                    try:
+                        calls.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._flush(calls)
+                    except Exception as error:
+                        for call in calls:
+                            call.error = error
+                    for call in calls:
+                        call.done.set()
+        finally:
+            # Stopped with calls still queued: they were never sent, and say so.
+            self._send = None
+            while True:
+                try:
+                    call = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                call.error = Wf78Error(f"the redis backend stopped before this {self.name}")
+                call.done.set()
+            receive.close()
+            send.close()
+
+    def close(self) -> None:
+        if self._send is not None:
+            self._send.close()
+            self._send = None

@@ -1,0 +1,254 @@
+"""The configuration's msgspec structs: one per section, each checking its own values."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from wf78_core.config.rules import IDENTIFIER, positive, priority_problem
+from wf78_core.definitions import Kind, WorkflowDefinition
+
+__all__ = [
+    "BASE_COLUMNS",
+    "AgentConfig",
+    "AgentsConfig",
+    "AuthConfig",
+    "ColumnType",
+    "Config",
+    "DataSourceConfig",
+    "EngineSettings",
+    "Identity",
+    "ShardingConfig",
+    "TableConfig",
+]
+
+ColumnType = Literal["text", "int", "float", "bool", "json", "datetime"]
+# Columns every table has besides the declared ones (the koa78 base columns).
+BASE_COLUMNS: dict[str, ColumnType] = {"id": "text", "upby": "text", "uptime": "datetime"}
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[engine]``: queueing, limits, retry and shutdown behaviour."""
+
+    # Where workflow runs queue: "memory" (this process) or "redis" (Redis Streams shared
+    # by every process naming the same backend_url and backend_namespace; see
+    # wf78_core.cluster.streams).
+    backend: Literal["memory", "redis"] = "memory"
+    backend_url: str = "redis://127.0.0.1:6379/0"
+    # The hash tag of every key: one namespace lives in one Redis Cluster slot.
+    backend_namespace: str = "wf78"
+    # Whether this process runs tasks from the redis backend (false: it only queues runs).
+    consume: bool = True
+    # Tasks one process takes from the redis backend at once.
+    worker_slots: int = 100
+    # A worker's heartbeat and the leases it holds expire after lease_ttl without renewal.
+    lease_ttl: float = 10.0
+    # Entries idle this long past their task's time budget are taken over (XAUTOCLAIM).
+    claim_margin: float = 5.0
+    # An entry delivered more often than this is a poison entry: a dead letter.
+    max_deliveries: int = 5
+    # Seconds a finished run's state and results stay in Redis.
+    run_ttl: float = 86_400.0
+    # Operations accepted but not finished (queued + running); the bound on memory.
+    queue_size: int = 100_000
+    # How long submit/run wait for queue space before raising Overloaded.
+    overload_timeout: float = 1.0
+    # Tasks running at once across the whole engine.
+    max_running: int = 10_000
+    # Every aging_seconds a waiting task counts one priority level more urgent (0 = off).
+    aging_seconds: float = 5.0
+    event_queue_size: int = 1024
+    drain_timeout: float = 30.0
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 5.0
+    default_timeout: float | None = 30.0
+    submit_priority: int = 1
+    # Finished runs kept for get_run().
+    run_history: int = 1000
+    # Where accepted runs and task checkpoints are kept (wf78_core.persistence.journal):
+    # "sqlite:///path" (relative to the configuration's folder), "memory", "off" or
+    # "package.module:Class".
+    journal: str = "sqlite:///wf78-journal.db"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "queue_size",
+            "max_running",
+            "event_queue_size",
+            "run_history",
+            "worker_slots",
+            "max_deliveries",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in (
+            "overload_timeout",
+            "aging_seconds",
+            "drain_timeout",
+            "retry_backoff",
+            "retry_backoff_max",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+        for name in ("lease_ttl", "run_ttl"):
+            if not positive(getattr(self, name)):
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
+        if not math.isfinite(self.claim_margin) or self.claim_margin < 0:
+            raise ValueError(f"claim_margin must be >= 0 and finite, got {self.claim_margin}")
+        if not _NAMESPACE.fullmatch(self.backend_namespace):
+            raise ValueError(
+                "backend_namespace must be 1 to 64 letters, digits, '_', '-', '.' or ':', "
+                f"got {self.backend_namespace!r}"
+            )
+        if not self.backend_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"backend_url must be a redis://, rediss:// or unix:// URL, got {self.backend_url!r}"
+            )
+        problem = priority_problem(self.submit_priority)
+        if problem:
+            raise ValueError(f"submit_priority {problem}")
+        if self.default_timeout is not None and not positive(self.default_timeout):
+            raise ValueError(
+                f"default_timeout must be positive and finite, got {self.default_timeout}"
+            )
+
+
+class DataSourceConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[datasources.<name>]``: ``type``, ``url`` and the options of that type."""
+
+    type: str
+    url: str | None = None
+    # In-flight operations the source takes at once (the default agent's concurrency).
+    pool_size: int | None = None
+    timeout: float | None = None
+    options: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ValueError("pool_size must be >= 1")
+        if self.timeout is not None and not positive(self.timeout):
+            raise ValueError(f"timeout must be positive and finite, got {self.timeout}")
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One ``[[agents.pool]]`` entry."""
+
+    id: str
+    capabilities: tuple[str, ...]
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+
+
+class AgentsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[agents]``: the allocator, health checking, and optional explicit agents."""
+
+    allocator: str = "least_load"
+    health_interval: float = 5.0
+    pool: tuple[AgentConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not positive(self.health_interval):
+            raise ValueError(
+                f"health_interval must be positive and finite, got {self.health_interval}"
+            )
+
+
+class ShardingConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``sharding``: one physical table per UTC day or month (``<table>_YYYYMMDD`` /
+    ``<table>_YYYYMM``); maintenance keeps ``ahead`` future shards and drops those whose
+    period ended more than ``retention_days`` days ago."""
+
+    type: Literal["daily", "monthly"]
+    retention_days: int = 5
+    ahead: int = 2
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 0:
+            raise ValueError("retention_days must be >= 0")
+        if self.ahead < 0:
+            raise ValueError("ahead must be >= 0")
+
+
+class TableConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[tables.<Name>]``: the writable columns and how the table is served."""
+
+    columns: list[str] | dict[str, ColumnType]
+    owner: Literal["cid", "uid"] | None = None
+    route: str | None = None
+    data_source: str | None = None
+    kind: Kind | None = None
+    sharding: ShardingConfig | None = None
+    public_read: bool = False
+    # Sources kept in step with this table through the outbox (see wf78_core.data.mirrors).
+    search_mirror: str | None = None
+    cache_mirror: str | None = None
+    # Seconds a row read through the cache mirror stays cached.
+    cache_ttl: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not positive(self.cache_ttl):
+            raise ValueError(f"cache_ttl must be positive seconds, got {self.cache_ttl}")
+        for name in self.columns:
+            if not IDENTIFIER.match(name):
+                raise ValueError(f"column name {name!r} is not a plain identifier")
+            if name in BASE_COLUMNS or name in ("cid", "uid"):
+                raise ValueError(f"column {name!r} is a base column and cannot be declared")
+        if self.route is not None and not re.fullmatch(r"api\w*/\w+", self.route):
+            raise ValueError(f"route {self.route!r} must look like 'apisys/apimicro'")
+
+    def schema(self) -> dict[str, ColumnType]:
+        """Every column of the table, base columns included, with its type."""
+        declared: dict[str, ColumnType] = (
+            dict.fromkeys(self.columns, "text")
+            if isinstance(self.columns, list)
+            else dict(self.columns)
+        )
+        out: dict[str, ColumnType] = {"id": "text"}
+        out.update(declared)
+        if self.owner:
+            out[self.owner] = "text"
+        out["upby"] = "text"
+        out["uptime"] = "datetime"
+        return out
+
+
+class Identity(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Who a request acts as: a ``[auth.tokens.<token>]`` entry or the guest."""
+
+    uid: str = ""
+    cid: str = ""
+    uname: str = ""
+    roles: tuple[str, ...] = ()
+    max_priority: int | None = None
+
+    def __post_init__(self) -> None:
+        problem = priority_problem(self.max_priority)
+        if problem:
+            raise ValueError(f"max_priority {problem}")
+
+
+class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[auth]``: bearer tokens and the identity of requests without one."""
+
+    tokens: dict[str, Identity] = {}
+    guest: Identity | None = None
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The whole configuration file."""
+
+    engine: EngineSettings = EngineSettings()
+    datasources: dict[str, DataSourceConfig] = {}
+    agents: AgentsConfig = AgentsConfig()
+    workflows: tuple[WorkflowDefinition, ...] = ()
+    tables: dict[str, TableConfig] = {}
+    auth: AuthConfig = AuthConfig()

@@ -1,0 +1,217 @@
+"""The 14 koa78 methods of a data route, each a call of one :class:`Table` method.
+
+``cols`` = the columns ``pars`` refers to; ids are 1 to 64 digits.
+
+- ``mAdd``: ``pars`` (the leading columns) or ``values`` -> the new id.
+- ``mAddMany``: ``pars`` flat (split into rows of the column count) or a list of arrays,
+  or ``rows`` -> the new ids.
+- ``mAddManyByid``: as ``mAddMany`` with each row's id last (koa78's order); existing ids are
+  skipped -> how many were inserted.
+- ``mUpdate``, ``mUpdateByid``: ``mid`` + ``pars``/``values`` (or ``values`` with ``id``)
+  -> rows changed; 404 when the caller has no such row.
+- ``mUpdateMany``: rows ``[...cols, id]`` (flat or nested, id last as in koa78) or ``rows``
+  -> rows changed.
+- ``m``: update the row ``mid`` when the caller has it, else insert with a new id -> id.
+- ``mByid``: the same, but an insert keeps ``mid`` as the id -> id.
+- ``mByFirstField``: update the caller's row whose first column matches, else insert -> id.
+- ``get``, ``getbyBcid`` (``bcid`` = the owner; ``public_read`` tables, no identity
+  needed): ``where`` (object) and/or koa78's ``pars`` as equality filters on ``cols``;
+  without ``pars``, ``cols`` picks the columns read; ``order``, ``getstart``,
+  ``getnumber`` (<= ``max_page``), ``total=1`` -> rows, or ``{"rows", "total"}``.
+- ``mdel``: ``mid`` -> 1; 404 when the caller has no such row.
+- ``mdelmany``: ``ids`` (array or comma-separated; ``pars`` too) -> rows deleted.
+- ``mUpdateElkByid``: ``pars = [id, document]`` or ``mid`` + ``values`` -> 1; 404 as above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from wf78_core.data.table import Table
+from wf78_core.http.routes.answers import Failure, bad
+from wf78_core.http.routes.columns import TableRoutes
+from wf78_core.http.routes.params import (
+    decoded,
+    flag,
+    list_param,
+    mid,
+    object_param,
+    page,
+    row_id,
+    text_param,
+)
+from wf78_core.http.routes.rows import named, order, read_cols, rows, values, where
+
+__all__ = ["HANDLERS", "METHODS", "Handler"]
+
+#: ``handler(table_routes, table, params) -> back``: the table is scoped to the caller.
+Handler = Callable[[TableRoutes, Table, dict[str, Any]], Awaitable[Any]]
+
+
+def _not_found(info: TableRoutes, row: str) -> Failure:
+    return Failure(404, "not_found", f"table {info.name!r} has no row {row!r} for this caller")
+
+
+async def _m_add(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    return await table.add(values(info, params))
+
+
+async def _m_add_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    return await table.add_many(rows(info, params, with_id=False))
+
+
+async def _m_add_many_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    return await table.add_many_by_id(rows(info, params, with_id=True))
+
+
+async def _m_update(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    row = mid(params)
+    assert row is not None
+    changed = await table.update(row, values(info, params))
+    if not changed:
+        raise _not_found(info, row)
+    return changed
+
+
+async def _m_update_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    # koa78 took the id from ``mid``; the modern form may carry it in ``values``.
+    given = object_param(params, "values")
+    if given is not None and "id" in given:
+        checked = named(info, given, "values", allow_id=True)
+        if not await table.update_by_id(checked):
+            raise _not_found(info, checked["id"])
+        return 1
+    return await _m_update(info, table, params)
+
+
+async def _m_update_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    return await table.update_many(rows(info, params, with_id=True))
+
+
+async def _m(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    checked = values(info, params)
+    row = mid(params, required=False)
+    if row is not None and checked and await table.update(row, checked):
+        return row
+    return await table.add(checked)
+
+
+async def _m_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    given = object_param(params, "values")
+    if given is not None and "id" in given:
+        return await table.upsert(named(info, given, "values", allow_id=True))
+    row = mid(params)
+    return await table.upsert({"id": row, **values(info, params)})
+
+
+async def _m_by_first_field(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    checked = values(info, params)
+    if info.columns and info.columns[0] not in checked:
+        field = "values" if params.get("values") is not None else "pars"
+        raise bad(field, f"the first column {info.columns[0]!r} is required")
+    return await table.upsert_by_first_field(checked)
+
+
+async def _get(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    return await _read(info, table, params, None)
+
+
+async def _get_by_bcid(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    bcid = text_param(params, "bcid")
+    if bcid is None:
+        raise bad("bcid", "required: the owner whose public rows to read")
+    return await _read(info, table, params, bcid)
+
+
+async def _read(info: TableRoutes, table: Table, params: dict[str, Any], bcid: str | None) -> Any:
+    filters, filtered = where(info, params)
+    cols = None if filtered else read_cols(info, params)
+    start, number = page(params, info.max_page)
+    total = flag(params, "total")
+    options: dict[str, Any] = {
+        "where": filters,
+        "cols": cols,
+        "order": order(params),
+        "start": start,
+        "number": number,
+        "since": text_param(params, "since"),
+        "until": text_param(params, "until"),
+    }
+    if bcid is None:
+        if total:
+            found, count = await table.get(total=True, **options)
+            return {"rows": found, "total": count}
+        return await table.get(**options)
+    if total:
+        found, count = await table.get_public(bcid, total=True, **options)
+        return {"rows": found, "total": count}
+    return await table.get_public(bcid, **options)
+
+
+async def _m_del(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    row = mid(params, required=False)
+    if row is None:
+        pars = list_param(params, "pars", limit=info.max_pars)
+        if not pars or len(pars) != 1:
+            raise bad("mid", "required: the id of the row")
+        row = row_id(pars[0], "pars[0]")
+    deleted = await table.delete(row)
+    if not deleted:
+        raise _not_found(info, row)
+    return deleted
+
+
+async def _m_del_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    field = "ids" if params.get("ids") is not None else "pars"
+    ids = list_param(params, field, commas=True, limit=info.max_pars)
+    if not ids:
+        raise bad("ids", "required: the ids of the rows (a list or comma-separated)")
+    return await table.delete_many([row_id(value, f"{field}[{i}]") for i, value in enumerate(ids)])
+
+
+async def _m_update_elk_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    # koa78: pars = [id, JSON document]; or mid with values / pars for the columns.
+    if not info.searchable:  # refused up front, naming the method
+        raise bad(
+            "mUpdateElkByid",
+            f"table {info.name!r} has no search source (a search_mirror, or a data_source "
+            "of type 'elasticsearch')",
+        )
+    row = mid(params, required=False)
+    if row is not None:
+        checked = values(info, params)
+    else:
+        pars = list_param(params, "pars", limit=info.max_pars)
+        if not pars or len(pars) != 2:
+            raise bad("pars", "expected [id, document] (or mid with values)")
+        row = row_id(pars[0], "pars[0]")
+        document = pars[1]
+        if isinstance(document, str):
+            document = decoded(document, "pars[1]")
+        checked = named(info, document, "pars[1]")
+    changed = await table.update_search_doc(row, checked)
+    if not changed:
+        raise _not_found(info, row)
+    return changed
+
+
+HANDLERS: dict[str, Handler] = {
+    "mAdd": _m_add,
+    "mAddMany": _m_add_many,
+    "mAddManyByid": _m_add_many_by_id,
+    "mUpdate": _m_update,
+    "mUpdateByid": _m_update_by_id,
+    "mUpdateMany": _m_update_many,
+    "m": _m,
+    "mByid": _m_by_id,
+    "mByFirstField": _m_by_first_field,
+    "get": _get,
+    "getbyBcid": _get_by_bcid,
+    "mdel": _m_del,
+    "mdelmany": _m_del_many,
+    "mUpdateElkByid": _m_update_elk_by_id,
+}
+
+#: The koa78 method names, in the order the documentation lists them.
+METHODS: tuple[str, ...] = tuple(HANDLERS)

@@ -1,0 +1,182 @@
+"""Serving one data request: who calls, with what parameters, on which table, answered how.
+
+The request is walked once: the caller's identity (the ``wf78_authenticate`` chain), the
+priority header, the parameters, the owner check, then one :class:`Table` call and one
+answer. An HTTP method other than GET or POST is 405.
+
+``Idempotency-Key`` (1 to 255 printable ASCII characters, else 400 naming it): a write
+replayed with the same key answers the first one's ``back`` and writes nothing again. The
+key is scoped by the caller (the owner on an owned table), so tenants never share one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from wf78_core.config import Identity
+from wf78_core.core.auth import bearer_token
+from wf78_core.data.table import Table, owner_problem
+from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority
+from wf78_core.http.identity import Callers, effective_priority
+from wf78_core.http.routes.answers import (
+    Failure,
+    answer,
+    answer_failure,
+    bad,
+    failure_of,
+    shown,
+)
+from wf78_core.http.routes.columns import DEFAULT_MAX_PARS, TableRoutes
+from wf78_core.http.routes.matching import DataRoute, Refusal, RouteMap
+from wf78_core.http.routes.params import read_params
+from wf78_core.idempotency import derive_key
+
+if TYPE_CHECKING:
+    from wf78_core.engine import Engine
+
+__all__ = ["DataRoutes"]
+
+_ALLOW = [(b"allow", b"GET, POST")]
+_MAX_IDEMPOTENCY_KEY = 255  # the Idempotency-Key header (scoped, then hashed when long)
+
+
+class DataRoutes:
+    """The koa78 data routes of an engine's configured tables.
+
+    ``match(path)`` is a dict lookup for a served path; ``handle`` authenticates the caller,
+    reads the parameters, calls the :class:`~wf78_core.data.table.Table` method and answers
+    the envelope. ``callers`` may be shared with the middleware (one hook chain).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_body: int = 1 << 20,
+        max_page: int = 1000,
+        max_pars: int = DEFAULT_MAX_PARS,
+        callers: Callers | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_body = max_body
+        self.max_page = max_page
+        self.max_pars = max_pars
+        config = engine.config
+        self.callers = callers if callers is not None else Callers(engine.pm, config.auth)
+        self._guest = config.auth.guest
+        paths = RouteMap(config, max_pars=max_pars, max_page=max_page)
+        #: The path prefixes under which :meth:`match` may answer (``/apisys/apimicro/``).
+        self.claims: tuple[str, ...] = paths.claims
+        self.match = paths.match  # bound once: matching is on every claimed request
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, route: DataRoute | Refusal
+    ) -> None:
+        # Asked before anything is answered: a failing authentication plugin fails the
+        # request as it does on the app's own routes.
+        identity = await self.callers.identify(scope)
+        try:
+            back = await self._serve(scope, receive, identity, route)
+        except Failure as failure:
+            await answer_failure(send, failure)
+            return
+        except Exception as error:
+            where = (
+                f"{route.table.name}/{route.method}" if isinstance(route, DataRoute) else "route"
+            )
+            await answer_failure(send, failure_of(error, where))
+            return
+        await answer(send, back)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, identity: Identity | None, route: DataRoute | Refusal
+    ) -> Any:
+        if isinstance(route, Refusal):
+            raise route.failure
+        if scope["method"] not in ("GET", "POST"):
+            raise Failure(
+                405,
+                "method_not_allowed",
+                f"{scope['method']} is not allowed: use GET or POST",
+                list(_ALLOW),
+            )
+        requested = header(scope, b"x-wf78-priority")
+        priority: int | None = None
+        if requested is not None:
+            priority = parse_priority(requested)
+            if priority is None:
+                raise bad(
+                    "X-WF78-Priority",
+                    f"must be an integer of at most 9 digits, got {shown(requested)}",
+                )
+        info = route.table
+        params = await read_params(scope, receive, self.max_body)
+        sid = params.get("sid")
+        if (
+            isinstance(sid, str)
+            and sid
+            and (identity is None or identity is self._guest)
+            and bearer_token(scope) is None
+        ):
+            # koa78 clients may send the session token as a parameter.
+            identity = await self.callers.identify_token(scope, sid)
+        if route.method == "getbyBcid":
+            if not info.config.public_read:
+                raise Failure(
+                    403,
+                    "forbidden",
+                    f"table {info.name!r} does not allow public reads (getbyBcid)",
+                )
+        else:
+            _check_identity(info, identity)
+        table = Table(
+            self.engine,
+            info.name,
+            identity=identity,
+            priority=effective_priority(priority, identity),
+            idempotency_key=_idempotency_key(scope, info, identity),
+        )
+        return await route.handler(info, table, params)
+
+
+def _check_identity(info: TableRoutes, identity: Identity | None) -> None:
+    owner = info.owner
+    if owner is None:
+        return
+    if identity is None:
+        raise Failure(
+            401,
+            "unauthorized",
+            f"table {info.name!r} is scoped by {owner}: send Authorization: Bearer <token>",
+            [(b"www-authenticate", b"Bearer")],
+        )
+    if not getattr(identity, owner):
+        raise Failure(
+            403, "forbidden", f"table {info.name!r} is scoped by {owner}: the identity has none"
+        )
+    problem = owner_problem(getattr(identity, owner))
+    if problem is not None:
+        raise Failure(
+            403, "forbidden", f"table {info.name!r} is scoped by {owner}: its {owner} {problem}"
+        )
+
+
+def _idempotency_key(scope: Scope, info: TableRoutes, identity: Identity | None) -> str | None:
+    """The request's ``Idempotency-Key`` header scoped by its caller (the owner of an owned
+    table, else company and user), so two tenants' equal keys never meet; None without one."""
+    value = header(scope, b"idempotency-key")
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    if not 0 < len(value) <= _MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
+        raise bad(
+            "Idempotency-Key",
+            f"must be 1 to {_MAX_IDEMPOTENCY_KEY} printable ASCII characters, got {shown(value)}",
+        )
+    if identity is None:
+        caller = ""
+    elif info.owner is not None:
+        caller = str(getattr(identity, info.owner))
+    else:
+        caller = f"{identity.cid}/{identity.uid}"
+    return derive_key(caller, value)
