@@ -115,7 +115,7 @@ async def engine(args: argparse.Namespace) -> Measurement:
                 )
                 return await wf78.submit(op)
 
-            adapter = wf78._sources["search"].adapter  # informational: no public handle
+            adapter = wf78.sources.named["search"].adapter  # informational: the adapter behind the source
             elapsed, cpu = await _timed(start, args)
             bulks = adapter.bulks
             if wf78.failed:

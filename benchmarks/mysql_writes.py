@@ -98,8 +98,8 @@ async def engine(args: argparse.Namespace) -> Measurement:
 
 
 def _adapter(wf78: Engine) -> Any:
-    # Informational only: the engine has no public handle on an adapter.
-    return wf78._sources["db"].adapter
+    # Informational only: the adapter as the engine's source pool holds it.
+    return wf78.sources.named["db"].adapter
 
 
 if __name__ == "__main__":

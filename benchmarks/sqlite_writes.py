@@ -157,7 +157,7 @@ async def engine(args: argparse.Namespace, synchronous: str | None = None) -> Me
 
 
 def _adapter(wf78: Engine) -> Any:
-    # Informational only: the engine has no public handle on an adapter.
+    # Informational only: the adapter as the engine's source pool holds it.
     return getattr(getattr(wf78, "_sources", {}).get("db"), "adapter", None)
 
 

@@ -126,9 +126,7 @@ async def execute_action(ctx: TaskContext) -> Any:
     # A write that could double gets the same key every time this task of this run runs,
     # a run resumed after a crash included: a write that committed before is not made twice.
     op = ctx.dispatcher.prepare(op, (ctx.run_id, task.id))
-    return await ctx.dispatcher.execute(
-        op, ctx.priority, ctx.context, task=task, reason=reason
-    )
+    return await ctx.dispatcher.execute(op, ctx.priority, ctx.context, task=task, reason=reason)
 
 
 def noop_action(ctx: TaskContext) -> None:

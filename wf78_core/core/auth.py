@@ -13,6 +13,7 @@ from typing import Any
 
 from wf78_core.config import AuthConfig, Identity
 from wf78_core.plugin.spec import hookimpl
+from wf78_core.plugin.types import Scope
 
 __all__ = ["TokenAuth", "bearer_token"]
 
@@ -62,5 +63,5 @@ class TokenAuth:
         return self._guest
 
     @hookimpl(trylast=True)
-    def wf78_authenticate(self, scope: Any) -> Identity | None:
+    def wf78_authenticate(self, scope: Scope) -> Identity | None:
         return self.lookup(bearer_token(scope))

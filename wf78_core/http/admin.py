@@ -179,7 +179,7 @@ class AdminApp:
         self.max_pars = max_pars
         self._openapi: bytes | None = None
         self.registry = engine_registry(engine)
-        self.callers = callers if callers is not None else Callers(engine.pm, engine.config.auth)
+        self.callers = callers if callers is not None else Callers(engine.pm)
         dashboard = resources.files("wf78_core.http").joinpath("dashboard")
         self._index = dashboard.joinpath("index.html").read_text("utf-8")
         self._login = dashboard.joinpath("login.html").read_text("utf-8")

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import pluggy
 
-from wf78_core.config import AuthConfig, Identity
-from wf78_core.core.auth import TokenAuth
+from wf78_core.config import Identity
 from wf78_core.http.asgi import Scope, header, parse_priority
 from wf78_core.plugin.manager import HookChain
 
 __all__ = ["Callers", "allowed_priority", "effective_priority"]
 
-_TOKEN_AUTH = "wf78_core.core.auth.TokenAuth"
 _TOKEN_HEADERS = (b"authorization", b"sid")
 
 
 class Callers:
-    """``Callers(pm, auth)``: the identities of requests, from ``pm``'s
+    """``Callers(pm)``: the identities of requests, from ``pm``'s
     ``wf78_authenticate`` implementations in call order.
 
     ``lazy`` is true when every implementation declares ``wf78_authenticate_lazily`` (it is
@@ -32,11 +30,7 @@ class Callers:
 
     __slots__ = ("_chain", "lazy")
 
-    def __init__(self, pm: pluggy.PluginManager, auth: AuthConfig) -> None:
-        # The default plugin, when the engine that owns ``pm`` has not registered it.
-        if not any(isinstance(plugin, TokenAuth) for plugin in pm.get_plugins()):
-            if not pm.is_blocked(_TOKEN_AUTH) and not pm.has_plugin(_TOKEN_AUTH):
-                pm.register(TokenAuth(auth), name=_TOKEN_AUTH)
+    def __init__(self, pm: pluggy.PluginManager) -> None:
         self._chain = HookChain(pm, "wf78_authenticate")
         self.lazy = all(
             getattr(impl.plugin, "wf78_authenticate_lazily", False) is True

@@ -93,7 +93,7 @@ class Wf78Middleware:
         self.prefix = "/" + prefix.strip("/")
         self.max_body = max_body
         # One ``wf78_authenticate`` chain for the app's requests, the data and admin routes.
-        self.callers = Callers(self.engine.pm, self.engine.config.auth)
+        self.callers = Callers(self.engine.pm)
         self.routes = DataRoutes(
             self.engine,
             max_body=max_body,

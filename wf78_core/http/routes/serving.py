@@ -62,7 +62,7 @@ class DataRoutes:
         self.max_page = max_page
         self.max_pars = max_pars
         config = engine.config
-        self.callers = callers if callers is not None else Callers(engine.pm, config.auth)
+        self.callers = callers if callers is not None else Callers(engine.pm)
         self._guest = config.auth.guest
         paths = RouteMap(config, max_pars=max_pars, max_page=max_page)
         #: The path prefixes under which :meth:`match` may answer (``/apisys/apimicro/``).
