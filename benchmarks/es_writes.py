@@ -115,7 +115,9 @@ async def engine(args: argparse.Namespace) -> Measurement:
                 )
                 return await wf78.submit(op)
 
-            adapter = wf78.sources.named["search"].adapter  # informational: the adapter behind the source
+            adapter = wf78.sources.named[
+                "search"
+            ].adapter  # informational: the adapter behind the source
             elapsed, cpu = await _timed(start, args)
             bulks = adapter.bulks
             if wf78.failed:

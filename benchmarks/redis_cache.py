@@ -102,7 +102,9 @@ async def engine(args: argparse.Namespace) -> Measurement:
             return await wf78.submit(op)
 
         await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
-        adapter = wf78.sources.named["cache"].adapter  # informational: the adapter behind the source
+        adapter = wf78.sources.named[
+            "cache"
+        ].adapter  # informational: the adapter behind the source
         pipelines_before, commands_before = adapter.pipelines, adapter.commands
         began, cpu_began = time.perf_counter(), time.process_time()
         await drive_in_batches(start, args.n, args.in_flight)
