@@ -1,6 +1,6 @@
 """The Redis Streams backend inside one process: runs, DAGs, failures, leases, priority,
 takeover, poison entries, drift repair, scheduling and the admin API (see
-tests/test_distributed.py for several processes)."""
+tests/cluster/test_distributed.py for several processes)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """One serving process and several worker processes on one Redis Streams namespace, for
-tests/test_distributed.py.
+tests/cluster/test_distributed.py.
 
 :class:`Cluster` writes the configuration (JSON) twice, for the workers (``consume =
 true``) and for the serving process (``consume = false``: it only queues runs and reads

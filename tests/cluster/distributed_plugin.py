@@ -1,4 +1,4 @@
-"""A plugin for the processes of tests/test_distributed.py (``wf78 worker --plugin
+"""A plugin for the processes of tests/cluster/test_distributed.py (``wf78 worker --plugin
 distributed_plugin``, and the serving process's app): actions and a data-source type that
 report to Redis, so the test sees what happened in every process.
 

@@ -1,6 +1,6 @@
 """The Redis Streams backend across processes: one serving process (``wf78 serve``, which
 only queues runs and reads them back through the admin API) and three ``wf78 worker``
-processes (tests/distributed_util.py starts them; tests/distributed_plugin.py gives them
+processes (tests/cluster/distributed_util.py starts them; tests/cluster/distributed_plugin.py gives them
 actions and a data source that report to Redis).
 
 - priority order holds across all workers (and aging lets an old task overtake);

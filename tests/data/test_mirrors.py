@@ -34,7 +34,7 @@ NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
 REDIS_URL = "redis://127.0.0.1:6379/0"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALICE = Identity(uid="u-alice", cid="acme", uname="alice")
 # Owner "acme corp" holds the word "acme": an analysed match would leak it to alice.
 BOB = Identity(uid="u-bob", cid="acme corp", uname="bob")

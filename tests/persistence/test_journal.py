@@ -24,7 +24,7 @@ from wf78_core.persistence.journal import MemoryJournal, SQLiteJournal, open_jou
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def task(id: str, action: str = "probe.record", **fields: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from wf78_core.plugin.registry import Registry
 from wf78_memory import MemorySource
 
 Config = Callable[..., dict[str, Any]]
-THIRDPARTY = Path(__file__).parent / "fixtures" / "thirdparty"
+THIRDPARTY = Path(__file__).resolve().parents[1] / "fixtures" / "thirdparty"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -439,7 +439,7 @@ def test_heavy_drivers_load_only_for_configured_sources() -> None:
 
 # -- the SDK: what plugins import, and drivers as extras ---------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # type -> (the package that registers it, the factory it names, its driver, the extra)
 DRIVERS = {
     "mysql": ("wf78_mysql", "MySQLSource", "aiomysql", "mysql"),
