@@ -158,7 +158,8 @@ async def engine(args: argparse.Namespace, synchronous: str | None = None) -> Me
 
 def _adapter(wf78: Engine) -> Any:
     # Informational only: the adapter as the engine's source pool holds it.
-    return getattr(getattr(wf78, "_sources", {}).get("db"), "adapter", None)
+    source = wf78.sources.get("db")
+    return None if source is None else source.adapter
 
 
 def _transactions(wf78: Engine) -> int:

@@ -17,7 +17,7 @@ import ipaddress
 import os
 import secrets
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +88,10 @@ def _is_loopback(request: Request) -> bool:
 async def index(request: Request) -> HTMLResponse:
     token: str | None = request.app.state.admin_token
     dashboard = "/_wf78/"
-    # The admin token goes into the link only for callers on this machine.
+    # The admin token goes into the link only for callers on this machine, in the fragment:
+    # a browser never sends that to the server, so no access log keeps it.
     if token and _is_loopback(request):
-        dashboard += "?token=" + html.escape(token, quote=True)
+        dashboard += "#token=" + html.escape(token, quote=True)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>wf78 demo</title></head>
 <body style="font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto">
@@ -163,12 +164,15 @@ def build_app(
     *,
     admin_token: str | None = None,
     user_token: str | None = None,
+    plugins: Sequence[str] = (),
 ) -> Wf78Middleware:
     """The demo app on the SQLite file ``db_path``; tokens default to fresh random ones
-    (read them back from ``app.engine.config.auth.tokens``)."""
+    (read them back from ``app.engine.config.auth.tokens``); ``plugins`` are plugin
+    modules its engine registers too (``[engine] plugins``)."""
     admin_token = admin_token or secrets.token_urlsafe(16)
     user_token = user_token or secrets.token_urlsafe(16)
     config = demo_config(db_path, admin_token=admin_token, user_token=user_token)
+    config.setdefault("engine", {})["plugins"] = list(plugins)
     return Wf78Middleware(_routes_app(admin_token), config=config)
 
 

@@ -34,7 +34,7 @@ class Watch:
     def __init__(self) -> None:
         self._changed = anyio.Event()
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -95,7 +95,7 @@ class Probe(Watch):
     def record(self, ctx: TaskContext) -> str:
         label = self._label(ctx)
         self.calls.append((label, ctx.task.id))
-        self._touch()
+        self.touch()
         return label
 
     async def wait(self, ctx: TaskContext) -> str:
@@ -111,7 +111,7 @@ class Probe(Watch):
     async def fail(self, ctx: TaskContext) -> int:
         key = (ctx.run_id, ctx.task.id)
         self.attempts[key] = self.attempts.get(key, 0) + 1
-        self._touch()
+        self.touch()
         if self.attempts[key] <= int(ctx.params.get("times", 1)):
             raise RuntimeError(f"planned failure {self.attempts[key]}")
         return self.attempts[key]
@@ -142,7 +142,7 @@ class Probe(Watch):
     @hookimpl
     def wf78_task_event(self, event: TaskEvent) -> None:
         self.events.append(event)
-        self._touch()
+        self.touch()
 
 
 @pytest.fixture
@@ -175,13 +175,13 @@ class FaultySource:
 
     async def health(self) -> None:
         self.faults.health_checks += 1
-        self.faults._touch()
+        self.faults.touch()
         if self.sick:
             raise ConnectionError(f"{self.name} is down")
 
     async def execute(self, op: Operation) -> Any:
         self.faults.entered.append((self.name, op))
-        self.faults._touch()
+        self.faults.touch()
         if self.block:
             await self.faults.gate.wait()
         if self.closed:

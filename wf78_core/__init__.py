@@ -12,13 +12,17 @@ from wf78_core.data.table import Table
 from wf78_core.definitions import Operation, Result, TaskDefinition, WorkflowDefinition
 from wf78_core.engine import Engine
 from wf78_core.errors import (
+    BackendUnavailable,
     ConfigError,
     DataSourceError,
+    IdempotencyConflict,
     InvalidOperation,
     NoAgentAvailable,
     NoDataSource,
     OperationError,
     Overloaded,
+    RowNotFound,
+    SourceUnavailable,
     TaskTimeout,
     UnknownWorkflow,
     Wf78Error,
@@ -30,11 +34,13 @@ from wf78_core.plugin.spec import hookimpl
 
 __all__ = [
     "Agent",
+    "BackendUnavailable",
     "Config",
     "ConfigError",
     "DataSourceError",
     "Engine",
     "EngineStats",
+    "IdempotencyConflict",
     "Identity",
     "InvalidOperation",
     "NoAgentAvailable",
@@ -43,7 +49,9 @@ __all__ = [
     "OperationError",
     "Overloaded",
     "Result",
+    "RowNotFound",
     "Run",
+    "SourceUnavailable",
     "Table",
     "TaskContext",
     "TaskDefinition",

@@ -82,7 +82,9 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     ``idempotency_key`` (1 to 200 characters) makes a write safe to run again: a replay
     with the same key returns the first result instead of writing twice. Keys starting
     with ``~`` are the engine's own, generated before a write's first attempt; see
-    :mod:`wf78_core.idempotency`.
+    :mod:`wf78_core.idempotency`. ``idempotency_fingerprint`` says what the key's request
+    asked for (``Table`` methods set it): a source that records keys refuses a replay with
+    another fingerprint (:class:`~wf78_core.errors.IdempotencyConflict`, HTTP 422).
     """
 
     action: str
@@ -110,6 +112,7 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     shard: str | None = None
     outbox: list[dict[str, Any]] | None = None
     idempotency_key: str | None = None
+    idempotency_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         key = self.idempotency_key

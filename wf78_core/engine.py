@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AsyncExitStack
 from importlib import import_module
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import anyio
@@ -22,11 +22,10 @@ import pluggy
 
 from wf78_core.config import (
     Config,
+    ConfigReport,
     Identity,
-    check_references,
-    collect_config,
+    collect_report,
     load_config,
-    msgspec_problem,
     read_config,
     with_maintenance,
 )
@@ -36,13 +35,13 @@ from wf78_core.core.agents import Agent
 from wf78_core.core.auth import TokenAuth
 from wf78_core.core.bus import EventBus
 from wf78_core.core.dispatch import Dispatcher
-from wf78_core.core.inprocess import InProcessBackend
+from wf78_core.core.inprocess import JOURNAL_HISTORY, InProcessBackend
 from wf78_core.core.introspect import engine_stats
-from wf78_core.core.lifecycle import Lifecycle
+from wf78_core.core.lifecycle import Lifecycle, close_stack
 from wf78_core.core.ports import Backend
 from wf78_core.core.records import DeadLetter, Journal
 from wf78_core.core.runs import Run, RunStore
-from wf78_core.core.sources import Source, SourcePool, build_agents
+from wf78_core.core.sources import SourcePool, build_agents
 from wf78_core.core.stats import EngineStats
 from wf78_core.core.tickets import Ticket
 from wf78_core.core.triggers import schedule_loop, subscribers
@@ -53,19 +52,27 @@ from wf78_core.data.sharding import MaintenanceReport, maintain
 from wf78_core.data.table import Table
 from wf78_core.definitions import Operation, Result, WorkflowDefinition
 from wf78_core.errors import ConfigError, Problem, UnknownWorkflow, Wf78Error
+from wf78_core.ids import hold_node_id, release_node_id
 from wf78_core.persistence.journal import open_journal
 from wf78_core.plugin.datasource import (
     DataSource,
     SourceSpec,
     TableSchema,
-    load_factory,
-    options_for,
 )
 from wf78_core.plugin.drivers import require_driver
-from wf78_core.plugin.manager import collect_registry, make_plugin_manager, plugin_names
+from wf78_core.plugin.loading import load_registries
+from wf78_core.plugin.manager import (
+    import_plugins,
+    load_plugins,
+    make_plugin_manager,
+    plugin_names,
+)
 from wf78_core.plugin.spec import hookimpl
 
 __all__ = ["BACKENDS", "Engine"]
+
+# An event's payload (``Engine.emit``).
+_Payload = Mapping[str, Any] | None
 
 
 class _BuiltinActions:
@@ -79,9 +86,8 @@ class _BuiltinActions:
 
 
 def _in_process(engine: Engine) -> Backend:
-    journal = open_journal(
-        engine.settings.journal, engine.base_dir, keep_finished=engine.settings.run_history
-    )
+    keep = engine.settings.run_history * JOURNAL_HISTORY  # finished runs' summaries
+    journal = open_journal(engine.settings.journal, engine.base_dir, keep_finished=keep)
     runs = RunStore(engine.settings.run_history)
     runner = WorkflowRunner(
         engine.config.workflows,
@@ -115,8 +121,46 @@ def _redis(engine: Engine) -> Backend:
     return backend
 
 
+def _checkable(
+    config: Config | Mapping[str, Any] | str | Path | None, report: ConfigReport
+) -> tuple[Config, list[ModuleType]]:
+    """What of ``config`` is well formed (its problems in ``report``), without its ``[engine]
+    plugins``, and the modules of those that import: each that does not is a problem too,
+    and the rest is still checked."""
+    if not isinstance(config, Config):
+        config, _ = collect_report(read_config(config), report)
+    modules, problems = import_plugins(config.engine.plugins)
+    report.add_checked(problems)
+    settings = msgspec.structs.replace(config.engine, plugins=())
+    return msgspec.structs.replace(config, engine=settings), modules
+
+
+def _hold_node_id(node: int | None, stack: AsyncExitStack) -> None:
+    """Mint snowflakes with ``[engine] node_id`` until ``stack`` closes; unset, the redis
+    backend leases one (wf78_core.cluster.nodes), else the process's random one serves."""
+    if node is not None:
+        hold_node_id(node)
+        stack.callback(release_node_id, node)
+
+
 #: ``[engine] backend`` -> how an engine builds it. Both satisfy :class:`Backend`.
 BACKENDS: dict[str, Callable[[Engine], Backend]] = {"memory": _in_process, "redis": _redis}
+
+
+def _begin(engine: Engine) -> None:
+    """A start-up begins: refused under anything but asyncio. Before a restart (a second
+    lifespan of the same app, on this event loop or a new one) the backend (journal writer,
+    runs, cluster links) and the outbox relay are built anew, so nothing the last start
+    bound to its event loop is used again. The engine's counters and configuration stay,
+    the relay's counters start again; finished runs come back from a durable journal."""
+    if not engine.life.begin():
+        return
+    engine.backend = BACKENDS[engine.settings.backend](engine)
+    old = engine.mirrors
+    if old is not None:
+        engine.mirrors = Relay(engine)
+        for tunable in ("batch", "interval", "concurrency", "poison_attempts"):
+            setattr(engine.mirrors, tunable, getattr(old, tunable))
 
 
 class Engine:
@@ -126,7 +170,7 @@ class Engine:
     ``None`` for the embedded default. Use it as an async context manager: entering
     opens data sources, starts agents, health checks and triggers; leaving stops the
     triggers, lets accepted work finish (up to ``engine.drain_timeout``), cancels what
-    is left and closes the sources.
+    is left and closes the sources; ``migrate=True`` adds the columns tables lack.
     """
 
     def __init__(
@@ -135,6 +179,7 @@ class Engine:
         *,
         plugins: Iterable[Any] = (),
         base_dir: str | Path | None = None,
+        migrate: bool = False,
     ) -> None:
         if isinstance(config, str | Path) and base_dir is None:
             base_dir = Path(config).resolve().parent
@@ -142,9 +187,8 @@ class Engine:
         self.config = with_maintenance(load_config(config))
         self.settings = self.config.engine
         self.base_dir = str(base_dir or ".")
-        self.pm: pluggy.PluginManager = make_plugin_manager(
-            [_BuiltinActions(), TokenAuth(self.config.auth), *plugins]
-        )
+        own = [_BuiltinActions(), TokenAuth(self.config.auth), *load_plugins(self.settings.plugins)]
+        self.pm: pluggy.PluginManager = make_plugin_manager([*own, *plugins])
         self.workflows: dict[str, WorkflowDefinition] = {w.id: w for w in self.config.workflows}
         self.life = Lifecycle()
         self.admission = Admission(self.settings)
@@ -178,7 +222,10 @@ class Engine:
         self.backend: Backend = BACKENDS[self.settings.backend](self)
         self._stack: AsyncExitStack | None = None
         self._started_at = time.monotonic()
-        # What the sharding maintenance of the last start-up did (None: no sharded table).
+        self.migrate = migrate  # start-up adds missing columns rather than refuse to start
+        # A source that opens after the start gets the start's table maintenance then.
+        self.sources.on_late_open = lambda _: maintain(self, startup=True, migrate=migrate)
+        # What the table maintenance of the last start-up did (None: not started yet).
         self.startup_maintenance: MaintenanceReport | None = None
 
     @classmethod
@@ -190,36 +237,11 @@ class Engine:
     async def _load_plugins(self) -> dict[str, tuple[Any, Any]]:
         """Collect the plugins' registries; every problem of the configuration that
         depends on them, in one :class:`ConfigError`. Returns the source factories."""
-        self.source_types = await collect_registry(
-            self.pm, "wf78_register_datasources", "data-source type"
-        )
-        actions = await collect_registry(self.pm, "wf78_register_actions", "action")
+        loaded = await load_registries(self.pm, self.config, self._allocators)
+        self.source_types = loaded.source_types
         self.actions.clear()
-        self.actions.update({name: actions[name] for name in actions})
-        problems = check_references(
-            self.config, source_types=self.source_types, actions=self.actions
-        )
-        chosen = self.config.agents.allocator
-        if self._allocators and chosen not in self._allocators:
-            problems.append(
-                Problem(
-                    "agents.allocator",
-                    f"unknown allocator {chosen!r} (known: {sorted(self._allocators)})",
-                )
-            )
-        factories: dict[str, tuple[Any, Any]] = {}
-        for name, source in self.config.datasources.items():
-            registered = self.source_types.get(source.type)
-            if registered is None:
-                continue
-            factory = load_factory(registered, what=f"data source {name!r} (type {source.type})")
-            try:
-                factories[name] = (factory, options_for(factory, source.options))
-            except msgspec.ValidationError as error:
-                problems.append(msgspec_problem(f"datasources.{name}", error))
-        if problems:
-            raise ConfigError(problems)
-        return factories
+        self.actions.update(loaded.actions)
+        return loaded.factories
 
     @classmethod
     async def check(
@@ -229,17 +251,14 @@ class Engine:
         plugins: Iterable[Any] = (),
     ) -> list[Problem]:
         """Every problem of a configuration, the plugin-dependent ones included; [] if valid."""
-        problems: list[Problem] = []
+        report = ConfigReport()
         try:
-            if isinstance(config, Config):
-                partial = config
-            else:
-                partial, problems = collect_config(read_config(config))
-            engine = cls(partial, plugins=plugins)
+            partial, modules = _checkable(config, report)
+            engine = cls(partial, plugins=[*modules, *plugins])
             await engine._load_plugins()
         except ConfigError as error:
-            problems.extend(error.problems)
-        return problems
+            report.add_checked(error.problems)
+        return report.problems
 
     # -- start-up and shutdown -------------------------------------------------------------
 
@@ -255,28 +274,24 @@ class Engine:
                 base_dir=self.base_dir,
             )
             adapter: DataSource = factory(spec)
-            await adapter.open()
             stack.push_async_callback(adapter.close)
-            capacity = config.pool_size or adapter.concurrency
-            self.sources.add(Source(name, config.type, adapter, capacity))
+            await self.sources.open(name, config, adapter)  # kept even when it cannot open
         self.agents[:] = build_agents(self.config.agents.pool, self.sources)
 
     async def __aenter__(self) -> Engine:
         if self.life.open:
             raise Wf78Error("engine is already running")
+        _begin(self)  # asyncio only; a restart gets parts bound to this event loop
         factories = await self._load_plugins()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
+            _hold_node_id(self.settings.node_id, stack)
             await self._open_sources(stack, factories)
             await self.backend.open(stack)
             services = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(services.cancel_scope.cancel)
-            for source in self.sources:
-                run = getattr(source.adapter, "run", None)
-                if run is not None:
-                    await services.start(run)
-            services.start_soon(self.sources.watch)
+            await self.sources.serve(services)  # the sources' own loops, health checks
             await self.backend.start_services(services)
             if self.mirrors is not None:
                 await services.start(self.mirrors.run)
@@ -298,12 +313,11 @@ class Engine:
         self.life.closing = False
         self._started_at = time.monotonic()
         try:
+            # Tables, today's shards and their columns are there before the first write.
+            self.startup_maintenance = await maintain(self, startup=True, migrate=self.migrate)
             if self.mirrors is not None:
                 self.mirrors.start()  # first pass: what a crash left in the outbox
             await self.backend.recover()
-            if any(table.sharding is not None for table in self.config.tables.values()):
-                # Today's shards exist before the first write; the workflow keeps them coming.
-                self.startup_maintenance = await maintain(self)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -318,7 +332,7 @@ class Engine:
         stack, self._stack = self._stack, None
         assert stack is not None
         try:
-            return await stack.__aexit__(exc_type, exc, tb)
+            return await close_stack(stack, exc_type, exc, tb)  # the body's own exception
         finally:
             self._reset()
 
@@ -403,17 +417,20 @@ class Engine:
         *,
         wait: bool = True,
         priority: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Run:
         """Start a run of a workflow (the ``api`` trigger); wait for it unless ``wait=False``."""
         self.life.check()
         workflow = self._workflow(workflow_id)
-        return await self.backend.start(workflow, context, priority, wait=wait)
+        return await self.backend.start(workflow, context, priority, wait=wait, key=idempotency_key)
 
-    async def emit(self, event: str, payload: Mapping[str, Any] | None = None) -> list[str]:
+    async def emit(
+        self, event: str, payload: _Payload = None, *, idempotency_key: str | None = None
+    ) -> list[str]:
         """The ``event`` trigger: queue a run of every workflow subscribed to ``event``."""
         self.life.check()
         return [
-            await self.backend.start_event(workflow, payload)
+            await self.backend.start_event(workflow, payload, key=idempotency_key)
             for workflow in subscribers(self.workflows.values(), event)
         ]
 
@@ -425,15 +442,15 @@ class Engine:
         return self.backend.get_run(run_id)
 
     async def fetch_run(self, run_id: str) -> Run:
-        """:meth:`get_run` for every backend: with the redis backend, the run as Redis
-        holds it now, whichever process started it."""
+        """:meth:`get_run` for every backend: the run as Redis holds it now (any process's),
+        or in process from memory, else from the journal (runs past ``run_history``)."""
         return await self.backend.fetch_run(run_id)
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run: queued tasks are withdrawn, running ones cancelled, slots freed.
 
-        With the redis backend, tasks already running on a worker finish there and what
-        they return is dropped."""
+        With the redis backend every worker hears it: those running the run's tasks
+        interrupt them."""
         return await self.backend.cancel(run_id)
 
     def recent_runs(self, limit: int = 20) -> list[Run]:
@@ -474,6 +491,12 @@ class Engine:
     def worker(self) -> Any:
         """This process's consumer of the redis backend (None otherwise)."""
         return getattr(self.backend, "worker", None)
+
+    @property
+    def node_id(self) -> int | None:
+        """The snowflake node id it mints with: configured, leased in Redis, or None (random)."""
+        leased: int | None = getattr(self.backend, "node_id", None)
+        return leased if self.settings.node_id is None else self.settings.node_id
 
     @property
     def resumed_runs(self) -> int:

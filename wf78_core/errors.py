@@ -7,15 +7,19 @@ from collections.abc import Iterable
 import msgspec
 
 __all__ = [
+    "BackendUnavailable",
     "ConfigError",
     "DataSourceError",
+    "IdempotencyConflict",
     "InvalidOperation",
     "NoAgentAvailable",
     "NoDataSource",
     "OperationError",
     "Overloaded",
     "Problem",
+    "RowNotFound",
     "RunCancelled",
+    "SourceUnavailable",
     "TaskTimeout",
     "UnknownWorkflow",
     "Wf78Error",
@@ -52,6 +56,19 @@ class Overloaded(Wf78Error):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BackendUnavailable(Wf78Error):
+    """The run backend (Redis) could not be reached; trying again after ``retry_after``
+    seconds can help. ``run_id`` names a run whose start was sent but not confirmed: it
+    may have been stored (look it up before starting it again); None when it was not."""
+
+    def __init__(
+        self, message: str, *, retry_after: float = 1.0, run_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.run_id = run_id
 
 
 class UnknownWorkflow(Wf78Error, KeyError):
@@ -92,6 +109,22 @@ class InvalidOperation(OperationError):
     """The operation itself is wrong (unknown table or column, missing field); never retried."""
 
 
+class RowNotFound(InvalidOperation):
+    """The caller has no row ``row_id`` in ``table`` (HTTP 404). Said the same way whether
+    another owner has such a row or nobody has: it tells nothing of other owners' ids."""
+
+    def __init__(self, table: str, row_id: str) -> None:
+        super().__init__(f"table {table!r} has no row {row_id!r} for this caller")
+        self.table = table
+        self.row_id = row_id
+
+
+class IdempotencyConflict(InvalidOperation):
+    """An idempotency key was sent again with another request than the one it was first
+    used for (HTTP 422): a replay must repeat the first request exactly; a new request
+    needs a new key. Never retried."""
+
+
 class TaskTimeout(OperationError):
     """A task or operation ran past its timeout."""
 
@@ -106,6 +139,15 @@ class NoAgentAvailable(OperationError):
     """Every agent able to serve the data source is out of rotation."""
 
     retryable = True
+
+
+class SourceUnavailable(NoAgentAvailable):
+    """The data source is out of rotation: it failed to open or its health check fails.
+    ``data_source`` names it; trying again after ``retry_after`` seconds can help."""
+
+    def __init__(self, message: str, *, data_source: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, data_source=data_source)
+        self.retry_after = retry_after
 
 
 class RunCancelled(Wf78Error):

@@ -25,31 +25,45 @@ The engine calls :func:`prepare` once per operation before its first attempt, so
 reuse the same ids and key; a workflow task's operation goes through :func:`prepare_task`,
 whose key depends only on the run and the task, so a run resumed after a crash finds what
 the task wrote before.
+
+**The same key, another request.** A caller's key names one request. ``Table`` methods
+give their writes a :func:`fingerprint` of the call (method and arguments, not the clock
+or the shard), ``Operation.idempotency_fingerprint``; a source recording the key keeps it
+with the result (:func:`record`, :func:`recall`) and :func:`check_replay` refuses a replay
+asking for something else with :class:`~wf78_core.errors.IdempotencyConflict` (HTTP 422,
+as Stripe answers), before anything of it is written. Runs and events take keys too
+(:mod:`wf78_core.core.runkeys`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from wf78_core.definitions import MAX_IDEMPOTENCY_KEY, Operation
+from wf78_core.errors import IdempotencyConflict
 from wf78_core.ids import snowflake_id
 
 __all__ = [
     "AUTO_PREFIX",
+    "CONFLICT",
     "MAX_KEY",
     "WRITE_ACTIONS",
+    "check_replay",
     "derive_key",
     "explicit_key",
+    "fingerprint",
     "generated_ids",
     "is_auto",
     "is_write",
     "key_id",
     "prepare",
     "prepare_task",
+    "recall",
+    "record",
     "task_key",
 ]
 
@@ -214,3 +228,59 @@ def derive_key(*parts: str) -> str:
     if len(key) <= MAX_KEY and not key.startswith(AUTO_PREFIX):
         return key
     return "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
+# -- the same key, another request ------------------------------------------------------------
+
+#: What a replay asking for another request is told (the key itself is never echoed).
+CONFLICT = (
+    "this key was first used for another request: repeat that request exactly to replay "
+    "it, or send a new key for a new request"
+)
+
+
+def _canonical(value: Any) -> Any:
+    # Other mappings and sequences as dicts and lists; anything else JSON has no word for
+    # by its repr.
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    return repr(value)
+
+
+# Sorted keys: two mappings with the same items are the same request in any order.
+_CANONICAL = msgspec.json.Encoder(enc_hook=_canonical, order="sorted")
+_RECORD = msgspec.json.Encoder()
+_RECALL = msgspec.json.Decoder()
+
+
+def fingerprint(*parts: Any) -> str:
+    """What a request asks for, as 32 hex digits: equal ``parts`` (a method and its
+    arguments) give equal fingerprints, whatever the order of their mappings' keys."""
+    return hashlib.sha256(_CANONICAL.encode(parts)).hexdigest()[:32]
+
+
+def check_replay(recorded: str | None, op: Operation, *, data_source: str | None = None) -> None:
+    """Refuse ``op`` when its key was recorded for another request: raise
+    :class:`~wf78_core.errors.IdempotencyConflict` when both fingerprints are known and
+    differ (a key recorded without one, or an operation without one, is not checked)."""
+    given = op.idempotency_fingerprint
+    if recorded is not None and given is not None and recorded != given:
+        raise IdempotencyConflict(CONFLICT, data_source=data_source)
+
+
+def record(result: Any, fingerprint: str | None) -> bytes:
+    """How a source keeps a write's ``result`` with its request's ``fingerprint``: JSON,
+    ``{"f": fingerprint, "v": result}`` (the result alone without a fingerprint, as
+    before). Raises TypeError or msgspec.EncodeError for a result JSON cannot carry."""
+    return _RECORD.encode(result if fingerprint is None else {"f": fingerprint, "v": result})
+
+
+def recall(stored: bytes | str) -> tuple[Any, str | None]:
+    """A :func:`record` read back: the result and the fingerprint (None when it had none).
+    No write result is an object, so an object with exactly ``f`` and ``v`` is a record."""
+    value = _RECALL.decode(stored)
+    if type(value) is dict and value.keys() == {"f", "v"} and isinstance(value["f"], str):
+        return value["v"], value["f"]
+    return value, None

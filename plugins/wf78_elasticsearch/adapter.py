@@ -1,12 +1,13 @@
 """The Elasticsearch data source (the official async client): grouped bulk writes.
 
-Every write (``add``, ``index``, ``add_many``, ``update``, ``upsert``, ``delete``,
-``delete_many``) becomes one or more ``_bulk`` items. While :meth:`ElasticsearchSource.run`
-runs, the items of all callers waiting at once go out together, up to ``max_bulk`` items
-per request (:mod:`wf78_elasticsearch.bulk`); Elasticsearch answers every item on its own,
-so each caller gets its own result or error. Without ``run`` every write is its own bulk
-request, which suits scripts and tests. Documents are JSON-encoded by their caller before
-they are queued, so a value JSON cannot carry fails its caller only.
+Every write (``add``, ``index``, ``add_many``, ``update``, ``update_many``, ``upsert``,
+``delete``, ``delete_many``) becomes one or more ``_bulk`` items. While
+:meth:`ElasticsearchSource.run` runs, the items of all callers waiting at once go out
+together, up to ``max_bulk`` items per request (:mod:`wf78_elasticsearch.bulk`);
+Elasticsearch answers every item on its own, so each caller gets its own result or error.
+Without ``run`` every write is its own bulk request, which suits scripts and tests.
+Documents are JSON-encoded by their caller before they are queued, so a value JSON cannot
+carry fails its caller only.
 
 Actions and results (``op.table`` is the index name, after ``index_prefix``):
 
@@ -15,20 +16,28 @@ Actions and results (``op.table`` is the index name, after ``index_prefix``):
   refused (non-retryable). Returns the id. ``index`` is the same but replaces an existing
   document with that id (Elasticsearch's ``index``).
 - ``add_many``: ``op.rows`` -> their ids. Not atomic: see :class:`~.errors.PartialWrite`.
+  With ``conflict = "ignore"`` rows whose id exists are skipped -> how many were inserted.
 - Idempotency (:mod:`wf78_core.idempotency`): documents are written by id. An ``add`` or
   ``add_many`` row whose id was generated for that very operation (by the engine before its
   first attempt, or derived from the caller's key) and that meets an existing document ran
   before: it succeeds, and the document is left as that run wrote it. ``index``, ``update``,
   ``upsert`` and deletes by id are idempotent as they are.
 - ``get``: ``where={"id": x}`` reads that document in real time -> ``[doc]`` or ``[]``;
-  ``{"id": [..]}`` -> the documents found; other equality filters search (``bool`` of
-  ``term`` filters, :func:`~.queries.where_query`) with ``order``, ``limit``, ``offset``.
-  ``columns`` picks the keys of each row. Every row carries ``id`` = the document ``_id``.
+  ``{"id": [..]}`` -> the documents found; equality filters beside the id (the owner) are
+  checked on the documents read (:func:`~.queries.matches`), and ``order``, ``limit``,
+  ``offset`` apply to them. Without an id, equality filters search (``bool`` of ``term``
+  filters, :func:`~.queries.where_query`). ``columns`` picks the keys of each row. Every
+  row carries ``id`` = the document ``_id``. ``count``: how many documents ``where`` matches.
 - ``update``: partial update of ``where={"id": x}`` with ``op.values`` plus ``@timestamp``
   (now, UTC, ISO 8601), as koa78's ``mUpdateElkByid`` -> 1, or 0 when there is no such
   document. ``upsert``: the same with ``doc_as_upsert``, creating it if missing -> the id.
+  ``update_many``: each of ``op.rows`` updates the document of its ``id`` -> how many did.
 - ``delete``: ``where={"id": x}`` -> 1 or 0; ``delete_many``: ``where={"id": [..]}`` ->
   how many were deleted.
+- Owner-scoped tables: ``update``, ``update_many``, ``delete`` and ``delete_many`` take
+  equality filters beside the id (``{"id": x, "cid": "acme"}``; ``update_many``'s in
+  ``where``) and write only documents that pass them, each guarded by the version it was
+  read at (:mod:`.guards`). A document that fails them is treated exactly as a missing one.
 - ``search``: ``op.params`` is a query DSL body (``{"query": ..., "sort": ...}``; ``where``
   stands in for a missing ``query``); ``offset``/``limit`` set ``from``/``size``; ``columns``
   filters ``_source`` -> ``{"total": n, "hits": [docs with id]}`` (and ``aggregations`` when
@@ -39,8 +48,11 @@ Consistency: a write is durable once answered (Elasticsearch's translog), but se
 it only after the next refresh (about a second by default): ``refresh = "wait_for"`` makes
 every bulk wait for it, ``"true"`` forces one per bulk (costly). ``get`` by id is real time.
 Indexes are created by the first write to them. Actions by id treat a missing index as
-a missing document (``get`` -> ``[]``, ``update``/``delete`` -> 0); a search of a missing index
-is a non-retryable error, as a misspelt index name most likely is.
+a missing document (``get`` -> ``[]``, ``update``/``delete`` -> 0), and so do ``get`` and
+``count`` the index of a declared table (``[tables.<name>]``: nothing was written to it yet);
+a search of another missing index is a non-retryable error, as a misspelt index name most
+likely is. The text columns of a declared table filter and sort on their ``.keyword``
+sub-field (what dynamic mapping adds), so ``"acme"`` never matches ``"Acme Corp"``.
 Grouped writes complete in no particular order relative to each other; two writes to the
 same document from one caller apply in the order they were issued.
 
@@ -50,7 +62,7 @@ The client's default node (aiohttp) runs on asyncio only.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -58,7 +70,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 from elastic_transport import BaseNode, SerializationError
-from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch import AsyncElasticsearch
 from elasticsearch.serializer import JsonSerializer
 
 from wf78_core.plugin import (
@@ -74,15 +86,17 @@ from wf78_core.plugin import (
 
 from .bulk import BulkWriter, Item, Response, Write
 from .errors import PartialWrite, closed_error, error_type, item_error, map_error
-from .queries import as_ids, document, sort_clause, where_query
+from .guards import Versioned, guarded, versions
+from .queries import as_ids
+from .reads import Reader
 
 __all__ = ["ElasticsearchOptions", "ElasticsearchSource", "hosts_of", "load_node_class"]
 
-# index.max_result_window's default: how many hits a search can page through.
-_RESULT_WINDOW = 10_000
 # Error types of a 404 meaning "no such document" to an action by id ("" is no error).
 _MISSING = frozenset({"", "document_missing_exception", "index_not_found_exception"})
-_WRITES = frozenset({"add", "index", "add_many", "update", "upsert", "delete", "delete_many"})
+_WRITES = frozenset(
+    {"add", "index", "add_many", "update", "update_many", "upsert", "delete", "delete_many"}
+)
 
 
 class ElasticsearchOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -123,7 +137,7 @@ class ElasticsearchSource:
     """
 
     Options = ElasticsearchOptions
-    actions: frozenset[str] = _WRITES | {"get", "search", "noop"}
+    actions: frozenset[str] = _WRITES | {"get", "count", "search", "noop"}
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
@@ -139,6 +153,7 @@ class ElasticsearchSource:
         self._serializer = JsonSerializer()
         self._client: AsyncElasticsearch | None = None
         self._writer: BulkWriter | None = None
+        self._reader: Reader | None = None
         self._bulks = 0
         self._documents = 0
 
@@ -175,6 +190,7 @@ class ElasticsearchSource:
             settings["basic_auth"] = (options.basic_auth[0], options.basic_auth[1])
         client = AsyncElasticsearch(self.hosts, **settings)
         self._client = client
+        self._reader = Reader(client, self.name, self.spec.tables)
         self._writer = BulkWriter(
             client,
             source=self.name,
@@ -193,7 +209,7 @@ class ElasticsearchSource:
     async def close(self) -> None:
         """Close the client's connections (idempotent)."""
         client, writer = self._client, self._writer
-        self._client = self._writer = None
+        self._client = self._writer = self._reader = None
         if writer is not None:
             self._bulks += writer.bulks
             self._documents += writer.documents
@@ -231,15 +247,19 @@ class ElasticsearchSource:
         index = self._index(op)
         match op.action:
             case "get":
-                return await self._get(index, op)
+                return await self._reads().get(index, op)
+            case "count":
+                return await self._reads().count(index, op)
             case "search":
-                return await self._search(index, op)
+                return await self._reads().search(index, op)
             case "add" | "index":
                 return await self._add(index, op)
             case "add_many":
                 return await self._add_many(index, op)
             case "update":
                 return await self._update(index, op)
+            case "update_many":
+                return await self._update_many(index, op)
             case "upsert":
                 return await self._upsert(index, op)
             case "delete":
@@ -259,9 +279,10 @@ class ElasticsearchSource:
             self._answer(response, what)
         return doc_id
 
-    async def _add_many(self, index: str, op: Operation) -> list[str]:
+    async def _add_many(self, index: str, op: Operation) -> list[str] | int:
         if op.rows is None:
             raise self._invalid(f"add_many needs rows (index {index!r})")
+        ignore = op.conflict == "ignore"  # existing ids are skipped; returns how many were new
         ids: list[str] = []
         items: list[Item] = []
         for number, row in enumerate(op.rows):
@@ -271,12 +292,16 @@ class ElasticsearchSource:
             ids.append(doc_id)
             items.append(item)
         if not items:
-            return []
+            return 0 if ignore else []
         responses = await self._submit(items)
         failed: dict[int, DataSourceError] = {}
         generated: set[str] | None = None
+        skipped: set[int] = set()
         for number, response in enumerate(responses):
             if _refused_as_existing(response):
+                if ignore:
+                    skipped.add(number)
+                    continue
                 if generated is None:
                     generated = set(generated_ids(op))
                 if ids[number] in generated:
@@ -286,8 +311,10 @@ class ElasticsearchSource:
             except DataSourceError as error:
                 failed[number] = error
         if not failed:
-            return ids
-        written = [doc_id for number, doc_id in enumerate(ids) if number not in failed]
+            return len(ids) - len(skipped) if ignore else ids
+        written = [
+            doc_id for number, doc_id in enumerate(ids) if number not in failed.keys() | skipped
+        ]
         first, first_error = next(iter(failed.items()))
         raise PartialWrite(
             f"add_many to index {index!r}: {len(failed)} of {len(ids)} documents failed, "
@@ -295,27 +322,43 @@ class ElasticsearchSource:
             data_source=self.name,
             written=written,
             failed=failed,
-            # Nothing stored: sending all the rows again cannot duplicate any of them.
-            retryable=not written and all(e.retryable for e in failed.values()),
+            # Nothing stored (or existing ids skipped): sending all the rows again cannot
+            # duplicate any of them.
+            retryable=(ignore or not written) and all(e.retryable for e in failed.values()),
         )
 
     async def _update(self, index: str, op: Operation) -> int:
-        doc_id = self._where_id(op)
+        doc_id, filters = self._target(op)
         values = self._values(op)
         if "id" in values and str(values["id"]) != doc_id:
             raise self._invalid(f"update cannot change the id of document {doc_id!r}")
         changes = {name: value for name, value in values.items() if name != "id"}
         changes["@timestamp"] = _now()
-        what = f"update of {doc_id!r} in index {index!r}"
-        item = self._item("update", index, doc_id, {"doc": changes}, what)
-        (response,) = await self._submit([item])
-        return 0 if self._answer(response, what, missing_ok=True) is None else 1
+        return await self._by_id(index, "update", {doc_id: {"doc": changes}}, filters, op.action)
+
+    async def _update_many(self, index: str, op: Operation) -> int:
+        """Each of ``op.rows`` updates the document of its ``id`` with its own values;
+        ``where`` holds the filters every document must pass (the owner), never the ids."""
+        if op.rows is None:
+            raise self._invalid(f"update_many needs rows (index {index!r})")
+        filters = dict(op.where or {})
+        if "id" in filters:
+            raise self._invalid(
+                f"update_many takes the ids from its rows, not from where (index {index!r})"
+            )
+        try:
+            bodies = _update_bodies(op.rows)
+        except ValueError as error:
+            raise self._invalid(f"update_many {error} (index {index!r})") from None
+        if not bodies:
+            return 0
+        return await self._by_id(index, "update", bodies, filters, op.action)
 
     async def _upsert(self, index: str, op: Operation) -> str:
         values = self._values(op)
         raw_id = values.get("id")
         if raw_id is None and op.where and set(op.where) == {"id"}:
-            raw_id = self._where_id(op)
+            raw_id = self._target(op)[0]
         if raw_id is None:
             raise self._invalid(f"upsert needs values.id or where.id (index {index!r})")
         doc_id = str(raw_id)
@@ -327,37 +370,61 @@ class ElasticsearchSource:
         return doc_id
 
     async def _delete(self, index: str, op: Operation) -> int:
-        doc_id = self._where_id(op)
-        what = f"delete of {doc_id!r} in index {index!r}"
-        (response,) = await self._submit([self._item("delete", index, doc_id, None, what)])
-        return 0 if self._answer(response, what, missing_ok=True) is None else 1
+        doc_id, filters = self._target(op)
+        return await self._by_id(index, "delete", {doc_id: None}, filters, op.action)
 
     async def _delete_many(self, index: str, op: Operation) -> int:
-        doc_ids = self._where_id(op, many=True)
+        doc_ids, filters = self._target(op, many=True)
         if not doc_ids:
             return 0
-        items = [
-            self._item("delete", index, doc_id, None, f"delete of {doc_id!r}") for doc_id in doc_ids
-        ]
-        responses = await self._submit(items)
-        deleted = 0
+        return await self._by_id(index, "delete", dict.fromkeys(doc_ids), filters, op.action)
+
+    async def _by_id(
+        self,
+        index: str,
+        action: Literal["update", "delete"],
+        bodies: dict[str, Any],
+        filters: dict[str, Any],
+        name: str,
+    ) -> int:
+        """``action`` of each document of ``bodies`` (id -> body) -> how many it applied to.
+        With ``filters`` only the documents passing them are written, each guarded by the
+        version it was read at (:mod:`.guards`); a missing document counts 0."""
+
+        def what(doc_id: str) -> str:
+            return f"{action} of {doc_id!r} in index {index!r}"
+
+        async def read(ids: list[str]) -> dict[str, Versioned]:
+            return versions(await self._reads().mget(index, ids), self.name, index)
+
+        async def write(targets: list[tuple[str, Versioned]]) -> list[Response]:
+            return await self._submit(
+                [self._item(action, index, i, bodies[i], what(i), guard=v) for i, v in targets]
+            )
+
+        if filters:
+            answers = await guarded(list(bodies), filters, read, write, source=self.name)
+        else:
+            items = [self._item(action, index, i, body, what(i)) for i, body in bodies.items()]
+            answers = dict(zip(bodies, await self._submit(items), strict=True))
+        done = 0
         errors: list[DataSourceError] = []
-        for doc_id, response in zip(doc_ids, responses, strict=True):
+        for doc_id, response in answers.items():
             try:
-                answer = self._answer(response, f"delete of {doc_id!r}", missing_ok=True)
+                done += self._answer(response, what(doc_id), missing_ok=True) is not None
             except DataSourceError as error:
                 errors.append(error)
-            else:
-                deleted += answer is not None
-        if errors:
-            # Deleting again is harmless, so the first error's retryability stands.
-            raise DataSourceError(
-                f"delete_many in index {index!r}: {len(errors)} of {len(doc_ids)} deletes "
-                f"failed ({deleted} deleted); first: {errors[0]}",
-                data_source=self.name,
-                retryable=all(error.retryable for error in errors),
-            )
-        return deleted
+        if not errors:
+            return done
+        if len(bodies) == 1:
+            raise errors[0]
+        # Writing by id again is harmless, so the errors' retryability stands.
+        raise DataSourceError(
+            f"{name} in index {index!r}: {len(errors)} of {len(bodies)} documents failed "
+            f"({done} done); first: {errors[0]}",
+            data_source=self.name,
+            retryable=all(error.retryable for error in errors),
+        )
 
     def _document_item(
         self, action: str, index: str, values: Mapping[str, Any], what: str
@@ -370,9 +437,20 @@ class ElasticsearchSource:
         return doc_id, item
 
     def _item(
-        self, action: str, index: str, doc_id: str, body: Mapping[str, Any] | None, what: str
+        self,
+        action: str,
+        index: str,
+        doc_id: str,
+        body: Mapping[str, Any] | None,
+        what: str,
+        *,
+        guard: Versioned | None = None,
     ) -> Item:
-        header = self._encode({action: {"_index": index, "_id": doc_id}}, what)
+        """A bulk item; with ``guard``, refused if the document changed since it was read."""
+        meta: dict[str, Any] = {"_index": index, "_id": doc_id}
+        if guard is not None:
+            meta |= {"if_seq_no": guard.seq_no, "if_primary_term": guard.primary_term}
+        header = self._encode({action: meta}, what)
         return (header,) if body is None else (header, self._encode(body, what))
 
     def _encode(self, value: Any, what: str) -> bytes:
@@ -407,97 +485,10 @@ class ElasticsearchSource:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def _get(self, index: str, op: Operation) -> list[dict[str, Any]]:
-        where = op.where or {}
-        if set(where) == {"id"}:
-            if where["id"] is None:
-                rows = []  # every document has an id
-            elif isinstance(where["id"], list | tuple):
-                rows = await self._get_many(index, as_ids(where["id"]))
-            else:
-                rows = await self._get_one(index, str(where["id"]))
-        else:
-            try:
-                order = sort_clause(op.order) if op.order else None
-            except ValueError as error:
-                raise self._invalid(f"{error} in order of index {index!r}") from None
-            window = _RESULT_WINDOW - op.offset
-            body: dict[str, Any] = {
-                "query": where_query(where),
-                "from": op.offset,
-                "size": window if op.limit is None else min(op.limit, window),
-            }
-            if order:
-                body["sort"] = order
-            response = await self._call(self.client.search(index=index, body=body))
-            rows = [document(hit) for hit in response["hits"]["hits"]]
-        if op.columns:
-            return [{name: row.get(name) for name in op.columns} for row in rows]
-        return rows
-
-    async def _get_one(self, index: str, doc_id: str) -> list[dict[str, Any]]:
-        try:
-            response = await self.client.get(index=index, id=doc_id)
-        except NotFoundError as error:
-            if error_type(error.body) in _MISSING:
-                return []
-            raise map_error(error, self.name) from error
-        except DataSourceError:
-            raise
-        except Exception as error:
-            raise map_error(error, self.name) from error
-        return [document(response.body)]
-
-    async def _get_many(self, index: str, doc_ids: list[str]) -> list[dict[str, Any]]:
-        if not doc_ids:
-            return []
-        response = await self._call(self.client.mget(index=index, ids=doc_ids))
-        rows = []
-        for doc in response["docs"]:
-            if "error" in doc and error_type(doc) not in _MISSING:
-                raise item_error(doc, self.name, f"get of {doc.get('_id')!r} in {index!r}")
-            if doc.get("found"):
-                rows.append(document(doc))
-        return rows
-
-    async def _search(self, index: str, op: Operation) -> dict[str, Any]:
-        if op.params is not None and not isinstance(op.params, dict):
-            raise self._invalid(
-                f"search needs params as a query DSL object, got {type(op.params).__name__}"
-            )
-        body = dict(op.params or {})
-        if "query" not in body and op.where:
-            body["query"] = where_query(op.where)
-        if op.offset:
-            body["from"] = op.offset
-        if op.limit is not None:
-            body["size"] = op.limit
-        if op.columns:
-            body["_source"] = [name for name in op.columns if name != "id"] or False
-        if op.order and "sort" not in body:
-            try:
-                body["sort"] = sort_clause(op.order)
-            except ValueError as error:
-                raise self._invalid(f"{error} in order of index {index!r}") from None
-        body.setdefault("track_total_hits", True)
-        response = await self._call(self.client.search(index=index, body=body))
-        hits = response["hits"]
-        total = hits.get("total")
-        result: dict[str, Any] = {
-            "total": total.get("value") if isinstance(total, Mapping) else total,
-            "hits": [document(hit) for hit in hits["hits"]],
-        }
-        if "aggregations" in response:
-            result["aggregations"] = response["aggregations"]
-        return result
-
-    async def _call(self, request: Any) -> Any:
-        """Await a client request; its body, or its error mapped to a DataSourceError."""
-        try:
-            response = await request
-        except Exception as error:
-            raise map_error(error, self.name) from error
-        return response.body
+    def _reads(self) -> Reader:
+        if self._reader is None:
+            raise closed_error(self.name, "not open")
+        return self._reader
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -511,20 +502,23 @@ class ElasticsearchSource:
             raise self._invalid(f"{op.action} needs non-empty values (index {op.table!r})")
         return op.values
 
-    def _where_id(self, op: Operation, *, many: bool = False) -> Any:
-        """``where.id``: one id as a string, or (``many``) a list of them."""
+    def _target(self, op: Operation, *, many: bool = False) -> tuple[Any, dict[str, Any]]:
+        """``where.id`` (one id as a string, or with ``many`` a list of them) and the
+        equality filters beside it, such as the owner."""
         where = op.where or {}
-        shape = "{'id': [ids]}" if many else "{'id': id}"
-        if set(where) != {"id"}:
+        if "id" not in where:
+            shape = "{'id': [ids], ...}" if many else "{'id': id, ...}"
             raise self._invalid(
-                f"{op.action} on elasticsearch needs where = {shape}, got {where!r}"
+                f"{op.action} on elasticsearch needs where = {shape} (the id, and any "
+                f"filters beside it), got {where!r}"
             )
+        filters = {name: value for name, value in where.items() if name != "id"}
         value = where["id"]
         if many:
-            return as_ids(value)
+            return as_ids(value), filters
         if value is None or isinstance(value, list | tuple | dict):
             raise self._invalid(f"{op.action} needs one id in where, got {value!r}")
-        return str(value)
+        return str(value), filters
 
     def _invalid(self, message: str) -> InvalidOperation:
         return InvalidOperation(message, data_source=self.name)
@@ -562,6 +556,27 @@ def load_node_class(path: str, where: str) -> type[BaseNode]:
 def _refused_as_existing(response: Response) -> bool:
     """Whether a bulk ``create`` was refused because a document with its id exists."""
     return not isinstance(response, DataSourceError) and int(response.get("status", 0)) == 409
+
+
+def _update_bodies(rows: Sequence[Any]) -> dict[str, Any]:
+    """The partial update of each row by its ``id`` (id -> bulk body), all stamped alike;
+    ValueError naming a row that is not an object, has no id, repeats one or sets nothing."""
+    stamp = _now()
+    bodies: dict[str, Any] = {}
+    for number, row in enumerate(rows):
+        field = f"rows[{number}]"
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{field} must be an object, got {row!r}")
+        if row.get("id") is None:
+            raise ValueError(f"{field} needs an id")
+        doc_id = str(row["id"])
+        if doc_id in bodies:
+            raise ValueError(f"{field}: id {doc_id!r} appears twice")
+        changes = {name: value for name, value in row.items() if name != "id"}
+        if not changes:
+            raise ValueError(f"{field} sets no field besides id")
+        bodies[doc_id] = {"doc": {**changes, "@timestamp": stamp}}
+    return bodies
 
 
 def _now() -> str:

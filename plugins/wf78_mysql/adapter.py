@@ -13,7 +13,9 @@ placeholders (``%s``, or ``%(name)s`` with a dict); with parameters a literal ``
 written ``%%``, without them as is. Every query holds one statement.
 
 Sessions use utf8mb4, the UTC time zone and strict mode (a too-long value is an error, not a
-silent truncation). ``datetime`` columns hold no zone: values are stored in UTC and read back
+silent truncation). ``INSERT IGNORE`` (``add_many`` with ``conflict = "ignore"``) would still
+cut a text to its column, so the statement builder refuses any value longer than its column
+holds, naming the column; ``text`` columns are LONGTEXT. ``datetime`` columns hold no zone: values are stored in UTC and read back
 as UTC ISO strings; naive datetimes are taken as UTC. aiomysql runs on asyncio only.
 """
 
@@ -67,8 +69,9 @@ class MySQLOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     max_batch: int = 1000
     # Writes waiting for the writer at most; further writers wait for room.
     queue_size: int = 10_000
-    # Create missing declared tables on open (``wf78 maintain`` calls ensure_tables too).
-    create_tables: bool = False
+    # Create missing declared tables on open, and let the engine create today's shards at
+    # start; false: nothing is created on this source unless ``wf78 maintain`` asks.
+    create_tables: bool = True
     # Seconds after which an idle pooled connection is replaced.
     pool_recycle: float = 3600
     # The transactional outbox feeding table mirrors (created on first use).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import aiomysql
 
-from wf78_core.plugin import DataSourceError
+from wf78_core.plugin import DataSourceError, InvalidOperation, OperationError
 
 __all__ = [
     "CommitUnknown",
@@ -24,6 +26,15 @@ DUPLICATE_KEY = frozenset({1062, 1586})
 RETRYABLE = LOST_CONNECTION | {1213, 1205, 1040, 1203, 1317, 1969}
 # These end the whole transaction, so no savepoint is left to roll back to.
 _ENDS_TRANSACTION = LOST_CONNECTION | {1213}
+# A value its column cannot hold, refused by strict mode: too long (1406), out of range
+# (1264), not of the column's type (1366, 1265). The caller's input, not the source's fault.
+REFUSED_VALUE = {
+    1406: "is too long for the column",
+    1264: "is out of the column's range",
+    1366: "is not a value of the column's type",
+    1265: "does not fit the column",
+}
+_COLUMN = re.compile(r"column [`']?([^`'\s]+)[`']?")
 
 
 class CommitUnknown(Exception):
@@ -52,9 +63,21 @@ def aborts_transaction(error: BaseException) -> bool:
 
 def map_error(
     error: BaseException, source: str, *, retryable: bool | None = None
-) -> DataSourceError:
-    """A DataSourceError for a driver error; ``retryable`` overrides the guess from its code."""
+) -> OperationError:
+    """A DataSourceError for a driver error; ``retryable`` overrides the guess from its code.
+    A value its column refused is an InvalidOperation naming the column (never the value:
+    the server's message quotes it)."""
     code = error_code(error)
+    if code in REFUSED_VALUE and len(error.args) >= 2:
+        found = _COLUMN.search(str(error.args[1]))
+        column = repr(found.group(1)) if found else "of the write"
+        refused = InvalidOperation(
+            f"a value for column {column} {REFUSED_VALUE[code]} (mysql source {source!r}, "
+            f"error {code})",
+            data_source=source,
+        )
+        refused.__cause__ = error
+        return refused
     if isinstance(error, aiomysql.MySQLError) and len(error.args) >= 2:
         detail = f"({code}) {error.args[1]}"
     else:

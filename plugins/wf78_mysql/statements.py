@@ -14,7 +14,8 @@ MYSQL = Dialect(
     quote_char="`",
     placeholder="%s",
     column_types={
-        "text": "TEXT",
+        # LONGTEXT: a text that fits max_allowed_packet fits the column (TEXT holds 64 KiB).
+        "text": "LONGTEXT",
         "int": "BIGINT",
         "float": "DOUBLE",
         "bool": "TINYINT(1)",
@@ -23,17 +24,24 @@ MYSQL = Dialect(
     },
     # TEXT cannot be a key without a prefix length; ids are snowflakes or short caller keys.
     key_type="VARCHAR(64)",
+    key_limit=(64, 256),
     # VALUES(col) rather than MySQL 8's `AS new` alias: MariaDB knows only the former.
     upsert="ON DUPLICATE KEY UPDATE {assignments}",
     upsert_value="VALUES({column})",
     upsert_nothing="ON DUPLICATE KEY UPDATE {id} = {id}",
     empty_insert="INSERT INTO {table} () VALUES ()",
     no_limit=18446744073709551615,  # MySQL's own advice for "OFFSET without LIMIT"
-    # IGNORE also turns bad values into warnings; the builder has checked every value's type.
+    # IGNORE also turns errors into warnings, strict mode or not (a too-long text is cut):
+    # the builder has bound every value by its column's type and refused what does not fit.
     insert_ignore="INSERT IGNORE INTO",
     list_tables=(
         "SELECT table_name FROM information_schema.tables "
         "WHERE table_schema = DATABASE() AND table_name LIKE %s ESCAPE '!'"
+    ),
+    list_columns=(
+        "SELECT column_name, character_maximum_length, character_octet_length "
+        "FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = %s "
+        "ORDER BY ordinal_position"
     ),
     owner_index="inline",  # MySQL has no CREATE INDEX IF NOT EXISTS
     # Binary collation: ids and filters compare like SQLite's (case- and accent-sensitive).

@@ -17,7 +17,7 @@ from aiomysql.cursors import RE_INSERT_VALUES
 from pymysql.constants import SERVER_STATUS  # type: ignore[import-untyped]
 from pymysql.converters import escape_string  # type: ignore[import-untyped]
 
-from wf78_core.plugin import DataSourceError
+from wf78_core.plugin import DataSourceError, OperationError
 from wf78_sql import GroupCommitWriter, Params, closed_error
 
 from .connections import prepare
@@ -61,7 +61,7 @@ class MySQLWriter(GroupCommitWriter):
         thread_id: int = connection.thread_id()
         return thread_id
 
-    def map_error(self, error: BaseException, *, retryable: bool | None = None) -> DataSourceError:
+    def map_error(self, error: BaseException, *, retryable: bool | None = None) -> OperationError:
         return map_error(error, self.source, retryable=retryable)
 
     def closed_error(self) -> DataSourceError:

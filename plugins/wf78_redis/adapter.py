@@ -17,6 +17,15 @@ else through the owner index, else through the index of every row, applies the o
 equality filters inside the same script, then orders, pages and projects in Python; it is
 meant for the small, hot tables a cache holds, not for scans of millions of rows.
 
+Table actions, each serving a ``Table`` method: ``add`` -> the id; ``add_many`` -> the ids,
+all rows or none (with ``conflict = "ignore"``: rows whose id exists are skipped -> how many
+were inserted); ``get`` -> rows; ``count`` -> how many rows match ``where``; ``update``,
+``delete``, ``delete_many`` (``where`` with the id or the owner) and ``update_many`` (each of
+``rows`` by its id, with its own values; ``where`` filters them, the owner) -> rows changed;
+``upsert`` -> the id. The filters apply inside the write's script: a row of another owner is
+left exactly as a missing one. Sharding (``create_table``, ``list_shards``) is not supported,
+so a sharded table on a Redis source is refused when the engine starts.
+
 Auto-pipelining (:mod:`wf78_redis.pipeline`): while :meth:`RedisSource.run` runs in a task
 group, commands issued together share one pipelined round trip, and each caller still gets
 its own reply or error. Without ``run``, every command is its own round trip.
@@ -25,8 +34,11 @@ Idempotency (:mod:`wf78_core.idempotency`): an ``incr`` with an idempotency key 
 gives it a generated one) keeps a marker ``{prefix}:idem:{key}`` holding its result, set in the
 same script as the increment: a replay returns that result and counts nothing. Table writes
 with a caller's key keep one under the table's hash tag (``{prefix}:{table}:idem:{key}``) the
-same way. An insert whose ids were generated for it and finds them stored ran before, and
-succeeds. Markers live ``idempotency_ttl`` seconds (callers' keys) or
+same way; a write whose request has a fingerprint first ties the key to it
+(``{prefix}:{table}:idem#fp:{key}``, ``SET NX``), so a replay asking for another request is
+refused with IdempotencyConflict before it writes anything. An insert whose ids were
+generated for it and finds them stored ran before, and succeeds. Markers live
+``idempotency_ttl`` seconds (callers' keys) or
 ``auto_idempotency_ttl`` (generated ones). ``cache_set``, ``cache_delete``, updates and
 deletes by key are idempotent as they are.
 
@@ -53,6 +65,7 @@ from wf78_core.plugin import (
     InvalidOperation,
     Operation,
     SourceSpec,
+    check_replay,
     convert_options,
     explicit_key,
     generated_ids,
@@ -61,7 +74,15 @@ from wf78_core.plugin import (
 
 from .errors import closed_error, map_error
 from .pipeline import Arg, AutoPipeline
-from .scripts import INCR_ONCE, INCR_WITH_TTL, MATCH_ROWS, SCRIPTS, WRITE_ROWS, Script
+from .scripts import (
+    INCR_ONCE,
+    INCR_WITH_TTL,
+    MATCH_ROWS,
+    SCRIPTS,
+    UPDATE_ROWS,
+    WRITE_ROWS,
+    Script,
+)
 from .tables import RedisTable
 
 __all__ = ["DEFAULT_URL", "RedisOptions", "RedisSource"]
@@ -131,7 +152,9 @@ class RedisSource:
             "add",
             "add_many",
             "get",
+            "count",
             "update",
+            "update_many",
             "upsert",
             "delete",
             "delete_many",
@@ -253,7 +276,9 @@ class RedisSource:
                 raise closed_error(self.name, "not open")
             reply, finish = self._send_cache(pipeline, op)
             return finish(pipeline.outcome(await reply))
-        table = self._table(op)
+        return await self._table_action(self._table(op), op)
+
+    async def _table_action(self, table: RedisTable, op: Operation) -> Any:
         match op.action:
             case "get":
                 columns = table.check_columns(op.columns)
@@ -272,9 +297,18 @@ class RedisSource:
                     [op.values], "insert" if op.action == "add" else "upsert", "values"
                 )
                 return await self._write(table, args, op, ids[0])
+            case "count":
+                args = table.match_args("count", op.where)
+                return 0 if args is None else int(await self._script(MATCH_ROWS, table, args))
             case "add_many":
                 if op.rows is None:
                     raise table.invalid(f"add_many needs rows (table {op.table!r})")
+                if op.conflict == "ignore":
+                    # Existing ids are skipped: the result is how many rows were new.
+                    if not op.rows:
+                        return 0
+                    args, _ = table.write_args(op.rows, "ignore", "rows")
+                    return await self._write(table, args, op, None, counted=True)
                 if not op.rows:
                     return []
                 args, ids = table.write_args(op.rows, "insert", "rows")
@@ -283,6 +317,13 @@ class RedisSource:
                 table.require_key("update", op.where)
                 args = table.match_args("update", op.where, op.values)
                 return 0 if args is None else await self._match(table, args, op)
+            case "update_many":
+                if op.rows is None:
+                    raise table.invalid(f"update_many needs rows (table {op.table!r})")
+                if not op.rows:
+                    return 0
+                args = table.update_many_args(op.rows, op.where)
+                return 0 if args is None else await self._match(table, args, op, UPDATE_ROWS)
             case _:
                 table.require_key(op.action, op.where)
                 where = op.where or {}
@@ -368,18 +409,43 @@ class RedisSource:
             )
         return max(1, round(op.ttl * 1000))
 
+    async def _claim(self, table: RedisTable, key: str, op: Operation) -> None:
+        """Tie a caller's ``key`` to its request's fingerprint before the write: the first
+        request sets it (``SET NX``), a replay asking for another request is refused
+        (IdempotencyConflict) before anything is written. It lives as long as the marker."""
+        given = op.idempotency_fingerprint
+        if given is None:
+            return
+        claim = f"{table.marker_prefix[:-1]}#fp:{key}"  # beside the marker, never a marker
+        # Two commands, not SET NX GET (Redis 7): a replay pays the second round trip.
+        while not await self._call(("SET", claim, given, "NX", "PX", self._marker_ms(key))):
+            recorded = await self._call(("GET", claim))
+            if recorded is not None:
+                check_replay(recorded.decode(), op, data_source=self.name)
+                return
+
     def _marker_ms(self, key: str) -> int:
         """How long the idempotency marker of ``key`` lives, in milliseconds."""
         options = self.options
         seconds = options.auto_idempotency_ttl if is_auto(key) else options.idempotency_ttl
         return max(1, round(seconds * 1000))
 
-    async def _write(self, table: RedisTable, args: list[Arg], op: Operation, result: Any) -> Any:
-        """Run ``write_rows``; ``result`` (the ids) unless it ran before or meets a duplicate."""
+    async def _write(
+        self,
+        table: RedisTable,
+        args: list[Arg],
+        op: Operation,
+        result: Any,
+        *,
+        counted: bool = False,
+    ) -> Any:
+        """Run ``write_rows``; ``result`` (the ids), or with ``counted`` the rows written,
+        unless it ran before or meets a duplicate."""
         key = explicit_key(op)
         if key is None:
             reply = await self._script(WRITE_ROWS, table, args)
         else:
+            await self._claim(table, key, op)
             marker = table.marker_prefix + key
             remembered = _JSON_ENCODER.encode(result)
             command = _evalsha(
@@ -387,7 +453,7 @@ class RedisSource:
             )
             reply = await self._call(command, WRITE_ROWS)
         if reply[0] == 1:
-            return result
+            return int(reply[1]) if counted else result
         if reply[0] == 2:
             return _JSON_DECODER.decode(reply[1])
         duplicate = reply[1].decode()
@@ -402,15 +468,21 @@ class RedisSource:
             conflict=True,
         )
 
-    async def _match(self, table: RedisTable, args: list[Arg], op: Operation) -> int:
-        """An update or delete through ``match_rows``: rows changed (with a caller's key,
-        the count of its first run)."""
+    async def _match(
+        self, table: RedisTable, args: list[Arg], op: Operation, script: Script = MATCH_ROWS
+    ) -> int:
+        """An update or delete through ``match_rows`` (``update_many``: ``update_rows``): rows
+        changed (with a caller's key, the count of its first run)."""
         key = explicit_key(op)
         if key is None:
-            return int(await self._script(MATCH_ROWS, table, args))
+            return int(await self._script(script, table, args))
+        await self._claim(table, key, op)
         marker = table.marker_prefix + key
-        command = _evalsha(MATCH_ROWS, 2, table.all_key, marker, *args, self._marker_ms(key))
-        return int(await self._call(command, MATCH_ROWS))
+        command = _evalsha(script, 2, table.all_key, marker, *args, self._marker_ms(key))
+        counted = await self._call(command, script)
+        # No count in the marker: the key's first write of this same request was an insert
+        # (Table.upsert_by_first_field's replay finds the row it added), and changed no row.
+        return 0 if counted is None else int(counted)
 
     async def _script(self, script: Script, table: RedisTable, args: list[Arg]) -> Any:
         return await self._call(_evalsha(script, 1, table.all_key, *args), script)

@@ -110,9 +110,10 @@ class RedisTable:
         return row
 
     def write_args(
-        self, rows: Sequence[Any], mode: Literal["insert", "upsert"], field: str
+        self, rows: Sequence[Any], mode: Literal["insert", "ignore", "upsert"], field: str
     ) -> tuple[list[Arg], list[str]]:
-        """Arguments of the ``write_rows`` script for ``rows`` and the ids they get."""
+        """Arguments of the ``write_rows`` script for ``rows`` and the ids they get
+        (``ignore``: an insert that skips the ids already stored)."""
         args: list[Arg] = [
             self.row_prefix,
             self.owner_prefix,
@@ -145,7 +146,7 @@ class RedisTable:
                 else:
                     pairs += [name, self.encode(name, value, where)]
             # A new row simply lacks its null columns; an upsert must clear them.
-            if mode == "insert":
+            if mode != "upsert":
                 absent = []
             args += [row_id, len(pairs) // 2, *pairs, len(absent), *absent]
             ids.append(row_id)
@@ -153,7 +154,7 @@ class RedisTable:
 
     def match_args(
         self,
-        action: Literal["get", "update", "delete"],
+        action: Literal["get", "count", "update", "delete"],
         where: Mapping[str, Any] | None,
         values: Mapping[str, Any] | None = None,
     ) -> list[Arg] | None:
@@ -163,18 +164,9 @@ class RedisTable:
         Rows are found through the id, else the owner index, else the index of every row.
         """
         update = self._update_args(values) if action == "update" else []
-        filters: list[tuple[str, list[str | bytes]]] = []
-        for name, wanted in (where or {}).items():
-            column = self.column(name, "where")
-            if wanted is None:
-                filters.append((column, []))
-                continue
-            options = wanted if isinstance(wanted, list | tuple) else [wanted]
-            # As in SQL, IN (...) never matches NULL.
-            encoded = [self.encode(column, item, "where") for item in options if item is not None]
-            if not encoded:
-                return None
-            filters.append((column, encoded))
+        filters = self._filters(where)
+        if filters is None:
+            return None
         found = dict(filters)
         source, candidates = "all", []
         if found.get("id"):
@@ -189,11 +181,47 @@ class RedisTable:
             source,
             len(candidates),
             *candidates,
-            len(filters),
+            *_filter_args(filters),
         ]
-        for column, accepted in filters:
-            args += [column, len(accepted), *accepted]
         return args + update
+
+    def update_many_args(
+        self, rows: Sequence[Any], where: Mapping[str, Any] | None
+    ) -> list[Arg] | None:
+        """Arguments of the ``update_rows`` script: the filters every row must pass (the
+        owner), then each row's id and the columns it sets. None when the filters can match
+        nothing."""
+        name = self.schema.name
+        if where and "id" in where:
+            raise self.invalid(
+                f"update_many takes the ids from its rows, not from where (table {name!r})"
+            )
+        filters = self._filters(where)
+        if filters is None:
+            return None
+        args: list[Arg] = [
+            self.row_prefix,
+            self.owner_prefix,
+            self.owner or "",
+            *_filter_args(filters),
+            len(rows),
+        ]
+        seen: set[str | bytes] = set()
+        for index, row in enumerate(rows):
+            field = f"rows[{index}]"
+            if not isinstance(row, Mapping):
+                raise self.invalid(f"{field} of table {name!r} must be an object")
+            if row.get("id") is None:
+                raise self.invalid(f"{field} needs an id (table {name!r})")
+            row_id = self.encode("id", row["id"], field)
+            if row_id in seen:
+                raise self.invalid(f"{field}: id {row['id']!r} appears twice (table {name!r})")
+            seen.add(row_id)
+            changes = {column: value for column, value in row.items() if column != "id"}
+            if not changes:
+                raise self.invalid(f"{field} sets no column besides id (table {name!r})")
+            args += [row_id, *self._update_args(changes, field)]
+        return args
 
     def require_key(self, action: str, where: Mapping[str, Any] | None) -> None:
         """Writes find their rows through the id or the owner index, never by a full scan."""
@@ -255,17 +283,44 @@ class RedisTable:
             return lambda row: (row[column] is not None, _JSON_ENCODER.encode(row[column]))
         return lambda row: (row[column] is not None, row[column])
 
-    def _update_args(self, values: Mapping[str, Any] | None) -> list[Arg]:
+    def _filters(self, where: Mapping[str, Any] | None) -> list[tuple[str, list[Arg]]] | None:
+        """``where`` as (column, accepted encoded values) pairs, no values meaning the column
+        must be absent; None when a filter can match nothing (an empty list)."""
+        filters: list[tuple[str, list[Arg]]] = []
+        for name, wanted in (where or {}).items():
+            column = self.column(name, "where")
+            if wanted is None:
+                filters.append((column, []))
+                continue
+            options = wanted if isinstance(wanted, list | tuple) else [wanted]
+            # As in SQL, IN (...) never matches NULL.
+            encoded: list[Arg] = [
+                self.encode(column, item, "where") for item in options if item is not None
+            ]
+            if not encoded:
+                return None
+            filters.append((column, encoded))
+        return filters
+
+    def _update_args(self, values: Mapping[str, Any] | None, field: str = "values") -> list[Arg]:
         if not values:
             raise self.invalid(f"update needs non-empty values (table {self.schema.name!r})")
         pairs: list[Arg] = []
         absent: list[Arg] = []
         for name, value in values.items():
-            column = self.column(name, "values")
+            column = self.column(name, field)
             if column == "id":
                 raise self.invalid(f"update cannot change values.id (table {self.schema.name!r})")
             if value is None:
                 absent.append(column)
             else:
-                pairs += [column, self.encode(column, value, "values")]
+                pairs += [column, self.encode(column, value, field)]
         return [len(pairs) // 2, *pairs, len(absent), *absent]
+
+
+def _filter_args(filters: list[tuple[str, list[Arg]]]) -> list[Arg]:
+    """Filters as the scripts read them: f, then per filter its column, k and k values."""
+    args: list[Arg] = [len(filters)]
+    for column, accepted in filters:
+        args += [column, len(accepted), *accepted]
+    return args

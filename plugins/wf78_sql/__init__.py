@@ -1,7 +1,9 @@
 """Shared building blocks of wf78's SQL adapters (a library, not a plugin: it registers nothing).
 
 - :class:`Dialect`: what differs between SQL dialects (quoting, placeholders, upserts, types).
-- :class:`TableSql`: schema-checked statements for one declared table.
+- :class:`TableSql`: schema-checked statements for one declared table, its values bound by
+  each column's declared type and refused when the column cannot hold them (``values``).
+- :func:`create_table_sql`, :func:`add_columns_sql`: a declared table's schema statements.
 - :class:`GroupCommitWriter` and :class:`Write`: many callers' writes in one transaction.
 - :class:`SqlSource`: the actions, their checks and result shapes, less the driver.
 - :class:`OutboxSql`: the transactional outbox that feeds a table's mirrors.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+from .ddl import add_columns_sql, create_table_sql
 from .dialect import Dialect
 from .errors import closed_error
 from .idempotency import DEFAULT_IDEMPOTENCY_TABLE, IdempotencySql
@@ -21,7 +24,6 @@ from .statements import (
     Route,
     Statement,
     TableSql,
-    create_table_sql,
     first_keyword,
     is_read,
     raw_params,
@@ -45,6 +47,7 @@ __all__ = [
     "TableSql",
     "Write",
     "WriteFailed",
+    "add_columns_sql",
     "check_outbox_table",
     "closed_error",
     "convert_options",

@@ -37,6 +37,9 @@ class Dialect:
     insert_ignore: str
     # Names of the database's tables LIKE one bound pattern (escape character "!").
     list_tables: str
+    # The columns of the table named by one bound parameter, in order: rows of (name, the
+    # most characters it holds, the most bytes it holds), the limits NULL where none apply.
+    list_columns: str
     # Where the owner column's index is declared: its own statement or inside CREATE TABLE.
     owner_index: Literal["statement", "inline"] = "statement"
     table_options: str = ""
@@ -46,6 +49,10 @@ class Dialect:
     batch_keywords: frozenset[str] | None = None
     # First keywords raw SQL may not start with, and why.
     refused_keywords: Mapping[str, str] = field(default_factory=dict)
+    # (characters, bytes) a ``key_type`` column and a ``text`` column hold at most, None
+    # for no limit a value could reach: longer values are refused, never cut.
+    key_limit: tuple[int, int] | None = None
+    text_limit: tuple[int, int] | None = None
     # True: datetime columns hold no zone, so values are stored as naive UTC and read back
     # as UTC; False: they are stored as ISO 8601 text, zone included.
     utc_datetimes: bool = False

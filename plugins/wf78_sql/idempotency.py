@@ -7,6 +7,11 @@ first use) right after its own statements, in the same savepoint
 insert, with a duplicate key: its savepoint rolls back, nothing of it stays, and the source
 answers with the recorded result instead. Generated keys (``~...``) are never recorded:
 inserts rely on their row ids (see :meth:`wf78_sql.SqlSource.execute`).
+
+The result is stored with the request's fingerprint (:func:`wf78_core.plugin.record`), so
+a replay asking for another request is refused (:func:`wf78_core.plugin.check_replay`).
+Keys older than ``[engine] idempotency_ttl`` are purged by maintenance (the
+``purge_idempotency`` action).
 """
 
 from __future__ import annotations
@@ -15,9 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
-from wf78_core.plugin import InvalidOperation
+from wf78_core.plugin import InvalidOperation, recall, record
 
 from .dialect import Dialect
 from .statements import Params
@@ -25,8 +28,6 @@ from .statements import Params
 __all__ = ["DEFAULT_IDEMPOTENCY_TABLE", "IdempotencySql"]
 
 DEFAULT_IDEMPOTENCY_TABLE = "wf78_idempotency"
-_ENCODER = msgspec.json.Encoder()
-_DECODER = msgspec.json.Decoder()
 
 
 class IdempotencySql:
@@ -51,19 +52,23 @@ class IdempotencySql:
         self.select = f"SELECT {result} FROM {quoted} WHERE {key} = {mark}"
         self.purge = f"DELETE FROM {quoted} WHERE {created} < {mark}"
 
-    def record(self, key: str) -> Callable[[Any], tuple[str, Params]]:
+    def record(
+        self, key: str, fingerprint: str | None = None
+    ) -> Callable[[Any], tuple[str, Params]]:
         """What :attr:`Write.record <wf78_sql.writer.Write.record>` holds for ``key``: the
-        INSERT of the write's result, built once the result is known."""
+        INSERT of the write's result (with its request's ``fingerprint``), built once the
+        result is known."""
 
         def insert(result: Any) -> tuple[str, Params]:
             # A result JSON cannot carry fails the write: its replay could not answer.
-            return self.insert, [key, _ENCODER.encode(result).decode(), time.time()]
+            return self.insert, [key, record(result, fingerprint).decode(), time.time()]
 
         return insert
 
     @staticmethod
-    def decode(stored: Any) -> Any:
-        """A recorded result as the write first returned it (JSON: tuples come back as lists)."""
+    def decode(stored: Any) -> tuple[Any, str | None]:
+        """A recorded result as the write first returned it (JSON: tuples come back as
+        lists) and its request's fingerprint (None when it was recorded without one)."""
         if isinstance(stored, bytes | bytearray | memoryview):
             stored = bytes(stored)
-        return _DECODER.decode(stored)
+        return recall(stored)

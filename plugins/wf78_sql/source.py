@@ -19,15 +19,17 @@ from wf78_core.plugin import (
     InvalidOperation,
     Operation,
     SourceSpec,
+    check_replay,
     explicit_key,
     generated_ids,
 )
 
+from .ddl import add_columns_sql, create_table_sql
 from .dialect import Dialect
 from .errors import closed_error
 from .idempotency import DEFAULT_IDEMPOTENCY_TABLE, IdempotencySql
 from .outbox import DEFAULT_OUTBOX_TABLE, OUTBOX_ACTIONS, OUTBOX_WRITES, OutboxSql
-from .statements import Params, TableSql, create_table_sql, raw_params, route
+from .statements import Params, TableSql, raw_params, route
 from .writer import GroupCommitWriter, Write
 
 __all__ = ["SQL_ACTIONS", "SqlSource"]
@@ -47,6 +49,9 @@ SQL_ACTIONS = frozenset(
         "create_table",
         "drop_table",
         "list_shards",
+        "list_columns",
+        "add_columns",
+        "purge_idempotency",
         "noop",
     }
 )
@@ -79,6 +84,9 @@ class SqlSource(ABC):
             name: TableSql(schema, spec.name, self.dialect) for name, schema in spec.tables.items()
         }
         self._shards: dict[tuple[str, str], TableSql] = {}
+        # The (characters, bytes) each text column of a physical table holds, by table name,
+        # as last read from the database (list_columns); otherwise the dialect's types hold.
+        self._capacity: dict[str, dict[str, tuple[int | None, int | None]]] = {}
         self._writer: GroupCommitWriter | None = None
         self._transactions = 0
         self._writes = 0
@@ -150,13 +158,18 @@ class SqlSource(ABC):
         the rows inserted), ``get`` a list of dicts, ``count`` an int,
         ``update``/``update_many``/``delete``/``delete_many`` the rows changed, ``upsert``
         the id, ``create_table``/``drop_table`` whether the table was created/dropped,
-        ``list_shards`` the shard suffixes of ``op.table`` in ascending order, ``execute``
-        rows for a query else the rows changed, ``noop`` None. ``op.shard`` addresses the
-        physical table ``<table>_<shard>`` (same columns). Raises InvalidOperation for a
-        bad operation, DataSourceError when the database refuses.
+        ``list_shards`` the shard suffixes of ``op.table`` in ascending order,
+        ``list_columns`` the physical table's column names ([] when it does not exist),
+        ``add_columns`` the declared columns it lacked and now has (additive only), ``execute``
+        rows for a query else the rows changed, ``purge_idempotency`` the callers' keys
+        recorded before ``op.value`` (seconds since the epoch) and now forgotten, ``noop``
+        None. ``op.shard`` addresses the physical table ``<table>_<shard>`` (same
+        columns). Raises InvalidOperation for a bad operation, DataSourceError when the
+        database refuses.
 
         Idempotency (:mod:`wf78_core.idempotency`): a write with a caller's key records it
-        with its result in the write's transaction, and a replay answers that result. An
+        with its result (and its request's fingerprint) in the write's transaction, and a
+        replay answers that result, or IdempotencyConflict when it asks for another. An
         insert whose ids were generated for it and meets a duplicate key on them ran before
         (its commit's answer was lost): it succeeds with those ids. Other writes are
         idempotent as they are; raw SQL only with a caller's key.
@@ -178,10 +191,16 @@ class SqlSource(ABC):
             return None
         if op.action == "execute":
             return await self._execute_sql(op)
+        if op.action == "purge_idempotency":
+            return await self.purge_idempotency_keys(_purge_before(op, self.name))
         table = self._table(op)
         match op.action:
             case "list_shards":
                 return await self._list_shards(table)
+            case "list_columns":
+                return await self._list_columns(op, table)
+            case "add_columns":
+                return await self._add_columns(op, table)
             case "create_table":
                 return await self._create_table(table)
             case "drop_table":
@@ -234,15 +253,17 @@ class SqlSource(ABC):
         """``write`` of an operation with an idempotency key, which may have run before."""
         key = explicit_key(op)
         if key is not None:
-            write.record = (await self._open_keys()).record(key)
+            write.record = (await self._open_keys()).record(key, op.idempotency_fingerprint)
         try:
             return await self._write(write)
         except DataSourceError as error:
             if not error.conflict:
                 raise
             if key is not None:
-                found, result = await self._recorded(key)
+                found, result, recorded = await self._recorded(key)
                 if found:
+                    # Rolled back with its savepoint: a replay of another request wrote nothing.
+                    check_replay(recorded, op, data_source=self.name)
                     return result
             ids = generated_ids(op)
             if table is not None and ids and await self._stored(table, ids):
@@ -257,11 +278,15 @@ class SqlSource(ABC):
             self._keys = keys
         return self._keys
 
-    async def _recorded(self, key: str) -> tuple[bool, Any]:
-        """Whether ``key`` is recorded, and the result recorded with it."""
+    async def _recorded(self, key: str) -> tuple[bool, Any, str | None]:
+        """Whether ``key`` is recorded, the result recorded with it and its request's
+        fingerprint."""
         keys = await self._open_keys()
         _, rows = await self._read(keys.select, [key])
-        return (True, keys.decode(rows[0][0])) if rows else (False, None)
+        if not rows:
+            return False, None, None
+        result, recorded = keys.decode(rows[0][0])
+        return True, result, recorded
 
     async def _stored(self, table: TableSql, ids: list[str]) -> bool:
         """Whether every row of ``ids`` is stored (after the write that met them committed)."""
@@ -271,7 +296,12 @@ class SqlSource(ABC):
 
     async def purge_idempotency_keys(self, before: float) -> int:
         """Forget callers' keys recorded before ``before`` (seconds since the epoch); how
-        many were forgotten. A replay of a forgotten key runs as a new write."""
+        many were forgotten. A replay of a forgotten key runs as a new write. The action
+        ``purge_idempotency`` (``value`` = ``before``) does it through the engine."""
+        if self._keys is None and self.idempotency_table not in await self._table_names(
+            self.idempotency_table
+        ):
+            return 0  # no key was ever recorded here: no table to make just to purge it
         keys = await self._open_keys()
         return int(await self._write(Write([(keys.purge, [[before]])], counts=True)))
 
@@ -325,7 +355,8 @@ class SqlSource(ABC):
         if shard is None:
             if len(self._shards) >= _SHARD_CACHE:
                 self._shards.clear()
-            shard = self._shards[key] = table.renamed(f"{op.table}_{op.shard}")
+            name = f"{op.table}_{op.shard}"
+            shard = self._shards[key] = table.renamed(name, self._capacity.get(name))
         return shard
 
     async def _table_names(self, prefix: str) -> set[str]:
@@ -340,11 +371,42 @@ class SqlSource(ABC):
         found = (shape.fullmatch(other) for other in await self._table_names(name + "_"))
         return sorted(match.group(1) for match in found if match is not None)
 
+    async def _list_columns(self, op: Operation, table: TableSql) -> list[str]:
+        """The physical table's column names in order ([] when it does not exist); what
+        its text columns hold is kept, so that a value they cannot hold is refused."""
+        name = table.schema.name
+        _, rows = await self._read(self.dialect.list_columns, [name])
+        names = [str(row[0]) for row in rows]
+        if not names:
+            return names
+        capacity = {str(row[0]): (_size(row[1]), _size(row[2])) for row in rows}
+        if capacity != self._capacity.get(name):
+            self._capacity[name] = capacity
+            assert op.table is not None
+            if op.shard is None:
+                self._tables[op.table] = table.renamed(name, capacity)
+            else:
+                self._shards[(op.table, op.shard)] = table.renamed(name, capacity)
+        return names
+
+    async def _add_columns(self, op: Operation, table: TableSql) -> list[str]:
+        """Add the declared columns the physical table lacks (never drops or changes one);
+        the names of those added, in declared order ([] when the table does not exist)."""
+        existing = set(await self._list_columns(op, table))
+        if not existing:
+            return []
+        missing = [name for name in table.schema.columns if name not in existing]
+        if missing:
+            await self._ddl(add_columns_sql(table.schema, missing, self.dialect))
+            await self._list_columns(op, self._table(op))
+        return missing
+
     async def _create_table(self, table: TableSql) -> bool:
         """Create the table (and its owner index) unless it exists; whether it was created."""
         if table.schema.name in await self._table_names(table.schema.name):
             return False
         await self._ddl(create_table_sql(table.schema, self.dialect))
+        self._capacity.pop(table.schema.name, None)  # the declared types hold now
         return True
 
     async def _drop_table(self, table: TableSql, op: Operation) -> bool:
@@ -355,6 +417,9 @@ class SqlSource(ABC):
         if table.schema.name not in await self._table_names(table.schema.name):
             return False
         await self._ddl([f"DROP TABLE IF EXISTS {table.quoted}"])
+        self._capacity.pop(table.schema.name, None)
+        if op.table is not None:
+            self._shards.pop((op.table, op.shard), None)
         return True
 
     async def _ddl(self, statements: list[str]) -> None:
@@ -404,3 +469,20 @@ class SqlSource(ABC):
         if writer is None:
             raise self.closed_error("not open")
         return await writer.submit(write)
+
+
+def _size(value: Any) -> int | None:
+    """A column's limit as the database reports it (None: no limit applies)."""
+    return None if value is None else int(value)
+
+
+def _purge_before(op: Operation, source: str) -> float:
+    """The cut-off of a ``purge_idempotency`` operation: ``value``, seconds since the epoch."""
+    before = op.value
+    if isinstance(before, bool) or not isinstance(before, int | float):
+        raise InvalidOperation(
+            "purge_idempotency needs value = the time (seconds since the epoch) before which "
+            f"keys are forgotten, got {before!r}",
+            data_source=source,
+        )
+    return float(before)

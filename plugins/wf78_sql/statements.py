@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -12,13 +11,13 @@ import msgspec
 from wf78_core.plugin import InvalidOperation, TableSchema, snowflake_id
 
 from .dialect import Dialect
+from .values import check_fits, convert, text_limits
 
 __all__ = [
     "Params",
     "Route",
     "Statement",
     "TableSql",
-    "create_table_sql",
     "first_keyword",
     "is_read",
     "raw_params",
@@ -29,8 +28,7 @@ Params = Sequence[Any] | Mapping[str, Any]
 # Where raw SQL goes: a reader, the group-commit writer, or a connection of its own.
 Route = Literal["read", "write", "alone"]
 
-_BINDABLE = (str, int, float, bytes)
-_JSON_ENCODER = msgspec.json.Encoder()
+
 _JSON_DECODER = msgspec.json.Decoder()
 # Whitespace and comments before the first keyword of raw SQL.
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
@@ -43,33 +41,6 @@ _SELECT_CACHE = _SHAPE_CACHE = 256
 class Statement(NamedTuple):
     sql: str
     params: list[Any]
-
-
-def create_table_sql(table: TableSchema, dialect: Dialect) -> list[str]:
-    """``CREATE TABLE IF NOT EXISTS`` for a declared table, with an index on its owner column."""
-    quote = dialect.quote
-    columns = [
-        f"{quote(name)} {dialect.key_type} PRIMARY KEY"
-        if name == "id"
-        else f"{quote(name)} {dialect.key_type}"
-        if name == table.owner
-        else f"{quote(name)} {dialect.column_types[kind]}"
-        for name, kind in table.columns.items()
-    ]
-    # Owner-scoped reads (the koa78 cid/uid filter) hit this column on every request.
-    owner = table.owner if table.owner and table.owner in table.columns else None
-    if owner and dialect.owner_index == "inline":
-        columns.append(f"INDEX {quote('owner_' + owner)} ({quote(owner)})")
-    statements = [
-        f"CREATE TABLE IF NOT EXISTS {quote(table.name)} ({', '.join(columns)})"
-        + dialect.table_options
-    ]
-    if owner and dialect.owner_index == "statement":
-        index = quote(f"{table.name}_{owner}")
-        statements.append(
-            f"CREATE INDEX IF NOT EXISTS {index} ON {quote(table.name)} ({quote(owner)})"
-        )
-    return statements
 
 
 def first_keyword(sql: str) -> str:
@@ -119,7 +90,13 @@ def raw_params(params: list[Any] | dict[str, Any] | None, dialect: Dialect) -> P
 class TableSql:
     """Builds statements for one declared table and refuses every identifier it does not declare."""
 
-    def __init__(self, schema: TableSchema, source: str, dialect: Dialect) -> None:
+    def __init__(
+        self,
+        schema: TableSchema,
+        source: str,
+        dialect: Dialect,
+        limits: Mapping[str, tuple[int | None, int | None]] | None = None,
+    ) -> None:
         self.schema = schema
         self.source = source
         self.dialect = dialect
@@ -136,10 +113,18 @@ class TableSql:
             for name, kind in schema.columns.items()
             if kind in ("bool", "json", "datetime")
         }
+        # Per text column that could be too short for a value: (characters a value may have
+        # unchecked, most characters, most bytes).
+        self._limits = text_limits(schema, dialect, limits)
 
-    def renamed(self, name: str) -> TableSql:
-        """A builder for the physical table ``name`` with this table's columns (a shard)."""
-        return TableSql(msgspec.structs.replace(self.schema, name=name), self.source, self.dialect)
+    def renamed(
+        self, name: str, limits: Mapping[str, tuple[int | None, int | None]] | None = None
+    ) -> TableSql:
+        """A builder for the physical table ``name`` with this table's columns (a shard);
+        ``limits`` are its columns' own (characters, bytes), when read from the database."""
+        return TableSql(
+            msgspec.structs.replace(self.schema, name=name), self.source, self.dialect, limits
+        )
 
     def invalid(self, message: str) -> InvalidOperation:
         return InvalidOperation(message, data_source=self.source)
@@ -151,35 +136,39 @@ class TableSql:
         return self._quoted[name]
 
     def encode(self, column: str, value: Any, field: str) -> Any:
-        """``value`` as stored in ``column``: bools as 0/1, json as text, datetimes per dialect."""
+        """``value`` as stored in ``column`` and compared with it: bound by the column's
+        declared type, so a filter means the same on every dialect (MySQL compares a text
+        column with a number as numbers: ``'0123' = 123``). Numbers for text columns become
+        their text, numeric text for int and float columns a number; bools become 0/1, json
+        text, datetimes per dialect. A text too long for its column is refused, never cut."""
         if value is None:
             return None
         kind = self.schema.columns[column]
-        if kind == "text" or kind == "int" or kind == "float":  # the hot path: no checks to make
-            if isinstance(value, _BINDABLE):
+        cls = type(value)
+        # The hot path: values of the column's own type need no conversion.
+        if kind == "text":
+            if cls is str:
+                limit = self._limits.get(column)
+                if limit is not None and len(value) > limit[0]:
+                    check_fits(value, self._where(field, column), limit, self.source)
                 return value
-        where = f"{field}.{column} of table {self.schema.name!r}"
-        if kind == "json":
-            try:
-                return _JSON_ENCODER.encode(value).decode()
-            except (msgspec.EncodeError, TypeError) as error:
-                raise self.invalid(f"{where} is not JSON-encodable: {error}") from error
-        if kind == "bool":
-            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
-                return int(value)
-            raise self.invalid(f"{where} must be a bool, got {value!r}")
-        if kind == "datetime":
-            if isinstance(value, datetime):
-                return self.dialect.store_datetime(value)
-            if isinstance(value, str):
-                try:
-                    return self.dialect.store_datetime(datetime.fromisoformat(value))
-                except ValueError as error:
-                    raise self.invalid(f"{where} is not an ISO 8601 datetime: {value!r}") from error
-            raise self.invalid(f"{where} must be a datetime or ISO string, got {value!r}")
-        if isinstance(value, _BINDABLE):
-            return value
-        raise self.invalid(f"{where} has unsupported type {type(value).__name__}")
+        elif kind == "int":
+            if cls is int:
+                return value
+        elif kind == "float":
+            if cls is float or cls is int:
+                return value
+        return convert(
+            kind,
+            value,
+            self._where(field, column),
+            self.dialect,
+            self._limits.get(column),
+            self.source,
+        )
+
+    def _where(self, field: str, column: str) -> str:
+        return f"{field}.{column} of table {self.schema.name!r}"
 
     def decode_rows(
         self, columns: Sequence[str], rows: Iterable[Sequence[Any]]

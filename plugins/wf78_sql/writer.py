@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from wf78_core.plugin import DataSourceError
+from wf78_core.plugin import DataSourceError, OperationError
 
 from .statements import Params
 
@@ -52,7 +52,7 @@ class Write:
     then: tuple[str, list[Params]] | None = None
     record: Callable[[Any], tuple[str, Params]] | None = None
     result: Any = None
-    error: DataSourceError | None = None
+    error: OperationError | None = None
 
     @property
     def group_key(self) -> object:
@@ -131,8 +131,9 @@ class GroupCommitWriter(ABC):
     async def _close_connection(self) -> None: ...
 
     @abstractmethod
-    def map_error(self, error: BaseException, *, retryable: bool | None = None) -> DataSourceError:
-        """A DataSourceError for a driver error; ``retryable`` overrides the guess."""
+    def map_error(self, error: BaseException, *, retryable: bool | None = None) -> OperationError:
+        """A DataSourceError for a driver error (an InvalidOperation for a value the column
+        refused); ``retryable`` overrides the guess."""
 
     @abstractmethod
     def closed_error(self) -> DataSourceError:
@@ -158,7 +159,8 @@ class GroupCommitWriter(ABC):
     # -- callers and the loop -----------------------------------------------------------
 
     async def submit(self, write: Write) -> Any:
-        """Apply ``write`` and return its result or raise its DataSourceError.
+        """Apply ``write`` and return its result or raise its error (a DataSourceError, or an
+        InvalidOperation for a value its column refused).
 
         A caller cancelled while waiting leaves its write queued: it may still commit.
         """

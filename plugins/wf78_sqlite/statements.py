@@ -28,6 +28,8 @@ SQLITE = Dialect(
     no_limit=-1,
     insert_ignore="INSERT OR IGNORE INTO",
     list_tables="SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '!'",
+    # SQLite's TEXT holds any length: no limits to report.
+    list_columns="SELECT name, NULL, NULL FROM pragma_table_info(?) ORDER BY cid",
     read_keywords=frozenset({"SELECT", "VALUES", "EXPLAIN", "PRAGMA"}),
     # AUTOINCREMENT: an acknowledged entry's id is never handed out again.
     outbox_table=(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -9,15 +10,17 @@ from typing import Any
 
 import anyio
 import pytest
+from elasticsearch import AsyncElasticsearch
 from osmem_server import OsmemServer
 
 from tests.esutil import JsonNode, plain_media_type
-from wf78_core import Engine
+from wf78_core import Engine, Identity
 from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
-from wf78_core.plugin.datasource import SourceSpec, load_factory
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, OperationError
+from wf78_core.plugin.datasource import SourceSpec, TableSchema, load_factory
 from wf78_core.plugin.registry import Registry
 from wf78_elasticsearch import ElasticsearchSource, PartialWrite, wf78_register_datasources
+from wf78_elasticsearch.guards import ATTEMPTS
 
 NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"
 
@@ -43,17 +46,27 @@ def url(server: OsmemServer) -> Iterator[str]:
         yield clone.url
 
 
-def make_source(url: str, **options: Any) -> ElasticsearchSource:
+def make_source(
+    url: str, tables: dict[str, TableSchema] | None = None, **options: Any
+) -> ElasticsearchSource:
     options.setdefault("node_class", NODE_CLASS)
     return ElasticsearchSource(
-        SourceSpec(name="search", type="elasticsearch", url=url, options=options, tables={})
+        SourceSpec(
+            name="search", type="elasticsearch", url=url, options=options, tables=tables or {}
+        )
     )
 
 
+# A declared table: its text columns filter and sort on their .keyword sub-fields.
+OWNED = {"docs": TableSchema(name="docs", columns={"id": "text", "cid": "text", "n": "int"})}
+
+
 @asynccontextmanager
-async def opened(url: str, **options: Any) -> AsyncIterator[ElasticsearchSource]:
+async def opened(
+    url: str, tables: dict[str, TableSchema] | None = None, **options: Any
+) -> AsyncIterator[ElasticsearchSource]:
     """An open source without its bulk loop: every write is its own bulk request."""
-    source = make_source(url, **options)
+    source = make_source(url, tables, **options)
     await source.open()
     try:
         yield source
@@ -62,9 +75,11 @@ async def opened(url: str, **options: Any) -> AsyncIterator[ElasticsearchSource]
 
 
 @asynccontextmanager
-async def running(url: str, **options: Any) -> AsyncIterator[ElasticsearchSource]:
+async def running(
+    url: str, tables: dict[str, TableSchema] | None = None, **options: Any
+) -> AsyncIterator[ElasticsearchSource]:
     """An open source with its bulk loop running, as the engine starts it."""
-    async with opened(url, **options) as source, anyio.create_task_group() as tg:
+    async with opened(url, tables, **options) as source, anyio.create_task_group() as tg:
         await tg.start(source.run)
         yield source
         tg.cancel_scope.cancel()
@@ -583,3 +598,191 @@ async def test_through_the_engine(url: str) -> None:
             )
         )
         assert found.value == {"total": 1, "hits": [{"id": added.value, "title": "via engine"}]}
+
+
+# -- owner-scoped tables -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_filtered_actions_by_id_keep_to_matching_documents(url: str) -> None:
+    """Filters beside the id (the owner) are checked on the document read in real time:
+    one that does not match them is treated exactly as a missing one."""
+    async with running(url, OWNED) as source:  # refresh = "false": nothing is searchable yet
+        await source.execute(
+            op("add_many", rows=[{"id": f"a{i}", "cid": "A", "n": i} for i in range(4)])
+        )
+        await source.execute(op("add", values={"id": "b0", "cid": "B", "n": 0}))
+
+        assert await source.execute(op("get", where={"id": "a1", "cid": "A"})) == [
+            {"id": "a1", "cid": "A", "n": 1}
+        ]
+        assert await source.execute(op("get", where={"id": "b0", "cid": "A"})) == []
+        found = await source.execute(
+            op("get", where={"id": ["a3", "b0", "a2", "zz"], "cid": "A"}, order=["-n"], limit=1)
+        )
+        assert found == [{"id": "a3", "cid": "A", "n": 3}]
+        found = await source.execute(op("get", where={"id": ["a0", "b0"], "gone": None}))
+        assert [row["id"] for row in found] == ["a0", "b0"]
+
+        for doc_id, changed in (("a0", 1), ("b0", 0), ("zz", 0)):
+            update = op("update", where={"id": doc_id, "cid": "A"}, values={"n": 9})
+            assert await source.execute(update) == changed
+        assert (await source.execute(op("get", where={"id": "a0"})))[0]["n"] == 9
+        assert await source.execute(op("get", where={"id": "b0"})) == [
+            {"id": "b0", "cid": "B", "n": 0}
+        ]
+        rows = [{"id": "a1", "n": 11}, {"id": "b0", "n": 10}, {"id": "zz", "n": 0}]
+        assert await source.execute(op("update_many", rows=rows, where={"cid": "A"})) == 1
+        assert await source.execute(op("update_many", rows=[{"id": "b0", "n": 1}])) == 1
+
+        assert await source.execute(op("delete", where={"id": "b0", "cid": "A"})) == 0
+        assert await source.execute(op("delete", where={"id": "a0", "cid": "A"})) == 1
+        deleted = await source.execute(
+            op("delete_many", where={"id": ["a1", "a2", "b0", "zz"], "cid": "A"})
+        )
+        assert deleted == 2
+        found = await source.execute(op("get", where={"id": ["a3", "b0"]}, columns=["cid", "n"]))
+        assert found == [{"cid": "A", "n": 3}, {"cid": "B", "n": 1}]
+        # Nothing of another index, nor of one never written.
+        assert (
+            await source.execute(
+                op("update", "never", where={"id": "a3", "cid": "A"}, values={"n": 1})
+            )
+            == 0
+        )
+
+
+@pytest.mark.anyio
+async def test_count_and_insert_ignoring_existing_ids(url: str) -> None:
+    async with opened(url, OWNED, refresh="wait_for") as source:
+        # A declared table nothing was written to yet reads as empty; another index is an error.
+        assert await source.execute(op("count", where={"cid": "A"})) == 0
+        assert await source.execute(op("get", where={"cid": "A"})) == []
+        with pytest.raises(DataSourceError, match="index_not_found"):
+            await source.execute(op("count", "never"))
+
+        rows = [{"id": "x", "cid": "A"}, {"id": "y", "cid": "A"}, {"id": "x", "cid": "B"}]
+        assert await source.execute(op("add_many", rows=rows, conflict="ignore")) == 2
+        again = [{"id": "y", "cid": "B"}, {"id": "z", "cid": "B"}]
+        assert await source.execute(op("add_many", rows=again, conflict="ignore")) == 1
+        assert await source.execute(op("add_many", rows=[], conflict="ignore")) == 0
+        found = await source.execute(op("get", where={"id": ["x", "y"]}, columns=["cid"]))
+        assert found == [{"cid": "A"}, {"cid": "A"}]
+
+        # A declared text column compares whole values: owner "B" is not "B C"'s.
+        await source.execute(op("add", values={"id": "w", "cid": "B C"}))
+        assert await source.execute(op("count")) == 4
+        assert await source.execute(op("count", where={"cid": "B"})) == 1
+        assert await source.execute(op("count", where={"cid": ["A", "B"], "id": ["x", "z"]})) == 2
+        found = await source.execute(op("get", where={"cid": "B"}, order=["-id"]))
+        assert found == [{"id": "z", "cid": "B"}]
+        found = await source.execute(op("get", where={"cid": ["A", "B C"]}, order=["-id"]))
+        assert [row["id"] for row in found] == ["y", "x", "w"]
+
+
+@pytest.mark.anyio
+async def test_a_filtered_write_is_guarded_against_a_concurrent_change(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the read of the document and the write, another writer moves it to another
+    owner: the write is refused by its version and the document read again."""
+    async with opened(url) as source:
+        await source.execute(op("add", values={"id": "d", "cid": "A", "n": 1}))
+        client = source.client
+        read = client.mget
+        moves: list[str] = []  # the owner the next read hands the document to
+
+        async def read_then_move(**request: Any) -> Any:
+            response = await read(**request)
+            if moves:
+                owner = moves.pop(0)
+                await client.index(index="docs", id="d", document={"id": "d", "cid": owner})
+            return response
+
+        monkeypatch.setattr(client, "mget", read_then_move)
+        moves.append("B")
+        update = op("update", where={"id": "d", "cid": "A"}, values={"n": 7})
+        assert await source.execute(update) == 0
+        assert await source.execute(op("get", where={"id": "d"})) == [{"id": "d", "cid": "B"}]
+
+        moves.append("C")
+        assert await source.execute(op("delete", where={"id": "d", "cid": "B"})) == 0
+        assert await source.execute(op("get", where={"id": "d"})) == [{"id": "d", "cid": "C"}]
+        assert moves == []
+
+        # A document rewritten under the same owner is read again and written.
+        moves.append("C")
+        update = op("update", where={"id": "d", "cid": "C"}, values={"n": 8})
+        assert await source.execute(update) == 1
+        assert await source.execute(op("get", where={"id": "d"}, columns=["cid", "n"])) == [
+            {"cid": "C", "n": 8}
+        ]
+        # One that keeps changing is given up on, retryably: the engine may try again.
+        moves.extend(["C"] * ATTEMPTS)
+        with pytest.raises(DataSourceError, match="kept changing") as caught:
+            await source.execute(op("delete", where={"id": "d", "cid": "C"}))
+        assert caught.value.retryable is True
+        assert moves == []
+        assert await source.execute(op("get", where={"id": "d"})) == [{"id": "d", "cid": "C"}]
+
+
+@pytest.mark.anyio
+async def test_every_write_of_an_owner_scoped_table_keeps_the_owner(url: str) -> None:
+    config = {
+        "engine": {"journal": "memory"},
+        "datasources": {"search": {"type": "elasticsearch", "url": url, "node_class": NODE_CLASS}},
+        "tables": {
+            "items": {
+                "columns": {"name": "text", "qty": "int"},
+                "owner": "cid",
+                "data_source": "search",
+            }
+        },
+    }
+    alice = Identity(uid="u-alice", cid="acme", uname="alice")
+    bob = Identity(uid="u-bob", cid="globex", uname="bob")
+    async with Engine(config) as engine:
+        mine, theirs = engine.table("items", identity=alice), engine.table("items", identity=bob)
+        bob_row = await theirs.add({"name": "bob's", "qty": 1})
+        pen = await mine.add({"name": "pen", "qty": 3})
+        cup, ink = await mine.add_many([{"name": "cup", "qty": 7}, {"name": "ink", "qty": 2}])
+
+        # By id, and at once: no refresh is needed to change what was just written.
+        assert await mine.update(pen, {"qty": 4}) == 1
+        assert await mine.update_by_id({"id": pen, "qty": 5}) == 1
+        assert await mine.update_many([{"id": pen, "qty": 6}, {"id": cup, "qty": 8}]) == 2
+        assert await mine.upsert({"id": ink, "name": "ink", "qty": 9}) == ink
+        assert await mine.upsert({"id": "sku-1", "name": "nib"}) == "sku-1"
+        assert await mine.upsert_by_first_field({"name": "pen", "qty": 10}) == pen
+        assert await mine.add_many_by_id([{"id": "sku-2", "name": "fig"}]) == 1
+        assert await mine.get(where={"id": pen}, cols="name,qty,cid,upby") == [
+            {"name": "pen", "qty": 10, "cid": "acme", "upby": "alice"}
+        ]
+
+        # Another tenant's id behaves as a missing one; its document is never touched.
+        for row_id in (bob_row, "424242"):
+            assert await mine.update(row_id, {"qty": 0}) == 0
+            assert await mine.update_by_id({"id": row_id, "qty": 0}) == 0
+            assert await mine.update_many([{"id": row_id, "qty": 0}]) == 0
+            assert await mine.get(where={"id": row_id}) == []
+            assert await mine.get(where={"id": [row_id, pen]}, cols="id") == [{"id": pen}]
+            assert await mine.delete(row_id) == 0
+            assert await mine.delete_many([row_id]) == 0
+        # (What these answer for another tenant's id is the table's business, not the source's.)
+        await mine.add_many_by_id([{"id": bob_row, "name": "stolen"}])
+        with contextlib.suppress(OperationError):
+            await mine.upsert({"id": bob_row, "name": "stolen"})
+        assert await mine.update_many([{"id": cup, "qty": 1}, {"id": bob_row, "qty": 1}]) == 1
+        assert await mine.delete_many([cup, bob_row, "sku-2"]) == 2
+        assert await mine.delete(ink) == 1
+
+        client = AsyncElasticsearch(url, node_class=JsonNode)
+        try:
+            await client.indices.refresh(index="items")
+        finally:
+            await client.close()
+        rows, total = await mine.get(cols="name,qty", order="-qty", total=True)
+        assert (rows, total) == ([{"name": "pen", "qty": 10}, {"name": "nib", "qty": None}], 2)
+        assert await theirs.get(where={"id": bob_row}, cols="id,name,qty,cid,upby") == [
+            {"id": bob_row, "name": "bob's", "qty": 1, "cid": "globex", "upby": "bob"}
+        ]

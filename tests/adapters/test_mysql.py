@@ -13,10 +13,13 @@ from uuid import uuid4
 import aiomysql
 import anyio
 import anyio.lowlevel
+import httpx
 import pymysql
 import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
 
-from wf78_core import Engine
+from wf78_core import Engine, Wf78Middleware
 from wf78_core.config import TableConfig
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
@@ -176,7 +179,7 @@ def test_options_defaults_and_concurrency(names: Names) -> None:
         connect_timeout=5.0,
         max_batch=1000,
         queue_size=10_000,
-        create_tables=False,
+        create_tables=True,
         pool_recycle=3600,
     )
     assert source.concurrency == 1024
@@ -184,6 +187,7 @@ def test_options_defaults_and_concurrency(names: Names) -> None:
     assert source.actions == frozenset(
         {"add", "add_many", "get", "update", "upsert", "delete", "delete_many", "execute", "noop"}
         | {"count", "update_many", "create_table", "drop_table", "list_shards"}
+        | {"list_columns", "add_columns", "purge_idempotency"}
     )
     assert source.settings == {
         "host": "127.0.0.1",
@@ -258,13 +262,13 @@ async def test_ensure_tables_creates_only_missing_tables(names: Names) -> None:
         types = {row["name"]: (row["type"], row["key"]) for row in columns}
         assert types == {
             "id": ("varchar(64)", "PRI"),
-            "label": ("text", ""),
+            "label": ("longtext", ""),  # a text that fits a packet fits the column
             "count": ("bigint(20)", ""),
             "price": ("double", ""),
             "flag": ("tinyint(1)", ""),
             "meta": ("longtext", ""),  # MariaDB's JSON is LONGTEXT checked by json_valid
             "at": ("datetime(6)", ""),
-            "upby": ("text", ""),
+            "upby": ("longtext", ""),
             "uptime": ("datetime(6)", ""),
         }
         owner = await source.execute(
@@ -489,14 +493,122 @@ async def test_bad_values_are_refused(names: Names, values: dict[str, Any], mess
 
 
 @pytest.mark.anyio
-async def test_strict_mode_refuses_values_the_column_cannot_hold(names: Names) -> None:
+async def test_values_the_column_cannot_hold_are_refused_naming_it(names: Names) -> None:
     async with running(names) as source:
-        with pytest.raises(DataSourceError, match=r"\(1406\)") as too_long:
-            await source.execute(op("add", names.items, values={"id": "x" * 65}))
-        assert too_long.value.retryable is False
-        with pytest.raises(DataSourceError, match=r"\(1366\)"):
+        # Refused before any SQL: INSERT IGNORE would cut the id to another one.
+        for action, fields in (
+            ("add", {"values": {"id": "x" * 65}}),
+            ("add_many", {"rows": [{"id": "x" * 65}], "conflict": "ignore"}),
+        ):
+            with pytest.raises(InvalidOperation, match="the column holds at most 64") as caught:
+                await source.execute(op(action, names.items, **fields))
+            assert f"id of table {names.items!r} has 65 characters" in str(caught.value)
+        with pytest.raises(InvalidOperation, match=r"values\.qty of table .* must be an integer"):
             await source.execute(op("add", names.items, values={"qty": "many"}))
+        # Strict mode's refusal of a value is the caller's error too, naming the column.
+        with pytest.raises(InvalidOperation, match="a value for column 'qty' is out of the"):
+            await source.execute(op("add", names.items, values={"qty": 1 << 64}))
         assert await all_rows(source, names.items) == []
+
+
+@pytest.mark.anyio
+async def test_long_texts_are_kept_whole_or_refused_naming_the_column(names: Names) -> None:
+    long = "x" * 70_000
+    async with running(names) as source:
+        # Text columns are LONGTEXT: what INSERT IGNORE cut at 65,535 bytes is kept whole.
+        rows = [{"id": "t1", "label": long}]
+        assert await source.execute(op("add_many", names.things, rows=rows, conflict="ignore"))
+        (row,) = await source.execute(op("get", names.things, where={"id": "t1"}))
+        assert row["label"] == long
+        # A TEXT column (an older wf78's, or made by hand) holds 65,535 bytes.
+        async with side_connection() as side:
+            await query(side, f"ALTER TABLE `{names.items}` MODIFY `name` TEXT")
+        # Strict mode refuses a longer value, and the error names the column...
+        with pytest.raises(InvalidOperation, match="a value for column 'name' is too long"):
+            await source.execute(op("add", names.items, values={"id": "a", "name": long}))
+        # ...and once the source has read the table's columns (the engine does at start),
+        # it refuses it before INSERT IGNORE (which strict mode does not stop) could cut it.
+        assert "name" in await source.execute(op("list_columns", names.items))
+        refusals = [
+            ("add_many", {"rows": [{"id": "a", "name": long}], "conflict": "ignore"}),
+            ("add", {"values": {"id": "a", "name": long}}),
+            ("update", {"values": {"name": long}, "where": {"id": "a"}}),
+        ]
+        for action, fields in refusals:
+            with pytest.raises(InvalidOperation) as caught:
+                await source.execute(op(action, names.items, **fields))
+            assert f".name of table {names.items!r} has 70000 characters; the column holds " in (
+                str(caught.value)
+            )
+        # Bytes count: 20,000 four-byte characters do not fit, 30,000 two-byte ones do.
+        emoji = [{"id": "b", "name": "\N{GRINNING FACE}" * 20_000}]
+        with pytest.raises(InvalidOperation, match="is 80000 bytes in UTF-8; the column holds"):
+            await source.execute(op("add_many", names.items, rows=emoji, conflict="ignore"))
+        fits = [{"id": "c", "name": "é" * 30_000}]
+        assert await source.execute(op("add_many", names.items, rows=fits, conflict="ignore"))
+        assert [row["name"] for row in await all_rows(source, names.items)] == ["é" * 30_000]
+
+
+@pytest.mark.anyio
+async def test_a_text_too_long_for_its_column_is_a_400_naming_it(names: Names) -> None:
+    # The table as a wf78 of old made it (TEXT); the engine reads its columns at start.
+    async with side_connection() as side:
+        await query(
+            side,
+            f"CREATE TABLE `{names.items}` (`id` VARCHAR(64) PRIMARY KEY, `name` TEXT, "
+            "`qty` BIGINT, `cid` VARCHAR(64), `upby` TEXT, `uptime` DATETIME(6))",
+        )
+    config = {
+        "datasources": {"my": {"type": "mysql", "url": URL}},
+        "tables": {
+            names.items: {
+                "columns": {"name": "text", "qty": "int"},
+                "owner": "cid",
+                "route": "api/shop",
+            }
+        },
+        "auth": {"tokens": {"t-acme": {"uid": "u1", "cid": "acme", "uname": "alice"}}},
+    }
+    app = Wf78Middleware(Starlette(), engine=Engine(config))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app),
+            base_url="http://test",
+            headers={"Authorization": "Bearer t-acme"},
+        ) as client,
+    ):
+        url = f"/api/shop/{names.items}/mAddManyByid"
+        rows = [{"id": "1", "name": "x" * 70_000, "qty": 1}]
+        answer = await client.post(url, json={"rows": rows})
+        assert answer.status_code == 400, answer.text
+        body = answer.json()
+        assert body["res"] == -400 and body["kind"] == "invalid"
+        assert "name of table" in body["errmsg"] and "holds at most 65535" in body["errmsg"]
+        rows = [{"id": "1", "name": "x" * 65_535, "qty": 1}]
+        assert (await client.post(url, json={"rows": rows})).json()["back"] == 1
+
+
+@pytest.mark.anyio
+async def test_filters_bind_by_the_columns_declared_type(names: Names) -> None:
+    async with running(names) as source:
+        rows = [{"id": "1", "name": "0123", "qty": 7}, {"id": "01", "name": "123", "qty": 8}]
+        await source.execute(op("add_many", names.items, rows=rows))
+
+        async def ids(**where: Any) -> list[str]:
+            found = await source.execute(op("get", names.items, where=where, order=["id"]))
+            return [row["id"] for row in found]
+
+        # A number compared with a text column is its text, never the column as a number.
+        assert await ids(name=123) == ["01"]
+        assert await ids(id=1) == ["1"]
+        assert await ids(name=[123, 456]) == ["01"]
+        assert await source.execute(op("count", names.items, where={"name": 123})) == 1
+        assert await source.execute(op("delete", names.items, where={"name": 123})) == 1
+        # Numeric text for an int column is the number; other text is refused, naming it.
+        assert await ids(qty="7") == ["1"]
+        with pytest.raises(InvalidOperation, match=r"where\.qty of table .* must be an integer"):
+            await ids(qty="7abc")
 
 
 # --- group commit --------------------------------------------------------------------------

@@ -12,17 +12,21 @@ from uuid import uuid4
 
 import anyio
 import anyio.lowlevel
+import httpx
 import pytest
 import redis
 import redis.asyncio
 from anyio.abc import TaskStatus
+from asgi_lifespan import LifespanManager
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.applications import Starlette
 
 from wf78_core import Engine
 from wf78_core.config import TableConfig
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
+from wf78_core.http.middleware import Wf78Middleware
 from wf78_core.plugin.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.plugin.registry import Registry
 from wf78_redis import RedisSource, wf78_register_datasources
@@ -654,3 +658,193 @@ async def test_unreachable_server_is_retryable(prefix: str) -> None:
 async def test_error_mapping(error: Exception, retryable: bool) -> None:
     mapped = map_error(error, "r")
     assert (mapped.retryable, mapped.data_source, mapped.__cause__) == (retryable, "r", error)
+
+
+# -- every Table method on an owner-scoped table ---------------------------------------------
+
+ALICE = "tok-redis-alice"  # company acme
+BOB = "tok-redis-bob"  # company globex
+
+
+@asynccontextmanager
+async def serving_tables(prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The data routes of an owner-scoped table on Redis, behind bearer tokens."""
+    config = {
+        "engine": {"journal": "memory"},
+        "datasources": {"r": {"type": "redis", "url": URL, "key_prefix": prefix}},
+        "tables": {
+            "items": {
+                "columns": {"name": "text", "qty": "int"},
+                "owner": "cid",
+                "public_read": True,
+                "route": "api/r",
+                "data_source": "r",
+            }
+        },
+        "auth": {
+            "tokens": {
+                ALICE: {"uid": "u-alice", "cid": "acme", "uname": "alice"},
+                BOB: {"uid": "u-bob", "cid": "globex", "uname": "bob"},
+            }
+        },
+    }
+    app = Wf78Middleware(Starlette(), engine=Engine(config))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+async def test_every_koa78_method_on_an_owner_scoped_redis_table(prefix: str) -> None:
+    async with serving_tables(prefix) as client:
+
+        async def call(method: str, token: str | None = ALICE, **params: Any) -> httpx.Response:
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            return await client.post(f"/api/r/items/{method}", json=params, headers=headers)
+
+        async def ok(method: str, token: str | None = ALICE, **params: Any) -> Any:
+            response = await call(method, token, **params)
+            assert response.status_code == 200, (method, response.text)
+            body = response.json()
+            assert (body["res"], body["errmsg"]) == (0, ""), body
+            return body["back"]
+
+        async def refused(method: str, status: int, word: str, **params: Any) -> None:
+            response = await call(method, **params)
+            assert response.status_code == status, (method, response.text)
+            body = response.json()
+            assert set(body) == {"res", "errmsg", "kind", "back"} and body["res"] == -status
+            assert word in body["errmsg"], body
+
+        bob_row = await ok("mAdd", BOB, pars=["bob's", 1])
+        pen = await ok("mAdd", pars=["pen", 3])
+        cup, ink = await ok("mAddMany", pars=[["cup", 7], ["ink", 2]])
+        # Existing ids are skipped; the count says how many rows were new.
+        assert await ok("mAddManyByid", rows=[{"id": "9001", "name": "sku"}]) == 1
+        assert await ok("mAddManyByid", pars=["again", 0, "9001", "x", 0, pen]) == 0
+        # (What it answers for another tenant's id is the table's business, not Redis's.)
+        await ok("mAddManyByid", rows=[{"id": bob_row, "name": "stolen"}])
+
+        assert await ok("mUpdate", mid=pen, values={"qty": 4}) == 1
+        assert await ok("mUpdateByid", values={"id": pen, "qty": 5}) == 1
+        # Another tenant's row answers as a missing one.
+        await refused("mUpdate", 404, "no row", mid=bob_row, values={"qty": 0})
+        await refused("mUpdate", 404, "no row", mid="12345", values={"qty": 0})
+        changes = [{"id": pen, "qty": 6}, {"id": cup, "qty": 8}, {"id": bob_row, "qty": 0}]
+        assert await ok("mUpdateMany", rows=changes) == 2
+        assert await ok("mUpdateMany", pars=[["ink", 9, ink], ["nope", 0, "777"]]) == 1
+
+        fig = await ok("m", pars=["fig", 1])
+        assert await ok("m", mid=fig, pars=["fig", 2]) == fig
+        assert await ok("mByid", mid="9002", values={"name": "nib"}) == "9002"
+        assert await ok("mByid", mid="9002", values={"name": "nib", "qty": 1}) == "9002"
+        assert await ok("mByFirstField", pars=["pen", 10]) == pen
+
+        found = await ok("get", cols="id,name,qty,cid", order="name")
+        assert found == [
+            {"id": cup, "name": "cup", "qty": 8, "cid": "acme"},
+            {"id": fig, "name": "fig", "qty": 2, "cid": "acme"},
+            {"id": ink, "name": "ink", "qty": 9, "cid": "acme"},
+            {"id": "9002", "name": "nib", "qty": 1, "cid": "acme"},
+            {"id": pen, "name": "pen", "qty": 10, "cid": "acme"},
+            {"id": "9001", "name": "sku", "qty": None, "cid": "acme"},
+        ]
+        page = await ok("get", total=1, order="-qty", getnumber=2, cols="name")
+        assert page == {"rows": [{"name": "pen"}, {"name": "ink"}], "total": 6}
+        assert await ok("get", where={"id": bob_row}) == []
+        public = await ok("getbyBcid", None, bcid="globex", total=1, cols="name")
+        assert public == {"rows": [{"name": "bob's"}], "total": 1}
+        await refused("mUpdateElkByid", 400, "search source", mid=pen, values={"name": "x"})
+
+        assert await ok("mdel", mid=fig) == 1
+        await refused("mdel", 404, "no row", mid=bob_row)
+        assert await ok("mdelmany", ids=[cup, "9001", bob_row, "778"]) == 2
+        assert [row["name"] for row in await ok("get", order="name")] == ["ink", "nib", "pen"]
+        # Bob's row went through every attack unchanged.
+        assert await ok("get", BOB, cols="id,name,qty,cid,upby") == [
+            {"id": bob_row, "name": "bob's", "qty": 1, "cid": "globex", "upby": "bob"}
+        ]
+
+
+async def test_update_many_insert_ignore_and_count(source: RedisSource) -> None:
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    rows = [
+        {"id": "a1", "name": "one", "qty": 1, "cid": "A"},
+        {"id": "a2", "name": "two", "qty": 2, "cid": "A"},
+        {"id": "b1", "name": "bee", "qty": 3, "cid": "B"},
+    ]
+    await do("add_many", rows=rows)
+    # Each row its own values; the filters keep other owners' rows (and missing ids) out.
+    changes = [{"id": "a1", "qty": 10}, {"id": "b1", "qty": 30}, {"id": "zz", "qty": 0}]
+    assert await do("update_many", rows=changes, where={"cid": "A"}) == 1
+    assert await do("update_many", rows=[{"id": "a2", "name": None, "qty": 20}]) == 1
+    assert await do("get", columns=["id", "name", "qty"], order=["id"]) == [
+        {"id": "a1", "name": "one", "qty": 10},
+        {"id": "a2", "name": None, "qty": 20},
+        {"id": "b1", "name": "bee", "qty": 3},
+    ]
+    # Moving a row to another owner keeps the owner indexes right.
+    assert await do("update_many", rows=[{"id": "a2", "cid": "B"}], where={"cid": "A"}) == 1
+    assert [row["id"] for row in await do("get", where={"cid": "B"})] == ["a2", "b1"]
+    assert await do("update_many", rows=[]) == 0
+
+    assert await do("count") == 3
+    assert await do("count", where={"cid": "B"}) == 2
+    assert await do("count", where={"cid": "B", "qty": [3, 20]}) == 2
+    assert await do("count", where={"qty": []}) == 0
+    assert await do("count", where={"id": ["a1", "nope"]}) == 1
+
+    # conflict = "ignore": existing ids (and repeats) are skipped; the count of new rows.
+    again = [{"id": "a1", "name": "x", "cid": "C"}, {"id": "c1", "cid": "C"}, {"id": "c1"}]
+    assert await do("add_many", rows=again, conflict="ignore") == 1
+    assert await do("get", where={"id": "a1"}, columns=["name", "cid"]) == [
+        {"name": "one", "cid": "A"}
+    ]
+    assert await do("add_many", rows=[{"id": "c1", "cid": "C"}], conflict="ignore") == 0
+    assert await do("add_many", rows=[], conflict="ignore") == 0
+
+    # With a caller's key, a replay answers the first run's count and writes nothing.
+    fresh = [{"id": "k1", "cid": "C"}, {"id": "c1", "cid": "C"}]
+    assert await do("add_many", rows=fresh, conflict="ignore", idempotency_key="ins") == 1
+    await do("delete", where={"id": "k1"})
+    assert await do("add_many", rows=fresh, conflict="ignore", idempotency_key="ins") == 1
+    assert await do("get", where={"id": "k1"}) == []
+    bump = [{"id": "a1", "qty": 11}]
+    assert await do("update_many", rows=bump, where={"cid": "A"}, idempotency_key="up") == 1
+    await do("update", values={"cid": "B"}, where={"id": "a1"})
+    assert await do("update_many", rows=bump, where={"cid": "A"}, idempotency_key="up") == 1
+    assert await do("get", where={"id": "a1"}, columns=["qty", "cid"]) == [{"qty": 11, "cid": "B"}]
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"rows": None}, "update_many needs rows"),
+        ({"rows": [{"qty": 1}]}, r"rows\[0\] needs an id"),
+        ({"rows": [{"id": "a1"}]}, r"rows\[0\] sets no column besides id"),
+        ({"rows": [{"id": "a1", "qty": 1}, {"id": "a1", "qty": 2}]}, "appears twice"),
+        ({"rows": [{"id": "a1", "bogus": 1}]}, r"unknown column 'bogus' in rows\[0\]"),
+        ({"rows": [{"id": "a1", "qty": "x"}]}, r"rows\[0\].qty of table 'items' is not"),
+        ({"rows": [{"id": "a1", "qty": 1}], "where": {"id": "a1"}}, "not from where"),
+        ({"rows": ["a1"]}, r"rows\[0\] of table 'items' must be an object"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(InvalidOperation, match=message) as caught:
+            await do("update_many", **fields)
+        assert caught.value.data_source == "r"
+
+
+async def test_a_sharded_table_on_redis_is_refused_at_start(prefix: str) -> None:
+    config = {
+        "datasources": {"r": {"type": "redis", "url": URL, "key_prefix": prefix}},
+        "tables": {
+            "logs": {
+                "columns": {"msg": "text"},
+                "data_source": "r",
+                "sharding": {"type": "daily"},
+            }
+        },
+    }
+    with pytest.raises(ConfigError, match=r"tables\.logs\.sharding") as caught:
+        async with Engine(config):
+            pass
+    assert "cannot hold the shards of table 'logs'" in str(caught.value)

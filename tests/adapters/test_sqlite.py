@@ -316,6 +316,9 @@ async def test_type_round_trips(tmp_path: Path) -> None:
         ({"at": 12}, "values.at of table 'things' must be a datetime"),
         ({"label": {"a": 1}}, "values.label of table 'things' has unsupported type dict"),
         ({"meta": object()}, "values.meta of table 'things' is not JSON-encodable"),
+        # An INTEGER column would keep text that is no number as text, silently.
+        ({"count": "many"}, "values.count of table 'things' must be an integer, got 'many'"),
+        ({"price": "cheap"}, "values.price of table 'things' must be a finite number"),
     ],
 )
 @pytest.mark.anyio
@@ -324,6 +327,20 @@ async def test_bad_values_are_refused(tmp_path: Path, values: dict[str, Any], me
         with pytest.raises(InvalidOperation, match=message):
             await source.execute(op("add", "things", values=values))
         assert await all_rows(source, "things") == []
+
+
+@pytest.mark.anyio
+async def test_values_are_bound_by_the_columns_declared_type(tmp_path: Path) -> None:
+    async with running(tmp_path) as source:
+        rows = [{"id": "t1", "label": 123, "count": "7", "price": "2.5"}]
+        await source.execute(op("add_many", "things", rows=rows))
+        (row,) = await source.execute(op("get", "things", columns=["label", "count", "price"]))
+        assert row == {"label": "123", "count": 7, "price": 2.5}
+        for where in ({"label": 123}, {"count": "7"}, {"count": 7}, {"label": "123"}):
+            assert await source.execute(op("count", "things", where=where)) == 1, where
+        assert await source.execute(op("count", "things", where={"label": "0123"})) == 0
+        with pytest.raises(InvalidOperation, match=r"where\.count of table 'things' must be an"):
+            await source.execute(op("count", "things", where={"count": "7 or so"}))
 
 
 # --- group commit --------------------------------------------------------------------------

@@ -72,6 +72,8 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every database lands in tmp_path and no outer WF78_CONFIG leaks in."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WF78_CONFIG", raising=False)
+    # Commands put the current directory (and serve its --app-dir) on the module path.
+    monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("COLUMNS", "200")  # rich tables one row per line
 
 
@@ -329,7 +331,10 @@ def test_demo_serves_with_traffic_then_stops(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     token = re.search(r"admin token: (\S+)", out)
     assert token, out
-    assert f"{url}/_wf78/?token={token.group(1)}" in out
+    # The dashboard link carries the token in its fragment, which never reaches the server
+    # (nor its access log); never in a query.
+    assert f"{url}/_wf78/#token={token.group(1)}" in out
+    assert "?token=" not in out
     for page in ("/_wf78/status", "/_wf78/metrics", "/hello"):
         assert url + page in out
     summary = re.search(r"wf78 demo: served [\d.]+s, (\d+) requests sent, (\d+) errors", out)
@@ -419,6 +424,9 @@ def test_maintain_creates_missing_tables_and_shards(
         ],
         "dropped": [{"source": "main", "table": "events_20250131"}],
         "tables_created": [],
+        "columns_added": [],
+        "keys_purged": 0,
+        "run_keys_purged": 0,
     }
     assert sqlite_tables(database) == [
         "events_20250201",
@@ -435,6 +443,8 @@ def test_maintain_creates_missing_mysql_tables(
     path = write(
         tmp_path,
         '[datasources.db]\ntype = "mysql"\nurl = "mysql://root@127.0.0.1:3306/test"\n'
+        # Starting would create it (the default): here maintain does.
+        "create_tables = false\n"
         f'[tables.{table}]\ncolumns = {{ name = "text" }}\nowner = "uid"\n',
     )
     connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test")
@@ -450,6 +460,38 @@ def test_maintain_creates_missing_mysql_tables(
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
         connection.close()
+
+
+def test_maintain_migrate_adds_the_columns_tables_lack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "data" / "migrate.db"
+    database.parent.mkdir()
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, upby TEXT, uptime TEXT)")
+        connection.execute("INSERT INTO items (id) VALUES ('kept')")
+    path = write(
+        tmp_path,
+        '[datasources.main]\ntype = "sqlite"\nurl = "sqlite:///data/migrate.db"\n'
+        '[tables.items]\ncolumns = { name = "text", qty = "int" }\nowner = "cid"\n',
+    )
+    # Without --migrate the engine refuses to start, naming the table and each column.
+    assert main(["maintain", "--config", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert "tables.items.columns.name: table 'items' on data source 'main' has no column " in error
+    assert "run `wf78 maintain --migrate` to add it" in error
+    assert main(["maintain", "--migrate", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "added column name to items on main",
+        "added column qty to items on main",
+        "added column cid to items on main",
+        "wf78 maintain: 0 tables created, 0 shards created, 0 shards dropped, 3 columns added",
+    ]
+    with sqlite3.connect(database) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(items)")]
+        assert columns == ["id", "upby", "uptime", "name", "qty", "cid"]
+        assert connection.execute("SELECT id FROM items").fetchall() == [("kept",)]
+    assert main(["maintain", "--config", str(path)]) == 0
 
 
 # -- the console script ------------------------------------------------------------------------
@@ -472,3 +514,171 @@ def test_console_script_exit_status(tmp_path: Path) -> None:
     assert lines[0].startswith("colour: unknown key")
     assert lines[1] == f"{path}: 1 problem"
     assert done.stderr == ""
+
+
+# -- plugin modules: --plugin on every command, [engine] plugins in the configuration ---------
+
+ACTIONS = """\
+from wf78_core import hookimpl
+
+
+def shout(ctx):
+    return str(ctx.params.get("word", "")).upper() + "!"
+
+
+@hookimpl
+def wf78_register_actions(registry):
+    registry.add("custom.shout", shout)
+"""
+
+LOUD = """\
+[[workflows]]
+id = "loud"
+
+[[workflows.tasks]]
+id = "say"
+action = "custom.shout"
+params = { word = "hi" }
+"""
+
+COMMANDS = {
+    "validate": ["validate", "wf78.toml"],
+    "run": ["run", "loud"],
+    "demo": ["demo"],
+    "serve": ["serve", "app:app"],
+    "maintain": ["maintain"],
+    "worker": ["worker"],
+}
+
+
+@pytest.fixture
+def actions(tmp_path: Path) -> str:
+    """A fresh plugin module in the current directory that registers ``custom.shout``."""
+    name = f"cli_actions_{uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(ACTIONS, encoding="utf-8")
+    return name
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_repeatable_plugin_options(command: str) -> None:
+    from wf78_core.cli.parser import build_parser
+
+    args = build_parser().parse_args([*COMMANDS[command], "--plugin", "a.b", "--plugin", "c"])
+    assert args.plugin == ["a.b", "c"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_plugin_that_cannot_be_imported_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    write(tmp_path, SOURCE + LOUD)
+    argv = [*COMMANDS[command], "--plugin", "no_such_module_78"]
+    if command in ("run", "maintain", "worker"):
+        argv += ["--config", "wf78.toml"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wf78: error: --plugin 'no_such_module_78' cannot be imported"), err
+    assert "No module named 'no_such_module_78'" in err
+
+
+def test_validate_and_run_with_a_plugin_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], actions: str
+) -> None:
+    path = write(tmp_path, SOURCE + LOUD)
+    assert main(["validate", str(path)]) == 1
+    assert "workflows[0].tasks[0].action: unknown action 'custom.shout'" in capsys.readouterr().out
+    assert main(["validate", str(path), "--plugin", actions]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: OK"
+    code, run = run_json(
+        capsys, ["run", "loud", "--config", str(path), "--plugin", actions, "--json"]
+    )
+    assert code == 0, run
+    assert run["results"]["say"] == "HI!"
+
+
+def test_validate_and_run_with_engine_plugins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], actions: str
+) -> None:
+    path = write(tmp_path, f'[engine]\nplugins = ["{actions}"]\n' + SOURCE + LOUD)
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: OK"
+    code, run = run_json(capsys, ["run", "loud", "--config", str(path), "--json"])
+    assert code == 0, run
+    assert run["results"]["say"] == "HI!"
+
+
+def test_validate_names_a_configured_plugin_that_cannot_be_imported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, '[engine]\nplugins = ["no_such_module_78"]\nretyr = 1\n' + LOUD)
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "engine.retyr: unknown key"
+    assert out[1].startswith("engine.plugins[0]: 'no_such_module_78' cannot be imported")
+    assert out[2] == "workflows[0].tasks[0].action: unknown action 'custom.shout'"
+    assert out[3] == f"{path}: 3 problems"
+
+
+def test_maintain_with_a_plugin_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], actions: str
+) -> None:
+    path = write(tmp_path, SOURCE + LOUD)
+    assert main(["maintain", "--config", str(path)]) == 1
+    assert "unknown action 'custom.shout'" in capsys.readouterr().err
+    assert main(["maintain", "--config", str(path), "--plugin", actions]) == 0
+    assert "wf78 maintain: " in capsys.readouterr().out
+
+
+def started_app(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[Any]:
+    """Replace the command's server loop: the apps it would have served, collected."""
+    apps: list[Any] = []
+
+    def run_server(server: Any, announce: Any, **_: Any) -> None:
+        apps.append(server.config.app)
+
+    monkeypatch.setattr(module, "run_server", run_server)
+    return apps
+
+
+def test_serve_registers_plugin_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, actions: str
+) -> None:
+    from wf78_core.cli import serve
+
+    (tmp_path / "plainapp.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    path = write(tmp_path, SOURCE + LOUD)
+    apps = started_app(monkeypatch, serve)
+    assert main(["serve", "plainapp:app", "--config", str(path), "--plugin", actions]) == 0
+    (app,) = apps
+    assert app.engine.pm.has_plugin(actions)
+    # Several workers build the app themselves, from the environment serve sets.
+    monkeypatch.setenv(serve.TARGET_ENV, "plainapp:app")
+    monkeypatch.setenv(serve.CONFIG_ENV, str(path))
+    monkeypatch.setenv(serve.PLUGINS_ENV, actions)
+    assert serve.app_factory().engine.pm.has_plugin(actions)
+
+
+def test_demo_registers_plugin_options(monkeypatch: pytest.MonkeyPatch, actions: str) -> None:
+    from wf78_core.cli import demo
+
+    apps = started_app(monkeypatch, demo)
+    assert main(["demo", "--no-traffic", "--plugin", actions]) == 0
+    (app,) = apps
+    assert app.engine.pm.has_plugin(actions)
+
+
+def test_console_script_finds_plugins_in_the_current_directory(
+    tmp_path: Path, actions: str
+) -> None:
+    script = Path(sys.executable).with_name("wf78")
+    write(tmp_path, SOURCE + LOUD)
+    done = subprocess.run(
+        [str(script), "run", "loud", "--config", "wf78.toml", "--plugin", actions, "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["results"]["say"] == "HI!"

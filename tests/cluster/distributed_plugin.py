@@ -6,7 +6,8 @@ Actions (the run context names the Redis keys, so every test keeps to its own na
 
 - ``dist.record``: appends a JSON record ``{event: "start", run, task, priority, label,
   pid, time}`` to the list ``context["log"]``, sleeps ``context["sleep"]`` seconds, then
-  appends an ``end`` record; returns the label;
+  appends an ``end`` record (``interrupted: true`` when the worker interrupted it);
+  returns the label;
 - ``dist.gate``: records its start, waits until the list ``context["gate"]`` has an item
   (a turnstile: it puts the item back for the next task waiting), records its end;
 - ``dist.write_then_hold``: the built-in ``datasource.execute`` (the task's params are the
@@ -72,7 +73,13 @@ async def _log(ctx: TaskContext, event: str, **extra: Any) -> None:
 
 async def record(ctx: TaskContext) -> Any:
     await _log(ctx, "start")
-    await anyio.sleep(float(ctx.context.get("sleep", 0)))
+    try:
+        await anyio.sleep(float(ctx.context.get("sleep", 0)))
+    except anyio.get_cancelled_exc_class():
+        # Interrupted (its entry was taken over, or its run cancelled): it ends here.
+        with anyio.CancelScope(shield=True):
+            await _log(ctx, "end", interrupted=True)
+        raise
     await _log(ctx, "end")
     return ctx.context.get("label")
 

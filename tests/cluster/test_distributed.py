@@ -428,9 +428,10 @@ def test_a_stalled_workers_late_completion_keeps_max_concurrent(
     tmp_path: Path, namespace: str, raw: redis.Redis
 ) -> None:
     """A worker stalls (SIGSTOP: a long GC pause, a blocked event loop) past its lease, a
-    survivor takes its task over, then the stalled one wakes up and finishes its attempt.
-    Its late report must not free the lease the survivor now holds for that task: the
-    workflow's next run starts only when the survivor is done."""
+    survivor takes its task over, then the stalled one wakes up: its heartbeat finds the
+    entry is no longer its own and interrupts its attempt, and what it reports must not
+    free the lease the survivor now holds for that task: the workflow's next run starts
+    only when the survivor is done."""
     log = key(namespace, "log")
     flow = {
         "id": "solo",
@@ -459,6 +460,11 @@ def test_a_stalled_workers_late_completion_keeps_max_concurrent(
     events = records(raw, log)
     taken_over = [r for r in events if r["run"] == first and r["event"] == "start"]
     assert [r["pid"] == stalled_pid for r in taken_over] == [True, False]
+    ended = [r for r in events if r["run"] == first and r["event"] == "end"]
+    assert [(r["pid"] == stalled_pid, r.get("interrupted", False)) for r in ended] == [
+        (True, True),
+        (False, False),
+    ], _timeline(events, stalled_pid)
     assert most_runs_at_once(events) == 1, _timeline(events, stalled_pid)
 
 

@@ -19,7 +19,15 @@ from asgi_lifespan import LifespanManager
 from conftest import Probe
 from servers import RedisServer
 
-from wf78_core import ConfigError, Engine, Run, Wf78Error, Wf78Middleware, hookimpl
+from wf78_core import (
+    BackendUnavailable,
+    ConfigError,
+    Engine,
+    Run,
+    Wf78Error,
+    Wf78Middleware,
+    hookimpl,
+)
 from wf78_core.cli import main
 from wf78_core.cluster.backend import RedisBackend
 from wf78_core.cluster.streams import RedisStreams
@@ -496,11 +504,11 @@ async def test_a_redis_restart_loses_no_accepted_run() -> None:
             assert await engine.backend.finished_runs() < 300  # the restart comes mid-way
             await anyio.to_thread.run_sync(lambda: server.restart(down_for=1.0))
             for run_id in ids:
-                for _ in range(100):  # the first reads after the restart may still fail
+                for _ in range(100):  # the first reads after the restart may still fail (503)
                     try:
                         run = await settled(engine, run_id, within=30)
                         break
-                    except redis.exceptions.ConnectionError:
+                    except BackendUnavailable:
                         await anyio.sleep(0.1)
                 assert run.status == "succeeded"
             assert await engine.backend.finished_runs() == 300

@@ -648,7 +648,7 @@ async def test_an_attempt_checks_an_unhealthy_source_at_most_twice_a_second(
             await engine.submit(add(data_source="sick"))
         assert faults.health_checks == checks + 1 and sick.served == 0
         # Once the interval is over, an attempt finds it back, long before the health loop.
-        monkeypatch.setattr("wf78_core.core.dispatch.PROBE_INTERVAL", 0.0)
+        monkeypatch.setattr("wf78_core.core.routing.PROBE_INTERVAL", 0.0)
         engine.sources.named["sick"].probe_at = 0.0
         assert (await engine.submit(add(data_source="sick"))).data_source == "sick"
         assert faults.health_checks == checks + 2 and engine.stats().sources[0].healthy
@@ -737,6 +737,19 @@ async def test_engine_after_exit_raises_a_clear_error(probe: Probe, config: Conf
     for call in (engine.submit(add()), engine.run("w"), engine.emit("e")):
         with pytest.raises(Wf78Error, match="async with"):
             await call
+
+
+async def test_the_body_s_own_exception_leaves_the_engine_unwrapped(config: Config) -> None:
+    with pytest.raises(KeyError) as raised:
+        async with Engine(config()):
+            raise KeyError("the body's own")
+    assert raised.value.args == ("the body's own",)
+    # A group the body raised itself is re-raised as it was, not inside another one.
+    mine = ExceptionGroup("the body's group", [ValueError("a"), KeyError("b")])
+    with pytest.raises(ExceptionGroup) as grouped:
+        async with Engine(config()):
+            raise mine
+    assert grouped.value is mine
 
 
 async def test_drain_on_exit_lets_in_flight_work_finish(

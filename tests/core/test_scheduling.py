@@ -303,7 +303,7 @@ def test_withdrawn_waiters_do_not_pile_up() -> None:
     for _ in range(10_000):
         waiter = scheduler.enqueue(1, (limit,), lambda: None)
         assert scheduler.withdraw(waiter)
-    queued = sum(len(level) for level in limit._levels.values())
+    queued = limit.stored
     assert queued <= 65
     assert limit.waiting == 0
     assert scheduler.queued_by_priority == {}
@@ -336,4 +336,4 @@ def test_an_agent_gives_the_same_limit_set_each_time() -> None:
     for index in range(200):
         limits = agent.limit_set((Limit(f"outer{index}", 1),), source)
         assert limits[-2:] == (source, agent.limit)
-    assert len(agent._limit_sets) <= 64
+    assert agent.cached_limit_sets <= 64

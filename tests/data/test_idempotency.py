@@ -31,22 +31,27 @@ from starlette.applications import Starlette
 from tests.esutil import JsonNode
 from wf78_core import Engine, Identity, Operation, Table
 from wf78_core.config import TableConfig
-from wf78_core.errors import DataSourceError, InvalidOperation
+from wf78_core.errors import DataSourceError, IdempotencyConflict, InvalidOperation
 from wf78_core.http.middleware import Wf78Middleware
 from wf78_core.idempotency import (
     AUTO_PREFIX,
     MAX_KEY,
     WRITE_ACTIONS,
+    check_replay,
     derive_key,
     explicit_key,
+    fingerprint,
     generated_ids,
     is_auto,
     is_write,
     key_id,
     prepare,
     prepare_task,
+    recall,
+    record,
     task_key,
 )
+from wf78_core.ids import snowflake_id
 from wf78_core.plugin.datasource import SourceSpec, TableSchema
 from wf78_elasticsearch import ElasticsearchSource
 from wf78_mysql import MySQLSource
@@ -865,8 +870,11 @@ async def test_http_keys_are_scoped_by_the_callers_owner(
     mine = back(await call(client, "mAdd", ALICE, "shared", pars=["alice's", 1]))
     theirs = back(await call(client, "mAdd", BOB, "shared", pars=["bob's", 2]))
     assert mine != theirs
-    # A colleague of the same company replaying the key gets the company's first answer.
-    assert back(await call(client, "mAdd", CAROL, "shared", pars=["carol's", 3])) == mine
+    # A colleague of the same company replaying the request gets the company's first answer;
+    # with another body, the company's key is refused (422).
+    assert back(await call(client, "mAdd", CAROL, "shared", pars=["alice's", 1])) == mine
+    refused = await call(client, "mAdd", CAROL, "shared", pars=["carol's", 3])
+    assert refused.status_code == 422, refused.text
     assert stored(path) == [("acme", "alice's", 1), ("globex", "bob's", 2)]
     rows = back(
         await client.post(
@@ -918,3 +926,158 @@ async def test_table_methods_take_a_key(tmp_path: Path) -> None:
             await items.add({"name": "x"}, idempotency_key="")
         with pytest.raises(InvalidOperation, match="idempotency_key"):
             Table(engine, "items", identity=alice, idempotency_key="x" * 201)
+
+
+# -- the same key with another body: 422, on every data write route and source ------------
+
+
+@asynccontextmanager
+async def serving_on(source: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The ``Items`` routes of company acme on ``source``: a SQLite file, MariaDB (a table
+    and a key table of this test's own) or Redis (a key prefix of its own)."""
+    suffix = uuid4().hex[:8]
+    db: dict[str, Any]
+    if source == "sqlite":
+        db = {"type": "sqlite", "url": f"sqlite:///{tmp_path}/routes.db"}
+    elif source == "mysql":
+        db = {"type": "mysql", "url": MYSQL_URL, "create_tables": True}
+    else:
+        db = {"type": "redis", "url": REDIS_URL, "key_prefix": f"wf78test-{suffix}"}
+    table = f"t_{suffix}_items"
+    config = {
+        "engine": {"drain_timeout": 2.0, "journal": "memory"},
+        "datasources": {"db": db},
+        "tables": {
+            table: {
+                "columns": {"name": "text", "qty": "int"},
+                "owner": "cid",
+                "route": "api/demo",
+                "data_source": "db",
+            }
+        },
+        "auth": {"tokens": {ALICE: {"uid": "u-alice", "cid": "acme", "uname": "alice"}}},
+    }
+    app = Wf78Middleware(Starlette(), engine=Engine(config))
+    try:
+        async with LifespanManager(app) as manager:
+            if source == "mysql":  # a key table of its own: the database outlives the test
+                found = app.engine.sources.get("db")
+                assert found is not None
+                found.adapter.idempotency_table = f"t_{suffix}_keys"
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url=f"http://test/api/demo/{table}/"
+            ) as client:
+                yield client
+    finally:
+        if source == "mysql":
+            _drop_mysql_tables(table, f"t_{suffix}_keys")
+        if source == "redis":
+            client = redis.asyncio.Redis.from_url(REDIS_URL)
+            try:
+                keys = [k async for k in client.scan_iter(match=f"wf78test-{suffix}:*")]
+                if keys:
+                    await client.delete(*keys)
+            finally:
+                await client.aclose()
+
+
+# Every data write route with two bodies: ``A`` first, then ``B`` under the same key.
+# ``{r1}``... are rows of acme made before; ``{new1}``... ids nobody has.
+WRITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "mAdd": ({"pars": ["pen", 1]}, {"pars": ["pen", 2]}),
+    "mAddMany": ({"pars": [["x", 1], ["y", 2]]}, {"pars": [["x", 1], ["y", 3]]}),
+    "mAddManyByid": (
+        {"rows": [{"id": "{new1}", "name": "n", "qty": 1}]},
+        {"rows": [{"id": "{new1}", "name": "n", "qty": 2}]},
+    ),
+    "mUpdate": ({"mid": "{r1}", "pars": ["a", 1]}, {"mid": "{r1}", "pars": ["b", 1]}),
+    "mUpdateByid": (
+        {"values": {"id": "{r1}", "name": "c"}},
+        {"values": {"id": "{r1}", "name": "d"}},
+    ),
+    "mUpdateMany": ({"rows": [{"id": "{r1}", "qty": 5}]}, {"rows": [{"id": "{r1}", "qty": 6}]}),
+    "m": ({"mid": "{r2}", "pars": ["e", 1]}, {"mid": "{r2}", "pars": ["f", 1]}),
+    "mByid": ({"mid": "{new2}", "pars": ["g"]}, {"mid": "{new2}", "pars": ["h"]}),
+    # The first inserts; the second would find that row by its first column and update it.
+    "mByFirstField": ({"pars": ["first", 1]}, {"pars": ["first", 2]}),
+    "mdel": ({"mid": "{r3}"}, {"mid": "{r4}"}),
+    "mdelmany": ({"ids": ["{r5}"]}, {"ids": ["{r5}", "{r6}"]}),
+}
+
+
+def _filled(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return names[value[1:-1]]
+    if isinstance(value, dict):
+        return {key: _filled(item, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_filled(item, names) for item in value]
+    return value
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", ["sqlite", "mysql", "redis"])
+@pytest.mark.parametrize("method", list(WRITES))
+async def test_the_same_key_with_another_body_is_422_and_writes_nothing(
+    source: str, method: str, tmp_path: Path
+) -> None:
+    async with serving_on(source, tmp_path) as client:
+        headers = {"authorization": f"Bearer {ALICE}"}
+
+        async def post(route: str, params: dict[str, Any], key: str | None) -> httpx.Response:
+            sent = headers if key is None else {**headers, "idempotency-key": key}
+            return await client.post(route, json=params, headers=sent)
+
+        made = await post("mAddMany", {"pars": [[f"r{i}", i] for i in range(1, 7)]}, None)
+        names = {f"r{i}": row_id for i, row_id in enumerate(back(made), 1)}
+        names |= {"new1": snowflake_id(), "new2": snowflake_id()}
+        first, other = (_filled(body, names) for body in WRITES[method])
+        key = f"k-{uuid4().hex}"
+        answer = back(await post(method, first, key))
+        assert back(await post(method, first, key)) == answer  # a replay: the first answer
+        rows = back(await post("get", {"getnumber": 100}, None))
+        refused = await post(method, other, key)
+        assert refused.status_code == 422, refused.text
+        body = refused.json()
+        assert (body["res"], body["kind"], body["back"]) == (-422, "idempotency_conflict", None)
+        assert "Idempotency-Key" in body["errmsg"] and key not in body["errmsg"]
+        assert back(await post("get", {"getnumber": 100}, None)) == rows  # nothing written
+        assert back(await post(method, first, key)) == answer  # the first body still replays
+
+
+def test_fingerprints_records_and_replays() -> None:
+    assert fingerprint("add", {"a": 1, "b": [1, 2]}) == fingerprint("add", {"b": [1, 2], "a": 1})
+    assert fingerprint("add", {"a": 1}) != fingerprint("add", {"a": "1"})
+    assert len(fingerprint("x")) == 32
+    assert recall(record([1, "2"], "f1")) == ([1, "2"], "f1")
+    assert recall(record(3, None)) == (3, None)  # as recorded before fingerprints
+    assert recall(b'{"f": "x", "v": 1, "more": 2}') == ({"f": "x", "v": 1, "more": 2}, None)
+    op = Operation(action="update", idempotency_key="k", idempotency_fingerprint="a")
+    check_replay("a", op)
+    check_replay(None, op)  # recorded without one: not checked
+    check_replay("b", Operation(action="update", idempotency_key="k"))  # nor without one
+    with pytest.raises(IdempotencyConflict, match="first used for another request"):
+        check_replay("b", op)
+
+
+@pytest.mark.anyio
+async def test_a_source_refuses_a_key_replayed_with_another_fingerprint(sql: Sql) -> None:
+    await sql.source.execute(add(sql.table, id="f", qty=0))
+
+    def update(qty: int, fingerprint: str | None) -> Operation:
+        return Operation(
+            action="update",
+            table=sql.table,
+            values={"qty": qty},
+            where={"id": "f"},
+            idempotency_key="fp-1",
+            idempotency_fingerprint=fingerprint,
+        )
+
+    assert await sql.source.execute(update(1, "one")) == 1
+    assert await sql.source.execute(update(1, "one")) == 1
+    with pytest.raises(IdempotencyConflict):
+        await sql.source.execute(update(2, "two"))
+    assert await sql.source.execute(update(2, None)) == 1  # no fingerprint: a replay
+    assert (await sql.row("f"))["qty"] == 1  # neither wrote

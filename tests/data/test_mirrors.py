@@ -414,17 +414,17 @@ async def test_a_failed_write_leaves_no_outbox_entry(setup: Setup, es_url: str) 
 async def hold_relay(relay: Relay) -> AsyncIterator[None]:
     """Keep the relay from applying anything inside the block (its submit waits)."""
     gate = anyio.Event()
-    original = relay._submit
+    original = relay.submit
 
     async def held(op: Operation, priority: int | None = 2) -> Any:
         await gate.wait()
         return await original(op, priority)
 
-    relay._submit = held  # type: ignore[method-assign]
+    relay.submit = held  # type: ignore[method-assign]
     try:
         yield
     finally:
-        relay._submit = original  # type: ignore[method-assign]
+        relay.submit = original  # type: ignore[method-assign]
         gate.set()
 
 

@@ -19,6 +19,9 @@ from wf78_core import ConfigError, Engine, Identity, InvalidOperation, Operation
 from wf78_core.config import MAINTENANCE_WORKFLOW, parse_config, with_maintenance
 from wf78_core.data import sharding as sharding_module
 from wf78_core.data.sharding import (
+    MaintenanceReport,
+    id_day,
+    id_shards,
     is_expired,
     maintain,
     overlaps,
@@ -26,7 +29,9 @@ from wf78_core.data.sharding import (
     shard_of,
     to_date,
     upcoming,
+    window,
 )
+from wf78_core.idempotency import key_id
 
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
@@ -107,8 +112,10 @@ def test_range_overlap_and_dates() -> None:
 
 
 def test_a_sharded_table_brings_the_maintenance_workflow() -> None:
-    plain = parse_config({"tables": {"t": {"columns": ["a"]}}})
-    assert with_maintenance(plain) is plain
+    plain = parse_config({"workflows": [{"id": "w", "tasks": [{"id": "x", "action": "noop"}]}]})
+    assert with_maintenance(plain) is plain  # no table: no shards, no keys to purge
+    declared = parse_config({"tables": {"t": {"columns": ["a"]}}})
+    assert with_maintenance(declared).workflows == (MAINTENANCE_WORKFLOW,)
     sharded = parse_config({"tables": {"t": {"columns": ["a"], "sharding": {"type": "daily"}}}})
     (workflow,) = with_maintenance(sharded).workflows
     assert workflow is MAINTENANCE_WORKFLOW
@@ -218,6 +225,22 @@ class Setup:
         names = (name.removeprefix(table + "_") for name in self.tables())
         return [suffix for suffix in names if suffix.isdigit()]
 
+    def execute(self, *statements: str) -> None:
+        """Raw SQL on the database, outside wf78 (``{q}`` quotes identifiers)."""
+        quote = '"' if self.backend == "sqlite" else "`"
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.path) as lite:
+                for sql in statements:
+                    lite.execute(sql.replace("{q}", quote))
+            return
+        connection = pymysql.connect(**MYSQL, autocommit=True)
+        try:
+            with connection.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute(sql.replace("{q}", quote))
+        finally:
+            connection.close()
+
 
 @pytest.fixture(params=["sqlite", "mysql"])
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
@@ -288,11 +311,11 @@ async def test_writes_land_in_todays_shard(setup: Setup, clock: Clock) -> None:
         assert [
             r["message"] for r in await submit(engine, "get", setup.logs, shard="20250131")
         ] == ["next day"]
-        # Without a range a read is today's shard, and writes by id address it too.
+        # Without a range a read is today's shard; a write by id finds the row's own.
         assert [r["n"] for r in await logs.get()] == [2]
-        assert await logs.update(row_id, {"n": 5}) == 0
-        clock.set(date(2025, 1, 30))
         assert await logs.update(row_id, {"n": 5}) == 1
+        clock.set(date(2025, 1, 30))
+        assert [r["n"] for r in await logs.get()] == [5]
 
 
 @pytest.mark.anyio
@@ -332,7 +355,7 @@ async def test_maintain_creates_missing_plain_tables_when_asked(setup: Setup, cl
     async with started(setup, create_tables=False) as engine:
         assert setup.plain not in setup.tables()
         report = await maintain(engine)
-        assert report.tables_created == [] and report.created == []
+        assert report.tables_created == [] and len(report.created) == 5  # the shards only
         report = await maintain(engine, create_tables=True)
         # Sharded tables live in their shards: only the plain table is created.
         assert [(c.source, c.table) for c in report.tables_created] == [("db", setup.plain)]
@@ -450,3 +473,192 @@ async def test_the_memory_source_serves_tables_and_shards(clock: Clock) -> None:
         await events.add({"what": "b", "n": 2})
         merged = await events.get(since="2025-01-30", order="n", cols="n")
         assert merged == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+# -- tables exist when the engine starts ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_startup_creates_declared_tables_and_shards_on_every_sql_source(
+    setup: Setup, clock: Clock
+) -> None:
+    # Nothing to set, on MySQL as on SQLite: the first request finds its table.
+    async with started(setup) as engine:
+        assert await Table(engine, setup.plain).add({"message": "works"})
+        assert setup.plain in setup.tables()
+        assert setup.shards(setup.logs) == ["20250130", "20250131", "20250201"]
+        assert setup.shards(setup.monthly) == ["202501", "202502"]
+
+
+@pytest.mark.anyio
+async def test_create_tables_false_creates_nothing_at_start(setup: Setup, clock: Clock) -> None:
+    async with started(setup, create_tables=False) as engine:
+        assert engine.startup_maintenance == MaintenanceReport()
+        assert setup.tables() == []
+
+
+@pytest.mark.anyio
+async def test_a_table_lacking_a_declared_column_stops_the_start_until_migrated(
+    setup: Setup, clock: Clock
+) -> None:
+    # Made by an older declaration: the plain table without "message", a shard without "n".
+    datetime_type = "TEXT" if setup.backend == "sqlite" else "DATETIME(6)"
+    key = "TEXT" if setup.backend == "sqlite" else "VARCHAR(64)"
+    shard = f"{setup.logs}_20250130"
+    setup.execute(
+        f"CREATE TABLE {{q}}{setup.plain}{{q}} "
+        f"(id {key} PRIMARY KEY, upby TEXT, uptime {datetime_type})",
+        f"INSERT INTO {{q}}{setup.plain}{{q}} (id, upby) VALUES ('old', 'someone')",
+        f"CREATE TABLE {{q}}{shard}{{q}} (id {key} PRIMARY KEY, message TEXT, cid {key}, "
+        f"upby TEXT, uptime {datetime_type})",
+    )
+    with pytest.raises(ConfigError) as caught:
+        async with started(setup):
+            pass
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        (
+            f"tables.{setup.logs}.columns.n",
+            f"table {shard!r} on data source 'db' has no column 'n': "
+            "run `wf78 maintain --migrate` to add it",
+        ),
+        (
+            f"tables.{setup.plain}.columns.message",
+            f"table {setup.plain!r} on data source 'db' has no column 'message': "
+            "run `wf78 maintain --migrate` to add it",
+        ),
+    ]
+    # Migrating adds what is missing (additive only: the rows stay), then it starts as usual.
+    async with Engine(setup.config(), migrate=True) as engine:
+        report = engine.startup_maintenance
+        assert report is not None
+        assert [(c.source, c.table, c.column) for c in report.columns_added] == [
+            ("db", shard, "n"),
+            ("db", setup.plain, "message"),
+        ]
+        assert await Table(engine, setup.plain).get(cols="id,message,upby") == [
+            {"id": "old", "message": None, "upby": "someone"}
+        ]
+    async with started(setup) as engine:
+        logs = Table(engine, setup.logs, identity=ALICE, clock=clock)
+        await logs.add({"message": "x", "n": 7})
+        assert [row["n"] for row in await logs.get()] == [7]
+        assert (await maintain(engine, migrate=True)).columns_added == []
+
+
+# -- by-id writes find the shard of their row ---------------------------------------------------
+
+SNOWFLAKE_EPOCH_MS = 1_600_000_000_000
+
+
+def minted(moment: datetime, sequence: int = 0) -> str:
+    """A snowflake id as one minted at ``moment``."""
+    return str(((int(moment.timestamp() * 1000) - SNOWFLAKE_EPOCH_MS) << 22) | sequence)
+
+
+def test_a_rows_shards_start_from_the_day_its_id_was_minted() -> None:
+    today = date(2025, 1, 31)
+    jan29 = minted(at(date(2025, 1, 29), 23))
+    assert id_day(jan29) == date(2025, 1, 29)
+    assert id_day("sku-1") is None
+    assert window("daily", today, 2) == ["20250131", "20250130", "20250129"]
+    assert window("monthly", date(2025, 3, 2), 40) == ["202503", "202502", "202501"]
+    # Its own day, the later ones, then the rest of the window newest first (an id derived
+    # from an idempotency key looks like a snowflake and carries no time).
+    assert id_shards("daily", jan29, today, 2) == ["20250129", "20250130", "20250131"]
+    assert id_shards("daily", jan29, today, 4) == [
+        "20250129",
+        "20250130",
+        "20250131",
+        "20250128",
+        "20250127",
+    ]
+    assert id_shards("monthly", jan29, date(2025, 3, 2), 40) == ["202501", "202502", "202503"]
+    # Anything else: the whole window, newest first.
+    others = ["sku-1", "42", key_id("some key"), minted(at(date(2025, 2, 3)))]
+    others.append(minted(at(date(2024, 1, 1))))
+    for other in others:
+        assert id_shards("daily", other, today, 2) == ["20250131", "20250130", "20250129"]
+    assert id_shards("daily", jan29, today, 2, text_id=True) == [
+        "20250131",
+        "20250130",
+        "20250129",
+    ]
+
+
+@pytest.mark.anyio
+async def test_updates_and_deletes_by_id_reach_the_shard_of_their_row(
+    setup: Setup, clock: Clock
+) -> None:
+    async with started(setup) as engine:
+        logs = Table(engine, setup.logs, identity=ALICE, clock=clock)
+        bobs = Table(engine, setup.logs, identity=BOB, clock=clock)
+        # January 30th: a row added now (its id carries the real clock's time, not the
+        # test's, so its shard is searched for) and three with ids minted that day.
+        first = await logs.add({"message": "first", "n": 1})
+        b, c, d, e, f = (minted(at(date(2025, 1, 30)), n) for n in (1, 2, 3, 4, 5))
+        rows = [{"id": row_id, "message": row_id, "n": 1} for row_id in (b, c, d, e, f)]
+        assert await logs.add_many_by_id(rows) == 5
+        clock.set(date(2025, 1, 31))
+        today = await logs.add({"message": "today", "n": 1})
+        assert await logs.update(first, {"n": 2}) == 1
+        assert await logs.update_by_id({"id": b, "n": 2}) == 1
+        assert await bobs.update(b, {"n": 9}) == 0 and await bobs.delete(c) == 0
+        assert await bobs.update_many([{"id": b, "n": 9}, {"id": first, "n": 9}]) == 0
+        assert await logs.update_many([{"id": i, "n": 3} for i in (first, b, c, today)]) == 4
+        found = await logs.get(since="2025-01-30", cols="id,n", number=100)
+        assert {row["id"]: row["n"] for row in found} == {
+            first: 3,
+            b: 3,
+            c: 3,
+            d: 1,
+            e: 1,
+            f: 1,
+            today: 3,
+        }
+        assert await logs.delete(c) == 1 and await logs.delete(c) == 0
+        assert await bobs.delete_many([first, b, d]) == 0
+        assert await logs.delete_many([first, b, today, "123"]) == 3
+        # A replay with the caller's key answers as the first call did, writing nothing.
+        many = f"m-{uuid4().hex}"
+        assert await logs.delete_many([e, f], idempotency_key=many) == 2
+        assert await logs.delete_many([e, f], idempotency_key=many) == 2
+        assert [row["id"] for row in await logs.get(since="2025-01-30")] == [d]
+        update, delete = f"u-{uuid4().hex}", f"d-{uuid4().hex}"
+        assert await logs.update(d, {"n": 5}, idempotency_key=update) == 1
+        assert await logs.update(d, {"n": 5}, idempotency_key=update) == 1
+        assert [row["n"] for row in await logs.get(since="2025-01-30")] == [5]
+        assert await logs.delete(d, idempotency_key=delete) == 1
+        assert await logs.delete(d, idempotency_key=delete) == 1
+        assert await logs.get(since="2025-01-30") == []
+        # upsert (koa78 mByid) updates the row where it is rather than adding a second one.
+        again = minted(at(date(2025, 1, 30)), 9)
+        clock.set(date(2025, 1, 30))
+        await logs.add_many_by_id([{"id": again, "message": "old", "n": 1}])
+        clock.set(date(2025, 1, 31))
+        assert await logs.upsert({"id": again, "message": "new"}) == again
+        found = await logs.get(since="2025-01-30", cols="id,message")
+        assert found == [{"id": again, "message": "new"}]
+
+
+@pytest.mark.anyio
+async def test_text_ids_are_looked_for_in_every_shard_of_the_window(clock: Clock) -> None:
+    config = {
+        "datasources": {"mem": {"type": "memory"}},
+        "tables": {
+            "events": {
+                "columns": {"what": "text", "n": "int"},
+                "id": "text",
+                "sharding": {"type": "daily", "retention_days": 3, "ahead": 0},
+            }
+        },
+    }
+    async with Engine(config) as engine:
+        events = Table(engine, "events", clock=clock)
+        await events.add({"id": "sku-1", "what": "a", "n": 1})
+        clock.set(date(2025, 2, 1))
+        await maintain(engine)
+        await events.add({"id": "sku-2", "what": "b", "n": 1})
+        assert await events.update("sku-1", {"n": 2}) == 1
+        assert await events.update_many([{"id": "sku-1", "n": 3}, {"id": "sku-2", "n": 3}]) == 2
+        assert await events.delete_many(["sku-1", "sku-2", "sku-3"]) == 2
+        assert await events.get(since="2025-01-01") == []

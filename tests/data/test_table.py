@@ -15,7 +15,15 @@ from uuid import uuid4
 import pymysql
 import pytest
 
-from wf78_core import Engine, Identity, InvalidOperation, Operation, Table, hookimpl
+from wf78_core import (
+    Engine,
+    Identity,
+    InvalidOperation,
+    Operation,
+    RowNotFound,
+    Table,
+    hookimpl,
+)
 from wf78_core.config import TableConfig
 from wf78_core.plugin.datasource import TableSchema
 from wf78_memory import MemorySource
@@ -416,7 +424,8 @@ async def test_upsert_updates_or_inserts_and_never_takes_another_owners_row(
         assert await alice.upsert({"id": "u1", "name": "first", "qty": 1}) == "u1"
         assert await alice.upsert({"id": "u1", "qty": 2}) == "u1"
         bob = table(engine, setup.items, BOB)
-        with pytest.raises(InvalidOperation, match="'u1' exists and is not this cid's row"):
+        # Another owner's id is answered as an id nobody has (no existence oracle).
+        with pytest.raises(RowNotFound, match="has no row 'u1' for this caller"):
             await bob.upsert({"id": "u1", "name": "hijacked"})
         assert await bob.upsert({"id": "u2", "name": "bob's"}) == "u2"
         rows = by_id(await raw_rows(engine, setup.items))

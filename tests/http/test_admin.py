@@ -398,9 +398,6 @@ async def test_metrics_while_a_run_is_running(client: httpx.AsyncClient, probe: 
 # -- who may call, and the HTTP edges ----------------------------------------------------
 
 ROUTES = [
-    ("GET", "/"),
-    ("GET", ""),
-    ("GET", "/static/dashboard.js"),
     ("GET", "/runs"),
     ("POST", "/runs"),
     ("GET", "/runs/some-id"),
@@ -448,18 +445,29 @@ async def test_the_koa78_sid_header_is_a_bearer_token_too(client: httpx.AsyncCli
 
 
 @pytest.mark.anyio
-async def test_query_token_only_opens_the_dashboard_files(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("path", ["/", "", "/static/dashboard.js", "/status", "/runs"])
+async def test_a_token_in_the_url_is_refused(client: httpx.AsyncClient, path: str) -> None:
+    """Access logs keep URLs, query and all: a token there is as good as published."""
+    for headers in ({"authorization": ""}, {}):
+        response = await client.get(PREFIX + path, params={"token": ADMIN}, headers=headers)
+        assert response.status_code == 400, (path, headers)
+        body = response.json()
+        assert body["field"] == "token" and "#token=" in body["error"]
+        assert ADMIN not in response.text
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_page_and_files_load_without_a_token(
+    client: httpx.AsyncClient,
+) -> None:
+    """A browser cannot send the bearer header on a page load: the page and its files are
+    static and hold no data; the scripts send the token to the JSON routes, which need it."""
     anonymous = {"authorization": ""}
-    page = await client.get(f"{PREFIX}/", params={"token": ADMIN}, headers=anonymous)
-    assert page.status_code == 200
-    asset = await client.get(
-        f"{PREFIX}/static/dashboard.css", params={"token": ADMIN}, headers=anonymous
-    )
-    assert asset.status_code == 200
-    api = await client.get(f"{PREFIX}/status", params={"token": ADMIN}, headers=anonymous)
-    assert api.status_code == 401
-    user = await client.get(f"{PREFIX}/", params={"token": USER}, headers=anonymous)
-    assert user.status_code == 403
+    for path in ("/", "", "/static/dashboard.js", "/static/dashboard.css"):
+        assert (await client.get(PREFIX + path, headers=anonymous)).status_code == 200, path
+    assert (await client.get(f"{PREFIX}/static/nope.js", headers=anonymous)).status_code == 404
+    for path in ("/status", "/runs", "/metrics", "/openapi.json"):
+        assert (await client.get(PREFIX + path, headers=anonymous)).status_code == 401, path
 
 
 @pytest.mark.anyio
@@ -533,36 +541,36 @@ async def test_dashboard_page_and_assets(client: httpx.AsyncClient) -> None:
     assert "script-src 'self'" in page.headers["content-security-policy"]
     html = page.text
     assert f'data-prefix="{PREFIX}"' in html
-    # Authorised by the header: the assets need no token in their URLs.
     assert f'src="{PREFIX}/static/dashboard.js"' in html
+    assert f'href="{PREFIX}/static/dashboard.css"' in html
     for panel in ("summary", "queues", "workflows", "agents", "sources", "runs", "dead-letters"):
         assert f'id="{panel}"' in html
-    assert "{{" not in html
-
-    by_query = await client.get(f"{PREFIX}", params={"token": ADMIN}, headers={"authorization": ""})
-    assert by_query.status_code == 200
-    assert f'src="{PREFIX}/static/dashboard.js?token={ADMIN}"' in by_query.text
-    assert f'href="{PREFIX}/static/dashboard.css?token={ADMIN}"' in by_query.text
+    assert "{{" not in html and "token=" not in html
 
     script = await client.get(f"{PREFIX}/static/dashboard.js")
     assert script.status_code == 200
     assert script.headers["content-type"] == "text/javascript; charset=utf-8"
-    assert "Authorization" in script.text and "sessionStorage" in script.text
+    # The token comes from the URL's fragment (never sent to the server), goes to this
+    # tab's sessionStorage and into a bearer header; the fragment leaves the address bar.
+    for part in ("location.hash", "sessionStorage", "Authorization", "history.replaceState"):
+        assert part in script.text, part
+    assert "location.search" not in script.text
     style = await client.get(f"{PREFIX}/static/dashboard.css")
     assert style.headers["content-type"] == "text/css; charset=utf-8"
 
 
 @pytest.mark.anyio
-async def test_a_browser_without_a_token_gets_the_login_form(client: httpx.AsyncClient) -> None:
+async def test_a_browser_without_a_token_gets_the_page_with_its_login_form(
+    client: httpx.AsyncClient,
+) -> None:
     browser = {"authorization": "", "accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
     response = await client.get(f"{PREFIX}/", headers=browser)
-    assert response.status_code == 401
+    assert response.status_code == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"
-    assert 'name="token"' in response.text
-    assert f'action="{PREFIX}/"' in response.text
-    wrong = await client.get(f"{PREFIX}/", params={"token": USER}, headers=browser)
-    assert wrong.status_code == 403
-    assert "admin" in wrong.text
+    # The form is the page's (its script shows it and keeps the token); were the script
+    # not to run, it posts: the token would never be in a URL.
+    form = response.text.split('<form id="login"', 1)[1].split("</form>", 1)[0]
+    assert 'name="token"' in form and 'type="password"' in form and 'method="post"' in form
     # API routes stay JSON for browsers too.
     api = await client.get(f"{PREFIX}/status", headers=browser)
     assert api.status_code == 401

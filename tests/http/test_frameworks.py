@@ -240,7 +240,9 @@ async def test_example_app(tmp_path: Path) -> None:
     async with LifespanManager(per_request_state(app)) as manager, client_of(manager.app) as client:
         index = await client.get("/")
         assert index.status_code == 200
-        assert f'href="/_wf78/?token={ADMIN}"' in index.text
+        # In the fragment: the browser never sends it, no access log keeps it.
+        assert f'href="/_wf78/#token={ADMIN}"' in index.text
+        assert "?token=" not in index.text
         # The admin token is shown only to callers on this machine.
         async with client_of(manager.app, ("203.0.113.7", 40000)) as remote:
             index = await remote.get("/")

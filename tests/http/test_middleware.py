@@ -434,7 +434,10 @@ async def drive_lifespan(app: Any, *events: str) -> list[Message]:
 
 
 def broken_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config, "datasources": {**config["datasources"], "db": {"type": "broken"}}}
+    """A source that cannot open and is ``required``: the engine does not start without it
+    (a source that is not required is kept out of rotation instead)."""
+    broken = {"type": "broken", "required": True}
+    return {**config, "datasources": {**config["datasources"], "db": broken}}
 
 
 @pytest.mark.anyio
@@ -466,6 +469,7 @@ async def test_unwritable_sqlite_path_is_reported_as_startup_failed(tmp_path: Pa
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     config = make_config(blocker / "sub" / "x.db")  # a path under a regular file
+    config["datasources"]["db"]["required"] = True
     app = Wf78Middleware(Recorder(), config=config)
     replies = await drive_lifespan(app, "startup")
     assert [reply["type"] for reply in replies] == ["lifespan.startup.failed"]

@@ -734,7 +734,8 @@ async def test_tenant_isolation_through_every_method(client: httpx.AsyncClient) 
     assert ok(await bob("mUpdateMany", rows=[{"id": a, "qty": 0}])) == 0
     own = ok(await bob("m", mid=a, pars=["a", 9, 9.0]))  # not Bob's: inserts his own row
     assert own != a
-    refused(await bob("mByid", mid=a, pars=["stolen"]), 400, "invalid", "not overwritten")
+    # Alice's id answers as an id nobody has: 404, never that it exists.
+    refused(await bob("mByid", mid=a, pars=["stolen"]), 404, "not_found", "has no row")
     firsts = ok(await bob("mByFirstField", pars=["a", 9, 9.0]))  # Bob's own "a"
     assert firsts == own
     assert ok(await bob("mAddManyByid", pars=["stolen", 0, 0.0, a])) == 0

@@ -37,19 +37,21 @@ from uuid import uuid4
 import httpx
 import pymysql
 import pytest
+import redis.asyncio
 from asgi_lifespan import LifespanManager
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from osmem_server import OsmemServer
 from starlette.applications import Starlette
 
 from tests.esutil import JsonNode
-from wf78_core import Engine, Identity, InvalidOperation, Table
+from wf78_core import Engine, IdempotencyConflict, Identity, InvalidOperation, Table
 from wf78_core.http.context import RequestClient
 from wf78_core.http.middleware import Wf78Middleware
 from wf78_core.http.routes import METHODS
 from wf78_core.ids import snowflake_id
 
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
 NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"
 ROUTE = "api/sec"
@@ -472,10 +474,11 @@ def http_probes(method: str, scene: Scene, me: Person) -> list[Probe]:
         ]
     if method == "mByid":
         return [
-            Probe({"mid": b[0], "pars": ["stolen", 9, 9.0]}, 400),
-            Probe({"values": {"id": b[1], "name": "stolen"}}, 400),
-            Probe({"mid": b[2], "values": {"name": "stolen"}}, 400),
-            Probe({"mid": b[0], "pars": ["stolen"]}, 400, via="query"),
+            # B's id answers as a missing row would: 404, never "exists".
+            Probe({"mid": b[0], "pars": ["stolen", 9, 9.0]}, 404),
+            Probe({"values": {"id": b[1], "name": "stolen"}}, 404),
+            Probe({"mid": b[2], "values": {"name": "stolen"}}, 404),
+            Probe({"mid": b[0], "pars": ["stolen"]}, 404, via="query"),
             Probe({"mid": fresh[0], "pars": ["mine"]}, 200, equals(fresh[0])),
             Probe({"mid": x[0], "pars": ["mine"]}, 200, equals(x[0])),
         ]
@@ -849,7 +852,9 @@ async def test_idempotency_keys_never_cross_tenants(
             theirs = await bob.add({"name": "bob's"}, idempotency_key=key)
             assert theirs != mine
             assert [row["name"] for row in await bob.get()] == ["bob's"]
-            assert await alice.add({"name": "again"}, idempotency_key=key) == mine  # a replay
+            assert await alice.add({"name": "alice's"}, idempotency_key=key) == mine  # a replay
+            with pytest.raises(IdempotencyConflict):  # the key of another request
+                await alice.add({"name": "again"}, idempotency_key=key)
             assert await alice.update(mine, {"qty": 1}, idempotency_key=f"{key}-u") == 1
             assert await bob.update(mine, {"qty": 2}, idempotency_key=f"{key}-u") == 0
             assert await bob.delete(mine, idempotency_key=f"{key}-d") == 0
@@ -885,3 +890,107 @@ def test_owner_values_mariadb_would_confuse_are_refused() -> None:
     assert owner_problem(" leading and inner spaces are fine") is None
     assert "64 characters" in (owner_problem("x" * 65) or "")
     assert "ends with a space" in (owner_problem("globex ") or "")
+
+
+# -- no existence oracle: another tenant's id answers as an id nobody has ---------------------
+
+BY_ID: dict[str, dict[str, Any]] = {
+    "mUpdate": {"mid": "{id}", "pars": ["probe"]},
+    "mUpdateByid": {"values": {"id": "{id}", "name": "probe"}},
+    "mUpdateMany": {"rows": [{"id": "{id}", "qty": 1}]},
+    "mdel": {"mid": "{id}"},
+    "mdelmany": {"ids": ["{id}"]},
+    "get": {"where": {"id": "{id}"}},
+    "m": {"mid": "{id}", "pars": ["probe"]},
+}
+
+
+def _with_id(value: Any, row_id: str) -> Any:
+    if value == "{id}":
+        return row_id
+    if isinstance(value, dict):
+        return {key: _with_id(item, row_id) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_id(item, row_id) for item in value]
+    return value
+
+
+def _seen(response: httpx.Response, *ids: str) -> tuple[int, str]:
+    """What a caller learns from an answer: its status and body, with the ids it sent (and
+    a new id it was given) written as placeholders."""
+    text = response.text
+    for row_id in ids:
+        text = text.replace(row_id, "<id>")
+    back = response.json()["back"]
+    if isinstance(back, str) and back.isdigit() and back not in ids:
+        text = text.replace(back, "<new>")
+    return response.status_code, text
+
+
+@asynccontextmanager
+async def tenants_on(source: str, tmp_path: Path) -> AsyncIterator[tuple[Engine, str, Any]]:
+    """An engine serving one ``cid``-owned table on ``source``; yields it, the table's name
+    and the HTTP client."""
+    world = World("get", "cid", "sqlite" if source == "redis" else source, tmp_path / "o.db")
+    config = world.config()
+    prefix = f"wf78test-{uuid4().hex[:8]}"
+    if source == "redis":
+        config["datasources"]["db"] = {"type": "redis", "url": REDIS_URL, "key_prefix": prefix}
+    app: Any = Wf78Middleware(Starlette(), engine=Engine(config))
+    try:
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                yield app.engine, world.tables()["private"], client
+    finally:
+        world.drop()
+        if source == "redis":
+            redis_client = redis.asyncio.Redis.from_url(REDIS_URL)
+            try:
+                keys = [k async for k in redis_client.scan_iter(match=f"{prefix}:*")]
+                if keys:
+                    await redis_client.delete(*keys)
+            finally:
+                await redis_client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", [*SOURCES, "redis"])
+async def test_another_tenants_id_answers_as_an_id_nobody_has(tmp_path: Path, source: str) -> None:
+    """Every by-id method answers another tenant's id exactly as an id nobody has: the same
+    status, envelope and message, the same count; ``mByid``, which would insert an id
+    nobody has, answers the 404 of a missing row; ``mAddManyByid`` skips it as it skips
+    an id of the caller's own. Nothing of B's changes."""
+    async with tenants_on(source, tmp_path) as (engine, name, client):
+        bob = RequestClient(engine, BOB.identity).table(name)
+        alice = RequestClient(engine, ALICE.identity).table(name)
+        theirs = await bob.add_many([{"name": f"b{i}", "qty": i} for i in range(2)])
+        (mine,) = await alice.add_many([{"name": "a", "qty": 1}])
+        before = await bob.get(order="id")
+
+        async def post(method: str, params: dict[str, Any]) -> httpx.Response:
+            url = f"/{ROUTE}/{name}/{method}"
+            return await client.post(url, json=params, headers=ALICE.headers())
+
+        for method, params in BY_ID.items():
+            missing = snowflake_id()
+            foreign = await post(method, _with_id(params, theirs[0]))
+            nobodys = await post(method, _with_id(params, missing))
+            assert _seen(foreign, theirs[0]) == _seen(nobodys, missing), method
+        # mByid: a missing row's 404, word for word.
+        foreign = await post("mByid", {"mid": theirs[1], "pars": ["probe"]})
+        missing = snowflake_id()
+        nobodys = await post("mUpdate", {"mid": missing, "pars": ["probe"]})
+        assert foreign.status_code == 404, foreign.text
+        assert _seen(foreign, theirs[1]) == _seen(nobodys, missing)
+        # mAddManyByid: B's id is skipped exactly as one of Alice's own.
+        row = {"name": "probe", "qty": 0}
+        skipped = await post("mAddManyByid", {"rows": [{**row, "id": theirs[1]}]})
+        own = await post("mAddManyByid", {"rows": [{**row, "id": mine}]})
+        assert _seen(skipped, theirs[1]) == _seen(own, mine) == (200, _seen(own, mine)[1])
+        assert own.json()["back"] == 0
+        # Through Table too: the message of a missing row, never that the id exists.
+        with pytest.raises(InvalidOperation) as caught:
+            await alice.upsert({"id": theirs[1], "name": "probe"})
+        assert str(caught.value) == f"table {name!r} has no row {theirs[1]!r} for this caller"
+        assert await bob.get(order="id") == before

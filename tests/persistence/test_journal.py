@@ -81,18 +81,68 @@ async def test_only_the_newest_finished_runs_keep_a_summary(tmp_path: Path, prob
     journal = tmp_path / "journal.db"
     cfg = make_config(
         {"id": "one", "tasks": [task("t")]},
-        engine={"journal": f"sqlite:///{journal}", "run_history": 20},
+        engine={"journal": f"sqlite:///{journal}", "run_history": 2},
     )
     async with Engine(cfg, plugins=[probe]) as engine:
         ids = [(await engine.run("one")).id for _ in range(45)]
         await engine.journal.flush()  # type: ignore[union-attr]
     kept = {row[0] for row in journal_rows(journal, "SELECT id FROM wf78_runs")}
-    # Pruned every run_history / 10 finishes: at most that many past the bound.
+    # The journal keeps 10 x run_history summaries, pruned every tenth of that many
+    # finishes: at most that many past the bound.
     assert set(ids[-20:]) <= kept and len(kept) <= 22
     async with Engine(cfg, plugins=[probe]) as engine:
         assert engine.get_run(ids[-1]).status == "succeeded"
+        assert (await engine.fetch_run(ids[-20])).status == "succeeded"  # from the journal
         with pytest.raises(UnknownWorkflow):
-            engine.get_run(ids[0])
+            engine.get_run(ids[-3])  # memory holds the newest run_history only
+        with pytest.raises(UnknownWorkflow):
+            await engine.fetch_run(ids[0])
+
+
+@pytest.mark.parametrize("journal", ["sqlite", "memory"])
+async def test_a_run_evicted_from_memory_is_still_answered_from_the_journal(
+    tmp_path: Path, probe: Probe, journal: str
+) -> None:
+    """Under load a run falls out of the in-memory history (run_history) before its client
+    asks: GET {prefix}/runs/{id} and engine.fetch_run answer from the journal, as long as
+    the journal keeps its summary."""
+    setting = f"sqlite:///{tmp_path / 'journal.db'}" if journal == "sqlite" else "memory"
+    cfg = make_config(
+        {"id": "one", "tasks": [task("t"), task("u", "probe.fail", depends_on=["t"])]},
+        {"id": "ok", "tasks": [task("t")]},
+        engine={"journal": setting, "run_history": 5},
+        auth={"tokens": {"root": {"uid": "1", "cid": "1", "roles": ["admin"]}}},
+    )
+    engine = Engine(cfg, plugins=[probe])
+    app = Wf78Middleware(_lifespan_only, engine=engine)
+    headers = {"Authorization": "Bearer root"}
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+    ):
+        first = await engine.run("one")  # u fails once: a failed run with a dead letter
+        assert first.status == "failed"
+        ids = [(await engine.run("ok")).id for _ in range(20)]
+        await engine.journal.flush()  # type: ignore[union-attr]
+        with pytest.raises(UnknownWorkflow):
+            engine.get_run(first.id)  # evicted from memory
+        old = await engine.fetch_run(first.id)
+        assert (old.id, old.workflow, old.status) == (first.id, "one", "failed")
+        assert old.error == first.error and old.finished == pytest.approx(first.finished)
+        assert old.tasks["t"].state == "succeeded" and old.tasks["u"].state == "failed"
+        answer = await client.get(f"/_wf78/runs/{ids[0]}", headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "succeeded"
+        assert answer.json()["id"] == ids[0]
+        missing = await client.get("/_wf78/runs/nope", headers=headers)
+        assert missing.status_code == 404
+
+
+async def _lifespan_only(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 async def test_a_run_cut_off_by_shutdown_resumes_at_the_next_start(

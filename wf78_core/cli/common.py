@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from wf78_core.errors import ConfigError, Wf78Error
+from wf78_core.plugin.manager import import_plugins
 
-__all__ = ["UsageError", "add_config_option", "config_path", "describe"]
+__all__ = [
+    "UsageError",
+    "add_config_option",
+    "add_plugin_option",
+    "config_path",
+    "describe",
+    "plugin_modules",
+]
 
 
 class UsageError(Wf78Error):
@@ -38,3 +48,27 @@ def config_path(args: argparse.Namespace) -> Path | None:
     """``--config``, else ``$WF78_CONFIG``, else ``None`` (the embedded default)."""
     chosen = args.config or os.environ.get("WF78_CONFIG")
     return Path(chosen) if chosen else None
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="also register the plugin module MODULE (its actions, data sources, hooks), "
+        "besides the configuration's [engine] plugins; repeatable",
+    )
+
+
+def plugin_modules(args: argparse.Namespace) -> list[ModuleType]:
+    """The modules ``--plugin`` names, imported; :class:`UsageError` names each one that
+    cannot be. Like ``python -m``, the command finds modules in the current directory too
+    (searched last, after the installed packages), also for ``[engine] plugins``."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    modules, problems = import_plugins(args.plugin, where="--plugin")
+    if problems:
+        raise UsageError("; ".join(f"--plugin {problem.message}" for problem in problems))
+    return modules

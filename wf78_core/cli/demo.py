@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from wf78_core.cli.common import UsageError
+from wf78_core.cli.common import UsageError, plugin_modules
 from wf78_core.cli.server import check_port, run_server, url_host
 from wf78_core.errors import Wf78Error
 
@@ -159,11 +159,12 @@ def demo_command(args: argparse.Namespace) -> int:
     check_port(args.port)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
+    plugin_modules(args)  # each importable, or a usage error now
     module = _import_demo_app()
     db = Path(args.db).resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     admin_token, user_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    app = module.build_app(db, admin_token=admin_token, user_token=user_token)
+    app = module.build_app(db, admin_token=admin_token, user_token=user_token, plugins=args.plugin)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -182,7 +183,8 @@ def demo_command(args: argparse.Namespace) -> int:
         lines = [
             f"wf78 demo: {DEMO_APP} on {url} (database {db})",
             f"  app        {url}/   ({url}/hello, {url}/stream)",
-            f"  dashboard  {url}/_wf78/?token={admin_token}",
+            # In the fragment: never sent to the server, so never in an access log.
+            f"  dashboard  {url}/_wf78/#token={admin_token}",
             f"  status     {url}/_wf78/status",
             f"  metrics    {url}/_wf78/metrics",
             f"  data       {url}/api/demo/items/get, {url}/api/demo/notes/get",

@@ -6,7 +6,7 @@ import argparse
 from importlib import metadata
 from typing import Protocol
 
-from wf78_core.cli.common import add_config_option
+from wf78_core.cli.common import add_config_option, add_plugin_option
 from wf78_core.cli.demo import demo_command
 from wf78_core.cli.maintain import maintain_command
 from wf78_core.cli.run import run_command
@@ -71,6 +71,7 @@ def _add_validate(commands: _Commands) -> None:
         "with its path. Exit status 1 when there are problems.",
     )
     parser.add_argument("file", metavar="FILE", help="the configuration file")
+    add_plugin_option(parser)
     parser.set_defaults(handler=validate_command)
 
 
@@ -97,6 +98,7 @@ def _add_run(commands: _Commands) -> None:
         help="run at this priority instead of the workflow's (smaller = more urgent)",
     )
     parser.add_argument("--json", action="store_true", help="print the run as JSON")
+    add_plugin_option(parser)
     parser.set_defaults(handler=run_command)
 
 
@@ -126,6 +128,7 @@ def _add_demo(commands: _Commands) -> None:
     parser.add_argument(
         "--no-traffic", action="store_true", help="serve only; send no demo traffic"
     )
+    add_plugin_option(parser)
     parser.set_defaults(handler=demo_command)
 
 
@@ -164,6 +167,7 @@ def _add_serve(commands: _Commands) -> None:
         choices=("critical", "error", "warning", "info", "debug", "trace"),
         help="uvicorn's log level (default: info)",
     )
+    add_plugin_option(parser)
     parser.set_defaults(handler=serve_command)
 
 
@@ -173,10 +177,18 @@ def _add_maintain(commands: _Commands) -> None:
         help="create missing tables and upcoming shards, drop expired shards, now",
         description="Run table maintenance now: create the declared tables the SQL "
         "sources lack, create today's and the next shards of sharded tables and drop "
-        "shards past their retention (what the wf78.maintenance workflow does hourly).",
+        "shards past their retention (what the wf78.maintenance workflow does hourly); "
+        "with --migrate, add the declared columns existing tables lack.",
     )
     add_config_option(parser)
     parser.add_argument("--json", action="store_true", help="print what changed as JSON")
+    parser.add_argument(
+        "--migrate",
+        action="store_true",
+        help="also add the declared columns that existing tables and shards lack "
+        "(additive only: nothing is dropped or changed)",
+    )
+    add_plugin_option(parser)
     parser.set_defaults(handler=maintain_command)
 
 
@@ -190,12 +202,14 @@ def _add_worker(commands: _Commands) -> None:
         "host, with the same configuration. Logs 'worker ready' once it takes work.",
     )
     add_config_option(parser)
+    add_plugin_option(parser)
     parser.add_argument(
-        "--plugin",
-        metavar="MODULE",
-        action="append",
-        default=[],
-        help="also register the plugin module MODULE (its actions, sources...); repeatable",
+        "--ready-file",
+        metavar="PATH",
+        default=None,
+        help="write PATH (JSON: pid, consumer, capabilities, slots) once the worker takes "
+        "work, and remove it when it stops taking work (a signal) or exits: a readiness "
+        "check for supervisors",
     )
     parser.add_argument(
         "--log-level",

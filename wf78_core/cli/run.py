@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from wf78_core.cli.common import UsageError, config_path
+from wf78_core.cli.common import UsageError, config_path, plugin_modules
 from wf78_core.core.runs import Run
 from wf78_core.definitions import Result
 from wf78_core.engine import Engine
@@ -95,7 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
     # The tracker must exist before the engine: observers are registered at construction.
     progress: Progress | None = None
     tracker = RunTracker(0, None)
-    engine = Engine(config, plugins=[tracker])
+    engine = Engine(config, plugins=[*plugin_modules(args), tracker])
     workflow = engine.workflows.get(args.workflow)
     if workflow is None:
         known = ", ".join(sorted(engine.workflows)) or "none"

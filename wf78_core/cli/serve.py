@@ -12,17 +12,22 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from wf78_core.cli.common import UsageError, config_path
+from wf78_core.cli.common import UsageError, config_path, plugin_modules
 from wf78_core.cli.server import check_port, run_server, url_host
+from wf78_core.engine import Engine
 from wf78_core.errors import Wf78Error
 from wf78_core.http.middleware import Wf78Middleware
+from wf78_core.plugin.manager import import_plugins
 
 __all__ = [
     "CONFIG_ENV",
     "FACTORY_ENV",
+    "PLUGINS_ENV",
     "TARGET_ENV",
     "TargetError",
     "app_factory",
@@ -34,6 +39,8 @@ __all__ = [
 TARGET_ENV = "WF78_SERVE_TARGET"
 CONFIG_ENV = "WF78_SERVE_CONFIG"
 FACTORY_ENV = "WF78_SERVE_FACTORY"
+# The --plugin modules, comma-separated.
+PLUGINS_ENV = "WF78_SERVE_PLUGINS"
 # The import string uvicorn's workers load.
 FACTORY_IMPORT = f"{__name__}:app_factory"
 
@@ -73,29 +80,41 @@ def import_target(target: str, *, factory: bool = False) -> Any:
 
 
 def build_app(
-    target: str, config: str | Path | None = None, *, factory: bool = False
+    target: str,
+    config: str | Path | None = None,
+    *,
+    factory: bool = False,
+    plugins: Iterable[ModuleType] = (),
 ) -> Wf78Middleware:
     """The app ``target`` names, wrapped in :class:`Wf78Middleware` with ``config``
-    (a file; None = the embedded default). An app already wrapped is served as it is."""
+    (a file; None = the embedded default) and the extra plugin modules ``plugins``. An app
+    already wrapped is served as it is."""
+    plugins = list(plugins)
     app = import_target(target, factory=factory)
     if isinstance(app, Wf78Middleware):
-        if config is not None:
+        if config is not None or plugins:
             raise TargetError(
                 f"{target!r} is already wrapped in Wf78Middleware with its own configuration; "
-                "serve it without --config (and WF78_CONFIG), or serve the app it wraps"
+                "serve it without --config (and WF78_CONFIG) and --plugin (name plugins in "
+                "its configuration's [engine] plugins), or serve the app it wraps"
             )
         return app
-    return Wf78Middleware(app, config=config)
+    return Wf78Middleware(app, engine=Engine(config, plugins=plugins))
 
 
 def app_factory() -> Wf78Middleware:
     """The wrapped app for a uvicorn worker (``wf78_core.cli.serve:app_factory``, factory=True),
-    from ``WF78_SERVE_TARGET``, ``WF78_SERVE_CONFIG`` and ``WF78_SERVE_FACTORY``."""
+    from ``WF78_SERVE_TARGET``, ``WF78_SERVE_CONFIG``, ``WF78_SERVE_FACTORY`` and
+    ``WF78_SERVE_PLUGINS``."""
     target = os.environ.get(TARGET_ENV)
     if not target:
         raise TargetError(f"{TARGET_ENV} is not set: start workers with 'wf78 serve'")
     config = os.environ.get(CONFIG_ENV) or None
-    return build_app(target, config, factory=os.environ.get(FACTORY_ENV) == "1")
+    names = [name for name in os.environ.get(PLUGINS_ENV, "").split(",") if name]
+    plugins, problems = import_plugins(names, where=PLUGINS_ENV)
+    if problems:
+        raise TargetError("; ".join(str(problem) for problem in problems))
+    return build_app(target, config, factory=os.environ.get(FACTORY_ENV) == "1", plugins=plugins)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -108,8 +127,9 @@ def serve_command(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(args.app_dir).resolve()))
     config = config_path(args)
     config = config.resolve() if config is not None else None
+    plugins = plugin_modules(args)
     # Built here even for several workers: a bad target or config fails now, once, clearly.
-    app = build_app(args.target, config, factory=args.factory)
+    app = build_app(args.target, config, factory=args.factory, plugins=plugins)
     prefix = app.prefix
     if config is not None:
         described = str(config)
@@ -130,6 +150,7 @@ def serve_command(args: argparse.Namespace) -> int:
         os.environ[TARGET_ENV] = args.target
         os.environ[CONFIG_ENV] = str(config or "")
         os.environ[FACTORY_ENV] = "1" if args.factory else ""
+        os.environ[PLUGINS_ENV] = ",".join(args.plugin)
         announce(args.port)
         uvicorn.run(
             FACTORY_IMPORT,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 
+from wf78_core.cli.common import plugin_modules
 from wf78_core.engine import Engine
 
 __all__ = ["validate_command"]
@@ -14,7 +15,8 @@ __all__ = ["validate_command"]
 
 def validate_command(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    problems = anyio.run(Engine.check, path)
+    plugins = plugin_modules(args)
+    problems = anyio.run(lambda: Engine.check(path, plugins=plugins))
     if not problems:
         print(f"{path}: OK")
         return 0

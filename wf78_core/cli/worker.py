@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 import anyio
 
-from wf78_core.cli.common import UsageError, config_path
+from wf78_core.cli.common import UsageError, config_path, plugin_modules
 from wf78_core.engine import Engine
 
 __all__ = ["worker_command"]
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    plugins = []
-    for name in args.plugin:
-        try:
-            plugins.append(importlib.import_module(name))
-        except ImportError as error:
-            raise UsageError(f"--plugin {name!r} cannot be imported: {error}") from error
-    engine = Engine(config_path(args), plugins=plugins)
+    engine = Engine(config_path(args), plugins=plugin_modules(args))
     if engine.settings.backend != "redis":
         raise UsageError(
             'wf78 worker needs [engine] backend = "redis" in its configuration '
@@ -31,23 +27,46 @@ def worker_command(args: argparse.Namespace) -> int:
         )
     if not engine.settings.consume:
         raise UsageError("wf78 worker needs [engine] consume = true (it says false)")
+    ready = Path(args.ready_file) if getattr(args, "ready_file", None) else None
+    if ready is not None and not ready.parent.is_dir():
+        raise UsageError(
+            f"--ready-file {str(ready)!r}: the folder {str(ready.parent)!r} does not exist"
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    return anyio.run(_work_until_signal, engine)
+    return anyio.run(_work_until_signal, engine, ready)
 
 
-async def _work_until_signal(engine: Engine) -> int:
+def _write_ready(path: Path, engine: Engine) -> None:
+    """The ready file, whole or not at all (written beside it, then renamed)."""
+    described = {"pid": os.getpid(), **engine.worker.describe()}
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(described) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _remove_ready(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+async def _work_until_signal(engine: Engine, ready: Path | None = None) -> int:
     # A repeated signal after the first changes nothing, up to the exit: the receiver
     # takes them while the engine drains and restores this "ignore" when it is done.
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, signal.SIG_IGN)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with engine:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                print(f"wf78 worker: {name}: finishing the tasks it holds", file=sys.stderr)
-                break
+            try:
+                if ready is not None:  # the worker takes work once the engine is open
+                    _write_ready(ready, engine)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    print(f"wf78 worker: {name}: finishing the tasks it holds", file=sys.stderr)
+                    break
+            finally:
+                if ready is not None:  # it takes no more work from here on
+                    _remove_ready(ready)
     return 0

@@ -4,24 +4,34 @@ their tasks and leases in Redis, shared by every process that names the same
 
 Accepting, looking up and cancelling runs go to Redis (:class:`RedisStreams`); this
 process's :class:`StreamWorker` (``consume = true``) runs tasks from the streams. Single
-operations (``engine.submit``) stay in the process that received them.
+operations (``engine.submit``) stay in the process that received them. A Redis that does
+not answer is a :class:`~wf78_core.errors.BackendUnavailable` (HTTP 503), never a driver
+error.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from collections.abc import Iterator, Mapping
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 from uuid import uuid4
 
+import anyio
+import msgspec
 from anyio.abc import TaskGroup
+from redis.exceptions import RedisError
 
+from wf78_core.cluster.keys import RedisRunKeys
+from wf78_core.cluster.nodes import NodeLease
 from wf78_core.cluster.streams import RedisStreams
+from wf78_core.cluster.wire import json_encode
 from wf78_core.cluster.worker import StreamWorker
 from wf78_core.core.ports import RunStats
 from wf78_core.core.records import DeadLetter, Journal
+from wf78_core.core.runkeys import KeyedRun, RunKey, event_key, run_key
 from wf78_core.core.runs import Run, TaskRun
 from wf78_core.definitions import WorkflowDefinition
 from wf78_core.errors import UnknownWorkflow, Wf78Error
@@ -39,10 +49,16 @@ class RedisBackend:
     journal: Journal | None = None  # Redis holds accepted runs and their progress
     resumed_runs = 0  # a run left behind is taken over by any worker, not resumed
 
-    def __init__(self, streams: RedisStreams, make_worker: Any | None) -> None:
+    def __init__(
+        self, streams: RedisStreams, make_worker: Any | None, nodes: NodeLease | None = None
+    ) -> None:
         self.streams = streams
         self.worker: StreamWorker | None = None
+        #: run idempotency keys, in Redis beside the runs (wf78_core.cluster.keys)
+        self.keys = RedisRunKeys(streams.prefix, streams.settings.idempotency_ttl)
         self._make_worker = make_worker
+        # This process's snowflake node id, leased while open (None: [engine] node_id set).
+        self.nodes = nodes
 
     @classmethod
     def from_engine(cls, engine: Any) -> RedisBackend:
@@ -65,17 +81,35 @@ class RedisBackend:
                 life=engine.life,
             )
 
-        return cls(streams, make_worker if settings.consume else None)
+        nodes = None
+        if settings.node_id is None:
+            nodes = NodeLease(settings.backend_url, settings.backend_namespace)
+        return cls(streams, make_worker if settings.consume else None, nodes)
+
+    @property
+    def node_id(self) -> int | None:
+        """The snowflake node id leased in Redis while open (wf78_core.cluster.nodes)."""
+        return None if self.nodes is None else self.nodes.node_id
 
     # -- what tests and benchmarks read of the store -------------------------------------
 
     async def finished_runs(self) -> int:
         """Runs finished in this namespace, by every process."""
-        return await self.streams.finished_runs()
+        with self._reaching():
+            return await self.streams.finished_runs()
 
     async def depths(self) -> dict[int, int]:
         """Tasks ready but not yet taken, per priority level, across the namespace."""
-        return await self.streams.depths()
+        with self._reaching():
+            return await self.streams.depths()
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Redis errors become :class:`BackendUnavailable` (503 + Retry-After)."""
+        try:
+            yield
+        except (RedisError, OSError) as error:
+            raise self.streams.unreachable(error) from error
 
     @property
     def repaired(self) -> int:
@@ -88,10 +122,31 @@ class RedisBackend:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self, stack: AsyncExitStack) -> None:
-        return None
+        if self.nodes is not None:  # leased before anything mints an id, released last
+            await self.nodes.acquire()
+            stack.push_async_callback(self.nodes.release)
 
     async def start_services(self, services: TaskGroup) -> None:
         await services.start(self.streams.run)
+        if self.nodes is not None:
+            await services.start(self.nodes.renew)
+        services.start_soon(self._refresh)
+
+    async def _refresh(self) -> None:
+        """Keep what ``engine.stats()`` shows of the whole cluster fresh, in every process:
+        queue depths, running tasks and run counts (every ``lease_ttl / 2``, at most a
+        second apart), dead letters (every ``lease_ttl``)."""
+        settings = self.streams.settings
+        interval = min(settings.lease_ttl / 2, 1.0)
+        letters_every = max(1, round(settings.lease_ttl / interval))
+        for rounds in itertools.count():
+            try:
+                await self.streams.depths()
+                if rounds % letters_every == 0:
+                    await self.streams.dead_letters()
+            except (RedisError, OSError) as error:
+                logger.debug("redis backend: refreshing the cluster's counts failed: %s", error)
+            await anyio.sleep(interval)
 
     async def start_work(self, work: TaskGroup) -> None:
         if self._make_worker is not None:
@@ -123,12 +178,15 @@ class RedisBackend:
         priority: int | None,
         *,
         waited: bool = False,
+        run_id: str | None = None,
     ) -> Run:
         """Queue a run in Redis; returns once Redis holds it."""
         level = workflow.priority if priority is None else priority
-        run_id = uuid4().hex
+        run_id = run_id or uuid4().hex
         created = time.time()
         values = dict(context or {})
+        # Sent again under the same id while its answer is lost: stored once, whichever
+        # attempt Redis took (start_run's False).
         await self.streams.start_run(run_id, workflow, values, level, created, waited=waited)
         return Run(
             id=run_id,
@@ -147,19 +205,96 @@ class RedisBackend:
         priority: int | None,
         *,
         wait: bool,
+        key: str | None = None,
     ) -> Run:
-        started = await self._queue(workflow, context, priority, waited=wait)
+        claim = run_key(key, workflow.id, context, priority)
+        run_id = uuid4().hex
+        if claim is not None:
+            first = await self._claim(claim, run_id, workflow, context, priority)
+            if first is not None:
+                return await self._replay(first, workflow, context, wait=wait)
+        started = await self._queue(workflow, context, priority, waited=wait, run_id=run_id)
         return await self.streams.wait_run(started.id) if wait else started
 
     async def start_event(
-        self, workflow: WorkflowDefinition, payload: Mapping[str, Any] | None
+        self,
+        workflow: WorkflowDefinition,
+        payload: Mapping[str, Any] | None,
+        *,
+        key: str | None = None,
     ) -> str:
-        return (await self._queue(workflow, payload, None)).id
+        claim = event_key(key, workflow, payload)
+        run_id = uuid4().hex
+        if claim is not None:
+            first = await self._claim(claim, run_id, workflow, payload, None)
+            if first is not None:
+                return first
+        return (await self._queue(workflow, payload, None, run_id=run_id)).id
+
+    async def _claim(
+        self,
+        key: RunKey,
+        run_id: str,
+        workflow: WorkflowDefinition,
+        context: Mapping[str, Any] | None,
+        priority: int | None,
+    ) -> str | None:
+        """Claim ``key`` for ``run_id`` (None), or the id of the run it started first. A
+        first run Redis does not hold within ``run_ttl`` of its claim was never stored (its
+        start failed on the way): it is sent again now, under its id, stored once."""
+        _check_context(context)  # a context Redis cannot keep never claims a key
+        claimed = KeyedRun(key.fingerprint, run_id, time.time())
+        with self._reaching():
+            first = await self.keys.claim(self.streams.redis, key, claimed)
+        if first is None:
+            return None
+        first_id = first.replayed_by(key)
+        if time.time() < first.created + self.streams.settings.run_ttl:
+            with self._reaching():
+                missing = await self.streams.fetch_run(first_id) is None
+            if missing:
+                await self._queue(workflow, context, priority, run_id=first_id)
+        return first_id
+
+    async def _replay(
+        self,
+        run_id: str,
+        workflow: WorkflowDefinition,
+        context: Mapping[str, Any] | None,
+        *,
+        wait: bool,
+    ) -> Run:
+        """The run a key started first (waited for with ``wait``: polled, as Redis
+        announces the end only of runs their starter waits for); as its acceptance
+        answered once Redis no longer holds it."""
+        pause = 0.02
+        while True:
+            with self._reaching():
+                run = await self.streams.fetch_run(run_id)
+            if run is None or not wait or run.status not in ("pending", "running"):
+                break
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        if run is not None:
+            return run
+        return Run(
+            id=run_id,
+            workflow=workflow.id,
+            status="running",
+            tasks={t.id: TaskRun(id=t.id, state="pending") for t in workflow.tasks},
+            context=dict(context or {}),
+            created=time.time(),
+        )
+
+    async def purge_run_keys(self, before: float) -> int:
+        return 0  # keys in Redis expire by themselves (idempotency_ttl)
 
     async def start_scheduled(self, workflow: WorkflowDefinition, due: float) -> None:
         """One run per tick across every process sharing the backend: the first process
         to claim the tick (its due time) starts it."""
-        if await self.streams.claim_tick(workflow.id, due):
+        with self._reaching():
+            claimed = await self.streams.claim_tick(workflow.id, due)
+        if claimed:
             await self._queue(workflow, {"scheduled_at": time.time()}, None)
 
     # -- looking up and acting on runs -----------------------------------------------------
@@ -168,7 +303,8 @@ class RedisBackend:
         raise _needs_await("get_run", "fetch_run")
 
     async def fetch_run(self, run_id: str) -> Run:
-        run = await self.streams.fetch_run(run_id)
+        with self._reaching():
+            run = await self.streams.fetch_run(run_id)
         if run is None:
             raise UnknownWorkflow(f"unknown run {run_id!r}")
         return run
@@ -177,10 +313,14 @@ class RedisBackend:
         raise _needs_await("recent_runs", "fetch_recent_runs")
 
     async def fetch_recent_runs(self, limit: int) -> list[Run]:
-        return await self.streams.recent_runs(limit) if limit > 0 else []
+        with self._reaching():
+            return await self.streams.recent_runs(limit) if limit > 0 else []
 
     async def cancel(self, run_id: str) -> Run:
-        if await self.streams.cancel_run(run_id, "cancelled by request") < 0:
+        """Cancel a run in Redis; the workers running its tasks interrupt them."""
+        with self._reaching():
+            answer = await self.streams.cancel_run(run_id, "cancelled by request")
+        if answer < 0:
             raise UnknownWorkflow(f"unknown run {run_id!r}")
         return await self.fetch_run(run_id)
 
@@ -188,14 +328,17 @@ class RedisBackend:
         return self.streams.dead_cache
 
     async def fetch_dead_letters(self) -> list[DeadLetter]:
-        return await self.streams.dead_letters()
+        with self._reaching():
+            return await self.streams.dead_letters()
 
     async def retry_dead_letter(self, letter_id: str) -> Run:
-        letters = {letter.id: letter for letter in await self.streams.dead_letters()}
+        with self._reaching():
+            letters = {letter.id: letter for letter in await self.streams.dead_letters()}
         letter = letters.get(letter_id)
         if letter is None:
             raise UnknownWorkflow(f"unknown dead letter {letter_id!r}")
-        answer = await self.streams.reopen(letter)
+        with self._reaching():
+            answer = await self.streams.reopen(letter)
         if answer == 0:
             raise Wf78Error(
                 f"run {letter.run_id!r} is still running: retry dead letter {letter_id!r} "
@@ -210,13 +353,17 @@ class RedisBackend:
         return await self.fetch_run(letter.run_id)
 
     def run_stats(self) -> RunStats:
-        """The cluster's queue depth and running tasks as this process's worker last read
-        them, and this worker's own running tasks."""
+        """The whole cluster's queue depth, running tasks and runs (accepted and not
+        finished; finished since the namespace began) as last read from Redis (see
+        :meth:`_refresh`), and this worker's own running tasks."""
         letters = self.streams.dead_cache
+        streams = self.streams
         return RunStats(
-            queued_by_level=dict(self.streams.depth),
-            running_by_workflow=dict(self.streams.running_by_workflow),
+            queued_by_level=dict(streams.depth),
+            running_by_workflow=dict(streams.running_by_workflow),
             running=self.worker.busy if self.worker is not None else 0,
+            runs_active=streams.runs_active,
+            runs_finished=streams.runs_finished,
             dead_letters=letters[:100],
             dead_letter_count=len(letters),
         )
@@ -227,3 +374,11 @@ def _needs_await(name: str, instead: str) -> Wf78Error:
         f"engine.{name}() cannot ask Redis without awaiting: with the redis backend "
         f"use `await engine.{instead}(...)`"
     )
+
+
+def _check_context(context: Mapping[str, Any] | None) -> None:
+    """Refuse, before anything is claimed, a run context Redis cannot keep as JSON."""
+    try:
+        json_encode(dict(context or {}))
+    except (TypeError, msgspec.EncodeError) as error:
+        raise Wf78Error(f"the run context cannot be kept in redis as JSON: {error}") from None

@@ -1,4 +1,6 @@
-"""The Lua scripts of the Redis Streams backend (see :mod:`wf78_core.streams`).
+"""The Lua scripts of the Redis Streams backend (see :mod:`wf78_core.cluster.streams`):
+the common part, and those that start, end, cancel and reopen runs (the workers' own, to
+take, hold and take over tasks, are in :mod:`wf78_core.cluster.work_scripts`).
 
 Every script changes run state, leases and streams in one atomic step, so a process that
 dies between two calls never leaves a run half-updated. Each script is called with one
@@ -33,10 +35,13 @@ Keys under the prefix ``P``:
 
 from __future__ import annotations
 
-__all__ = ["CANCEL", "COMPLETE", "DEPTHS", "RECLAIM", "RECONCILE", "REOPEN", "START", "TAKE"]
+__all__ = ["CANCEL", "COMMON", "COMPLETE", "DEPTHS", "RECONCILE", "REOPEN", "SCRIPTS", "START"]
+
+#: the scripts of this module, by name
+SCRIPTS = ("CANCEL", "COMPLETE", "DEPTHS", "RECONCILE", "REOPEN", "START")
 
 # ARGV[1] = the key prefix, ARGV[2] = seconds a finished run is kept.
-_COMMON = r"""
+COMMON = r"""
 local P = ARGV[1]
 local RUN_TTL = tonumber(ARGV[2])
 local SEP = '\031'
@@ -153,10 +158,10 @@ end
 # [task, capability, unfinished dependencies]]), run history. Returns 1 per run stored,
 # 0 per run id already known.
 START = (
-    _COMMON
+    COMMON
     + r"""
 local history = tonumber(ARGV[4])
-local answers, known = {}, {}
+local answers, known, stored = {}, {}, 0
 for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
   local run, wf, level, tasks = r[1], r[2], tostring(r[3]), r[8]
   local rk = P .. 'run:' .. run
@@ -190,103 +195,13 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
     for _, root in ipairs(roots) do admit(run, root[1], root[2], level, wf) end
     redis.call('ZADD', P .. 'recent', r[6], run)
     answers[#answers + 1] = 1
+    stored = stored + 1
   end
 end
 redis.call('ZREMRANGEBYRANK', P .. 'recent', 0, -history - 1)
-redis.call('HINCRBY', KEYS[1], 'runs_started', #answers)
+redis.call('HINCRBY', KEYS[1], 'runs_started', stored)
 ring()
 return answers
-"""
-)
-
-# ARGV: prefix, ttl, consumer, count, aging ms, lease ttl ms, capability count, capabilities.
-# Reads the most urgent undelivered entries across the capabilities' level streams: by
-# level minus the aging credit of the entry's wait, then level, then age.
-TAKE = (
-    _COMMON
-    + r"""
-local consumer, need = ARGV[3], tonumber(ARGV[4])
-local aging, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local function ms_of(id) return tonumber(string.match(id, '^(%d+)')) end
-local function eff(level, ms)
-  if aging <= 0 then return level end
-  return level - math.floor((NOW - ms) / aging)
-end
-local function before(e, level, ms, other)
-  if e ~= other.eff then return e < other.eff end
-  if level ~= other.level then return level < other.level end
-  return ms < other.ms
-end
-local function last_delivered(q, cap)
-  local groups = redis.pcall('XINFO', 'GROUPS', q)
-  if type(groups) ~= 'table' or groups.err then return nil end
-  for _, g in ipairs(groups) do
-    local f = fields_of(g)
-    if f['name'] == cap then return f['last-delivered-id'] end
-  end
-  return nil
-end
-local function head(c)
-  local h = redis.call('XRANGE', c.q, '(' .. c.last, '+', 'COUNT', 1)
-  if #h == 0 then return false end
-  c.ms = ms_of(h[1][1])
-  c.eff = eff(c.level, c.ms)
-  return true
-end
-local cands = {}
-for i = 1, tonumber(ARGV[7]) do
-  local cap = ARGV[7 + i]
-  for _, level in ipairs(redis.call('ZRANGE', P .. 'levels:' .. cap, 0, -1)) do
-    local q = qkey(cap, level)
-    local last = last_delivered(q, cap)
-    if last then
-      local c = {q = q, cap = cap, level = tonumber(level), last = last}
-      if head(c) then cands[#cands + 1] = c end
-    end
-  end
-end
-local out = {}
-local order = function(a, b) return before(a.eff, a.level, a.ms, b) end
-while need > 0 and #cands > 0 do
-  table.sort(cands, order)
-  local best, second = cands[1], cands[2]
-  local n = need
-  if second then
-    n = 0
-    for _, e in ipairs(redis.call('XRANGE', best.q, '(' .. best.last, '+', 'COUNT', need)) do
-      local ms = ms_of(e[1])
-      if n > 0 and not before(eff(best.level, ms), best.level, ms, second) then break end
-      n = n + 1
-    end
-  end
-  local got = redis.call('XREADGROUP', 'GROUP', best.cap, consumer, 'COUNT', n,
-    'STREAMS', best.q, '>')
-  local entries = {}
-  if got then entries = got[1][2] end
-  redis.call('DECRBY', P .. 'ready', #entries)
-  for _, e in ipairs(entries) do
-    best.last = e[1]
-    local f = fields_of(e[2])
-    local rk = P .. 'run:' .. f.r
-    local v = redis.call('HMGET', rk, 'st', 's:' .. f.t, 'pri', 'ctx', 'ts:' .. f.t)
-    if v[1] == 'running' and v[2] == 'queued' then
-      need = need - 1
-      if v[5] then
-        redis.call('HSET', rk, 's:' .. f.t, 'running')
-      else
-        redis.call('HSET', rk, 's:' .. f.t, 'running', 'ts:' .. f.t, NOW_S)
-      end
-      local attempts = redis.call('HINCRBY', rk, 'a:' .. f.t, 1)
-      redis.call('ZADD', lease_key(f.w), NOW + ttl, f.r .. SEP .. f.t)
-      out[#out + 1] = {best.q, best.cap, e[1], f.r, f.t, f.w, v[3], attempts, v[4], 1}
-    else
-      drop(best.q, best.cap, e[1], f.w, f.r, f.t)
-    end
-  end
-  if #entries == 0 or not head(best) then table.remove(cands, 1) end
-end
-ring()
-return out
 """
 )
 
@@ -294,25 +209,29 @@ return out
 # task, workflow, consumer, outcome, result, error, run error, data source, extra
 # attempts, dead-letter id, dead letter, followers]; followers are the dependants when
 # the task succeeded, [task, error] pairs to skip when it failed). A report from a
-# worker that no longer owns its entry (another took it over while it stalled) is
-# stale and changes nothing. Returns how many runs finished.
+# worker that no longer owns its entry (another took it over while it stalled, or the
+# entry was lost) is stale and changes nothing; an outcome 'cancelled' (the worker
+# interrupted the task: its run ended) only gives the entry back, and not while its run
+# still runs it (the entry is then taken over). Returns how many runs finished.
 COMPLETE = (
-    _COMMON
+    COMMON
     + r"""
 local finished, tasks = 0, 0
 for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
   local q, cap, id, run, task, wf, owner = c[1], c[2], c[3], c[4], c[5], c[6], c[7]
   local outcome, result, err, runerr, ds = c[8], c[9], c[10], c[11], c[12]
   local extra, dead_id, dead, followers = c[13], c[14], c[15], c[16]
-  local pending = redis.call('XPENDING', q, cap, id, id, 1)
-  if #pending == 1 and pending[1][2] == owner then
+  local pending = redis.pcall('XPENDING', q, cap, id, id, 1)
+  local rk = P .. 'run:' .. run
+  local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w')
+  local state = v[2]
+  local live = v[1] == 'running' and (state == 'running' or state == 'queued')
+  if type(pending) == 'table' and #pending == 1 and pending[1][2] == owner
+    and not (outcome == 'cancelled' and live) then
     redis.call('XACK', q, cap, id)
     redis.call('XDEL', q, id)
     release(wf, run, task)
-    local rk = P .. 'run:' .. run
-    local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w')
-    local state = v[2]
-    if v[1] == 'running' and (state == 'running' or state == 'queued') then
+    if live and outcome ~= 'cancelled' then
       local failed = tonumber(v[4]) > 0
       local fields = {'s:' .. task, outcome, 'tf:' .. task, NOW_S}
       if result ~= '' then fields[#fields + 1] = 'r:' .. task; fields[#fields + 1] = result end
@@ -361,7 +280,7 @@ return finished
 
 # ARGV: prefix, ttl, run, reason.  -1: unknown run, 0: already finished, 1: cancelled.
 CANCEL = (
-    _COMMON
+    COMMON
     + r"""
 local rk = P .. 'run:' .. ARGV[3]
 local status = redis.call('HGET', rk, 'st')
@@ -384,6 +303,8 @@ redis.call('HSET', rk, 'st', 'cancelled', 'fi', NOW_S)
 redis.call('EXPIRE', rk, RUN_TTL)
 redis.call('HINCRBY', KEYS[1], 'runs_finished', 1)
 if redis.call('HGET', rk, 'w') == '1' then redis.call('PUBLISH', P .. 'done', ARGV[3]) end
+-- Workers running its tasks interrupt them.
+redis.call('PUBLISH', P .. 'bell', 'c:' .. ARGV[3])
 return 1
 """
 )
@@ -394,7 +315,7 @@ return 1
 # back to pending (ready ones are queued), the run runs again. -1: the run is gone,
 # -2: no such dead letter, 0: the run is still running, 1: reopened.
 REOPEN = (
-    _COMMON
+    COMMON
     + r"""
 local rk = P .. 'run:' .. ARGV[4]
 local status = redis.call('HGET', rk, 'st')
@@ -435,91 +356,11 @@ return 1
 """
 )
 
-# ARGV: prefix, ttl, consumer, stuck ms, lease ttl ms, room (the most to take over),
-# capability count, capabilities.
-# Takes over the in-flight entries of workers whose heartbeat stopped, and (XAUTOCLAIM)
-# entries idle past the longest task budget plus the margin. A claimed task needs its
-# lease again; without one it goes back to waiting. Returns what to run, with its
-# delivery count (the caller dead-letters poison entries).
-RECLAIM = (
-    _COMMON
-    + r"""
-local consumer, stuck, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local room = tonumber(ARGV[6])
-local out = {}
-local function claimed(q, cap, id, flat, deliveries)
-  local f = fields_of(flat)
-  local rk = P .. 'run:' .. f.r
-  local state = redis.call('HGET', rk, 's:' .. f.t)
-  if redis.call('HGET', rk, 'st') ~= 'running' or (state ~= 'running' and state ~= 'queued') then
-    drop(q, cap, id, f.w, f.r, f.t)
-    return
-  end
-  local lease, member = lease_key(f.w), f.r .. SEP .. f.t
-  if not redis.call('ZSCORE', lease, member) then
-    redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
-    if redis.call('ZCARD', lease) >= limit_of(f.w) then
-      redis.call('XACK', q, cap, id)
-      redis.call('XDEL', q, id)
-      redis.call('HSET', rk, 's:' .. f.t, 'queued')
-      local seq = redis.call('INCR', P .. 'seq')
-      redis.call('ZADD', P .. 'wait:' .. f.w, redis.call('HGET', rk, 'pri'),
-        string.format('%016d', seq) .. SEP .. f.r .. SEP .. f.t .. SEP .. cap)
-      return
-    end
-  end
-  redis.call('ZADD', lease, NOW + ttl, member)
-  redis.call('HSET', rk, 's:' .. f.t, 'running')
-  local attempts = redis.call('HINCRBY', rk, 'a:' .. f.t, 1)
-  out[#out + 1] = {q, cap, id, f.r, f.t, f.w, redis.call('HGET', rk, 'pri'), attempts,
-    redis.call('HGET', rk, 'ctx'), deliveries}
-end
-for i = 1, tonumber(ARGV[7]) do
-  local cap = ARGV[7 + i]
-  for _, level in ipairs(redis.call('ZRANGE', P .. 'levels:' .. cap, 0, -1)) do
-    local q = qkey(cap, level)
-    local consumers = redis.pcall('XINFO', 'CONSUMERS', q, cap)
-    if type(consumers) == 'table' and not consumers.err then
-      for _, c in ipairs(consumers) do
-        local info = fields_of(c)
-        local name = info['name']
-        if name ~= consumer and redis.call('EXISTS', P .. 'hb:' .. name) == 0 then
-          if tonumber(info['pending']) == 0 then
-            -- a consumer gone with nothing left: forget it (the next round, once emptied)
-            redis.call('XGROUP', 'DELCONSUMER', q, cap, name)
-          else
-            -- Only as many as this worker has room for: the rest wait for the next round.
-            for _, p in ipairs(redis.call('XPENDING', q, cap, '-', '+', 100, name)) do
-              if #out >= room then break end
-              local got = redis.call('XCLAIM', q, cap, consumer, 0, p[1])
-              if got[1] then claimed(q, cap, p[1], got[1][2], tonumber(p[4]) + 1) end
-            end
-          end
-        end
-      end
-      if #out < room then
-        local auto = redis.call('XAUTOCLAIM', q, cap, consumer, stuck, '0-0',
-          'COUNT', room - #out)
-        for _, e in ipairs(auto[2]) do
-          if e and e[2] then
-            local p = redis.call('XPENDING', q, cap, e[1], e[1], 1)
-            claimed(q, cap, e[1], e[2], tonumber(p[1][4]))
-          end
-        end
-      end
-    end
-  end
-end
-ring()
-return out
-"""
-)
-
 # ARGV: prefix, ttl. Repairs lease drift: leases of tasks no longer waiting in a stream
 # (cancelled runs, entries lost with a flushed stream) are dropped; expired ones go;
 # waiting tasks take the room. Returns how many leases were dropped.
 RECONCILE = (
-    _COMMON
+    COMMON
     + r"""
 local dropped = 0
 local ready = 0
@@ -545,9 +386,10 @@ return dropped
 )
 
 # ARGV: prefix, ttl. Tasks ready but not taken per level (in streams or waiting for a
-# lease), and tasks running per workflow (leases held by workers), as two flat lists.
+# lease), and tasks running per workflow (leases held by workers), as two flat lists;
+# then the runs started and finished in the namespace.
 DEPTHS = (
-    _COMMON
+    COMMON
     + r"""
 local depth = undelivered()
 for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
@@ -564,6 +406,6 @@ for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
   running[#running + 1] = wf
   running[#running + 1] = redis.call('ZCOUNT', lease_key(wf), NOW, '(inf')
 end
-return {levels, running}
+return {levels, running, redis.call('HMGET', KEYS[1], 'runs_started', 'runs_finished')}
 """
 )

@@ -12,13 +12,16 @@
   reconciler drops leases that drifted;
 * finishing a task acknowledges its entry and updates the run's DAG in one Lua script, so
   fan-in survives a crash; a dead worker's entries are taken over when its heartbeat
-  expires, a stuck one's (``XAUTOCLAIM``) when idle past the longest task budget plus
-  ``claim_margin``; an entry delivered more than ``max_deliveries`` times is a dead letter;
+  expires; a live worker's heartbeat keeps the entries it works on from going idle (up to
+  the task's budget), so an entry nobody works on (lost with a Redis restart, or past
+  its budget) is taken over (``XAUTOCLAIM``) once idle for a lease plus ``claim_margin``;
+  an entry delivered more than ``max_deliveries`` times is a dead letter;
+* cancelling a run rings the workers' bell: those running its tasks interrupt them;
 * run state and results live in a hash per run, kept ``run_ttl`` seconds after the run
   finished; every key carries the namespace's hash tag, so Redis Cluster works.
 
 Single operations (``engine.submit``, the data routes) still run in the process that
-received them. See :mod:`wf78_core.streams_scripts` for the keys and the scripts.
+received them. See :mod:`wf78_core.cluster.scripts` for the keys and the scripts.
 """
 
 from __future__ import annotations
@@ -27,43 +30,47 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from wf78_core.cluster import scripts
+from wf78_core.cluster import scripts, work_scripts
 from wf78_core.cluster.wire import (
     BATCH,
     Batcher,
+    Bell,
     Call,
     Completion,
     Graph,
     Taken,
     decode,
     decode_dead,
-    decode_value,
     encode_result,
     json_encode,
     pack,
-    text,
+    run_from,
 )
 from wf78_core.config import EngineSettings
 from wf78_core.core.records import DeadLetter
-from wf78_core.core.runs import Run, RunStatus, TaskRun
+from wf78_core.core.runs import Run
 from wf78_core.definitions import TaskDefinition, WorkflowDefinition
-from wf78_core.errors import Wf78Error
+from wf78_core.errors import BackendUnavailable, Wf78Error
 
-__all__ = ["Completion", "RedisStreams", "Taken", "encode_result"]
+__all__ = ["Completion", "RedisStreams", "Taken", "encode_result", "shown_url"]
 
 _CONNECTIONS = 32
 # Seconds between attempts to listen again after the pub/sub connection was lost.
 _RECONNECT = 0.5
+# Seconds between attempts to send a start again while Redis does not answer.
+_START_RETRY = 0.05
+# A bell message that says a run was cancelled: the prefix, then the run id.
+_CANCELLED = b"c:"
 logger = logging.getLogger("wf78.streams")
 
 
@@ -88,13 +95,19 @@ class RedisStreams:
         # Any: redis-py types every reply as bytes | str; this client always answers bytes.
         self._redis: Any = None
         self._waiters: dict[str, anyio.Event] = {}
-        self._bell = anyio.Event()
+        #: rung when work was queued (or a worker should look again): idle workers wait on it
+        self.bell = Bell()
         self._starts = Batcher("start", self._send_starts, BATCH * 4)
         self._completions = Batcher("complete", self._send_completions, BATCH * 4)
-        # Refreshed by this process's worker (every lease_ttl) or by depths().
+        # The cluster as depths() last read it (the backend refreshes it for stats()).
         self.depth: dict[int, int] = {}
         self.running_by_workflow: dict[str, int] = {}
         self.dead_cache: list[DeadLetter] = []
+        # Runs accepted and not finished, and finished, in the namespace (every process).
+        self.runs_active = 0
+        self.runs_finished = 0
+        #: called with a run id when the run was cancelled (the workers of this process)
+        self.cancel_listeners: list[Callable[[str], None]] = []
         self.reclaimed = 0
         self.poisoned = 0
         self.repaired = 0
@@ -108,6 +121,11 @@ class RedisStreams:
 
     def _args(self, *args: Any) -> list[Any]:
         return [self.prefix, int(self.settings.run_ttl), *args]
+
+    def unreachable(self, error: BaseException, run_id: str | None = None) -> BackendUnavailable:
+        """What a caller is told when Redis did not answer (``run_id``: a start that was
+        sent, and may have been stored)."""
+        return _unreachable(self.settings.backend_url, error, run_id)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -123,10 +141,13 @@ class RedisStreams:
                 await redis.ping()
             except (RedisError, OSError) as error:
                 raise Wf78Error(
-                    f"the redis backend at {self.settings.backend_url} does not answer: {error}"
+                    f"the redis backend at {shown_url(self.settings.backend_url)} does not "
+                    f"answer: {error}"
                 ) from error
             self._scripts = {
-                name: redis.register_script(getattr(scripts, name)) for name in scripts.__all__
+                name: redis.register_script(getattr(module, name))
+                for module in (scripts, work_scripts)
+                for name in module.SCRIPTS
             }
             self._redis = redis
             async with anyio.create_task_group() as group:
@@ -160,7 +181,7 @@ class RedisStreams:
                     if message is None:
                         continue
                     if message["channel"] == bell:
-                        self._bell.set()
+                        self._rang(message["data"])
                         continue
                     event = self._waiters.get(message["data"].decode())
                     if event is not None:
@@ -169,13 +190,21 @@ class RedisStreams:
                 if not started:
                     raise
                 logger.warning("redis backend: listening again after %s", error)
-                self._bell.set()  # workers look at the streams now
+                self.bell.ring()  # workers look at the streams now
                 for event in list(self._waiters.values()):
                     event.set()  # waiters look at their runs now
                 await anyio.sleep(_RECONNECT)
             finally:
                 with anyio.CancelScope(shield=True):
                     await pubsub.aclose()
+
+    def _rang(self, data: bytes) -> None:
+        if data.startswith(_CANCELLED):
+            run_id = data[len(_CANCELLED) :].decode()
+            for listener in list(self.cancel_listeners):
+                listener(run_id)
+        else:
+            self.bell.ring()
 
     # -- runs ------------------------------------------------------------------------
 
@@ -188,27 +217,38 @@ class RedisStreams:
         created: float,
         *,
         waited: bool = False,
-    ) -> None:
-        """Store a run and queue its first tasks; returns once Redis has both.
-        ``waited``: :meth:`wait_run` will wait for it (Redis then announces its end)."""
+    ) -> bool:
+        """Store a run and queue its first tasks; returns once Redis has both: True, or
+        False when Redis held a run of this id already (stored by an earlier attempt).
+        ``waited``: :meth:`wait_run` will wait for it (Redis then announces its end).
+
+        A start is idempotent by its run id, so one whose answer was lost is sent again
+        under the same id, for up to ``overload_timeout``; then :class:`BackendUnavailable`
+        (naming the run when an attempt may have reached Redis)."""
         try:
             text = json_encode(context).decode()
         except (TypeError, msgspec.EncodeError) as error:
             raise Wf78Error(f"the run context cannot be kept in redis as JSON: {error}") from None
-        stored = await self._starts.call(
-            [
-                run_id,
-                workflow.id,
-                priority,
-                max(1, workflow.max_concurrent),
-                text,
-                repr(created),
-                int(waited),
-                self._graphs[workflow.id].rows,
-            ]
-        )
-        if not stored:
-            raise Wf78Error(f"run id {run_id!r} is already known to the redis backend")
+        call = [
+            run_id,
+            workflow.id,
+            priority,
+            max(1, workflow.max_concurrent),
+            text,
+            repr(created),
+            int(waited),
+            self._graphs[workflow.id].rows,
+        ]
+        deadline = time.monotonic() + self.settings.overload_timeout
+        sent = False  # whether an attempt may have reached Redis
+        while True:
+            try:
+                return bool(await self._starts.call(call))
+            except (RedisError, OSError) as error:
+                sent = sent or not _never_sent(error)
+                if time.monotonic() >= deadline:
+                    raise self.unreachable(error, run_id if sent else None) from error
+            await anyio.sleep(_START_RETRY)
 
     async def _send_starts(self, calls: list[Call]) -> None:
         answers = await self._scripts["START"](
@@ -220,14 +260,20 @@ class RedisStreams:
 
     async def wait_run(self, run_id: str) -> Run:
         """The run once it finished (woken by its ``done`` message, re-checked now and then
-        in case a message was lost with a reconnect)."""
+        in case a message was lost with a reconnect; the run is accepted, so a Redis that
+        does not answer for a while is waited out)."""
         event = self._waiters.setdefault(run_id, anyio.Event())
         try:
             while True:
-                run = await self.fetch_run(run_id)
+                pause = 5.0
+                try:
+                    run = await self.fetch_run(run_id)
+                except (RedisError, OSError) as error:
+                    logger.debug("redis backend: waiting for run %s: %s", run_id, error)
+                    run, pause = None, _RECONNECT
                 if run is not None and run.status not in ("pending", "running"):
                     return run
-                with anyio.move_on_after(5.0):
+                with anyio.move_on_after(pause):
                     await event.wait()
                 event = self._waiters[run_id] = anyio.Event()
         finally:
@@ -235,7 +281,9 @@ class RedisStreams:
 
     async def fetch_run(self, run_id: str) -> Run | None:
         """The run as Redis holds it now, or None (unknown, or expired after ``run_ttl``)."""
-        return self._run_from(run_id, await self.redis.hgetall(self.prefix + "run:" + run_id))
+        return run_from(
+            run_id, await self.redis.hgetall(self.prefix + "run:" + run_id), self._workflows
+        )
 
     async def recent_runs(self, limit: int) -> list[Run]:
         """The newest ``limit`` runs still kept, newest first: one round trip for the ids,
@@ -245,54 +293,14 @@ class RedisStreams:
             for run_id in ids:
                 pipe.hgetall(self.prefix + "run:" + run_id)
             hashes = await pipe.execute()
-        runs = (self._run_from(run_id, raw) for run_id, raw in zip(ids, hashes, strict=True))
+        runs = (
+            run_from(run_id, raw, self._workflows) for run_id, raw in zip(ids, hashes, strict=True)
+        )
         return [run for run in runs if run is not None]
 
-    def _run_from(self, run_id: str, raw: Any) -> Run | None:
-        if not raw:
-            return None
-        fields = {k.decode(): v for k, v in raw.items()}
-        workflow_id = fields["wf"].decode()
-        workflow = self._workflows.get(workflow_id)
-        task_ids = (
-            [t.id for t in workflow.tasks]
-            if workflow is not None
-            else [k[2:] for k in fields if k.startswith("s:")]
-        )
-
-        def number(key: str) -> float | None:
-            value = fields.get(key)
-            return float(value) if value is not None else None
-
-        tasks = {
-            task_id: TaskRun(
-                id=task_id,
-                state=fields[f"s:{task_id}"].decode(),
-                attempts=int(fields.get(f"a:{task_id}", 0)),
-                result=decode(fields.get(f"r:{task_id}")),
-                error=text(fields.get(f"e:{task_id}")),
-                data_source=text(fields.get(f"d:{task_id}")),
-                started=number(f"ts:{task_id}"),
-                finished=number(f"tf:{task_id}"),
-            )
-            for task_id in task_ids
-        }
-        status: RunStatus = fields["st"].decode()
-        return Run(
-            id=run_id,
-            workflow=workflow_id,
-            status=status,
-            tasks=tasks,
-            context=decode_value(fields["ctx"]) if fields.get("ctx") else {},
-            created=float(fields["cr"]),
-            started=number("sa"),
-            finished=number("fi"),
-            error=text(fields.get("err")),
-        )
-
     async def cancel_run(self, run_id: str, reason: str) -> int:
-        """-1: unknown run, 0: it had finished, 1: cancelled (running tasks finish on
-        their workers; what they return is dropped)."""
+        """-1: unknown run, 0: it had finished, 1: cancelled (the workers running its
+        tasks hear it on the bell and interrupt them)."""
         answer = await self._scripts["CANCEL"](
             keys=[self._stats_key], args=self._args(run_id, reason)
         )
@@ -325,8 +333,14 @@ class RedisStreams:
         return letters
 
     async def depths(self) -> dict[int, int]:
-        """Tasks ready but not yet taken, per priority level, across the namespace."""
-        levels, running = await self._scripts["DEPTHS"](keys=[self._stats_key], args=self._args())
+        """Tasks ready but not yet taken, per priority level, across the namespace (and,
+        kept for ``engine.stats()``, tasks running per workflow and the run counts)."""
+        levels, running, runs = await self._scripts["DEPTHS"](
+            keys=[self._stats_key], args=self._args()
+        )
+        started, finished = (int(value or 0) for value in runs)
+        self.runs_finished = finished
+        self.runs_active = max(0, started - finished)
         self.depth = {
             int(float(levels[i])): int(levels[i + 1])
             for i in range(0, len(levels), 2)
@@ -425,20 +439,21 @@ class RedisStreams:
             keys=[self._stats_key], args=self._args(pack([call.args for call in calls]))
         )
 
-    async def heartbeat(self, held: Iterable[Taken]) -> None:
-        """Say this worker lives, and keep the leases of what it runs."""
-        ttl_ms = int(self.settings.lease_ttl * 1000)
-        expiry = int(time.time() * 1000) + ttl_ms
-        pipe: Pipeline
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.prefix + "hb:" + self.consumer, 1, px=ttl_ms)
-            for taken in held:
-                pipe.zadd(
-                    self.prefix + "lease:" + taken.workflow,
-                    {f"{taken.run_id}\x1f{taken.task}": expiry},
-                    xx=True,
-                )
-            await pipe.execute()
+    async def heartbeat(self, held: Sequence[Taken], touch: Sequence[bool] = ()) -> list[int]:
+        """Say this worker lives and keep the leases of what it runs; entries whose
+        ``touch`` is true are marked as in progress (their idle time starts again), so
+        only entries nobody works on go idle and are taken over. Returns the positions in
+        ``held`` of entries no longer this worker's to run: their run was cancelled or
+        finished, or the entry was taken over or lost (with a Redis restart, say)."""
+        rows = [
+            [t.stream, t.capability, t.entry, t.run_id, t.task, t.workflow, int(flag)]
+            for t, flag in zip(held, [*touch, *[False] * (len(held) - len(touch))], strict=True)
+        ]
+        gone = await self._scripts["HEARTBEAT"](
+            keys=[self._stats_key],
+            args=self._args(self.consumer, int(self.settings.lease_ttl * 1000), pack(rows)),
+        )
+        return [int(position) - 1 for position in gone]
 
     async def leave(self) -> None:
         """A clean exit: others take over what this worker still holds at once."""
@@ -449,15 +464,35 @@ class RedisStreams:
         self.repaired += dropped
         return dropped
 
-    async def wait_for_work(self, within: float) -> None:
-        """Sleep until the bell rings (something was queued), at most ``within`` seconds."""
-        with anyio.move_on_after(within):
-            await self._bell.wait()
 
-    def ring(self) -> None:
-        """Wake this process's worker (it is stopping, or a slot freed)."""
-        self._bell.set()
+def shown_url(url: str) -> str:
+    """``url`` as messages and logs may show it: without user name and password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
-    def clear_bell(self) -> None:
-        if self._bell.is_set():
-            self._bell = anyio.Event()
+
+def _unreachable(url: str, error: BaseException, run_id: str | None) -> BackendUnavailable:
+    message = f"the redis backend at {shown_url(url)} cannot be reached ({type(error).__name__})"
+    if run_id is None:
+        return BackendUnavailable(message + "; try again")
+    return BackendUnavailable(
+        f"{message}: the start of run {run_id!r} was sent but not confirmed, so it may "
+        "have been stored; look the run up before starting it again",
+        run_id=run_id,
+    )
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether a failed call surely never reached Redis (the connection was refused)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -1,9 +1,10 @@
 """What the Redis Streams backend stores and sends: task entries taken by a worker,
-completions, each workflow's graph, and the batching of script calls."""
+completions, runs as their hash holds them, each workflow's graph, and the batching of
+script calls."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -12,11 +13,13 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from wf78_core.core.records import DeadLetter
+from wf78_core.core.runs import Run, RunStatus, TaskRun
 from wf78_core.definitions import Result, WorkflowDefinition
 from wf78_core.errors import Wf78Error
 
 __all__ = [
     "Batcher",
+    "Bell",
     "Call",
     "Completion",
     "Graph",
@@ -27,6 +30,7 @@ __all__ = [
     "encode_result",
     "json_encode",
     "pack",
+    "run_from",
     "text",
 ]
 
@@ -62,6 +66,50 @@ def decode(data: bytes | None) -> Any:
 
 def text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def run_from(run_id: str, raw: Any, workflows: Mapping[str, WorkflowDefinition]) -> Run | None:
+    """A run from its hash (``HGETALL``, bytes); None for an empty one (unknown run)."""
+    if not raw:
+        return None
+    fields = {k.decode(): v for k, v in raw.items()}
+    workflow_id = fields["wf"].decode()
+    workflow = workflows.get(workflow_id)
+    task_ids = (
+        [t.id for t in workflow.tasks]
+        if workflow is not None
+        else [k[2:] for k in fields if k.startswith("s:")]
+    )
+
+    def number(key: str) -> float | None:
+        value = fields.get(key)
+        return float(value) if value is not None else None
+
+    tasks = {
+        task_id: TaskRun(
+            id=task_id,
+            state=fields[f"s:{task_id}"].decode(),
+            attempts=int(fields.get(f"a:{task_id}", 0)),
+            result=decode(fields.get(f"r:{task_id}")),
+            error=text(fields.get(f"e:{task_id}")),
+            data_source=text(fields.get(f"d:{task_id}")),
+            started=number(f"ts:{task_id}"),
+            finished=number(f"tf:{task_id}"),
+        )
+        for task_id in task_ids
+    }
+    status: RunStatus = fields["st"].decode()
+    return Run(
+        id=run_id,
+        workflow=workflow_id,
+        status=status,
+        tasks=tasks,
+        context=decode_value(fields["ctx"]) if fields.get("ctx") else {},
+        created=float(fields["cr"]),
+        started=number("sa"),
+        finished=number("fi"),
+        error=text(fields.get("err")),
+    )
 
 
 class Taken:
@@ -132,6 +180,28 @@ class Graph:
                     seen[dep] = f"dependency {parent!r} did not succeed"
                     stack.extend((d, dep) for d in self.dependants[dep])
             self.skips[task_id] = tuple(seen.items())
+
+
+class Bell:
+    """What wakes an idle worker: rung when something was queued (the pub/sub bell), when
+    a slot freed or the worker stops."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self, within: float) -> None:
+        """Until it rings, at most ``within`` seconds."""
+        with anyio.move_on_after(within):
+            await self._event.wait()
 
 
 class Call:

@@ -5,7 +5,8 @@ true`` (``wf78 worker`` is an engine with no HTTP). It serves the capabilities o
 process's data sources and agents plus ``*``, holds at most ``worker_slots`` tasks, and
 takes only what it has free slots for. A task runs exactly as in process (the action,
 its timeout, its retries with backoff); its end is reported in one Lua call that
-acknowledges the entry and moves the run on.
+acknowledges the entry and moves the run on. A task whose run was cancelled (heard on the
+bell, or found by the heartbeat) or whose entry is no longer this worker's is interrupted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ _REDIS_RETRY = 0.5
 _IDLE_LOOK = 1.0
 
 
+class _Held:
+    """A task this worker runs: its entry, what interrupts it, and until when (monotonic
+    seconds: its budget plus ``claim_margin``) the heartbeat keeps its entry from idling."""
+
+    __slots__ = ("scope", "taken", "touch_until")
+
+    def __init__(self, taken: Taken, touch_until: float) -> None:
+        self.taken = taken
+        self.scope = anyio.CancelScope()
+        self.touch_until = touch_until
+
+
 class StreamWorker:
     """Pulls tasks from the backend's streams into this engine's free slots."""
 
@@ -79,13 +92,18 @@ class StreamWorker:
         for agent in agents:
             capabilities.update(agent.capabilities)
         self.capabilities = sorted(capabilities)
-        self.stuck_after = settings.claim_margin + max(
-            (_budget(task, settings) for w in workflows for task in w.tasks),
-            default=0.0,
-        )
+        # An entry nobody works on goes idle: taken over once idle this long (a live
+        # worker's heartbeat, every lease_ttl / 3, keeps what it runs from idling).
+        self.stuck_after = settings.claim_margin + settings.lease_ttl
+        self._budgets = {
+            (w.id, task.id): _budget(task, settings) + settings.claim_margin
+            for w in workflows
+            for task in w.tasks
+        }
         self.completed = 0
         self.failed = 0
-        self._held: dict[str, Taken] = {}
+        self.cancelled = 0
+        self._held: dict[tuple[str, str], _Held] = {}
         self._freed = anyio.Event()
         self._stopping = False
         self._group: TaskGroup | None = None
@@ -99,9 +117,24 @@ class StreamWorker:
         """Take nothing more; what is held runs to its end."""
         self._stopping = True
         self._freed.set()
-        self.backend.ring()
+        self.backend.bell.ring()
+
+    def describe(self) -> dict[str, Any]:
+        """Who this worker is: its consumer name, capabilities and slots."""
+        return {
+            "consumer": self.backend.consumer,
+            "capabilities": self.capabilities,
+            "slots": self.slots,
+        }
+
+    def cancel_run(self, run_id: str) -> None:
+        """Interrupt the tasks of ``run_id`` this worker runs (its run was cancelled)."""
+        for held in list(self._held.values()):
+            if held.taken.run_id == run_id:
+                held.scope.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.backend.cancel_listeners.append(self.cancel_run)
         try:
             await self.backend.heartbeat(())
             async with anyio.create_task_group() as group:
@@ -122,6 +155,8 @@ class StreamWorker:
                 group.cancel_scope.cancel()
         finally:
             self._group = None
+            if self.cancel_run in self.backend.cancel_listeners:
+                self.backend.cancel_listeners.remove(self.cancel_run)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 try:
                     await self.backend.leave()
@@ -137,7 +172,7 @@ class StreamWorker:
                 self._freed = anyio.Event()
                 await self._freed.wait()
                 continue
-            self.backend.clear_bell()
+            self.backend.bell.clear()
             try:
                 batch = await self.backend.take(self.capabilities, free)
             except (RedisError, OSError) as error:
@@ -145,26 +180,35 @@ class StreamWorker:
                 await anyio.sleep(_REDIS_RETRY)
                 continue
             if not batch:
-                await self.backend.wait_for_work(_IDLE_LOOK)
+                await self.backend.bell.wait(_IDLE_LOOK)
                 continue
             self._start(batch)
 
     def _start(self, batch: list[Taken]) -> None:
         assert self._group is not None
+        now = time.monotonic()
         for taken in batch:
-            self._held[taken.entry] = taken
-            self._group.start_soon(self._execute, taken)
+            budget = self._budgets.get((taken.workflow, taken.task), 0.0)
+            held = self._held[taken.stream, taken.entry] = _Held(taken, now + budget)
+            self._group.start_soon(self._execute, held)
 
     async def _heartbeats(self) -> None:
         while True:
             await anyio.sleep(self.settings.lease_ttl / 3)
+            held = list(self._held.values())
+            now = time.monotonic()
             try:
-                await self.backend.heartbeat(list(self._held.values()))
+                gone = await self.backend.heartbeat(
+                    [h.taken for h in held], [now < h.touch_until for h in held]
+                )
             except (RedisError, OSError) as error:
                 logger.warning("worker heartbeat failed: %s", error)
+                continue
+            for position in gone:
+                held[position].scope.cancel()  # its run ended, or another worker runs it
 
     async def _maintenance(self) -> None:
-        """Take over dead or stuck workers' tasks, repair lease drift, refresh depths."""
+        """Take over dead or stuck workers' tasks, repair lease drift."""
         interval = self.settings.lease_ttl / 2
         rounds = 0
         while True:
@@ -181,14 +225,19 @@ class StreamWorker:
                         self._start(reclaimed)
                 if rounds % 2 == 0:
                     await self.backend.reconcile()
-                    await self.backend.depths()
-                    await self.backend.dead_letters()
             except (RedisError, OSError) as error:
                 logger.warning("worker maintenance failed: %s", error)
 
-    async def _execute(self, taken: Taken) -> None:
+    async def _execute(self, held: _Held) -> None:
+        taken = held.taken
         try:
-            completion = await self._outcome(taken)
+            completion: Completion | None = None
+            with held.scope:
+                completion = await self._outcome(taken)
+            if completion is None:  # interrupted: the entry goes back, the run is not touched
+                why = "interrupted: its run was cancelled, or another worker took it over"
+                self._event(taken, "cancelled", taken.attempts, why)
+                completion = Completion(outcome="cancelled")
             while True:
                 try:
                     await self.backend.complete(taken, completion)
@@ -199,10 +248,12 @@ class StreamWorker:
                     await anyio.sleep(_REDIS_RETRY)
             if completion.outcome == "succeeded":
                 self.completed += 1
+            elif completion.outcome == "cancelled":
+                self.cancelled += 1
             else:
                 self.failed += 1
         finally:
-            self._held.pop(taken.entry, None)
+            self._held.pop((taken.stream, taken.entry), None)
             self._freed.set()
             self._life.work_done()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from wf78_core.config.checks import check_definitions, check_references, find_cycle
 from wf78_core.config.default import DEFAULT_CONFIG_TOML, MAINTENANCE_WORKFLOW, with_maintenance
+from wf78_core.config.lenient import ConfigReport
 from wf78_core.config.loading import (
     collect_config,
+    collect_report,
     load_config,
     msgspec_problem,
     parse_config,
@@ -24,6 +26,7 @@ from wf78_core.config.schema import (
     Config,
     DataSourceConfig,
     EngineSettings,
+    HttpConfig,
     Identity,
     ShardingConfig,
     TableConfig,
@@ -38,14 +41,17 @@ __all__ = [
     "AuthConfig",
     "ColumnType",
     "Config",
+    "ConfigReport",
     "DataSourceConfig",
     "EngineSettings",
+    "HttpConfig",
     "Identity",
     "ShardingConfig",
     "TableConfig",
     "check_definitions",
     "check_references",
     "collect_config",
+    "collect_report",
     "find_cycle",
     "load_config",
     "msgspec_problem",

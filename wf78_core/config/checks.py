@@ -191,7 +191,8 @@ def check_references(
                     f"unknown data-source type {source.type!r} (known: {sorted(types)})",
                 )
             )
-    usable = set(config.datasources) | {s.type for s in config.datasources.values()}
+    # A source's type names it too ("" is a stand-in for a type that was missing or bad).
+    usable = set(config.datasources) | {s.type for s in config.datasources.values() if s.type}
 
     def check_source(path: str, name: str | None) -> None:
         if name is not None and name not in usable:

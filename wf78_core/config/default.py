@@ -1,4 +1,4 @@
-"""The embedded default configuration, and the maintenance workflow sharded tables add."""
+"""The embedded default configuration, and the maintenance workflow declared tables add."""
 
 from __future__ import annotations
 
@@ -59,11 +59,12 @@ timeout = 5.0
 retry = 3
 """
 
-# Added by the engine when a table is sharded (unless a workflow of that id is configured):
-# creates upcoming shards and drops expired ones every hour, at five past.
+# Added by the engine when tables are declared (unless a workflow of that id is configured):
+# every hour, at five past, creates upcoming shards, drops expired ones and purges the
+# idempotency keys older than [engine] idempotency_ttl.
 MAINTENANCE_WORKFLOW = WorkflowDefinition(
     id="wf78.maintenance",
-    name="Sharding maintenance",
+    name="Table maintenance",
     priority=2,
     max_concurrent=1,
     trigger="schedule",
@@ -73,8 +74,8 @@ MAINTENANCE_WORKFLOW = WorkflowDefinition(
 
 
 def with_maintenance(config: Config) -> Config:
-    """``config`` plus :data:`MAINTENANCE_WORKFLOW` when some table is sharded."""
-    sharded = any(table.sharding is not None for table in config.tables.values())
-    if not sharded or any(w.id == MAINTENANCE_WORKFLOW.id for w in config.workflows):
+    """``config`` plus :data:`MAINTENANCE_WORKFLOW` when it declares tables: their shards
+    and their writes' idempotency keys need it."""
+    if not config.tables or any(w.id == MAINTENANCE_WORKFLOW.id for w in config.workflows):
         return config
     return msgspec.structs.replace(config, workflows=(*config.workflows, MAINTENANCE_WORKFLOW))

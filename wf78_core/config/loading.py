@@ -9,10 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from wf78_core.config.checks import check_definitions
 from wf78_core.config.default import DEFAULT_CONFIG_TOML
+from wf78_core.config.lenient import ConfigReport, msgspec_problem, shown
 from wf78_core.config.rules import IDENTIFIER
 from wf78_core.config.schema import (
     AgentsConfig,
@@ -20,49 +19,29 @@ from wf78_core.config.schema import (
     Config,
     DataSourceConfig,
     EngineSettings,
+    HttpConfig,
     TableConfig,
 )
 from wf78_core.definitions import WorkflowDefinition
 from wf78_core.errors import ConfigError, Problem
 
-__all__ = ["collect_config", "load_config", "msgspec_problem", "parse_config", "read_config"]
+__all__ = [
+    "collect_config",
+    "collect_report",
+    "load_config",
+    "msgspec_problem",
+    "parse_config",
+    "read_config",
+]
 
 _SECTION_TYPES: dict[str, Any] = {
     "engine": EngineSettings,
     "agents": AgentsConfig,
     "auth": AuthConfig,
+    "http": HttpConfig,
 }
-_KNOWN_KEYS = frozenset({"engine", "datasources", "agents", "workflows", "tables", "auth"})
-_DATASOURCE_KEYS = frozenset({"type", "url", "pool_size", "timeout"})
-
-
-def msgspec_problem(prefix: str, error: msgspec.ValidationError) -> Problem:
-    """A msgspec validation error as a :class:`Problem` whose path starts at ``prefix``."""
-    message = str(error)
-    path = prefix
-    if " - at `$" in message:
-        message, _, where = message.rpartition(" - at `$")
-        path = prefix + where.rstrip("`")
-    if message.startswith("Object contains unknown field"):
-        field = message.split("`")[1]
-        path = f"{path}.{field}" if path else field
-        message = "unknown key"
-    return Problem(path.lstrip("."), message)
-
-
-def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
-    try:
-        return msgspec.convert(value, type_)
-    except msgspec.ValidationError as error:
-        problems.append(msgspec_problem(path, error))
-        return None
-    except UnicodeEncodeError:  # a key with a lone surrogate: _not_unicode reported it
-        return None
-
-
-def _shown(name: Any) -> str:
-    """A key as a path part: printable even when it holds a lone surrogate."""
-    return str(name).encode("utf-8", "backslashreplace").decode("utf-8")
+_KNOWN_KEYS = frozenset({"engine", "datasources", "agents", "workflows", "tables", "auth", "http"})
+_DATASOURCE_KEYS = frozenset({"type", "url", "pool_size", "timeout", "required"})
 
 
 def _not_unicode(raw: Mapping[str, Any]) -> list[Problem]:
@@ -79,7 +58,7 @@ def _not_unicode(raw: Mapping[str, Any]) -> list[Problem]:
                 problems.append(Problem(path or "", "is not valid Unicode text (a lone surrogate)"))
         elif isinstance(value, Mapping):
             for key, item in reversed(list(value.items())):
-                child = _shown(key) if path is None else f"{path}.{_shown(key)}"
+                child = shown(key) if path is None else f"{path}.{shown(key)}"
                 stack.append((child, item))
                 stack.append((child, str(key)))
         elif isinstance(value, list | tuple):
@@ -98,76 +77,97 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
 
 
 def collect_config(raw: Mapping[str, Any]) -> tuple[Config, list[Problem]]:
-    """The parts of ``raw`` that are well formed, and every problem found on the way.
+    """The configuration as far as it is well formed, and every problem found on the way.
 
-    Cross-field checks run on whatever parsed, so one report names every problem.
+    A value with a problem is set aside (an unknown key dropped, a bad value left to its
+    default or replaced by an empty stand-in) and the cross-checks run on the rest, so one
+    report names the structural and the semantic problems together.
     """
-    problems: list[Problem] = []
+    config, report = collect_report(raw)
+    return config, report.problems
+
+
+def collect_report(
+    raw: Mapping[str, Any], report: ConfigReport | None = None
+) -> tuple[Config, ConfigReport]:
+    """:func:`collect_config` with its :class:`ConfigReport` (``report``, or a new one), which
+    also knows the paths set aside: a later check (the plugin-dependent one) adds its
+    problems through :meth:`ConfigReport.add_checked`, so a stand-in's consequences are not
+    reported."""
+    report = ConfigReport() if report is None else report
     if not isinstance(raw, Mapping):
-        return Config(), [Problem("", "the configuration must be a table/object")]
-    problems.extend(_not_unicode(raw))
+        report.add(Problem("", "the configuration must be a table/object"))
+        return Config(), report
+    for problem in _not_unicode(raw):
+        report.add(problem)
     for key in raw:
         if key not in _KNOWN_KEYS:
-            problems.append(
-                Problem(_shown(key), f"unknown key (expected one of {sorted(_KNOWN_KEYS)})")
-            )
+            report.add(Problem(shown(key), f"unknown key (expected one of {sorted(_KNOWN_KEYS)})"))
     sections: dict[str, Any] = {}
     for key, type_ in _SECTION_TYPES.items():
         if key in raw:
-            sections[key] = _convert(raw[key], type_, key, problems)
+            sections[key] = report.convert(raw[key], type_, key)
     config = Config(
-        datasources=_datasources(raw.get("datasources", {}), problems),
-        workflows=_workflows(raw.get("workflows", []), problems),
-        tables=_tables(raw.get("tables", {}), problems),
+        datasources=_datasources(raw.get("datasources", {}), report),
+        workflows=_workflows(raw.get("workflows", []), report),
+        tables=_tables(raw.get("tables", {}), report),
         **{key: value for key, value in sections.items() if value is not None},
     )
-    problems.extend(check_definitions(config))
-    return config, problems
+    report.add_checked(check_definitions(config))
+    return config, report
 
 
-def _datasources(raw: Any, problems: list[Problem]) -> dict[str, DataSourceConfig]:
+def _datasources(raw: Any, report: ConfigReport) -> dict[str, DataSourceConfig]:
     """``[datasources.<name>]``: keys other than the common ones are the type's options."""
     if not isinstance(raw, Mapping):
-        problems.append(Problem("datasources", "must be a table of named sources"))
+        report.add(Problem("datasources", "must be a table of named sources"))
+        report.set_aside.add("datasources")
         return {}
     datasources: dict[str, DataSourceConfig] = {}
     for name, body in raw.items():
-        path = f"datasources.{_shown(name)}"
+        path = f"datasources.{shown(name)}"
+        # Kept, a stand-in at worst: the name is configured, whatever its problems.
         if not isinstance(body, Mapping):
-            problems.append(Problem(path, "must be a table"))
+            report.add(Problem(path, "must be a table"))
+            report.set_aside.add(path)
+            datasources[name] = DataSourceConfig(type="")
             continue
         common = {k: v for k, v in body.items() if k in _DATASOURCE_KEYS}
         common["options"] = {k: v for k, v in body.items() if k not in _DATASOURCE_KEYS}
-        source = _convert(common, DataSourceConfig, path, problems)
+        if _not_unicode(common["options"]):  # named already: its options cannot be checked
+            common["options"] = {}
+            report.set_aside.add(path)
+        source = report.convert(common, DataSourceConfig, path)
         if source is not None:
             datasources[name] = source
     return datasources
 
 
-def _workflows(raw: Any, problems: list[Problem]) -> tuple[WorkflowDefinition, ...]:
+def _workflows(raw: Any, report: ConfigReport) -> tuple[WorkflowDefinition, ...]:
     if not isinstance(raw, list):
-        problems.append(Problem("workflows", "must be an array of tables"))
+        report.add(Problem("workflows", "must be an array of tables"))
+        report.set_aside.add("workflows")
         return ()
     workflows: list[WorkflowDefinition] = []
     for index, body in enumerate(raw):
-        workflow = _convert(body, WorkflowDefinition, f"workflows[{index}]", problems)
+        # A stand-in keeps the place of one that does not convert: the indexes stay right.
+        workflow = report.convert(body, WorkflowDefinition, f"workflows[{index}]")
         if workflow is not None:
             workflows.append(workflow)
     return tuple(workflows)
 
 
-def _tables(raw: Any, problems: list[Problem]) -> dict[str, TableConfig]:
+def _tables(raw: Any, report: ConfigReport) -> dict[str, TableConfig]:
     if not isinstance(raw, Mapping):
-        problems.append(Problem("tables", "must be a table of named tables"))
+        report.add(Problem("tables", "must be a table of named tables"))
+        report.set_aside.add("tables")
         return {}
     tables: dict[str, TableConfig] = {}
     for name, body in raw.items():
         if not IDENTIFIER.match(str(name)):
-            problems.append(
-                Problem(f"tables.{_shown(name)}", "table name is not a plain identifier")
-            )
+            report.add(Problem(f"tables.{shown(name)}", "table name is not a plain identifier"))
             continue
-        table = _convert(body, TableConfig, f"tables.{name}", problems)
+        table = report.convert(body, TableConfig, f"tables.{name}")
         if table is not None:
             tables[name] = table
     return tables

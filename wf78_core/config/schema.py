@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from wf78_core.config.rules import IDENTIFIER, positive, priority_problem
 from wf78_core.definitions import Kind, WorkflowDefinition
+from wf78_core.ids import NODE_IDS, IdKind
 
 __all__ = [
     "BASE_COLUMNS",
@@ -20,6 +21,7 @@ __all__ = [
     "Config",
     "DataSourceConfig",
     "EngineSettings",
+    "HttpConfig",
     "Identity",
     "ShardingConfig",
     "TableConfig",
@@ -74,6 +76,15 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # "sqlite:///path" (relative to the configuration's folder), "memory", "off" or
     # "package.module:Class".
     journal: str = "sqlite:///wf78-journal.db"
+    # Seconds an idempotency key is kept: a run's or an event's (in the journal or Redis),
+    # and a data write's in a SQL source's key table; maintenance purges older ones.
+    idempotency_ttl: float = 86_400.0
+    # Plugin modules every engine built from this configuration registers (importable
+    # names such as "myproject.actions"), besides the wf78 entry points.
+    plugins: tuple[str, ...] = ()
+    # This process's snowflake node id (0-1023), unique among every process writing the
+    # same tables; unset: leased in Redis with the redis backend, else a random one.
+    node_id: Annotated[int, msgspec.Meta(ge=0, le=NODE_IDS - 1)] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -96,7 +107,7 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be >= 0 and finite, got {value}")
-        for name in ("lease_ttl", "run_ttl"):
+        for name in ("lease_ttl", "run_ttl", "idempotency_ttl"):
             if not positive(getattr(self, name)):
                 raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
         if not math.isfinite(self.claim_margin) or self.claim_margin < 0:
@@ -127,6 +138,9 @@ class DataSourceConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     # In-flight operations the source takes at once (the default agent's concurrency).
     pool_size: int | None = None
     timeout: float | None = None
+    # True: the engine does not start without it. False: a source that cannot open at start
+    # is logged and kept out of rotation until its health check passes.
+    required: bool = False
     options: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
@@ -193,6 +207,9 @@ class TableConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     cache_mirror: str | None = None
     # Seconds a row read through the cache mirror stays cached.
     cache_ttl: float = 300.0
+    # Row ids: "snowflake" (minted on insert) or "text" (the caller's, 1 to 64 characters
+    # of A-Z a-z 0-9 . _ : -, required on insert).
+    id: IdKind = "snowflake"
 
     def __post_init__(self) -> None:
         if not positive(self.cache_ttl):
@@ -243,6 +260,16 @@ class AuthConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     guest: Identity | None = None
 
 
+class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[http]``: how ``Wf78Middleware`` rides the ASGI server."""
+
+    # The wrapped app's lifespan. "auto": an app that raises on the lifespan scope is
+    # logged at WARNING with its traceback and wf78 answers the lifespan for the engine
+    # alone (ASGI's rule for an app without lifespan support). "on": such a crash fails the
+    # start-up (uvicorn's --lifespan on). "off": the app never sees the lifespan scope.
+    lifespan: Literal["auto", "on", "off"] = "auto"
+
+
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
@@ -252,3 +279,4 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     workflows: tuple[WorkflowDefinition, ...] = ()
     tables: dict[str, TableConfig] = {}
     auth: AuthConfig = AuthConfig()
+    http: HttpConfig = HttpConfig()

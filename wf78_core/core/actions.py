@@ -98,7 +98,7 @@ def operation_from(ctx: TaskContext) -> Operation:
 async def select_action(ctx: TaskContext) -> dict[str, Any]:
     """``datasource.select``: decide the source (note 3.1 step one) and say why."""
     op = operation_from(ctx)
-    name, reason = await ctx.dispatcher.choose_source(op, ctx.task, ctx.context)
+    name, reason = await ctx.dispatcher.router.choose_source(op, ctx.task, ctx.context)
     return {"data_source": name, "reason": reason}
 
 

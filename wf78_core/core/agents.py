@@ -47,6 +47,11 @@ class Agent:
         return limits
 
     @property
+    def cached_limit_sets(self) -> int:
+        """How many limit tuples :meth:`limit_set` keeps (bounded)."""
+        return len(self._limit_sets)
+
+    @property
     def running(self) -> int:
         return self.limit.in_use
 

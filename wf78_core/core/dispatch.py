@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-import msgspec
 import pluggy
 
 from wf78_core.config import Config, EngineSettings
@@ -16,13 +15,13 @@ from wf78_core.core.agents import Agent
 from wf78_core.core.bus import EventBus
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.retry import backoff
+from wf78_core.core.routing import Router
 from wf78_core.core.scheduling import Limit
 from wf78_core.core.sources import Source, SourcePool
 from wf78_core.core.tickets import Ticket
 from wf78_core.definitions import Operation, Result, TaskDefinition
 from wf78_core.errors import (
     DataSourceError,
-    NoAgentAvailable,
     NoDataSource,
     OperationError,
     TaskTimeout,
@@ -30,12 +29,8 @@ from wf78_core.errors import (
 )
 from wf78_core.events import TaskEvent
 from wf78_core.idempotency import prepare, prepare_task
-from wf78_core.plugin.manager import HookChain
 
-__all__ = ["PROBE_INTERVAL", "Dispatcher"]
-
-# An unhealthy source is checked again by an attempt at most this often (seconds).
-PROBE_INTERVAL = 0.5
+__all__ = ["Dispatcher", "execute_within", "failed_as"]
 
 
 class Dispatcher:
@@ -73,8 +68,8 @@ class Dispatcher:
         self._backoff_base = self.settings.retry_backoff
         self._backoff_max = self.settings.retry_backoff_max
         self._tickets: set[Ticket] = set()
-        self._allocate = HookChain(pm, "wf78_allocate_agent", exclude=excluded_allocators)
-        self._select = HookChain(pm, "wf78_select_datasource")
+        #: where operations go: source selection, agent allocation, slots
+        self.router = Router(config, pm, pool, admission.scheduler, excluded_allocators)
 
     def backoff(self, attempt: int) -> float:
         """The wait before retry number ``attempt + 1`` (the engine's backoff settings)."""
@@ -183,9 +178,9 @@ class Dispatcher:
                     "explicit data_source",
                 )
             else:
-                name, reason = await self.choose_source(op, None, ticket.context)
+                name, reason = await self.router.choose_source(op, None, ticket.context)
                 source = self._named[name]
-            agent = await self.allocate_agent(op, source)
+            agent = await self.router.allocate_agent(op, source)
         except BaseException:
             self._scheduler.release(self._pending_alone)
             raise
@@ -230,71 +225,6 @@ class Dispatcher:
             self._scheduler.release(self._pending_alone)
             self._life.work_done()
 
-    async def choose_source(
-        self, op: Operation, task: TaskDefinition | None, context: Mapping[str, Any]
-    ) -> tuple[str, str]:
-        """The source for an operation and the reason (note 3.1, rules of 4.1)."""
-        explicit = op.data_source or (task.data_source if task is not None else None)
-        if explicit:
-            return self._pool.resolve(explicit, op.action).name, "explicit data_source"
-        table = self.config.tables.get(op.table) if op.table else None
-        if table is not None and table.data_source:
-            return self._pool.resolve(table.data_source, op.action).name, "table data_source"
-        if table is not None and table.kind and op.kind is None:
-            op = msgspec.structs.replace(op, kind=table.kind)
-        candidates = [
-            s.info for s in self._named.values() if s.healthy and op.action in s.info.actions
-        ]
-        if not candidates:
-            raise NoDataSource(f"no healthy data source can perform {op.action!r}", retryable=True)
-        choice = await self._select.first(
-            operation=op, task=task, context=context, candidates=candidates
-        )
-        if choice is None:
-            return candidates[0].name, "first candidate (no strategy chose)"
-        name, reason = (choice, "strategy") if isinstance(choice, str) else choice
-        if name not in self._named:
-            name = self._pool.resolve(name, op.action).name
-        return name, reason
-
-    async def _route(
-        self,
-        op: Operation,
-        task: TaskDefinition | None,
-        context: Mapping[str, Any] | None,
-        reason: str | None,
-    ) -> tuple[Source, str]:
-        """The first source to try, and why."""
-        if op.data_source is not None and reason is None:
-            return self._pool.resolve(op.data_source, op.action), "explicit data_source"
-        name, chosen_reason = await self.choose_source(op, task, context or {})
-        return self._named[name], reason or chosen_reason
-
-    async def _probe(self, source: Source) -> None:
-        """An unhealthy source: back already? An attempt may ask, at most once per
-        ``PROBE_INTERVAL`` per source, rather than wait for the next round of checks."""
-        now = anyio.current_time()
-        if now >= source.probe_at:
-            source.probe_at = now + PROBE_INTERVAL
-            await self._pool.check(source)
-        if not source.healthy:
-            raise NoAgentAvailable(
-                f"data source {source.name!r} failed its health check", data_source=source.name
-            )
-
-    async def _slots(
-        self, op: Operation, source: Source, level: int, outer: tuple[Limit, ...]
-    ) -> tuple[Agent, tuple[Limit, ...]]:
-        """An agent for ``source`` and every limit the attempt holds, acquired."""
-        if not source.healthy:
-            await self._probe(source)
-        agents = source.agents
-        agent = agents[0] if len(agents) == 1 else await self.allocate_agent(op, source)
-        limits = agent.limit_set(outer, source.limit)
-        if not self._scheduler.try_acquire(limits):
-            await self._scheduler.acquire(level, limits)
-        return agent, limits
-
     def _budget(
         self, op: Operation, task: TaskDefinition | None, source: Source
     ) -> tuple[tuple[str, ...], int, float | None]:
@@ -324,19 +254,6 @@ class Dispatcher:
         source.counters.fallbacks += 1
         return source
 
-    @staticmethod
-    def _failed(source: Source, failure: Exception) -> OperationError:
-        """What an attempt's failure is reported as, counted against its source."""
-        source.counters.errors += 1
-        if isinstance(failure, OperationError):
-            if failure.data_source is None:
-                failure.data_source = source.name
-            return failure
-        return DataSourceError(
-            f"{source.name!r} raised {type(failure).__name__}: {failure}",
-            data_source=source.name,
-        )
-
     async def execute(
         self,
         op: Operation,
@@ -350,60 +267,105 @@ class Dispatcher:
     ) -> Result:
         """Select, allocate, execute with retry and fallback. ``held``: the source, agent
         and limits a queued ticket was granted, used (and released) by the first attempt.
-        Attempts run here, not in coroutines of their own: with 1,000 operations in flight
-        each live frame is 1,000 more objects for the garbage collector (benchmark B6)."""
-        if held is not None:
-            source, reason = held[0], reason or "granted to a queued ticket"
-        else:
-            source, reason = await self._route(op, task, context, reason)
-        fallback, retry, timeout = self._budget(op, task, source)
-        attempts = 0
-        tried: tuple[str, ...] = ()
-        error: OperationError | None = None
+
+        The first attempt runs here, inline: with 1,000 operations in flight every frame
+        alive while they wait is 1,000 more objects for the garbage collector (benchmark
+        B6), and most operations need no second attempt. Retries and fallbacks are
+        :meth:`_recover`'s."""
         started = time.perf_counter()
-        for index in range(1 + len(fallback)):
-            if index:
+        if held is not None:
+            source = held[0]
+            reason = reason or "granted to a queued ticket"
+        elif op.data_source is not None and reason is None:
+            source = self._pool.resolve(op.data_source, op.action)
+            reason = "explicit data_source"
+        else:
+            source, reason = await self.router.route(op, task, context, reason)
+        # engine.submit has no timeout unless the operation or its source sets one: a
+        # cancel scope per operation would cost more than the dispatch itself.
+        timeout = op.timeout or (task.timeout if task is not None else None)
+        timeout = timeout or self._timeouts.get(source.name)
+        try:
+            if held is not None:
+                _, agent, limits = held
+            elif source.healthy and len(source.agents) == 1:
+                agent = source.agents[0]
+                limits = agent.limit_set(outer, source.limit)
+                if not self._scheduler.try_acquire(limits):
+                    await self._scheduler.acquire(level, limits)
+            else:
+                agent, limits = await self.router.acquire(op, source, level, outer)
+            # From here the limits are held; they are released on every path.
+            attempt_started = time.perf_counter()
+            try:
+                if timeout is None:
+                    value = await source.adapter.execute(op)
+                else:
+                    value = await execute_within(source, op, timeout)
+            except Exception as failure:
+                reported = failed_as(source, failure)
+                if reported is failure:
+                    raise
+                raise reported from failure
+            finally:
+                self._scheduler.release(limits)
+        except OperationError as failure:
+            if not failure.retryable:
+                failure.attempts = 1
+                raise
+            return await self._recover(op, level, task, outer, source, reason, failure, started)
+        finished = time.perf_counter()
+        source.counters.ops += 1
+        source.counters.latency.record(finished - attempt_started)
+        agent.completed += 1
+        return Result(
+            value=value,
+            data_source=source.name,
+            source_type=source.type,
+            reason=reason,
+            agent=agent.id,
+            attempts=1,
+            fallback_from=(),
+            elapsed=finished - started,
+        )
+
+    async def _recover(
+        self,
+        op: Operation,
+        level: int,
+        task: TaskDefinition | None,
+        outer: tuple[Limit, ...],
+        source: Source,
+        reason: str,
+        error: OperationError,
+        started: float,
+    ) -> Result:
+        """After a retryable first failure: the remaining retries on ``source`` with
+        backoff, then each fallback source once (the note's "degrade")."""
+        fallback, retry, timeout = self._budget(op, task, source)
+        attempts = 1
+        tried: tuple[str, ...] = ()
+        plan = [(source, retry)] + [(None, 0)] * len(fallback)
+        for index, (planned, tries) in enumerate(plan):
+            if planned is None:
                 degraded = self._degrade(fallback[index - 1], op.action)
                 if isinstance(degraded, NoDataSource):
                     error = degraded
                     continue
-                source = degraded
+                source, tries = degraded, 1
                 reason = f"fallback after {tried[-1]} failed: {error}"
-            tries = 1 + retry if index == 0 else 1
             for attempt in range(tries):
+                if index == 0:
+                    await self._before_retry(source, attempt)
                 attempts += 1
                 try:
-                    if held is None:
-                        agent, limits = await self._slots(op, source, level, outer)
-                    else:
-                        _, agent, limits = held
-                        held = None
-                    # From here the limits are held; they are released on every path.
-                    attempt_started = time.perf_counter()
-                    try:
-                        if timeout is None:
-                            value = await source.adapter.execute(op)
-                        else:
-                            value = await self._execute_within(source, op, timeout)
-                    except Exception as failure:
-                        reported = self._failed(source, failure)
-                        if reported is failure:
-                            raise
-                        raise reported from failure
-                    finally:
-                        self._scheduler.release(limits)
+                    value, agent, _ = await self._attempt(op, source, level, outer, timeout)
                 except OperationError as failure:
                     error = failure
                     if not failure.retryable:
                         failure.attempts = attempts
                         raise
-                    if attempt + 1 < tries:
-                        await self._before_retry(source, attempt)
                     continue
-                finished = time.perf_counter()
-                source.counters.ops += 1
-                source.counters.latency.record(finished - attempt_started)
-                agent.completed += 1
                 return Result(
                     value=value,
                     data_source=source.name,
@@ -412,31 +374,39 @@ class Dispatcher:
                     agent=agent.id,
                     attempts=attempts,
                     fallback_from=tried,
-                    elapsed=finished - started,
+                    elapsed=time.perf_counter() - started,
                 )
             tried += (source.name,)
         raise _exhausted(error, attempts)
 
-    @staticmethod
-    async def _execute_within(source: Source, op: Operation, seconds: float) -> Any:
-        """One attempt under a deadline: :class:`TaskTimeout` when it passes."""
-        with anyio.CancelScope(deadline=anyio.current_time() + seconds):
-            return await source.adapter.execute(op)
-        raise TaskTimeout(
-            f"{op.action} on {source.name!r} timed out after {seconds}s", data_source=source.name
-        )
-
-    async def allocate_agent(self, op: Operation, source: Source) -> Agent:
-        agents = source.agents
-        if len(agents) == 1:
-            return agents[0]
-        if not agents:
-            raise NoAgentAvailable(
-                f"no agent serves data source {source.name!r}", data_source=source.name
-            )
-        free = [a for a in agents if a.has_free_slot] or agents
-        agent = await self._allocate.first(task=op, agents=free) if self._allocate else None
-        return agent if isinstance(agent, Agent) else free[0]
+    async def _attempt(
+        self,
+        op: Operation,
+        source: Source,
+        level: int,
+        outer: tuple[Limit, ...],
+        seconds: float | None,
+    ) -> tuple[Any, Agent, float]:
+        """One more attempt on ``source`` (a retry or a fallback): value, agent, time."""
+        agent, limits = await self.router.acquire(op, source, level, outer)
+        began = time.perf_counter()
+        try:
+            if seconds is None:
+                value = await source.adapter.execute(op)
+            else:
+                value = await execute_within(source, op, seconds)
+        except Exception as failure:
+            reported = failed_as(source, failure)
+            if reported is failure:
+                raise
+            raise reported from failure
+        finally:
+            self._scheduler.release(limits)
+        elapsed = time.perf_counter() - began
+        source.counters.ops += 1
+        source.counters.latency.record(elapsed)
+        agent.completed += 1
+        return value, agent, elapsed
 
 
 def _exhausted(error: OperationError | None, attempts: int) -> OperationError:
@@ -445,3 +415,25 @@ def _exhausted(error: OperationError | None, attempts: int) -> OperationError:
     error.attempts = attempts
     error.exhausted = True  # type: ignore[attr-defined]
     return error
+
+
+def failed_as(source: Source, failure: Exception) -> OperationError:
+    """What an attempt's failure is reported as, counted against its source."""
+    source.counters.errors += 1
+    if isinstance(failure, OperationError):
+        if failure.data_source is None:
+            failure.data_source = source.name
+        return failure
+    return DataSourceError(
+        f"{source.name!r} raised {type(failure).__name__}: {failure}",
+        data_source=source.name,
+    )
+
+
+async def execute_within(source: Source, op: Operation, seconds: float) -> Any:
+    """One attempt under a deadline: :class:`TaskTimeout` when it passes."""
+    with anyio.CancelScope(deadline=anyio.current_time() + seconds):
+        return await source.adapter.execute(op)
+    raise TaskTimeout(
+        f"{op.action} on {source.name!r} timed out after {seconds}s", data_source=source.name
+    )

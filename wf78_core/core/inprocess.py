@@ -20,12 +20,17 @@ from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.ports import RunStats
 from wf78_core.core.records import DeadLetter, Journal, JournaledRun
 from wf78_core.core.recovery import finished_summary, restore
-from wf78_core.core.runs import Run, RunState, RunStore
+from wf78_core.core.runkeys import RunKeys, event_key, run_key
+from wf78_core.core.runs import Run, RunState, RunStore, TaskRun
 from wf78_core.core.workflows import WorkflowRunner
 from wf78_core.definitions import WorkflowDefinition
 from wf78_core.errors import Overloaded, UnknownWorkflow, Wf78Error
 
-__all__ = ["InProcessBackend"]
+__all__ = ["JOURNAL_HISTORY", "InProcessBackend"]
+
+#: The journal keeps the summaries of this many times ``run_history`` finished runs (memory
+#: keeps ``run_history`` with their results): ``fetch_run`` answers from either.
+JOURNAL_HISTORY = 10
 
 
 class InProcessBackend:
@@ -50,6 +55,8 @@ class InProcessBackend:
         self.runs = runs
         self.journal = journal
         self.resumed_runs = 0
+        #: run idempotency keys: in the journal when it keeps them, else in memory only
+        self.keys = RunKeys(settings.idempotency_ttl, journal)
         self._admission = admission
         self._life = life
         self._events: MemoryObjectSendStream[RunState] | None = None
@@ -99,7 +106,8 @@ class InProcessBackend:
         if journal is None:
             return
         self.runner.dead = {letter.id: letter for letter in await journal.dead_letters()}
-        for saved in await journal.finished_runs():
+        # The newest run_history into memory; fetch_run finds older ones in the journal.
+        for saved in (await journal.finished_runs())[-self.settings.run_history :]:
             # How runs finished before this start (summaries: no task results), so a run
             # id answered with a 202 before a crash is still known.
             workflow = self.workflows.get(saved.workflow)
@@ -129,9 +137,10 @@ class InProcessBackend:
         workflow: WorkflowDefinition,
         context: Mapping[str, Any] | None,
         priority: int | None,
+        run_id: str | None = None,
     ) -> RunState:
         level = workflow.priority if priority is None else priority
-        run = RunState(uuid4().hex, workflow, dict(context or {}), level)
+        run = RunState(run_id or uuid4().hex, workflow, dict(context or {}), level)
         self.runs.add(run)
         return run
 
@@ -161,33 +170,89 @@ class InProcessBackend:
         priority: int | None,
         *,
         wait: bool,
+        key: str | None = None,
     ) -> Run:
-        await self._admission.enter(workflow.priority)
-        run = self._new_run(workflow, context, priority)
-        await self._journal_started(run)
+        claim = run_key(key, workflow.id, context, priority)
+        run_id = uuid4().hex
+        if claim is not None:
+            first = await self.keys.claim(claim, run_id)
+            if first is not None:
+                return await self._replay(first, workflow, context, wait=wait)
+        try:
+            await self._admission.enter(workflow.priority)
+            run = self._new_run(workflow, context, priority, run_id)
+            await self._journal_started(run)
+        except BaseException:
+            if claim is not None:
+                self.keys.failed(claim)
+            raise
+        if claim is not None:
+            self.keys.started(claim)
         self.runner.start_run(run)
         if wait:
             await run.done.wait()
         return run.snapshot()
 
+    async def _replay(
+        self,
+        run_id: str,
+        workflow: WorkflowDefinition,
+        context: Mapping[str, Any] | None,
+        *,
+        wait: bool,
+    ) -> Run:
+        """The run a key started first: waited for with ``wait``; as it was accepted when
+        this process no longer knows it (its first answer said no more)."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            if wait:
+                await run.done.wait()
+            return run.snapshot()
+        try:
+            return await self.fetch_run(run_id)
+        except UnknownWorkflow:
+            return _accepted(run_id, workflow, context)
+
     async def start_event(
-        self, workflow: WorkflowDefinition, payload: Mapping[str, Any] | None
+        self,
+        workflow: WorkflowDefinition,
+        payload: Mapping[str, Any] | None,
+        *,
+        key: str | None = None,
     ) -> str:
+        claim = event_key(key, workflow, payload)
         events = self._events
         assert events is not None
-        await self._admission.enter(workflow.priority)
-        run = self._new_run(workflow, payload, None)
-        await self._journal_started(run)
+        run_id = uuid4().hex
+        if claim is not None:
+            first = await self.keys.claim(claim, run_id)
+            if first is not None:
+                return first
+        try:
+            await self._admission.enter(workflow.priority)
+            run = self._new_run(workflow, payload, None, run_id)
+            await self._journal_started(run)
+        except BaseException:
+            if claim is not None:
+                self.keys.failed(claim)
+            raise
         try:
             with anyio.fail_after(self.settings.overload_timeout):
                 await events.send(run)
         except TimeoutError:
             self.runs.discard(run.id)
             self._admission.leave()
+            if claim is not None:
+                self.keys.failed(claim)
             if self.journal is not None:
                 self.journal.finished(run.id, "cancelled", "event queue full")
             raise Overloaded(f"event queue full ({self.settings.event_queue_size})") from None
+        if claim is not None:
+            self.keys.started(claim)
         return run.id
+
+    async def purge_run_keys(self, before: float) -> int:
+        return await self.keys.purge(before)
 
     async def start_scheduled(self, workflow: WorkflowDefinition, due: float) -> None:
         if not self._admission.scheduler.try_acquire((self._admission.pending,)):
@@ -208,7 +273,20 @@ class InProcessBackend:
         return run.snapshot()
 
     async def fetch_run(self, run_id: str) -> Run:
-        return self.get_run(run_id)
+        """A run from memory, else (evicted from the newest ``run_history``) as the journal
+        keeps it: a summary of a finished run, with the checkpoints it still has."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            return run.snapshot()
+        saved = await self.journal.load_run(run_id) if self.journal is not None else None
+        workflow = self.workflows.get(saved.workflow) if saved is not None else None
+        if saved is None or workflow is None:
+            raise UnknownWorkflow(f"unknown run {run_id!r}")
+        if saved.status == "running":  # accepted, not (yet) taken up in this process
+            pending = restore(saved, workflow)
+            pending.status = "running"
+            return pending.snapshot()
+        return finished_summary(saved, workflow).snapshot()
 
     def recent_runs(self, limit: int) -> list[Run]:
         newest = heapq.nlargest(max(0, limit), self.runs, key=lambda run: run.created)
@@ -297,3 +375,17 @@ class InProcessBackend:
             dead_letter_count=len(letters),
             journal=self.settings.journal if self.journal is not None else "off",
         )
+
+
+def _accepted(run_id: str, workflow: WorkflowDefinition, context: Mapping[str, Any] | None) -> Run:
+    """A run as its acceptance answered it: running, every task pending."""
+    now = time.time()
+    return Run(
+        id=run_id,
+        workflow=workflow.id,
+        status="running",
+        tasks={task.id: TaskRun(id=task.id, state="pending") for task in workflow.tasks},
+        context=dict(context or {}),
+        created=now,
+        started=now,
+    )

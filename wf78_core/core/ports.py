@@ -81,13 +81,26 @@ class Backend(Protocol):
         priority: int | None,
         *,
         wait: bool,
+        key: str | None = None,
     ) -> Run:
-        """Accept a run (durably, before returning); wait for it to finish if ``wait``."""
+        """Accept a run (durably, before returning); wait for it to finish if ``wait``.
+        ``key``, the caller's idempotency key (:func:`~wf78_core.core.runkeys.run_key`): a
+        replay answers the key's first run and starts nothing; the key sent with another
+        request raises IdempotencyConflict; ValueError for a key of no 1 to 200 characters."""
 
     async def start_event(
-        self, workflow: WorkflowDefinition, payload: Mapping[str, Any] | None
+        self,
+        workflow: WorkflowDefinition,
+        payload: Mapping[str, Any] | None,
+        *,
+        key: str | None = None,
     ) -> str:
-        """Accept a run started by an event; returns its id."""
+        """Accept a run started by the event ``workflow.event``; returns its id (``key``:
+        as :meth:`start`'s, claimed per workflow, :func:`~wf78_core.core.runkeys.event_key`)."""
+
+    async def purge_run_keys(self, before: float) -> int:
+        """Forget run keys claimed before ``before`` (seconds since the epoch) where they
+        do not expire by themselves; how many."""
 
     async def start_scheduled(self, workflow: WorkflowDefinition, due: float) -> None:
         """A schedule tick: start one run for the tick ``due`` (once across processes)."""

@@ -67,6 +67,12 @@ class Limit:
     def free(self) -> int:
         return self.capacity - self.in_use
 
+    @property
+    def stored(self) -> int:
+        """Waiter entries held in the queues, withdrawn ones not yet dropped included
+        (what a flood of withdrawn waiters costs in memory)."""
+        return sum(len(level) for level in self._levels.values())
+
     def __repr__(self) -> str:
         return f"Limit({self.name!r}, {self.in_use}/{self.capacity}, waiting={self.waiting})"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,8 @@ from wf78_core.data.outbox import TableMirrors
 from wf78_core.data.ports import EnginePort
 from wf78_core.definitions import Operation
 from wf78_core.errors import InvalidOperation
-from wf78_core.idempotency import AUTO_PREFIX, MAX_KEY, derive_key
+from wf78_core.idempotency import AUTO_PREFIX, MAX_KEY, derive_key, fingerprint
+from wf78_core.ids import id_problem
 
 __all__ = ["DEFAULT_NUMBER", "MAX_ID", "MAX_NUMBER", "TableView", "owner_problem"]
 
@@ -35,6 +37,11 @@ MAX_ID = 64
 _BASE = ("id", "upby", "uptime")
 _DIGITS = re.compile(r"[0-9]+")
 _SCOPE_ENCODER = msgspec.json.Encoder()
+# The fingerprint of the keyed write method running in this task (set by TableView._key),
+# which that method's operations carry with its caller's key: every step of one call, on
+# every shard, names the same request. A context variable, not an attribute: one view may
+# serve many tasks at once.
+_CALL: ContextVar[str | None] = ContextVar("wf78_table_call", default=None)
 
 
 def owner_problem(value: str) -> str | None:
@@ -98,6 +105,9 @@ class TableView:
 
     async def _submit(self, action: str, **fields: Any) -> Any:
         config = self.config
+        key = fields.get("idempotency_key")
+        if key is not None and not key.startswith(AUTO_PREFIX):
+            fields["idempotency_fingerprint"] = _CALL.get()
         op = Operation(
             action=action,
             table=self.name,
@@ -108,6 +118,9 @@ class TableView:
         return (await self.engine.submit(op, priority=self.priority)).value
 
     async def _submit_to(self, source: str, action: str, **fields: Any) -> Any:
+        key = fields.get("idempotency_key")
+        if key is not None and not key.startswith(AUTO_PREFIX):
+            fields["idempotency_fingerprint"] = _CALL.get()
         op = Operation(action=action, table=self.name, data_source=source, **fields)
         return (await self.engine.submit(op, priority=self.priority)).value
 
@@ -116,14 +129,20 @@ class TableView:
     def _invalid(self, message: str) -> InvalidOperation:
         return InvalidOperation(f"table {self.name!r}: {message}")
 
-    def _key(self, given: str | None, method: str) -> str | None:
-        """The idempotency key of a call of ``method``: its own, else derived from the view's."""
+    def _key(self, given: str | None, method: str, *arguments: Any) -> str | None:
+        """The idempotency key of a call of ``method``: its own, else derived from the view's.
+        With a key, the call's ``arguments`` are its request: their fingerprint goes with
+        the key (a replay asking for another request is refused, HTTP 422)."""
         if given is None:
             view = self.idempotency_key
             key = None if view is None else derive_key(view, self.name, method)
         else:
             self._check_key(given)
             key = given
+        if key is not None:
+            _CALL.set(fingerprint(self.name, method, *arguments))
+        elif _CALL.get() is not None:
+            _CALL.set(None)
         if key is None or self.owner is None:
             return key
         # Owner first, JSON-quoted: one tenant's key (and the ids derived from it) never
@@ -212,12 +231,36 @@ class TableView:
         return out
 
     def _row_id(self, value: Any, field: str) -> str:
+        """An id of a text-id table's shape; on a snowflake table any 1 to 64 characters
+        Python callers give (the data routes take only digits there, as koa78)."""
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise self._invalid(f"{field} must be a string or an integer, got {value!r}")
         text = str(value)
-        if not text or len(text) > MAX_ID:
-            raise self._invalid(f"{field} must have 1 to {MAX_ID} characters, got {text!r}")
+        if self.config.id == "text":
+            problem = id_problem(text, "text")
+        elif not text or len(text) > MAX_ID:
+            problem = f"must have 1 to {MAX_ID} characters"
+        else:
+            problem = None
+        if problem is not None:
+            shown = text if len(text) <= MAX_ID + 8 else text[:MAX_ID] + "..."
+            raise self._invalid(f"{field} {problem}, got {shown!r}")
         return text
+
+    def _given_id(self, values: Any, field: str, *, required: bool) -> tuple[str | None, Any]:
+        """The caller's id of a row to insert, split from its ``values``, on a table with
+        text ids (``required``: refused without one); ``(None, values)`` on a snowflake
+        table, whose ids are minted (an ``id`` there is refused as a base column)."""
+        if self.config.id != "text" or not isinstance(values, Mapping):
+            return None, values
+        if values.get("id") is None:
+            if required:
+                raise self._invalid(
+                    f"{field}.id is required: the table's ids are text (id = 'text'), "
+                    "chosen by the caller"
+                )
+            return None, {key: value for key, value in values.items() if key != "id"}
+        return self._split_id(values, field)
 
     def _split_id(self, values: Any, field: str) -> tuple[str, dict[str, Any]]:
         if not isinstance(values, Mapping):

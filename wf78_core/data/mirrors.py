@@ -203,7 +203,7 @@ class Relay:
                 action="outbox_count", data_source=lane.primary, where={"mirror": lane.mirror}
             )
             try:
-                count = await self._submit(op)
+                count = await self.submit(op)
             except OperationError as error:
                 self._failed(error)
                 continue
@@ -246,7 +246,7 @@ class Relay:
     async def _drain(self, lane: _Lane) -> None:
         """Apply and acknowledge the lane's entries, a batch at a time, until none is left."""
         while True:
-            fetched = await self._submit(
+            fetched = await self.submit(
                 Operation(
                     action="outbox_fetch",
                     data_source=lane.primary,
@@ -258,7 +258,7 @@ class Relay:
                 return
             await self._apply_batch(lane, fetched)
             ids = [item["id"] for item in fetched]
-            await self._submit(Operation(action="outbox_ack", data_source=lane.primary, value=ids))
+            await self.submit(Operation(action="outbox_ack", data_source=lane.primary, value=ids))
             self.acknowledged += len(ids)
             self._touch()
             if len(fetched) < self.batch:
@@ -326,7 +326,7 @@ class Relay:
         else:
             found = []
             if entry.action == "sync":
-                found = await self._submit(
+                found = await self.submit(
                     Operation(
                         action="get",
                         table=entry.table,
@@ -344,9 +344,10 @@ class Relay:
                 op = Operation(
                     action="delete", table=entry.table, data_source=mirror, where={"id": entry.id}
                 )
-        await self._submit(op)
+        await self.submit(op)
 
-    async def _submit(self, op: Operation, priority: int | None = RELAY_PRIORITY) -> Any:
+    async def submit(self, op: Operation, priority: int | None = RELAY_PRIORITY) -> Any:
+        """One operation of the relay (reading the outbox, writing a mirror): its value."""
         return (await self.engine.submit(op, priority=priority)).value
 
     def _backoff(self, attempt: int) -> float:
@@ -405,7 +406,7 @@ class Relay:
         usable = key not in self._dirty
         if usable:
             try:
-                cached = await self._submit(
+                cached = await self.submit(
                     Operation(action="cache_get", data_source=cache, key=key), priority
                 )
             except OperationError as error:
@@ -428,7 +429,7 @@ class Relay:
                 action="cache_set", data_source=cache, key=key, value=rows[0], ttl=mirrors.cache_ttl
             )
             try:
-                await self._submit(op, priority)
+                await self.submit(op, priority)
             except OperationError as error:
                 self._cache_failed(error)
         return rows

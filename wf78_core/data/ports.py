@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from wf78_core.config import Config, EngineSettings
+from wf78_core.core.ports import Backend
 from wf78_core.core.sources import SourcePool
 from wf78_core.data.outbox import TableMirrors
 from wf78_core.definitions import Operation, Result
@@ -70,3 +71,8 @@ class EnginePort(Protocol):
         priority: int | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> Result: ...
+
+    @property
+    def backend(self) -> Backend:
+        """Where runs live: maintenance purges their idempotency keys."""
+        ...

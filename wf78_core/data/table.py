@@ -2,9 +2,10 @@
 
 Each method builds :class:`~wf78_core.definitions.Operation` values and hands them to
 ``engine.submit``, so priority, agents, selection, retry and statistics apply to table work
-like to any other. The koa78 columns are filled on every write: a snowflake ``id``, ``upby``
-(the identity's user name), ``uptime`` (now, UTC) and the owner column (``cid`` or ``uid``,
-from the identity). The owner is also a filter of every read and write, bulk ones included,
+like to any other. The koa78 columns are filled on every write: a snowflake ``id`` (on a
+table with ``id = "text"``, the caller's id, required on insert), ``upby`` (the identity's
+user name), ``uptime`` (now, UTC) and the owner column (``cid`` or ``uid``, from the
+identity). Every id a method takes has the table's shape (:func:`wf78_core.ids.id_problem`). The owner is also a filter of every read and write, bulk ones included,
 so one tenant never reads, changes or deletes another's rows.
 
 Every write method takes ``idempotency_key=``: a replay with the same key returns the first
@@ -16,11 +17,13 @@ engine's retries of it never double a row either.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from wf78_core.data import sharding
 from wf78_core.data.arguments import DEFAULT_NUMBER, MAX_NUMBER, owner_problem
 from wf78_core.data.reads import TableReads
+from wf78_core.errors import RowNotFound
 from wf78_core.idempotency import AUTO_PREFIX, derive_key, key_id
 from wf78_core.ids import snowflake_id
 
@@ -47,17 +50,21 @@ class Table(TableReads):
     # -- writes ---------------------------------------------------------------------------
 
     async def add(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
-        """Insert one row (koa78 ``mAdd``); returns its new id."""
-        key = self._key(idempotency_key, "add")
+        """Insert one row (koa78 ``mAdd``); returns its new id. On a table with text ids
+        (``id = "text"``) ``values["id"]`` is that id, and required."""
+        return await self._add(values, self._key(idempotency_key, "add", values))
+
+    async def _add(self, values: Mapping[str, Any], key: str | None) -> str:
+        given, values = self._given_id(values, "values", required=True)
         row = self._stamp(self._values(values, "values"), owner=True)
-        row["id"] = snowflake_id() if key is None else key_id(key)
+        row["id"] = _new_id(given, key)
         result: str = await self._write(
             "add",
             "index",
             [row],
             values=row,
             shard=self._write_shard(),
-            idempotency_key=AUTO_PREFIX + row["id"] if key is None else key,
+            idempotency_key=_insert_key(given is not None, key, row["id"]),
         )
         return result
 
@@ -69,13 +76,16 @@ class Table(TableReads):
     ) -> list[str]:
         """Insert many rows at once, all or none (koa78 ``mAddMany``); returns their ids.
 
-        A row is a mapping of column to value, or a sequence of values in declared order.
+        A row is a mapping of column to value, or a sequence of values in declared order;
+        on a table with text ids each row is a mapping with its ``id``.
         """
-        key = self._key(idempotency_key, "add_many")
+        key = self._key(idempotency_key, "add_many", rows)
         prepared = []
         for index, row in enumerate(self._rows(rows)):
-            values = self._stamp(self._values(row, f"rows[{index}]"), owner=True)
-            values["id"] = snowflake_id() if key is None else key_id(key, index)
+            field = f"rows[{index}]"
+            given, row = self._given_id(row, field, required=True)
+            values = self._stamp(self._values(row, field), owner=True)
+            values["id"] = _new_id(given, key, index)
             prepared.append(values)
         if not prepared:
             return []
@@ -85,7 +95,7 @@ class Table(TableReads):
             prepared,
             rows=prepared,
             shard=self._write_shard(),
-            idempotency_key=AUTO_PREFIX + prepared[0]["id"] if key is None else key,
+            idempotency_key=_insert_key(self.config.id == "text", key, prepared[0]["id"]),
         )
         return ids
 
@@ -95,7 +105,7 @@ class Table(TableReads):
         """Insert rows that carry their own ``id``, skipping ids that exist (koa78
         ``mAddManyByid``); returns how many were inserted. An existing row, whoever owns
         it, is left as it is."""
-        key = self._key(idempotency_key, "add_many_by_id")
+        key = self._key(idempotency_key, "add_many_by_id", rows)
         prepared = []
         for index, row in enumerate(self._rows(rows)):
             field = f"rows[{index}]"
@@ -121,7 +131,7 @@ class Table(TableReads):
         self, id: str | int, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> int:
         """Update the row ``id`` of this owner (koa78 ``mUpdate``); returns rows changed."""
-        key = self._key(idempotency_key, "update")
+        key = self._key(idempotency_key, "update", id, values)
         changes = self._values(values, "values")
         if not changes:
             raise self._invalid("values: update needs at least one column to set")
@@ -131,7 +141,7 @@ class Table(TableReads):
         self, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> int:
         """Update the row named by ``values["id"]`` (koa78 ``mUpdateByid``)."""
-        key = self._key(idempotency_key, "update_by_id")
+        key = self._key(idempotency_key, "update_by_id", values)
         row_id, rest = self._split_id(values, "values")
         return await self.update(row_id, rest, idempotency_key=key)
 
@@ -140,7 +150,7 @@ class Table(TableReads):
     ) -> int:
         """Update many rows of this owner in one statement, each by its ``id`` (koa78
         ``mUpdateMany``); returns rows changed. Rows of other owners are not touched."""
-        key = self._key(idempotency_key, "update_many")
+        key = self._key(idempotency_key, "update_many", rows)
         prepared = []
         for index, row in enumerate(self._rows(rows)):
             field = f"rows[{index}]"
@@ -153,26 +163,36 @@ class Table(TableReads):
             prepared.append(stamped)
         if not prepared:
             return 0
-        changed: int = await self._write(
-            "update_many",
-            "sync",
-            prepared,
-            rows=prepared,
-            where=self._scope(),
-            shard=self._write_shard(),
-            idempotency_key=key,
-        )
-        return changed
+        scope = self._scope()
+
+        async def write(shard: str | None, ids: list[str], step: str | None) -> int:
+            mine = set(ids)
+            rows = [row for row in prepared if row["id"] in mine]
+            changed: int = await self._write(
+                "update_many",
+                "sync",
+                rows,
+                rows=rows,
+                where=scope,
+                shard=shard,
+                idempotency_key=step,
+            )
+            return changed
+
+        return await self._by_id([row["id"] for row in prepared], key, write)
 
     async def upsert(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
         """Update the row ``values["id"]`` when this owner has it, else insert it with that
         id (koa78 ``mByid``); returns the id. Another owner's row with that id is never
         overwritten: that raises InvalidOperation."""
-        key = self._key(idempotency_key, "upsert")
+        key = self._key(idempotency_key, "upsert", values)
         row_id, rest = self._split_id(values, "values")
         changes = self._values(rest, "values")
         shard = self._write_shard()
         if self.owner is None:
+            # A sharded table's row may live in an earlier shard: updated there if it does.
+            if shard is not None and await self._update(row_id, changes, _step(key, "update")):
+                return row_id
             row = self._stamp(changes, owner=False)
             row["id"] = row_id
             result: str = await self._write(
@@ -197,65 +217,80 @@ class Table(TableReads):
         # The id exists: ours if another caller inserted it just now, else someone else's.
         if await self._update(row_id, changes, _step(key, "update again")):
             return row_id
-        raise self._invalid(
-            f"upsert: id {row_id!r} exists and is not this {self.owner}'s row; "
-            "it is not overwritten"
-        )
+        # Another owner's id (never overwritten) is answered as an id nobody has: whose
+        # it is, or that it exists, is not this caller's to learn.
+        raise RowNotFound(self.name, row_id)
 
     async def upsert_by_first_field(
         self, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> str:
         """Update this owner's row whose first declared column equals ``values``' one, else
-        insert (koa78 ``mByFirstField``); returns the row's id."""
-        key = self._key(idempotency_key, "upsert_by_first_field")
+        insert (koa78 ``mByFirstField``); returns the row's id. On a table with text ids
+        ``values["id"]`` is the id of the row if inserted (required then)."""
+        key = self._key(idempotency_key, "upsert_by_first_field", values)
         if not self.columns:
             raise self._invalid("upsert_by_first_field needs a declared column")
+        given, values = self._given_id(values, "values", required=False)
         changes = self._values(values, "values")
         first = self.columns[0]
         if first not in changes:
             raise self._invalid(f"values: upsert_by_first_field needs the first column {first!r}")
+        # One key for either write: a replay taking the other path (its first call added
+        # the row it now finds) still meets the first call's record, and its request.
+        step = _step(key, "write")
         found = await self.get(where={first: changes[first]}, cols=["id"], number=1)
         if found:
             row_id = str(found[0]["id"])
-            await self._update(row_id, changes, _step(key, "update"))
+            await self._update(row_id, changes, step)
             return row_id
-        return await self.add(changes, idempotency_key=_step(key, "add"))
+        new = changes if given is None else {**changes, "id": given}
+        added = await self._add(new, step)
+        if not isinstance(added, str):  # the count of an update this key made first
+            raise self._invalid(
+                "upsert_by_first_field: this idempotency key first updated a row that is "
+                "gone now; send a new key"
+            )
+        return added
 
     async def delete(self, id: str | int, *, idempotency_key: str | None = None) -> int:
         """Delete the row ``id`` of this owner (koa78 ``mdel``); returns rows deleted."""
-        key = self._key(idempotency_key, "delete")
-        where = {"id": self._row_id(id, "id"), **self._scope()}
-        deleted: int = await self._write(
-            "delete",
-            "delete",
-            [where],
-            where=where,
-            shard=self._write_shard(),
-            idempotency_key=key,
-        )
-        return deleted
+        key = self._key(idempotency_key, "delete", id)
+        row_id = self._row_id(id, "id")
+        where = {"id": row_id, **self._scope()}
+
+        async def write(shard: str | None, ids: list[str], step: str | None) -> int:
+            deleted: int = await self._write(
+                "delete", "delete", [where], where=where, shard=shard, idempotency_key=step
+            )
+            return deleted
+
+        return await self._by_id([row_id], key, write)
 
     async def delete_many(
         self, ids: Sequence[str | int], *, idempotency_key: str | None = None
     ) -> int:
         """Delete this owner's rows among ``ids`` (koa78 ``mdelmany``); returns rows deleted."""
-        key = self._key(idempotency_key, "delete_many")
+        key = self._key(idempotency_key, "delete_many", ids)
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise self._invalid(f"ids must be a list of ids, got {type(ids).__name__}")
         wanted = list(dict.fromkeys(self._row_id(v, f"ids[{i}]") for i, v in enumerate(ids)))
         scope = self._scope()
         if not wanted:
             return 0
+
         # Some ids may be another owner's and stay: the relay reads back what each id holds.
-        deleted: int = await self._write(
-            "delete_many",
-            "sync",
-            [{"id": row_id} for row_id in wanted],
-            where={"id": wanted, **scope},
-            shard=self._write_shard(),
-            idempotency_key=key,
-        )
-        return deleted
+        async def write(shard: str | None, ids: list[str], step: str | None) -> int:
+            deleted: int = await self._write(
+                "delete_many",
+                "sync",
+                [{"id": row_id} for row_id in ids],
+                where={"id": ids, **scope},
+                shard=shard,
+                idempotency_key=step,
+            )
+            return deleted
+
+        return await self._by_id(wanted, key, write)
 
     async def update_search_doc(
         self, id: str | int, values: Mapping[str, Any], *, idempotency_key: str | None = None
@@ -266,7 +301,7 @@ class Table(TableReads):
         Targets the table's ``search_mirror``, else its ``data_source`` when that is of type
         ``elasticsearch``. A later write of the row replaces a mirror's document again.
         """
-        key = self._key(idempotency_key, "update_search_doc")
+        key = self._key(idempotency_key, "update_search_doc", id, values)
         source = self._search_source()
         row_id = self._row_id(id, "id")
         changes = self._values(values, "values")
@@ -292,16 +327,52 @@ class Table(TableReads):
     async def _update(self, row_id: str, changes: dict[str, Any], key: str | None = None) -> int:
         where = {"id": row_id, **self._scope()}
         values = self._stamp(changes, owner=False)
-        changed: int = await self._write(
-            "update",
-            "update",
-            [{"id": row_id, **values}],
-            values=values,
-            where=where,
-            shard=self._write_shard(),
-            idempotency_key=key,
+
+        async def write(shard: str | None, ids: list[str], step: str | None) -> int:
+            changed: int = await self._write(
+                "update",
+                "update",
+                [{"id": row_id, **values}],
+                values=values,
+                where=where,
+                shard=shard,
+                idempotency_key=step,
+            )
+            return changed
+
+        return await self._by_id([row_id], key, write)
+
+    async def _by_id(
+        self,
+        ids: list[str],
+        key: str | None,
+        write: Callable[[str | None, list[str], str | None], Awaitable[int]],
+    ) -> int:
+        """``write(shard, ids, key)`` of an update or delete by id, on the shards holding
+        the rows of a sharded table (:func:`wf78_core.data.sharding.write_by_id`)."""
+        spec = self.config.sharding
+        if spec is None:
+            return await write(None, ids, key)
+        return await sharding.write_by_id(
+            spec,
+            ids,
+            key,
+            today=sharding.to_date(self._now()),
+            text_ids=self.config.id == "text",
+            write=write,
+            list_shards=lambda: self._submit("list_shards"),
+            locate=self._locate,
         )
-        return changed
+
+    async def _locate(self, wanted: dict[str, list[str]]) -> dict[str, set[str]]:
+        """Which of this owner's rows each shard holds, of the ids asked of it."""
+        scope = self._scope()
+        calls = {
+            shard: ("get", {"where": {"id": ids, **scope}, "columns": ["id"], "shard": shard})
+            for shard, ids in wanted.items()
+        }
+        found = await self._gather(calls)
+        return {shard: {str(row["id"]) for row in rows} for shard, rows in found.items()}
 
     async def _write(
         self,
@@ -321,6 +392,21 @@ class Table(TableReads):
         return await relay.write(
             self.name, entries, lambda: self._submit(action, outbox=entries, **fields)
         )
+
+
+def _new_id(given: str | None, key: str | None, index: int | None = None) -> str:
+    """A new row's id: the caller's (text ids), else derived from the key, else minted."""
+    if given is not None:
+        return given
+    return snowflake_id() if key is None else key_id(key, index)
+
+
+def _insert_key(callers_ids: bool, key: str | None, first_id: str) -> str | None:
+    """An insert's key: the caller's; without one, ``~`` + the first minted id (a replay
+    finds its ids stored). Callers' ids are no replay: one stored already is a conflict."""
+    if key is not None or callers_ids:
+        return key
+    return AUTO_PREFIX + first_id
 
 
 def _step(key: str | None, step: str) -> str | None:

@@ -1,9 +1,11 @@
 """``AdminApp``: the routes under the middleware's prefix — runs, events, status, metrics and
-the dashboard. Every one of them needs an identity with the ``admin`` role.
+the dashboard. Every JSON route needs an identity with the ``admin`` role.
 
 The dashboard is a static page whose scripts call the JSON routes with a bearer token. A
-browser cannot put that header on the page load itself, so the page and its static files
-(only those) also accept the token as ``?token=``; the page passes it on to its assets.
+browser cannot put that header on the page load itself, and a token in the URL's query
+would land in every access log: so the page and its static files, which hold no data, load
+without one, and the scripts take the token from the URL's fragment (``#token=``, never
+sent to the server) or the page's form. ``?token=`` is refused on every admin route.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
 import msgspec
 
 from wf78_core.config import Identity
 from wf78_core.engine import Engine
-from wf78_core.errors import Overloaded, UnknownWorkflow, Wf78Error
+from wf78_core.errors import (
+    BackendUnavailable,
+    IdempotencyConflict,
+    Overloaded,
+    UnknownWorkflow,
+    Wf78Error,
+)
 from wf78_core.http.asgi import (
     MAX_JSON_DEPTH,
     BodyTooLarge,
@@ -35,6 +42,7 @@ from wf78_core.http.asgi import (
 )
 from wf78_core.http.context import RequestClient
 from wf78_core.http.identity import Callers
+from wf78_core.http.keys import HEADER, BadKey, caller_key
 from wf78_core.http.metrics import CONTENT_TYPE_LATEST, engine_registry, render
 from wf78_core.http.openapi import openapi_document
 from wf78_core.http.routes import DEFAULT_MAX_PARS
@@ -95,10 +103,6 @@ _PAGE_POLICY = (
     b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     b"img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_LOGIN_POLICY = (
-    b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
-    b"frame-ancestors 'none'"
-)
 
 
 def _is_admin(identity: Identity | None) -> bool:
@@ -146,6 +150,41 @@ async def _error(
     await _send_json(send, status, payload, headers)
 
 
+async def _unavailable(send: Send, error: BackendUnavailable) -> None:
+    """503 for a run backend that could not be reached: ``Retry-After`` and the koa78
+    envelope (``back`` names a run whose start may have been stored), with ``error``
+    as every admin answer has it."""
+    message = str(error)
+    payload = {
+        "res": -503,
+        "errmsg": message,
+        "kind": "unavailable",
+        "back": {"run_id": error.run_id} if error.run_id else None,
+        "error": message,
+    }
+    retry_after = str(max(1, math.ceil(error.retry_after))).encode()
+    await _send_json(send, 503, payload, [(b"retry-after", retry_after)])
+
+
+async def _key_refused(send: Send, error: BadKey | IdempotencyConflict) -> None:
+    """400 for an ``Idempotency-Key`` that is no key, 422 for one first sent with another
+    run request or event: the koa78 envelope, with ``error`` and ``field`` as every admin
+    answer has them."""
+    status, kind = (400, "invalid") if isinstance(error, BadKey) else (422, "idempotency_conflict")
+    message = str(error) if status == 400 else f"{HEADER}: {error}"
+    payload = {"res": -status, "errmsg": message, "kind": kind, "back": None}
+    await _send_json(send, status, {**payload, "error": message, "field": HEADER})
+
+
+async def _deny(send: Send, identity: Identity | None) -> None:
+    if identity is None:
+        status, message = 401, "authentication required: send 'Authorization: Bearer <token>'"
+    else:
+        status, message = 403, f"the admin routes need the {ADMIN_ROLE!r} role"
+    headers = [(b"www-authenticate", b'Bearer realm="wf78"')] if status == 401 else []
+    await _error(send, status, message, headers=headers)
+
+
 def _without_body(send: Send) -> Send:
     """A ``send`` for HEAD: the GET answer's headers, an empty body."""
 
@@ -182,7 +221,6 @@ class AdminApp:
         self.callers = callers if callers is not None else Callers(engine.pm)
         dashboard = resources.files("wf78_core.http").joinpath("dashboard")
         self._index = dashboard.joinpath("index.html").read_text("utf-8")
-        self._login = dashboard.joinpath("login.html").read_text("utf-8")
         self._assets: dict[str, tuple[bytes, bytes]] = {}
         for entry in dashboard.iterdir():
             suffix = "." + entry.name.rpartition(".")[2]
@@ -213,15 +251,20 @@ class AdminApp:
         self, scope: Scope, receive: Receive, send: Send, client: RequestClient
     ) -> None:
         path: str = scope["path"][len(self.prefix) :]
-        page = path in ("", "/") or path.startswith("/static/")
-        identity = client.identity
-        query_token = None
-        if page and not _is_admin(identity):
-            query_token = query_params(scope).get("token", [None])[-1]
-            if query_token:
-                identity = await self.callers.identify_token(scope, query_token)
-        if not _is_admin(identity):
-            await self._deny(scope, send, identity, login=page)
+        if "token" in query_params(scope):
+            await _error(
+                send,
+                400,
+                "a token does not belong in the URL, where access logs keep it: open "
+                f"{self.prefix}/#token=<token> (a fragment never reaches the server) or send "
+                "'Authorization: Bearer <token>'",
+                field="token",
+            )
+            return
+        # The dashboard's page and files are static: no data, so no token needed.
+        shell = path in ("", "/") or path.startswith("/static/")
+        if not shell and not _is_admin(client.identity):
+            await _deny(send, client.identity)
             return
         for route in self._routes:
             match = route.pattern.fullmatch(path)
@@ -241,31 +284,14 @@ class AdminApp:
                 )
                 return
             params = match.groupdict()
-            if query_token:
-                params["query_token"] = query_token
-            await handler(scope, receive, send, client, params)
+            try:
+                await handler(scope, receive, send, client, params)
+            except BackendUnavailable as error:
+                await _unavailable(send, error)
+            except BadKey as error:
+                await _key_refused(send, error)
             return
         await _error(send, 404, f"no admin route {scope['path']!r}")
-
-    async def _deny(
-        self, scope: Scope, send: Send, identity: Identity | None, *, login: bool
-    ) -> None:
-        if identity is None:
-            status, message = 401, "authentication required: send 'Authorization: Bearer <token>'"
-        else:
-            status, message = 403, f"the admin routes need the {ADMIN_ROLE!r} role"
-        headers = [(b"www-authenticate", b'Bearer realm="wf78"')] if status == 401 else []
-        if login and "text/html" in (header(scope, b"accept") or ""):
-            # A browser opening the dashboard: the same status, with a token form.
-            body = (
-                self._login.replace("{{prefix}}", html.escape(self.prefix))
-                .replace("{{message}}", html.escape(message))
-                .encode()
-            )
-            headers += [*_PAGE_HEADERS, (b"content-security-policy", _LOGIN_POLICY)]
-            await send_bytes(send, status, body, b"text/html; charset=utf-8", headers)
-            return
-        await _error(send, status, message, headers=headers)
 
     async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The request body, or None after answering 413."""
@@ -285,14 +311,7 @@ class AdminApp:
         client: RequestClient,
         params: dict[str, str],
     ) -> None:
-        token = params.get("query_token")
-        # Assets are fetched by the browser without the bearer header: pass the token on.
-        asset_query = f"?token={quote(token, safe='')}" if token else ""
-        body = (
-            self._index.replace("{{prefix}}", html.escape(self.prefix))
-            .replace("{{asset_query}}", html.escape(asset_query))
-            .encode()
-        )
+        body = self._index.replace("{{prefix}}", html.escape(self.prefix)).encode()
         headers = [*_PAGE_HEADERS, (b"content-security-policy", _PAGE_POLICY)]
         await send_bytes(send, 200, body, b"text/html; charset=utf-8", headers)
 
@@ -325,6 +344,7 @@ class AdminApp:
                 field="priority",
             )
             return
+        key = caller_key(scope, client.identity)  # BadKey: 400
         body = await self._body(scope, receive, send)
         if body is None:
             return
@@ -350,13 +370,23 @@ class AdminApp:
             return
         try:
             run = await self.engine.run(
-                request.workflow, request.context, wait=False, priority=client.priority
+                request.workflow,
+                request.context,
+                wait=False,
+                priority=client.priority,
+                idempotency_key=key,
             )
         except UnknownWorkflow as error:
             await _error(send, 404, str(error), field="workflow")
             return
+        except IdempotencyConflict as error:
+            await _key_refused(send, error)
+            return
         except Overloaded as error:
             await self._overloaded(send, error)
+            return
+        except BackendUnavailable as error:
+            await _unavailable(send, error)
             return
         except Wf78Error as error:  # shutting down: another process may take it soon
             await _error(send, 503, str(error), headers=[_RETRY_SOON])
@@ -423,6 +453,7 @@ class AdminApp:
         client: RequestClient,
         params: dict[str, str],
     ) -> None:
+        key = caller_key(scope, client.identity)  # BadKey: 400
         body = await self._body(scope, receive, send)
         if body is None:
             return
@@ -442,9 +473,15 @@ class AdminApp:
                 await _error(send, 400, message)
                 return
         try:
-            run_ids = await self.engine.emit(params["event"], payload)
+            run_ids = await self.engine.emit(params["event"], payload, idempotency_key=key)
+        except IdempotencyConflict as error:
+            await _key_refused(send, error)
+            return
         except Overloaded as error:
             await self._overloaded(send, error)
+            return
+        except BackendUnavailable as error:
+            await _unavailable(send, error)
             return
         except Wf78Error as error:  # shutting down: another process may take it soon
             await _error(send, 503, str(error), headers=[_RETRY_SOON])
@@ -477,6 +514,9 @@ class AdminApp:
             return
         except Overloaded as error:
             await self._overloaded(send, error)
+            return
+        except BackendUnavailable as error:
+            await _unavailable(send, error)
             return
         except Wf78Error as error:
             # Its run is still going (409), or the engine is shutting down (503).

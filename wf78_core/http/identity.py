@@ -2,8 +2,8 @@
 
 The chain is the only way a request gets an identity: authentication plugins first, the
 default token plugin (:class:`wf78_core.core.auth.TokenAuth`, ``trylast``) last. A token
-sent outside the headers (koa78's ``sid`` parameter, the dashboard's ``?token=``) is put to
-the same chain as the request's bearer token.
+sent outside the headers (koa78's ``sid`` parameter) is put to the same chain as the
+request's bearer token.
 """
 
 from __future__ import annotations

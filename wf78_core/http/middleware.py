@@ -4,9 +4,12 @@ data routes and the admin routes, and hands every other request to the app untou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from asgiref.compatibility import guarantee_single_callable
 
 from wf78_core.config import Config, Identity
 from wf78_core.engine import Engine
@@ -17,6 +20,8 @@ from wf78_core.http.identity import Callers, allowed_priority
 from wf78_core.http.routes import DEFAULT_MAX_PARS, DataRoutes
 
 __all__ = ["Wf78Middleware"]
+
+log = logging.getLogger("wf78.http")
 
 _NOT_STARTED = (
     "the wf78 engine is not running: the ASGI server did not run the lifespan protocol "
@@ -65,6 +70,64 @@ class _StartupFailed(Exception):
     """Raised into the app's lifespan after wf78 itself reported the failure."""
 
 
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class _AppLifespan:
+    """One lifespan run through the wrapped app: the engine opens when the server's
+    ``lifespan.startup`` reaches the app and closes once the app has shut down."""
+
+    def __init__(self, engine: Engine, receive: Receive, send: Send) -> None:
+        self.engine = engine
+        self._receive = receive
+        self._send = send
+        self.received = False  # the app read a lifespan message
+        self.answered = False  # the server got its answer to the startup
+        self.reported = False  # a ``*.failed`` message went to the server
+        self.error: Exception | None = None  # why the engine did not start
+
+    async def receive(self) -> dict[str, Any]:
+        message: dict[str, Any] = await self._receive()
+        self.received = True
+        if message["type"] == "lifespan.startup":
+            try:
+                await self.engine.__aenter__()
+            except Exception as error:
+                self.error = error
+                await self.fail(f"wf78: {_reason(error)}")
+                raise _StartupFailed(str(error)) from error
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind.startswith("lifespan.startup"):
+            if self.answered:
+                return  # wf78 already answered the startup
+            self.answered = True
+        if kind.endswith(".failed"):
+            self.reported = True
+        if kind in _CLOSING and self.engine.running:
+            await self.engine.__aexit__(None, None, None)
+        await self._send(message)
+
+    async def fail(self, message: str) -> None:
+        """Answer the startup with ``lifespan.startup.failed`` (a server may raise here:
+        hypercorn does)."""
+        self.answered = self.reported = True
+        await self._send({"type": "lifespan.startup.failed", "message": message})
+
+    async def close(self) -> None:
+        if self.engine.running:
+            await self.engine.__aexit__(None, None, None)
+
+
+# What the app sends once it is done with the engine.
+_CLOSING = frozenset(
+    {"lifespan.startup.failed", "lifespan.shutdown.complete", "lifespan.shutdown.failed"}
+)
+
+
 class Wf78Middleware:
     """Wrap any ASGI app: ``Wf78Middleware(app, engine=None, config=None, prefix="/_wf78")``.
 
@@ -88,7 +151,9 @@ class Wf78Middleware:
     ) -> None:
         if engine is not None and config is not None:
             raise ValueError("pass engine or config, not both")
-        self.app = app
+        # An ASGI2 app (``app(scope)`` returns the coroutine callable) as asgiref adapts it
+        # (asgiref leaves this function unannotated).
+        self.app: Any = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
         self.engine = engine if engine is not None else Engine(config)
         self.prefix = "/" + prefix.strip("/")
         self.max_body = max_body
@@ -172,57 +237,42 @@ class Wf78Middleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Open the engine at startup (before the app's handlers) and close it after the
-        app's shutdown; report ``lifespan.startup.failed`` with wf78's reason."""
-        engine = self.engine
-        received = False
-        failed = False
-
-        async def wrapped_receive() -> dict[str, Any]:
-            nonlocal received, failed
-            message: dict[str, Any] = await receive()
-            received = True
-            if message["type"] == "lifespan.startup":
-                try:
-                    await engine.__aenter__()
-                except Exception as error:
-                    failed = True
-                    await send(
-                        {
-                            "type": "lifespan.startup.failed",
-                            "message": f"wf78: {type(error).__name__}: {error}",
-                        }
-                    )
-                    raise _StartupFailed(str(error)) from error
-            return message
-
-        async def wrapped_send(message: dict[str, Any]) -> None:
-            kind = message["type"]
-            if failed and kind.startswith("lifespan.startup"):
-                return  # wf78 already answered the startup
-            if kind == "lifespan.shutdown.complete" and engine.running:
-                await engine.__aexit__(None, None, None)
-            elif kind == "lifespan.startup.failed" and engine.running:
-                await engine.__aexit__(None, None, None)
-            await send(message)
-
-        try:
-            await self.app(scope, wrapped_receive, wrapped_send)
-        except _StartupFailed:
-            return
-        except Exception:
-            if received:
-                if engine.running:
-                    await engine.__aexit__(None, None, None)
-                raise
-            # The app does not speak lifespan: run it for the engine alone.
+        app's shutdown; report ``lifespan.startup.failed`` with wf78's reason, then raise
+        it (as Starlette's router does: a server or TestClient never waits on a lifespan
+        that has ended). ``[http] lifespan`` says what an app's own crash does."""
+        mode = self.engine.config.http.lifespan
+        if mode == "off":
             await self._own_lifespan(receive, send)
             return
-        if not received:
+        life = _AppLifespan(self.engine, receive, send)
+        try:
+            await self.app(scope, life.receive, life.send)
+        except _StartupFailed:
+            pass  # wf78 answered lifespan.startup.failed: its error is raised below
+        except Exception as error:
+            if life.error is not None:
+                raise  # wf78 reported the failure; the app raised something else since
+            if not life.reported:
+                _log_crash(error, received=life.received, mode=mode)
+            if life.received:
+                await life.close()
+                if mode == "on" and not life.answered:
+                    await life.fail(_fatal(error))
+                raise
+            if mode == "on":
+                await receive()  # the server's lifespan.startup
+                await send({"type": "lifespan.startup.failed", "message": _fatal(error)})
+                raise
+            # ASGI's rule for an app without lifespan support: wf78 runs it for the engine.
+            await self._own_lifespan(receive, send)
+            return
+        if life.error is not None:
+            raise life.error
+        if not life.received:
             # The app returned without reading a lifespan message: it ignores lifespan.
             await self._own_lifespan(receive, send)
             return
-        if engine.running:  # the app returned without finishing shutdown
-            await engine.__aexit__(None, None, None)
+        await life.close()  # the app returned without finishing shutdown
 
     async def _own_lifespan(self, receive: Receive, send: Send) -> None:
         engine = self.engine
@@ -233,15 +283,30 @@ class Wf78Middleware:
                     await engine.__aenter__()
                 except Exception as error:
                     await send(
-                        {
-                            "type": "lifespan.startup.failed",
-                            "message": f"wf78: {type(error).__name__}: {error}",
-                        }
+                        {"type": "lifespan.startup.failed", "message": f"wf78: {_reason(error)}"}
                     )
-                    return
+                    raise
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if engine.running:
                     await engine.__aexit__(None, None, None)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _fatal(error: BaseException) -> str:
+    return f'the app raised on the lifespan scope ([http] lifespan = "on"): {_reason(error)}'
+
+
+def _log_crash(error: BaseException, *, received: bool, mode: str) -> None:
+    """An app's crash on the lifespan scope, with its traceback: never silent."""
+    if mode == "on":
+        then = 'the start-up fails ([http] lifespan = "on")'
+    elif received:
+        then = "the server decides what follows"
+    else:
+        then = (
+            "wf78 runs the lifespan for the engine alone, as for an app without lifespan "
+            'support ([http] lifespan = "on" makes this fatal, "off" keeps the app out of it)'
+        )
+    log.warning("the wrapped app raised on the lifespan scope: %s", then, exc_info=error)

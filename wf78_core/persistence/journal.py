@@ -17,6 +17,10 @@ acknowledgement of a run (and dead-letter changes) waits for its commit; checkpo
 queued, and the queue is bounded: a task that finishes while ``max_queued`` records wait
 holds on until the writer has caught up.
 
+Run idempotency keys (:mod:`wf78_core.core.runkeys`) are kept here too: a claimed key is
+queued before its run's record, so it is durable when the run is; ``purge_keys`` (run by
+maintenance) forgets those older than ``[engine] idempotency_ttl``.
+
 Journals are pluggable: ``[engine] journal`` is ``"sqlite:///path"`` (the default,
 ``wf78-journal.db`` next to the configuration), ``"memory"`` (nothing survives the
 process: for tests and benchmarks), ``"off"``, or ``"package.module:Class"``, a class
@@ -38,6 +42,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from wf78_core.core.records import DeadLetter, Journal, JournaledRun, TaskCheckpoint
+from wf78_core.core.runkeys import KeyedRun
 from wf78_core.errors import ConfigError, Wf78Error
 
 __all__ = [
@@ -181,6 +186,14 @@ class _QueuedJournal:
     async def remove_dead_letter(self, letter_id: str) -> None:
         await self._durable("undead", (letter_id,))
 
+    def remember_key(self, key: str, claimed: KeyedRun) -> None:
+        if self._running:
+            self._add("key", (key, claimed.fingerprint, claimed.run_id, claimed.created))
+
+    def forget_key(self, key: str) -> None:
+        if self._running:
+            self._add("unkey", (key,))
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS wf78_runs (id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
@@ -191,6 +204,9 @@ _SCHEMA = (
     "checkpoint TEXT NOT NULL, PRIMARY KEY (run_id, task))",
     "CREATE TABLE IF NOT EXISTS wf78_dead_letters (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
     "letter TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS wf78_run_keys (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
+    "run_id TEXT NOT NULL, created REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS wf78_run_keys_created ON wf78_run_keys (created)",
 )
 
 _SQL = {
@@ -199,6 +215,9 @@ _SQL = {
     "task": "INSERT OR REPLACE INTO wf78_run_tasks (run_id, task, checkpoint) VALUES (?, ?, ?)",
     "dead": "INSERT OR REPLACE INTO wf78_dead_letters (id, run_id, letter) VALUES (?, ?, ?)",
     "undead": "DELETE FROM wf78_dead_letters WHERE id = ?",
+    "key": "INSERT OR REPLACE INTO wf78_run_keys (key, fingerprint, run_id, created) "
+    "VALUES (?, ?, ?, ?)",
+    "unkey": "DELETE FROM wf78_run_keys WHERE key = ?",
 }
 
 
@@ -364,6 +383,22 @@ class SQLiteJournal(_QueuedJournal):
         letters = [msgspec.json.decode(row[0], type=DeadLetter) for row in rows]
         return sorted(letters, key=lambda letter: letter.time)
 
+    async def find_key(self, key: str) -> KeyedRun | None:
+        rows = await self._query(
+            "SELECT fingerprint, run_id, created FROM wf78_run_keys WHERE key = ?", (key,)
+        )
+        return KeyedRun(*rows[0]) if rows else None
+
+    async def purge_keys(self, before: float) -> int:
+        connection = self._connection
+        if connection is None:
+            raise Wf78Error("the journal is closed")
+        sql = "DELETE FROM wf78_run_keys WHERE created < ?"
+        async with self._lock:  # one statement, committed by itself (autocommit)
+            return await anyio.to_thread.run_sync(
+                lambda: connection.execute(sql, (before,)).rowcount
+            )
+
 
 class MemoryJournal(_QueuedJournal):
     """A journal in this process only: same behaviour, nothing survives a crash."""
@@ -374,6 +409,7 @@ class MemoryJournal(_QueuedJournal):
         super().__init__(**kwargs)
         self._runs: dict[str, JournaledRun] = {}
         self._letters: dict[str, DeadLetter] = {}
+        self._keys: dict[str, KeyedRun] = {}
 
     async def open(self) -> None:
         pass
@@ -419,6 +455,10 @@ class MemoryJournal(_QueuedJournal):
                 self._letters[letter_id] = msgspec.json.decode(encoded, type=DeadLetter)
             elif kind == "undead":
                 self._letters.pop(params[0], None)
+            elif kind == "key":
+                self._keys[params[0]] = KeyedRun(*params[1:])
+            elif kind == "unkey":
+                self._keys.pop(params[0], None)
         await anyio.lowlevel.checkpoint()
 
     def _prune(self) -> None:
@@ -439,6 +479,15 @@ class MemoryJournal(_QueuedJournal):
 
     async def dead_letters(self) -> list[DeadLetter]:
         return sorted(self._letters.values(), key=lambda letter: letter.time)
+
+    async def find_key(self, key: str) -> KeyedRun | None:
+        return self._keys.get(key)
+
+    async def purge_keys(self, before: float) -> int:
+        stale = [key for key, claimed in self._keys.items() if claimed.created < before]
+        for key in stale:
+            del self._keys[key]
+        return len(stale)
 
 
 def open_journal(

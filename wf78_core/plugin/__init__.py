@@ -11,6 +11,7 @@ from wf78_core.definitions import Operation, Result, TaskDefinition
 from wf78_core.errors import (
     ConfigError,
     DataSourceError,
+    IdempotencyConflict,
     InvalidOperation,
     OperationError,
     Problem,
@@ -18,7 +19,14 @@ from wf78_core.errors import (
     Wf78Error,
 )
 from wf78_core.events import TaskEvent
-from wf78_core.idempotency import explicit_key, generated_ids, is_auto
+from wf78_core.idempotency import (
+    check_replay,
+    explicit_key,
+    generated_ids,
+    is_auto,
+    recall,
+    record,
+)
 from wf78_core.ids import snowflake_id
 from wf78_core.plugin.datasource import (
     DataSource,
@@ -42,6 +50,7 @@ __all__ = [
     "DataSource",
     "DataSourceError",
     "DataSourceFactory",
+    "IdempotencyConflict",
     "Identity",
     "InvalidOperation",
     "MaybeAwaitable",
@@ -59,11 +68,14 @@ __all__ = [
     "TaskEvent",
     "TaskTimeout",
     "Wf78Error",
+    "check_replay",
     "convert_options",
     "explicit_key",
     "generated_ids",
     "hookimpl",
     "is_auto",
+    "recall",
+    "record",
     "require_driver",
     "snowflake_id",
 ]

@@ -3,19 +3,28 @@ plugins never import this module)."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from wf78_core.errors import ConfigError
+from wf78_core.errors import ConfigError, Problem
 from wf78_core.plugin import spec as hookspecs
 from wf78_core.plugin.registry import Registry
 
-__all__ = ["HookChain", "collect_registry", "make_plugin_manager", "plugin_names"]
+__all__ = [
+    "HookChain",
+    "collect_registry",
+    "import_plugins",
+    "load_plugins",
+    "make_plugin_manager",
+    "plugin_names",
+]
 
 
 def make_plugin_manager(extra: Iterable[Any] = ()) -> pluggy.PluginManager:
@@ -45,6 +54,34 @@ def make_plugin_manager(extra: Iterable[Any] = ()) -> pluggy.PluginManager:
         pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
         pm.enable_tracing()
     return pm
+
+
+def import_plugins(
+    names: Iterable[str], where: str = "engine.plugins"
+) -> tuple[list[ModuleType], list[Problem]]:
+    """Import each plugin module ``names`` lists; each one that cannot be imported is a
+    :class:`Problem` at ``{where}[i]`` naming the error (any error its import raises)."""
+    modules: list[ModuleType] = []
+    problems: list[Problem] = []
+    for index, name in enumerate(names):
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as error:  # a plugin's own import error is the user's to read
+            problems.append(
+                Problem(
+                    f"{where}[{index}]",
+                    f"{name!r} cannot be imported: {type(error).__name__}: {error}",
+                )
+            )
+    return modules, problems
+
+
+def load_plugins(names: Iterable[str], where: str = "engine.plugins") -> list[ModuleType]:
+    """:func:`import_plugins`, raising :class:`ConfigError` with every module that fails."""
+    modules, problems = import_plugins(names, where)
+    if problems:
+        raise ConfigError(problems)
+    return modules
 
 
 def _readable_name(pm: pluggy.PluginManager, plugin: Any) -> str:

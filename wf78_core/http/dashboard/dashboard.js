@@ -11,11 +11,16 @@
   const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777", "#65a30d", "#dc2626"];
   const SVG_NS = "http://www.w3.org/2000/svg";
 
-  // -- the token: ?token= in the URL, else this tab's sessionStorage, else the login field --
+  // -- the token: #token= in the URL, else this tab's sessionStorage, else the login field.
+  // A fragment never reaches the server (no access log keeps it); it leaves the address bar
+  // and the history at once. The token only ever travels in the Authorization header. --
 
-  const fromUrl = new URLSearchParams(location.search).get("token");
-  let token = fromUrl || sessionStorage.getItem(STORAGE_KEY) || "";
-  if (fromUrl) sessionStorage.setItem(STORAGE_KEY, fromUrl);
+  const fromFragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromFragment) {
+    sessionStorage.setItem(STORAGE_KEY, fromFragment);
+    window.history.replaceState(null, "", location.pathname);
+  }
+  let token = sessionStorage.getItem(STORAGE_KEY) || "";
 
   const login = document.getElementById("login");
   login.addEventListener("submit", (event) => {

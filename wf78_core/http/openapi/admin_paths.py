@@ -1,5 +1,6 @@
 """The admin routes in the OpenAPI document: every path under the prefix, each needing
-the admin role (the dashboard's page and files also take ``?token=``)."""
+the admin role but the dashboard's page and files, which hold no data and load without a
+token (the page's scripts send it to the JSON routes)."""
 
 from __future__ import annotations
 
@@ -74,36 +75,42 @@ def _overloaded(error: dict[str, Any]) -> dict[str, Any]:
 def admin_paths(prefix: str, admin_role: str, max_body: int, run_history: int) -> dict[str, Any]:
     """Every admin path under ``prefix``, in the order the admin app matches them."""
     return {
-        **_page_paths(prefix, admin_role),
+        **_page_paths(prefix),
         **_run_paths(prefix, admin_role, max_body, run_history),
         **_status_paths(prefix, admin_role),
     }
 
 
-def _page_paths(prefix: str, admin_role: str) -> dict[str, Any]:
+def _page_operation(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    refused = json_response("A token in the URL's query (use #token=)", ref("Error"))
+    return {
+        "tags": ["admin"],
+        "summary": summary,
+        "description": (
+            "Static, holds no data: no identity needed (a browser cannot send a bearer "
+            "header on a page load). The page takes the token from the URL's fragment "
+            "(#token=, never sent to the server) or its form and sends it to the JSON "
+            "routes, which need the admin role. ?token= is refused on every admin route."
+        ),
+        "security": [{}],
+        "responses": {**responses, "400": refused},
+        **extra,
+    }
+
+
+def _page_paths(prefix: str) -> dict[str, Any]:
     """The dashboard's page and files."""
-    error = ref("Error")
-    page_security: list[dict[str, list[str]]] = [{"bearer": []}, {"sid": []}, {"token": []}]
     html = {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
     return {
-        f"{prefix}/": {
-            "get": _admin_operation(
-                "The dashboard page (a browser may pass ?token=)",
-                {"200": html},
-                security=page_security,
-                admin_role=admin_role,
-            )
-        },
+        f"{prefix}/": {"get": _page_operation("The dashboard page", {"200": html})},
         f"{prefix}/static/{{name}}": {
-            "get": _admin_operation(
+            "get": _page_operation(
                 "A dashboard file",
                 {
                     "200": {"description": "The file"},
-                    "404": json_response("No such file", error),
+                    "404": json_response("No such file", ref("Error")),
                 },
                 parameters=[_path_param("name", "The file's name")],
-                security=page_security,
-                admin_role=admin_role,
             )
         },
     }
@@ -115,6 +122,8 @@ def _run_paths(prefix: str, admin_role: str, max_body: int, run_history: int) ->
     too_large = json_response(f"Body over {max_body} bytes (max_body)", error)
     overloaded = _overloaded(error)
     accepted_run = _accepted_run()
+    # The same key answers the first run's ids (202); with another body, 422.
+    reused = json_response("The Idempotency-Key was first sent with another body", error)
     run_id = _path_param("run_id", "A run's id")
     return {
         f"{prefix}/runs": {
@@ -149,9 +158,10 @@ def _run_paths(prefix: str, admin_role: str, max_body: int, run_history: int) ->
                     "400": json_response("Bad body or X-Wf78-Priority", error),
                     "404": json_response("Unknown workflow (field: workflow)", error),
                     "413": too_large,
+                    "422": reused,
                     "503": overloaded,
                 },
-                parameters=[parameter_ref("Priority")],
+                parameters=[parameter_ref("Priority"), parameter_ref("IdempotencyKey")],
                 body={
                     "type": "object",
                     "properties": {
@@ -203,9 +213,13 @@ def _run_paths(prefix: str, admin_role: str, max_body: int, run_history: int) ->
                     ),
                     "400": json_response("The payload is not a JSON object", error),
                     "413": too_large,
+                    "422": reused,
                     "503": overloaded,
                 },
-                parameters=[_path_param("event", "The event's name")],
+                parameters=[
+                    _path_param("event", "The event's name"),
+                    parameter_ref("IdempotencyKey"),
+                ],
                 body={"type": "object", "description": "The event's payload"},
                 admin_role=admin_role,
             )

@@ -13,6 +13,7 @@ __all__ = [
     "MAX_OFFSET",
     "MAX_TEXT",
     "PRIORITY_LIMIT",
+    "TEXT_ID",
     "json_response",
     "parameter_ref",
     "ref",
@@ -21,6 +22,7 @@ __all__ = [
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_ID = "^[0-9]{1,64}$"
+TEXT_ID = "^[A-Za-z0-9._:-]{1,64}$"  # ids of tables with id = "text" (wf78_core.ids)
 PRIORITY_LIMIT = 999_999_999  # wf78_core.http.asgi.parse_priority: at most 9 digits
 MAX_TEXT = 64  # bcid, since, until (wf78_core.http.routes.params)
 MAX_OFFSET = 1 << 62  # getstart (wf78_core.http.routes.params)
@@ -34,6 +36,7 @@ DATA_ERRORS = {
     "409": ("conflict", "A duplicate key or a violated constraint"),
     "413": ("too_large", "Body over max_body, or pars/rows/ids/where list over max_pars"),
     "415": ("unsupported_media", "A body neither JSON nor a form"),
+    "422": ("idempotency_conflict", "The Idempotency-Key was first sent with another body"),
     "429": ("too_many_requests", "Reserved for a rate-limiting plugin"),
     "502": ("source_error", "A data source failed; the server log has the details"),
     "503": ("unavailable", "Engine full (overloaded, with Retry-After) or source unavailable"),

@@ -14,6 +14,7 @@ from wf78_core.http.openapi.common import (
     MAX_OFFSET,
     MAX_TEXT,
     PRIORITY_LIMIT,
+    TEXT_ID,
     parameter_ref,
     ref,
     response_ref,
@@ -53,6 +54,13 @@ _METHOD_PARAMS: dict[str, tuple[str, ...]] = {
 
 # Methods whose values (or rows) carry the row's id.
 _WITH_ID = frozenset({"mAddManyByid", "mUpdateByid", "mUpdateMany", "mByid"})
+# Inserts that carry the caller's id too on a table with text ids (mid or values.id).
+_TEXT_ID_INSERTS = frozenset({"mAdd", "mAddMany", "mByFirstField"})
+
+
+def _id_pattern(table: TableConfig) -> str:
+    return TEXT_ID if table.id == "text" else MAX_ID
+
 
 _METHOD_SUMMARY = {
     "mAdd": "Insert one row (pars for the leading columns, or values) -> the new id",
@@ -126,14 +134,14 @@ def _table_schemas(name: str, table: TableConfig, max_pars: int) -> dict[str, di
     }
     values_with_id = {
         **values,
-        "properties": {"id": {"type": "string", "pattern": MAX_ID}, **properties},
+        "properties": {"id": {"type": "string", "pattern": _id_pattern(table)}, **properties},
     }
     filters: dict[str, Any] = {}
     for column, kind in schema.items():
         if column == table.owner:
             continue
         if column == "id":
-            single: dict[str, Any] = {"type": "string", "pattern": MAX_ID}
+            single: dict[str, Any] = {"type": "string", "pattern": _id_pattern(table)}
             filters[column] = single
             continue
         single = _column_schema(kind)
@@ -209,9 +217,13 @@ def _write_params(
             ),
         },
         "mid": {
-            "description": "The row's id: 1 to 64 digits",
+            "description": (
+                "The row's id: 1 to 64 of A-Z a-z 0-9 . _ : - (text ids, the caller's)"
+                if table.id == "text"
+                else "The row's id: 1 to 64 digits"
+            ),
             "anyOf": [
-                {"type": "string", "pattern": MAX_ID},
+                {"type": "string", "pattern": _id_pattern(table)},
                 {"type": "integer", "minimum": 0},
             ],
         },
@@ -266,7 +278,7 @@ def _read_params(
         },
         "ids": {
             **names,
-            "description": f"Ids of the rows (1 to 64 digits each), at most {max_pars}",
+            "description": f"Ids of the rows (each as mid), at most {max_pars}",
         },
         "sid": {
             "type": "string",
@@ -275,11 +287,13 @@ def _read_params(
     }
 
 
-def _query_param(name: str, schema: dict[str, Any], max_page: int) -> dict[str, Any]:
+def _query_param(
+    name: str, schema: dict[str, Any], max_page: int, id_pattern: str = MAX_ID
+) -> dict[str, Any]:
     """A query parameter: lists may repeat the key; objects and arrays may be JSON text."""
     listed = name in ("pars", "rows", "ids", "cols")
     scalars: dict[str, dict[str, Any]] = {
-        "mid": {"type": "string", "pattern": MAX_ID},
+        "mid": {"type": "string", "pattern": id_pattern},
         "getstart": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
         "getnumber": {"type": "integer", "minimum": 0, "maximum": max_page},
         "total": {"type": "integer", "enum": [0, 1]},
@@ -325,7 +339,10 @@ def idempotency_header() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "A write replayed with the same key answers the first result",
+        "description": (
+            "A request replayed with the same key answers the first result and writes or "
+            "starts nothing; the key sent with another body answers 422"
+        ),
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
     }
 
@@ -343,6 +360,9 @@ def _with_id(params: dict[str, dict[str, Any]], name: str) -> dict[str, dict[str
 
 def _data_operation(name: str, table: TableConfig, method: str, verb: str) -> dict[str, Any]:
     used = (*_METHOD_PARAMS[method], "sid")
+    with_id = method in _WITH_ID or (table.id == "text" and method in _TEXT_ID_INSERTS)
+    if table.id == "text" and method in _TEXT_ID_INSERTS and "mid" not in used:
+        used = ("mid", *used)
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"sid": []}]
     if table.owner is None or method == "getbyBcid":
         security.append({})  # anonymous callers too
@@ -362,7 +382,7 @@ def _data_operation(name: str, table: TableConfig, method: str, verb: str) -> di
     if verb == "get":
         operation["parameters"] += [parameter_ref(f"{name}.query.{p}") for p in used]
     else:
-        operation["requestBody"] = _request_body(name, method, used)
+        operation["requestBody"] = _request_body(name, used, with_id=with_id)
     return operation
 
 
@@ -400,11 +420,12 @@ def _done(name: str, method: str) -> dict[str, Any]:
     }
 
 
-def _request_body(name: str, method: str, used: tuple[str, ...]) -> dict[str, Any]:
-    """The parameters of a POST, as a JSON object or a form."""
+def _request_body(name: str, used: tuple[str, ...], *, with_id: bool) -> dict[str, Any]:
+    """The parameters of a POST, as a JSON object or a form (``with_id``: values and rows
+    carry the row's id)."""
 
     def schema_of(param: str) -> dict[str, str]:
-        if param in ("values", "rows") and method in _WITH_ID:
+        if param in ("values", "rows") and with_id:
             return ref(f"{name}.param.{param}WithId")
         return ref(f"{name}.param.{param}")
 
@@ -450,7 +471,9 @@ def data_paths(
         for param, schema in {**params, **_with_id(params, name)}.items():
             schemas[f"{name}.param.{param}"] = schema
         for param, schema in params.items():
-            parameters[f"{name}.query.{param}"] = _query_param(param, schema, max_page)
+            parameters[f"{name}.query.{param}"] = _query_param(
+                param, schema, max_page, _id_pattern(table)
+            )
         for method in METHODS:
             paths[f"/{table.route}/{name}/{method}"] = {
                 verb: _data_operation(name, table, method, verb) for verb in ("get", "post")

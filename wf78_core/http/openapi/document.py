@@ -121,7 +121,7 @@ def _error_responses() -> dict[str, Any]:
 
 
 def _security_schemes() -> dict[str, Any]:
-    """Bearer tokens, koa78's ``sid`` header, and the dashboard's ``?token=``."""
+    """Bearer tokens and koa78's ``sid`` header."""
     return {
         "bearer": {
             "type": "http",
@@ -133,11 +133,5 @@ def _security_schemes() -> dict[str, Any]:
             "in": "header",
             "name": "sid",
             "description": "koa78's alias of the bearer token",
-        },
-        "token": {
-            "type": "apiKey",
-            "in": "query",
-            "name": "token",
-            "description": "The dashboard page and its files only",
         },
     }

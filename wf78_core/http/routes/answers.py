@@ -11,17 +11,20 @@ status  kind                 when
 403     forbidden            ``_method``; ``getbyBcid`` without ``public_read``;
                              an identity without the table's owner field
 404     not_found            unknown table or method; a single-row write or delete
-                             by id that matched no row of the caller
+                             by id that matched no row of the caller (``mByid`` of
+                             another owner's id too: answered as an id nobody has)
 405     method_not_allowed   not GET/POST (``Allow: GET, POST``)
 409     conflict             non-retryable data-source error that is a duplicate
                              key or a violated constraint
 413     too_large            body over ``max_body``; ``pars``, ``rows``, ``ids`` or a
                              ``where`` list of more than ``max_pars`` values
 415     unsupported_media    a body that is neither JSON nor a form
+422     idempotency_conflict an ``Idempotency-Key`` sent again with another request
 429     (reserved)           for a rate-limiting plugin; wf78 itself never answers it
 503     overloaded           the engine's queue is full (``Retry-After``)
 503     unavailable          retryable data-source error after retries, timeouts,
-                             no agent or source, engine shutting down
+                             no agent or source, engine shutting down; a source
+                             out of rotation (named, ``Retry-After``)
 502     source_error         any other non-retryable data-source failure
 500     internal             a bug: logged, never shown
 ======  ===================  ======================================================
@@ -39,11 +42,14 @@ from typing import Any
 
 from wf78_core.errors import (
     DataSourceError,
+    IdempotencyConflict,
     InvalidOperation,
     NoAgentAvailable,
     NoDataSource,
     OperationError,
     Overloaded,
+    RowNotFound,
+    SourceUnavailable,
     Wf78Error,
 )
 from wf78_core.http.asgi import Send, send_json
@@ -161,8 +167,21 @@ def failure_of(error: Exception, where: str) -> Failure:
     the log."""
     if isinstance(error, Overloaded):
         return Failure(503, "overloaded", str(error), _retry_after(error.retry_after))
+    if isinstance(error, RowNotFound):
+        return Failure(404, "not_found", str(error))
+    if isinstance(error, IdempotencyConflict):
+        return Failure(422, "idempotency_conflict", f"Idempotency-Key: {error}")
     if isinstance(error, InvalidOperation):
         return Failure(400, "invalid", str(error))
+    if isinstance(error, SourceUnavailable):
+        log.warning("%s: %s", where, _logged(error))
+        return Failure(
+            503,
+            "unavailable",
+            f"data source {error.data_source!r} is unavailable (out of rotation until its "
+            "health check passes); try again later",
+            _retry_after(error.retry_after),
+        )
     if isinstance(error, DataSourceError):
         return _source_failure(error, where)
     if isinstance(error, OperationError):

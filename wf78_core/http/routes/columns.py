@@ -139,6 +139,7 @@ class TableRoutes:
         "columns",
         "config",
         "converters",
+        "id_kind",
         "max_page",
         "max_pars",
         "name",
@@ -163,6 +164,8 @@ class TableRoutes:
         self.max_pars = max_pars
         self.max_page = max_page
         self.owner = config.owner
+        # "text": callers choose the ids (required on insert); "snowflake": digits.
+        self.id_kind = config.id
         self.columns: tuple[str, ...] = tuple(config.columns)
         self.writable = frozenset(self.columns)
         self.schema = config.schema()

@@ -1,6 +1,9 @@
 """The 14 koa78 methods of a data route, each a call of one :class:`Table` method.
 
-``cols`` = the columns ``pars`` refers to; ids are 1 to 64 digits.
+``cols`` = the columns ``pars`` refers to; ids are 1 to 64 digits, or on a table with
+``id = "text"`` the caller's text ids, which inserts need: ``mid`` or ``values.id``
+(``mAdd``, ``mByFirstField``), each row's id as in ``mAddManyByid`` (``mAddMany``); ``m``
+then inserts with ``mid`` as ``mByid`` does.
 
 - ``mAdd``: ``pars`` (the leading columns) or ``values`` -> the new id.
 - ``mAddMany``: ``pars`` flat (split into rows of the column count) or a list of arrays,
@@ -29,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from wf78_core.data.table import Table
+from wf78_core.errors import RowNotFound
 from wf78_core.http.routes.answers import Failure, bad
 from wf78_core.http.routes.columns import TableRoutes
 from wf78_core.http.routes.params import (
@@ -50,15 +54,34 @@ Handler = Callable[[TableRoutes, Table, dict[str, Any]], Awaitable[Any]]
 
 
 def _not_found(info: TableRoutes, row: str) -> Failure:
-    return Failure(404, "not_found", f"table {info.name!r} has no row {row!r} for this caller")
+    # The words of Table.upsert's RowNotFound: another owner's id reads like a missing one.
+    return Failure(404, "not_found", str(RowNotFound(info.name, row)))
+
+
+def _new_row(info: TableRoutes, params: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    """The values of a row to insert; on a table with text ids with its id, from
+    ``values.id`` or ``mid`` (``required``: a 400 without one)."""
+    text = info.id_kind == "text"
+    checked = values(info, params, allow_id=text)
+    if text and "id" not in checked:
+        row = mid(params, info.id_kind, required=False)
+        if row is not None:
+            checked["id"] = row
+        elif required:
+            raise bad(
+                "mid",
+                f"required: table {info.name!r} has text ids, chosen by the caller "
+                "(mid or values.id)",
+            )
+    return checked
 
 
 async def _m_add(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    return await table.add(values(info, params))
+    return await table.add(_new_row(info, params, required=True))
 
 
 async def _m_add_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    return await table.add_many(rows(info, params, with_id=False))
+    return await table.add_many(rows(info, params, with_id=info.id_kind == "text"))
 
 
 async def _m_add_many_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -66,7 +89,7 @@ async def _m_add_many_by_id(info: TableRoutes, table: Table, params: dict[str, A
 
 
 async def _m_update(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    row = mid(params)
+    row = mid(params, info.id_kind)
     assert row is not None
     changed = await table.update(row, values(info, params))
     if not changed:
@@ -90,6 +113,8 @@ async def _m_update_many(info: TableRoutes, table: Table, params: dict[str, Any]
 
 
 async def _m(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
+    if info.id_kind == "text":  # a new row's id is the caller's: mid, as mByid takes it
+        return await _m_by_id(info, table, params)
     checked = values(info, params)
     row = mid(params, required=False)
     if row is not None and checked and await table.update(row, checked):
@@ -101,12 +126,12 @@ async def _m_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> A
     given = object_param(params, "values")
     if given is not None and "id" in given:
         return await table.upsert(named(info, given, "values", allow_id=True))
-    row = mid(params)
+    row = mid(params, info.id_kind)
     return await table.upsert({"id": row, **values(info, params)})
 
 
 async def _m_by_first_field(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    checked = values(info, params)
+    checked = _new_row(info, params, required=False)
     if info.columns and info.columns[0] not in checked:
         field = "values" if params.get("values") is not None else "pars"
         raise bad(field, f"the first column {info.columns[0]!r} is required")
@@ -150,12 +175,12 @@ async def _read(info: TableRoutes, table: Table, params: dict[str, Any], bcid: s
 
 
 async def _m_del(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    row = mid(params, required=False)
+    row = mid(params, info.id_kind, required=False)
     if row is None:
         pars = list_param(params, "pars", limit=info.max_pars)
         if not pars or len(pars) != 1:
             raise bad("mid", "required: the id of the row")
-        row = row_id(pars[0], "pars[0]")
+        row = row_id(pars[0], "pars[0]", info.id_kind)
     deleted = await table.delete(row)
     if not deleted:
         raise _not_found(info, row)
@@ -167,7 +192,9 @@ async def _m_del_many(info: TableRoutes, table: Table, params: dict[str, Any]) -
     ids = list_param(params, field, commas=True, limit=info.max_pars)
     if not ids:
         raise bad("ids", "required: the ids of the rows (a list or comma-separated)")
-    return await table.delete_many([row_id(value, f"{field}[{i}]") for i, value in enumerate(ids)])
+    return await table.delete_many(
+        [row_id(value, f"{field}[{i}]", info.id_kind) for i, value in enumerate(ids)]
+    )
 
 
 async def _m_update_elk_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -178,14 +205,14 @@ async def _m_update_elk_by_id(info: TableRoutes, table: Table, params: dict[str,
             f"table {info.name!r} has no search source (a search_mirror, or a data_source "
             "of type 'elasticsearch')",
         )
-    row = mid(params, required=False)
+    row = mid(params, info.id_kind, required=False)
     if row is not None:
         checked = values(info, params)
     else:
         pars = list_param(params, "pars", limit=info.max_pars)
         if not pars or len(pars) != 2:
             raise bad("pars", "expected [id, document] (or mid with values)")
-        row = row_id(pars[0], "pars[0]")
+        row = row_id(pars[0], "pars[0]", info.id_kind)
         document = pars[1]
         if isinstance(document, str):
             document = decoded(document, "pars[1]")

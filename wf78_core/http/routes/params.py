@@ -26,6 +26,7 @@ from wf78_core.http.asgi import (
 )
 from wf78_core.http.routes.answers import Failure, bad, kind_of, shown, too_many
 from wf78_core.http.routes.columns import FALSE, TRUE
+from wf78_core.ids import IdKind, id_problem
 
 __all__ = [
     "decoded",
@@ -197,23 +198,28 @@ def page(params: Mapping[str, Any], max_page: int) -> tuple[int, int]:
     return start, number
 
 
-def row_id(value: Any, field: str) -> str:
-    """An id: 1 to 64 digits (koa78 ids are snowflakes), as a string."""
+def row_id(value: Any, field: str, kind: IdKind = "snowflake") -> str:
+    """An id of a table whose ids are ``kind`` (snowflakes: 1 to 64 digits; text: see
+    :func:`wf78_core.ids.id_problem`), as a string."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_ID_INT:
         value = str(value)
-    if isinstance(value, str) and _DIGITS.fullmatch(value):
-        return value
-    raise bad(field, f"must be an id of 1 to 64 digits, got {shown(value)}")
+    text = value if isinstance(value, str) else ""  # "" fails: its problem says why
+    problem = id_problem(text, kind)
+    if problem is None:
+        return text
+    raise bad(field, f"{problem}, got {shown(value)}")
 
 
-def mid(params: Mapping[str, Any], *, required: bool = True) -> str | None:
+def mid(
+    params: Mapping[str, Any], kind: IdKind = "snowflake", *, required: bool = True
+) -> str | None:
     """``mid``, the id of the row a method is about."""
     value = params.get("mid")
     if value is None or value == "":
         if required:
             raise bad("mid", "required: the id of the row")
         return None
-    return row_id(value, "mid")
+    return row_id(value, "mid", kind)
 
 
 def flag(params: Mapping[str, Any], name: str) -> bool:

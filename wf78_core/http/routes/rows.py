@@ -46,7 +46,7 @@ def named(info: TableRoutes, given: Any, field: str, *, allow_id: bool = False) 
     for column, value in given.items():
         where = f"{field}.{column}"
         if column == "id" and allow_id:
-            out["id"] = row_id(value, where)
+            out["id"] = row_id(value, where, info.id_kind)
         elif column in info.writable:
             out[column] = info.converters[column](value, where)
         elif column in info.schema:
@@ -73,12 +73,15 @@ def _positional(
     }
 
 
-def values(info: TableRoutes, params: Mapping[str, Any]) -> dict[str, Any]:
-    """One row's values: ``values`` by name, or ``pars`` for the leading columns of
-    ``cols`` (koa78 wrote as many columns as it was given values)."""
+def values(
+    info: TableRoutes, params: Mapping[str, Any], *, allow_id: bool = False
+) -> dict[str, Any]:
+    """One row's values: ``values`` by name (``allow_id``: with its ``id``), or ``pars``
+    for the leading columns of ``cols`` (koa78 wrote as many columns as it was given
+    values)."""
     given = object_param(params, "values")
     if given is not None:
-        return named(info, given, "values")
+        return named(info, given, "values", allow_id=allow_id)
     pars = list_param(params, "pars", limit=info.max_pars)
     if not pars:
         raise bad("pars", "required: the values of the columns (or a values object)")
@@ -119,7 +122,7 @@ def rows(info: TableRoutes, params: Mapping[str, Any], *, with_id: bool) -> list
         row: dict[str, Any] = {}
         if with_id:
             last = start + width - 1
-            row["id"] = row_id(pars[last], f"pars[{last}]")
+            row["id"] = row_id(pars[last], f"pars[{last}]", info.id_kind)
         row.update(_positional(info, pars, columns, start=start))
         out.append(row)
     return out
@@ -143,7 +146,7 @@ def _one_row(
         raise bad(field, f"{len(row)} values for a row of {width} ({shape})")
     out = {}
     if with_id:  # koa78 puts the id after the columns
-        out["id"] = row_id(row[-1], f"{field}[{len(columns)}]")
+        out["id"] = row_id(row[-1], f"{field}[{len(columns)}]", info.id_kind)
     for index, column in enumerate(columns):
         out[column] = info.converters[column](row[index], f"{field}[{index}]")
     return out
@@ -178,7 +181,7 @@ def where(info: TableRoutes, params: Mapping[str, Any]) -> tuple[dict[str, Any],
 
 def _filter_value(info: TableRoutes, column: str, value: Any, field: str) -> Any:
     if column == "id":
-        return row_id(value, field)
+        return row_id(value, field, info.id_kind)
     if isinstance(value, list):
         if len(value) > info.max_pars:
             raise too_many(field, len(value), info.max_pars)

@@ -5,8 +5,9 @@ priority header, the parameters, the owner check, then one :class:`Table` call a
 answer. An HTTP method other than GET or POST is 405.
 
 ``Idempotency-Key`` (1 to 255 printable ASCII characters, else 400 naming it): a write
-replayed with the same key answers the first one's ``back`` and writes nothing again. The
-key is scoped by the caller (the owner on an owned table), so tenants never share one.
+replayed with the same key answers the first one's ``back`` and writes nothing again; the
+key sent again with another body answers 422. The key is
+scoped by the caller (the owner on an owned table), so tenants never share one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from wf78_core.core.auth import bearer_token
 from wf78_core.data.table import Table, owner_problem
 from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority
 from wf78_core.http.identity import Callers, effective_priority
+from wf78_core.http.keys import BadKey, header_key, scoped_key
 from wf78_core.http.routes.answers import (
     Failure,
     answer,
@@ -29,7 +31,6 @@ from wf78_core.http.routes.answers import (
 from wf78_core.http.routes.columns import DEFAULT_MAX_PARS, TableRoutes
 from wf78_core.http.routes.matching import DataRoute, Refusal, RouteMap
 from wf78_core.http.routes.params import read_params
-from wf78_core.idempotency import derive_key
 
 if TYPE_CHECKING:
     from wf78_core.engine import Engine
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["DataRoutes"]
 
 _ALLOW = [(b"allow", b"GET, POST")]
-_MAX_IDEMPOTENCY_KEY = 255  # the Idempotency-Key header (scoped, then hashed when long)
 
 
 class DataRoutes:
@@ -164,19 +164,16 @@ def _check_identity(info: TableRoutes, identity: Identity | None) -> None:
 def _idempotency_key(scope: Scope, info: TableRoutes, identity: Identity | None) -> str | None:
     """The request's ``Idempotency-Key`` header scoped by its caller (the owner of an owned
     table, else company and user), so two tenants' equal keys never meet; None without one."""
-    value = header(scope, b"idempotency-key")
+    try:
+        value = header_key(scope)
+    except BadKey as error:
+        raise Failure(400, "invalid", str(error)) from None
     if value is None:
         return None
-    value = value.strip(" \t")
-    if not 0 < len(value) <= _MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
-        raise bad(
-            "Idempotency-Key",
-            f"must be 1 to {_MAX_IDEMPOTENCY_KEY} printable ASCII characters, got {shown(value)}",
-        )
     if identity is None:
         caller = ""
     elif info.owner is not None:
         caller = str(getattr(identity, info.owner))
     else:
         caller = f"{identity.cid}/{identity.uid}"
-    return derive_key(caller, value)
+    return scoped_key(value, caller)
