@@ -116,6 +116,11 @@ class MySQLSource(SqlSource):
     # -- counters ---------------------------------------------------------------------------
 
     @property
+    def pool(self) -> Any:
+        """The aiomysql pool (None while closed)."""
+        return self._pool
+
+    @property
     def discarded(self) -> int:
         """Writer connections closed (not pooled again) after they failed."""
         return self._count("discarded")

@@ -118,6 +118,11 @@ class SqlSource(ABC):
         return self._transactions + (self._writer.transactions if self._writer else 0)
 
     @property
+    def keeps_key_table(self) -> bool:
+        """Whether the idempotency-key table was needed (opened) since the source was built."""
+        return self._keys is not None
+
+    @property
     def writes(self) -> int:
         """Writes handled (committed or failed) since the source was built."""
         return self._writes + (self._writer.writes if self._writer else 0)

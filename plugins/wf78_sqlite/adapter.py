@@ -182,6 +182,11 @@ class SQLiteSource(SqlSource):
         if self.options.inline_read_steps:
             self._inline = self._connect_inline()
 
+    @property
+    def inline_connection(self) -> sqlite3.Connection | None:
+        """The read-only connection short reads run on in the event loop (None: off)."""
+        return self._inline
+
     async def close(self) -> None:
         """Close every connection, after the write in progress if any (idempotent)."""
         writer, readers = self._retire_writer(), self._readers

@@ -1043,7 +1043,7 @@ async def test_reads_give_their_connection_back_and_wake_waiting_readers(names: 
     # Two connections in all, the writer's and one reader: 40 reads at once take turns.
     async with running(names, minsize=0, maxsize=2) as source:
         await source.execute(op("add", items, values={"id": "r1", "name": "one", "qty": 1}))
-        pool = source._pool
+        pool = source.pool
         got: list[Any] = []
 
         async def read() -> None:

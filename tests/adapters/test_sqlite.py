@@ -682,9 +682,9 @@ async def test_short_reads_run_inline_and_long_ones_on_a_reader_thread(tmp_path:
         await source.execute(op("update", values={"qty": -1}, where={"id": ids[7]}))
         assert (await source.execute(op("get", where={"id": ids[7]})))[0]["qty"] == -1
         # It cannot write, whatever SQL reaches it.
-        assert source._inline is not None
+        assert source.inline_connection is not None
         with pytest.raises(sqlite3.OperationalError):
-            source._inline.execute("DELETE FROM items")
+            source.inline_connection.execute("DELETE FROM items")
         assert await source.execute(op("count")) == 3000
 
 
@@ -694,7 +694,7 @@ async def test_inline_reads_can_be_turned_off(tmp_path: Path) -> None:
         row_id = await source.execute(op("add", values={"name": "a", "qty": 1}))
         assert (await source.execute(op("get", where={"id": row_id})))[0]["name"] == "a"
         assert source.inline_reads == 0 and source.threaded_reads >= 1
-        assert source._inline is None
+        assert source.inline_connection is None
 
 
 @pytest.mark.anyio

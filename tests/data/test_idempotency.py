@@ -273,7 +273,7 @@ async def test_a_prepared_add_run_again_writes_one_row(sql: Sql) -> None:
     assert await sql.source.execute(upsert) == await sql.source.execute(upsert)
     assert await sql.count() == 5
     # Generated keys cost no statement: the idempotency table was never even needed.
-    assert sql.source._keys is None
+    assert not sql.source.keeps_key_table
 
 
 @pytest.mark.anyio

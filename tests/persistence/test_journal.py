@@ -302,7 +302,7 @@ async def test_checkpoints_are_bounded_and_all_written(tmp_path: Path, probe: Pr
             for index in range(50):
                 journal.checkpoint("r", TaskCheckpoint(task=f"t{index}", state="succeeded"))
                 await journal.room()
-                assert journal._queued <= 5 + 1
+                assert journal.queued <= 5 + 1
             await journal.flush()
             [saved] = await journal.unfinished()
             assert sorted(saved.tasks) == sorted(f"t{index}" for index in range(50))

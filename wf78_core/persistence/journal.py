@@ -105,6 +105,11 @@ class _QueuedJournal:
         self._queued += 1
         return batch
 
+    @property
+    def queued(self) -> int:
+        """Records queued and not yet written (bounded by ``max_queued``)."""
+        return self._queued
+
     async def _durable(self, kind: str, params: tuple[Any, ...]) -> None:
         if not self._running:
             raise Wf78Error("the journal is not running")
