@@ -143,6 +143,17 @@ def _hold_node_id(node: int | None, stack: AsyncExitStack) -> None:
         stack.callback(release_node_id, node)
 
 
+async def _close(adapter: DataSource) -> None:
+    """Close a source even when the shutdown happens under a cancelled scope: a close cut
+    short leaves connections (and their threads) open. Bounded, so a stuck driver cannot
+    hold the shutdown for ever."""
+    with anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLOSE_TIMEOUT):
+        await adapter.close()
+
+
+#: seconds a source's close may take at shutdown
+CLOSE_TIMEOUT = 30.0
+
 #: ``[engine] backend`` -> how an engine builds it. Both satisfy :class:`Backend`.
 BACKENDS: dict[str, Callable[[Engine], Backend]] = {"memory": _in_process, "redis": _redis}
 
@@ -274,7 +285,7 @@ class Engine:
                 base_dir=self.base_dir,
             )
             adapter: DataSource = factory(spec)
-            stack.push_async_callback(adapter.close)
+            stack.push_async_callback(_close, adapter)
             await self.sources.open(name, config, adapter)  # kept even when it cannot open
         self.agents[:] = build_agents(self.config.agents.pool, self.sources)
 

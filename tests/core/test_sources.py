@@ -189,51 +189,59 @@ async def check_outage(
     driver_reason: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="wf78.sources")
-    async with anyio.create_task_group() as forwarders, serving(config) as (client, engine):
-        # Started anyway, with one clear line for the source that could not open.
-        (line,) = source_lines(caplog, "db")
-        assert "could not be opened at start" in line and shown_url in line, line
-        assert driver_reason in line, line
-        assert all(PASSWORD not in r.getMessage() for r in caplog.records)
-        assert {s.name: s.healthy for s in engine.stats().sources} == {"db": False, "local": True}
+    async with anyio.create_task_group() as forwarders:
+        async with serving(config) as (client, engine):
+            # Started anyway, with one clear line for the source that could not open.
+            (line,) = source_lines(caplog, "db")
+            assert "could not be opened at start" in line and shown_url in line, line
+            assert driver_reason in line, line
+            assert all(PASSWORD not in r.getMessage() for r in caplog.records)
+            assert {s.name: s.healthy for s in engine.stats().sources} == {
+                "db": False,
+                "local": True,
+            }
 
-        # Its table answers 503 naming it, with Retry-After; the other source serves.
-        down = await client.post(f"/api/shop/{table}/mAdd", json={"pars": ["pen"]})
-        assert down.status_code == 503, down.text
-        assert down.json()["res"] == -503 and down.json()["kind"] == "unavailable"
-        assert "'db'" in down.json()["errmsg"] and down.json()["back"] is None
-        assert int(down.headers["retry-after"]) >= 1
-        assert (await client.post("/api/shop/notes/mAdd", json={"pars": ["a"]})).status_code == 200
-        # engine.submit raises the retryable error; a configured fallback serves instead.
-        get = Operation(action="get", table="notes", data_source="db")
-        with pytest.raises(SourceUnavailable, match="'db'") as raised:
-            await engine.submit(get)
-        assert raised.value.retryable and raised.value.data_source == "db"
-        degraded = await engine.submit(msgspec.structs.replace(get, fallback=("local",)))
-        assert degraded.data_source == "local" and degraded.fallback_from == ("db",)
+            # Its table answers 503 naming it, with Retry-After; the other source serves.
+            down = await client.post(f"/api/shop/{table}/mAdd", json={"pars": ["pen"]})
+            assert down.status_code == 503, down.text
+            assert down.json()["res"] == -503 and down.json()["kind"] == "unavailable"
+            assert "'db'" in down.json()["errmsg"] and down.json()["back"] is None
+            assert int(down.headers["retry-after"]) >= 1
+            assert (
+                await client.post("/api/shop/notes/mAdd", json={"pars": ["a"]})
+            ).status_code == 200
+            # engine.submit raises the retryable error; a configured fallback serves instead.
+            get = Operation(action="get", table="notes", data_source="db")
+            with pytest.raises(SourceUnavailable, match="'db'") as raised:
+                await engine.submit(get)
+            assert raised.value.retryable and raised.value.data_source == "db"
+            degraded = await engine.submit(msgspec.structs.replace(get, fallback=("local",)))
+            assert degraded.data_source == "local" and degraded.fallback_from == ("db",)
 
-        # Failed health checks (every 0.1 s) add no lines. Then the server comes back on
-        # the port: the health loop opens the source, starts its loop, puts it in rotation.
-        await anyio.sleep(0.5)
-        assert len(source_lines(caplog, "db")) == 1
-        await forwarders.start(Forwarder(port, target).serve)
-        await eventually(lambda: engine.stats().sources[0].healthy, within=15)
-        assert "back in rotation" in source_lines(caplog, "db")[-1]
-        added = await client.post(f"/api/shop/{table}/mAdd", json={"pars": ["pen"]})
-        assert added.status_code == 200, added.text
-        row_id = added.json()["back"]
-        got = await client.post(f"/api/shop/{table}/get", json={"getnumber": 5})
-        assert [row["id"] for row in got.json()["back"]] == [row_id]
-        if f"{table}_log" in config["tables"]:
-            # The start skipped its shards; opening late made them.
-            shards = Operation(action="list_shards", table=f"{table}_log", data_source="db")
+            # Failed health checks (every 0.1 s) add no lines. Then the server comes back on
+            # the port: the health loop opens the source, starts its loop, puts it in rotation.
+            await anyio.sleep(0.5)
+            assert len(source_lines(caplog, "db")) == 1
+            await forwarders.start(Forwarder(port, target).serve)
+            await eventually(lambda: engine.stats().sources[0].healthy, within=15)
+            assert "back in rotation" in source_lines(caplog, "db")[-1]
+            added = await client.post(f"/api/shop/{table}/mAdd", json={"pars": ["pen"]})
+            assert added.status_code == 200, added.text
+            row_id = added.json()["back"]
+            got = await client.post(f"/api/shop/{table}/get", json={"getnumber": 5})
+            assert [row["id"] for row in got.json()["back"]] == [row_id]
+            if f"{table}_log" in config["tables"]:
+                # The start skipped its shards; opening late made them.
+                shards = Operation(action="list_shards", table=f"{table}_log", data_source="db")
 
-            async def made() -> bool:
-                return bool((await engine.submit(shards)).value)
+                async def made() -> bool:
+                    return bool((await engine.submit(shards)).value)
 
-            await eventually(made, within=10)
-            logged = await client.post(f"/api/shop/{table}_log/mAdd", json={"pars": ["in"]})
-            assert logged.status_code == 200, logged.text
+                await eventually(made, within=10)
+                logged = await client.post(f"/api/shop/{table}_log/mAdd", json={"pars": ["in"]})
+                assert logged.status_code == 200, logged.text
+        # Stopped only once the engine has closed: a cancel around its shutdown would
+        # cut its sources' close short.
         forwarders.cancel_scope.cancel()
 
 
