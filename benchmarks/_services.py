@@ -44,21 +44,23 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
 
 
-def table_schema(name: str, columns: dict[str, str]) -> TableSchema:
-    """The schema the engine builds for a table declared with ``columns``."""
-    config = load_config({"tables": {name: {"columns": dict(columns)}}})
+def table_schema(name: str, columns: dict[str, str], owner: str | None = None) -> TableSchema:
+    """The schema the engine builds for a table declared with ``columns`` (and ``owner``)."""
+    config = load_config({"tables": {name: {"columns": dict(columns), "owner": owner}}})
     return TableSchema.from_config(name, config.tables[name])
 
 
 @asynccontextmanager
-async def mysql_table(name: str, columns: dict[str, str]) -> AsyncIterator[str]:
+async def mysql_table(
+    name: str, columns: dict[str, str], owner: str | None = None
+) -> AsyncIterator[str]:
     """Create table ``name`` as the mysql adapter would, and drop it afterwards."""
     import aiomysql
 
     from wf78_mysql.statements import MYSQL
     from wf78_sql import create_table_sql
 
-    statements = create_table_sql(table_schema(name, columns), MYSQL)
+    statements = create_table_sql(table_schema(name, columns, owner), MYSQL)
     connection = await aiomysql.connect(**MYSQL_SERVER, autocommit=True)
     try:
         async with connection.cursor() as cursor:

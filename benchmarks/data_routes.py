@@ -61,9 +61,8 @@ ROWS = 1000
 SEED = 78
 # The DDL the sqlite adapter generates for wf78_config's ``items`` table.
 CREATE = (
-    'CREATE TABLE IF NOT EXISTS "items" ("id" TEXT PRIMARY KEY, "name" TEXT, "qty" INTEGER, '
-    '"cid" TEXT, "upby" TEXT, "uptime" TEXT)',
-    'CREATE INDEX IF NOT EXISTS "items_cid" ON "items" ("cid")',
+    'CREATE TABLE IF NOT EXISTS "items" ("id" TEXT NOT NULL, "name" TEXT, "qty" INTEGER, '
+    '"cid" TEXT NOT NULL DEFAULT \'\', "upby" TEXT, "uptime" TEXT, PRIMARY KEY ("cid", "id"))',
 )
 SELECT = (
     'SELECT "id", "name", "qty", "cid", "upby", "uptime" FROM "items" WHERE "cid" = ? AND "id" = ?'

@@ -54,6 +54,7 @@ class Plan:
     passthrough_requests: int = 20_000
     route_gets: int = 5_000
     route_adds: int = 5_000
+    shared_gets: int = 20_000
     in_flight: int = 1000
     # Memory is not CPU-bound and barely varies: fewer rounds say as much.
     memory_rounds: int = 3
@@ -85,6 +86,7 @@ QUICK = Plan(
     passthrough_requests=5_000,
     route_gets=1_000,
     route_adds=1_000,
+    shared_gets=4_000,
     memory_rounds=1,
 )
 
@@ -850,8 +852,52 @@ def data_routes(plan: Plan) -> list[Outcome]:
     return outcomes
 
 
+def shared_reads(plan: Plan) -> list[Outcome]:
+    """B13: 1,000 gets in flight over 10 hot rows on MariaDB, engine and HTTP route vs direct."""
+    n = plan.shared_gets
+    cases = ("direct", "engine", "http_direct", "http", "engine_unshared")
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples = {case: run_case("shared_reads", case, n, plan.in_flight) for case in cases}
+        rounds.append(samples)
+        progress(
+            f"B13 round {number}/{plan.rounds}: direct {samples['direct']['ops_per_s']:,.0f}, "
+            f"engine {samples['engine']['ops_per_s']:,.0f}, hand-written HTTP "
+            f"{samples['http_direct']['ops_per_s']:,.0f}, route {samples['http']['ops_per_s']:,.0f}"
+            f" gets/s (unshared engine {samples['engine_unshared']['ops_per_s']:,.0f})"
+        )
+    specs = (
+        ("B13a", "engine.submit get", "direct", "engine"),
+        ("B13b", "koa78 get route", "http_direct", "http"),
+    )
+    outcomes = []
+    for bench_id, what, base, cand in specs:
+        outcome = Outcome(
+            bench_id,
+            f"shared reads, 1,000 in flight over 10 hot rows (MariaDB): {what} vs {base}",
+            "wf78/direct gets/s",
+            Target(">=", 5.0, "x"),
+            parameters={"gets": n, "in_flight": plan.in_flight, "hot_rows": 10},
+        )
+        values = [r[cand]["ops_per_s"] / r[base]["ops_per_s"] for r in rounds]
+        outcome.value, outcome.spread = median_and_spread(values)
+        outcome.rounds = [
+            {base: r[base], cand: r[cand], "ratio": v} for r, v in zip(rounds, values, strict=True)
+        ]
+        outcome.summary = {
+            f"{case}_ops_per_s": _rate(rounds, case) for case in (base, cand, "engine_unshared")
+        }
+        outcome.notes = [
+            f"{base:<16} {_rate(rounds, base):>10,.0f} gets/s",
+            f"{cand:<16} {_rate(rounds, cand):>10,.0f} gets/s",
+            f"engine_unshared  {_rate(rounds, 'engine_unshared'):>10,.0f} gets/s (informational)",
+        ]
+        outcomes.append(outcome)
+    return outcomes
+
+
 # Each benchmark returns its outcomes: one, or one per sub-benchmark (B6a/B6b, B8a-B8c,
-# B9a/B9b, B10a/B10b).
+# B9a/B9b, B10a/B10b, B13a/B13b).
 BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B1": dispatch,
     "B2": sqlite_writes,
@@ -863,6 +909,7 @@ BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B8": single_gets,
     "B9": middleware_passthrough,
     "B10": data_routes,
+    "B13": shared_reads,
 }
 
 

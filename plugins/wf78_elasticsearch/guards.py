@@ -1,4 +1,8 @@
-"""Writes by id that keep to documents matching filters besides the id (a table's owner).
+"""Writes by id that keep to documents matching filters besides the id.
+
+An owned table's index names each document by its owner and id (:mod:`.keys`), so a write
+by that ``_id`` needs no guard for the owner; this serves the filters an ``_id`` does not
+hold (an owner filter on another index, any other equality filter).
 
 Elasticsearch writes a document by id whatever it holds, and osmem, like a cluster with
 scripting off, runs no script that could check a field first. So a filtered ``update`` or

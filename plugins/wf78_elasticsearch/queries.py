@@ -23,10 +23,14 @@ def exact_field(schema: Mapping[str, str] | None, name: str) -> str:
 
 
 def where_query(
-    where: Mapping[str, Any] | None, schema: Mapping[str, str] | None = None
+    where: Mapping[str, Any] | None,
+    schema: Mapping[str, str] | None = None,
+    *,
+    keyed: bool = False,
 ) -> dict[str, Any]:
     """Equality filters ANDed, as SQL sources read ``where``: a list value means any of
-    them (``terms``), ``None`` means the field is missing, ``id`` matches document ids.
+    them (``terms``), ``None`` means the field is missing, ``id`` matches document ids (with
+    ``keyed``, documents named by owner and id (:mod:`.keys`), the ``id`` field instead).
 
     ``term`` compares exact values: a string matches a ``keyword`` field as written, but a
     ``text`` field only by its analysed tokens (``acme`` would match ``Acme Corp``). The text
@@ -38,9 +42,12 @@ def where_query(
     filters: list[dict[str, Any]] = []
     missing: list[dict[str, Any]] = []
     for name, value in where.items():
-        if name == "id":
+        if name == "id" and not keyed:
             filters.append({"ids": {"values": as_ids(value)}})
-        elif value is None:
+            continue
+        if name == "id" and value is not None:
+            value = as_ids(value) if isinstance(value, list | tuple) else str(value)
+        if value is None:
             missing.append({"exists": {"field": exact_field(schema, name)}})
         elif isinstance(value, list | tuple):
             filters.append({"terms": {exact_field(schema, name): list(value)}})

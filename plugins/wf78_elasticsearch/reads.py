@@ -2,9 +2,11 @@
 
 ``get`` by id (``where.id``, one or a list) reads in real time (``GET`` / ``mget``), and any
 filters beside the id, ``order`` and paging apply to the documents read, so a filtered read
-by id sees a write at once, as the filtered writes by id do (:mod:`.guards`). Other reads
-search, and see writes after the next refresh. Filters and sorts on a declared table's text
-columns use their ``.keyword`` sub-fields (:func:`~.queries.where_query`).
+by id sees a write at once, as the filtered writes by id do (:mod:`.guards`). On an owned
+table's index (:mod:`.keys`) that needs the owner in ``where`` too; without it the read
+searches the ``id`` field and finds every owner's document of the id. Other reads search,
+and see writes after the next refresh. Filters and sorts on a declared table's text columns
+use their ``.keyword`` sub-fields (:func:`~.queries.where_query`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from elasticsearch import AsyncElasticsearch, NotFoundError
 from wf78_core.plugin import DataSourceError, InvalidOperation, Operation, TableSchema
 
 from .errors import error_type, item_error, map_error
-from .queries import as_ids, document, matches, sort_clause, sort_rows, where_query
+from .keys import Keys, owner_column
+from .queries import matches, sort_clause, sort_rows, where_query
 
 __all__ = ["RESULT_WINDOW", "Reader"]
 
@@ -38,10 +41,16 @@ class Reader:
         self.source = source
         self.tables = tables
 
+    def keys(self, op: Operation, index: str) -> Keys:
+        """How the index ``index`` of ``op.table`` names its documents."""
+        return Keys(owner_column(self.tables, op.table), source=self.source, index=index)
+
     async def get(self, index: str, op: Operation) -> list[dict[str, Any]]:
         where = op.where or {}
-        if "id" in where:
-            rows = await self._get_by_id(index, op)
+        keys = self.keys(op, index)
+        doc_ids = keys.read_ids(where) if "id" in where else None
+        if doc_ids is not None:
+            rows = await self._get_by_id(index, op, keys, doc_ids)
         else:
             try:
                 order = sort_clause(op.order, self._schema(op)) if op.order else None
@@ -49,20 +58,20 @@ class Reader:
                 raise self._invalid(f"{error} in order of index {index!r}") from None
             window = RESULT_WINDOW - op.offset
             body: dict[str, Any] = {
-                "query": where_query(where, self._schema(op)),
+                "query": where_query(where, self._schema(op), keyed=keys.keyed),
                 "from": op.offset,
                 "size": window if op.limit is None else min(op.limit, window),
             }
             if order:
                 body["sort"] = order
             response = await self._read(op, self.client.search(index=index, body=body))
-            rows = [] if response is None else [document(h) for h in response["hits"]["hits"]]
+            rows = [] if response is None else [keys.row(h) for h in response["hits"]["hits"]]
         if op.columns:
             return [{name: row.get(name) for name in op.columns} for row in rows]
         return rows
 
     async def count(self, index: str, op: Operation) -> int:
-        query = where_query(op.where, self._schema(op))
+        query = where_query(op.where, self._schema(op), keyed=self.keys(op, index).keyed)
         response = await self._read(op, self.client.count(index=index, body={"query": query}))
         return 0 if response is None else int(response["count"])
 
@@ -71,9 +80,10 @@ class Reader:
             raise self._invalid(
                 f"search needs params as a query DSL object, got {type(op.params).__name__}"
             )
+        keys = self.keys(op, index)
         body = dict(op.params or {})
         if "query" not in body and op.where:
-            body["query"] = where_query(op.where, self._schema(op))
+            body["query"] = where_query(op.where, self._schema(op), keyed=keys.keyed)
         if op.offset:
             body["from"] = op.offset
         if op.limit is not None:
@@ -91,7 +101,7 @@ class Reader:
         total = hits.get("total")
         result: dict[str, Any] = {
             "total": total.get("value") if isinstance(total, Mapping) else total,
-            "hits": [document(hit) for hit in hits["hits"]],
+            "hits": [keys.row(hit) for hit in hits["hits"]],
         }
         if "aggregations" in response:
             result["aggregations"] = response["aggregations"]
@@ -112,17 +122,16 @@ class Reader:
             raise map_error(error, self.source) from error
         return response.body
 
-    async def _get_by_id(self, index: str, op: Operation) -> list[dict[str, Any]]:
-        """The documents of ``where.id`` (one or a list), read in real time; the other
+    async def _get_by_id(
+        self, index: str, op: Operation, keys: Keys, doc_ids: list[str]
+    ) -> list[dict[str, Any]]:
+        """The documents ``doc_ids`` (those of ``where.id``), read in real time; the other
         filters (:func:`~.queries.matches`), ``order`` and paging apply to what was read."""
         where = op.where or {}
-        wanted = where["id"]
-        if wanted is None:
-            return []  # every document has an id
-        if isinstance(wanted, list | tuple):
-            rows = await self._get_many(index, list(dict.fromkeys(as_ids(wanted))))
+        if len(doc_ids) == 1 and not isinstance(where["id"], list | tuple):
+            rows = await self._get_one(index, doc_ids[0], keys)
         else:
-            rows = await self._get_one(index, str(wanted))
+            rows = await self._get_many(index, doc_ids, keys)
         filters = {name: value for name, value in where.items() if name != "id"}
         rows = [row for row in rows if matches(row, filters)]
         if op.order:
@@ -133,7 +142,7 @@ class Reader:
         end = None if op.limit is None else op.offset + op.limit
         return rows[op.offset : end]
 
-    async def _get_one(self, index: str, doc_id: str) -> list[dict[str, Any]]:
+    async def _get_one(self, index: str, doc_id: str, keys: Keys) -> list[dict[str, Any]]:
         try:
             response = await self.client.get(index=index, id=doc_id)
         except NotFoundError as error:
@@ -144,9 +153,9 @@ class Reader:
             raise
         except Exception as error:
             raise map_error(error, self.source) from error
-        return [document(response.body)]
+        return [keys.row(response.body)]
 
-    async def _get_many(self, index: str, doc_ids: list[str]) -> list[dict[str, Any]]:
+    async def _get_many(self, index: str, doc_ids: list[str], keys: Keys) -> list[dict[str, Any]]:
         if not doc_ids:
             return []
         rows = []
@@ -154,7 +163,7 @@ class Reader:
             if "error" in doc and error_type(doc) not in _MISSING:
                 raise item_error(doc, self.source, f"get of {doc.get('_id')!r} in {index!r}")
             if doc.get("found"):
-                rows.append(document(doc))
+                rows.append(keys.row(doc))
         return rows
 
     async def _read(self, op: Operation, request: Any) -> Any:

@@ -1,6 +1,8 @@
 """``memory``: an in-process data source for tests and benchmarks.
 
-It keeps rows in dictionaries and answers at once, so it measures the engine alone.
+It keeps rows in dictionaries and answers at once, so it measures the engine alone. It
+knows no table's schema, so its rows are keyed by id alone, owned tables too (the SQL,
+Redis and Elasticsearch sources key those by owner and id).
 Options: ``latency`` (seconds each operation sleeps, to make work overlap in tests).
 """
 

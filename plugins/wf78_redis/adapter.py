@@ -5,26 +5,34 @@ Key layout, under ``key_prefix`` (default ``wf78``):
 - ``{prefix}:cache:{key}`` holds a cache value as msgspec JSON (``cache_get``,
   ``cache_set`` with an optional ``ttl`` in seconds, ``cache_delete``); ``incr`` keeps a
   plain integer there, which ``cache_get`` reads back as a number.
-- ``{prefix}:{table}:row:{id}`` is a row: a hash with one field per non-null column, each
-  encoded by its declared type (``id`` included). The table name sits inside braces, a Redis
-  Cluster hash tag, so all of a table's keys share one slot.
-- ``{prefix}:{table}:all`` is the set of the table's ids; ``{prefix}:{table}:owner:{value}``
-  the set of each owner's ids when the table has an owner column (``cid`` or ``uid``).
+- ``{prefix}:{table}:row:{id}`` is a row of a table without an owner column: a hash with one
+  field per non-null column, each encoded by its declared type (``id`` included). The table
+  name sits inside braces, a Redis Cluster hash tag, so all of a table's keys share one slot.
+  ``{prefix}:{table}:all`` is the set of its ids.
+- On a table with an owner column (``cid`` or ``uid``) each owner has its own ids: a row is
+  (owner, id), the hash ``{prefix}:{table}:row:{n}:{id}:{owner}`` (``n``: the id's length in
+  bytes, so any id and owner name one row), and ``{prefix}:{table}:rows`` the sorted set of
+  every row's ``{n}:{id}:{owner}``. ``{prefix}:{table}:owner:{value}`` is the set of each
+  owner's ids. The hash holds the plain ``id``, which rows come back (and sort) with.
 
 Every table write is one Lua script (:mod:`wf78_redis.scripts`), so a row and its index
-entries change together and a duplicate id is refused atomically. ``get`` finds rows by id,
+entries change together and a duplicate row is refused atomically. ``get`` finds rows by
+their keys (id and owner), else by id (on an owned table every owner's row of that id: what
+SQL's ``WHERE id = ?`` matches on a table keyed by (owner, id), one range of the sorted set),
 else through the owner index, else through the index of every row, applies the other
 equality filters inside the same script, then orders, pages and projects in Python; it is
 meant for the small, hot tables a cache holds, not for scans of millions of rows.
 
 Table actions, each serving a ``Table`` method: ``add`` -> the id; ``add_many`` -> the ids,
-all rows or none (with ``conflict = "ignore"``: rows whose id exists are skipped -> how many
-were inserted); ``get`` -> rows; ``count`` -> how many rows match ``where``; ``update``,
-``delete``, ``delete_many`` (``where`` with the id or the owner) and ``update_many`` (each of
-``rows`` by its id, with its own values; ``where`` filters them, the owner) -> rows changed;
-``upsert`` -> the id. The filters apply inside the write's script: a row of another owner is
-left exactly as a missing one. Sharding (``create_table``, ``list_shards``) is not supported,
-so a sharded table on a Redis source is refused when the engine starts.
+all rows or none (with ``conflict = "ignore"``: rows whose (owner, id) exists are skipped ->
+how many were inserted); ``get`` -> rows; ``count`` -> how many rows match ``where``;
+``update``, ``delete``, ``delete_many`` (``where`` with the id or the owner) and
+``update_many`` (each of ``rows`` by its id, with its own values; ``where`` filters them, the
+owner) -> rows changed; ``upsert`` -> the id (of the row its owner and id name). The filters
+apply inside the write's script: a row of another owner is left exactly as a missing one. An
+update that sets the owner moves the row to that owner's key, and is refused as a conflict
+when that owner has a row with the id. Sharding (``create_table``, ``list_shards``) is not
+supported, so a sharded table on a Redis source is refused when the engine starts.
 
 Auto-pipelining (:mod:`wf78_redis.pipeline`): while :meth:`RedisSource.run` runs in a task
 group, commands issued together share one pipelined round trip, and each caller still gets
@@ -449,7 +457,7 @@ class RedisSource:
             marker = table.marker_prefix + key
             remembered = _JSON_ENCODER.encode(result)
             command = _evalsha(
-                WRITE_ROWS, 2, table.all_key, marker, *args, remembered, self._marker_ms(key)
+                WRITE_ROWS, 2, table.index_key, marker, *args, remembered, self._marker_ms(key)
             )
             reply = await self._call(command, WRITE_ROWS)
         if reply[0] == 1:
@@ -457,7 +465,8 @@ class RedisSource:
         if reply[0] == 2:
             return _JSON_DECODER.decode(reply[1])
         duplicate = reply[1].decode()
-        # The script writes all rows or none: one of our own ids stored means it ran before.
+        # The script writes all rows or none: one of our own ids stored means it ran before
+        # (on an owned table, the row of that id and the owner written: never another's).
         if duplicate in generated_ids(op):
             return result
         raise DataSourceError(
@@ -472,20 +481,31 @@ class RedisSource:
         self, table: RedisTable, args: list[Arg], op: Operation, script: Script = MATCH_ROWS
     ) -> int:
         """An update or delete through ``match_rows`` (``update_many``: ``update_rows``): rows
-        changed (with a caller's key, the count of its first run)."""
+        changed (with a caller's key, the count of its first run). A conflict when an update
+        would move a row to an owner that has a row with its id."""
         key = explicit_key(op)
         if key is None:
-            return int(await self._script(script, table, args))
-        await self._claim(table, key, op)
-        marker = table.marker_prefix + key
-        command = _evalsha(script, 2, table.all_key, marker, *args, self._marker_ms(key))
-        counted = await self._call(command, script)
+            counted = await self._script(script, table, args)
+        else:
+            await self._claim(table, key, op)
+            marker = table.marker_prefix + key
+            command = _evalsha(script, 2, table.index_key, marker, *args, self._marker_ms(key))
+            counted = await self._call(command, script)
+        if isinstance(counted, list):  # {0, id}: a new owner of a row has a row of its id
+            raise DataSourceError(
+                f"cannot move id {counted[1].decode()!r} to another owner in table "
+                f"{table.schema.name!r} of redis source {self.name!r}: that owner has a row "
+                "with this id",
+                data_source=self.name,
+                retryable=False,
+                conflict=True,
+            )
         # No count in the marker: the key's first write of this same request was an insert
         # (Table.upsert_by_first_field's replay finds the row it added), and changed no row.
         return 0 if counted is None else int(counted)
 
     async def _script(self, script: Script, table: RedisTable, args: list[Arg]) -> Any:
-        return await self._call(_evalsha(script, 1, table.all_key, *args), script)
+        return await self._call(_evalsha(script, 1, table.index_key, *args), script)
 
     async def _call(self, command: tuple[Arg, ...], script: Script | None = None) -> Any:
         pipeline = self._pipeline

@@ -1,11 +1,24 @@
 """Declared tables stored as Redis hashes: key names, typed encoding, and script arguments.
 
-A row is the hash ``{prefix}:{table}:row:{id}`` (the table name inside braces, a Redis
-Cluster hash tag) holding one field per non-null column, ``id`` included. The set
-``{prefix}:{table}:all`` indexes every id; when the table has an owner column, the set
-``{prefix}:{table}:owner:{value}`` indexes the ids of each owner; ``{prefix}:{table}:idem:{key}``
-marks a write with a caller's idempotency key. Every column name is checked against the
-declared schema before anything reaches Redis.
+On a table without an owner column a row is the hash ``{prefix}:{table}:row:{id}`` (the
+table name inside braces, a Redis Cluster hash tag) holding one field per non-null column,
+``id`` included, and the set ``{prefix}:{table}:all`` indexes every id.
+
+On a table with an owner column (``cid`` or ``uid``) each owner has its own ids: a row is
+identified by (owner, id), two owners' rows with one id are two rows, and the row is the hash
+``{prefix}:{table}:row:{n}:{id}:{owner}``, ``n`` being the id's length in bytes (so any id
+and owner, ``:`` included, name one row; a row written without an owner has ``''``). The
+sorted set ``{prefix}:{table}:rows`` holds every row's ``{n}:{id}:{owner}``, in which the rows
+of one id are one lexicographic range; the set ``{prefix}:{table}:owner:{value}`` holds the
+ids of each owner. A ``where`` with the owner and ids reaches each row by its key; one with
+ids but no owner matches every owner's row of those ids, as SQL's ``WHERE id IN (...)`` on a
+table keyed by (owner, id) does (so a Redis table or mirror answers as a SQL one, and the
+relay of an outbox entry that names its row by id alone still applies), each id one range of
+the sorted set. The hash keeps the plain ``id``: rows come back, and sort, by it.
+
+``{prefix}:{table}:idem:{key}`` marks a write with a caller's idempotency key. Every column
+name is checked against the declared schema before anything reaches Redis; the scripts
+(:mod:`wf78_redis.scripts`) keep a row and its index entries together.
 """
 
 from __future__ import annotations
@@ -47,12 +60,15 @@ class RedisTable:
         self.schema = schema
         self.source = source
         base = f"{prefix}:{{{schema.name}}}"
-        self.all_key = f"{base}:all"
+        self.owner = schema.owner if schema.owner in schema.columns else None
+        # The index of every row, the scripts' KEYS[1]: a set of ids, or on an owned table a
+        # sorted set of (owner, id) members, under a name of its own (an older wf78's set
+        # of ids there is never taken for it).
+        self.index_key = f"{base}:all" if self.owner is None else f"{base}:rows"
         self.row_prefix = f"{base}:row:"
         self.owner_prefix = f"{base}:owner:"
         # Idempotency markers of the table's writes with a caller's key (same hash tag).
         self.marker_prefix = f"{base}:idem:"
-        self.owner = schema.owner if schema.owner in schema.columns else None
 
     def invalid(self, message: str) -> InvalidOperation:
         return InvalidOperation(message, data_source=self.source)
@@ -113,7 +129,8 @@ class RedisTable:
         self, rows: Sequence[Any], mode: Literal["insert", "ignore", "upsert"], field: str
     ) -> tuple[list[Arg], list[str]]:
         """Arguments of the ``write_rows`` script for ``rows`` and the ids they get
-        (``ignore``: an insert that skips the ids already stored)."""
+        (``ignore``: an insert that skips the rows already stored). On an owned table a row
+        is its owner's (the owner column's value, none without one) and id."""
         args: list[Arg] = [
             self.row_prefix,
             self.owner_prefix,
@@ -138,17 +155,21 @@ class RedisTable:
                 raise self.invalid(f"{where}.id must be a non-empty string, got {raw_id!r}")
             pairs: list[Arg] = []
             absent: list[Arg] = []
+            owner: Arg = ""
             for name, value in row.items():
                 if name == "id":
                     continue
                 if value is None:
                     absent.append(name)
                 else:
-                    pairs += [name, self.encode(name, value, where)]
+                    encoded = self.encode(name, value, where)
+                    pairs += [name, encoded]
+                    if name == self.owner:
+                        owner = encoded
             # A new row simply lacks its null columns; an upsert must clear them.
             if mode != "upsert":
                 absent = []
-            args += [row_id, len(pairs) // 2, *pairs, len(absent), *absent]
+            args += [row_id, owner, len(pairs) // 2, *pairs, len(absent), *absent]
             ids.append(row_id)
         return args, ids
 
@@ -161,18 +182,26 @@ class RedisTable:
         """Arguments of the ``match_rows`` script, or None when ``where`` can match nothing.
 
         Equality filters are ANDed: a list means any of its values, None means absent.
-        Rows are found through the id, else the owner index, else the index of every row.
+        Rows are found by their keys (ids, with the owners on an owned table), else through
+        the ids (every owner's rows of each), else the owner index, else the index of every
+        row.
         """
         update = self._update_args(values) if action == "update" else []
         filters = self._filters(where)
         if filters is None:
             return None
         found = dict(filters)
+        owners = self._owner_values(found)
         source, candidates = "all", []
-        if found.get("id"):
+        if found.get("id") and owners:
+            source = "keys"
+            candidates = [
+                arg for row_id in found["id"] for owner in owners for arg in (row_id, owner)
+            ]
+        elif found.get("id"):
             source, candidates = "ids", found["id"]
-        elif self.owner is not None and found.get(self.owner):
-            source, candidates = "owners", found[self.owner]
+        elif owners:
+            source, candidates = "owners", owners
         args: list[Arg] = [
             self.row_prefix,
             self.owner_prefix,
@@ -188,9 +217,9 @@ class RedisTable:
     def update_many_args(
         self, rows: Sequence[Any], where: Mapping[str, Any] | None
     ) -> list[Arg] | None:
-        """Arguments of the ``update_rows`` script: the filters every row must pass (the
-        owner), then each row's id and the columns it sets. None when the filters can match
-        nothing."""
+        """Arguments of the ``update_rows`` script: the owners whose rows of each id are
+        updated (none: every owner's), the filters every row must pass (the owner), then each
+        row's id and the columns it sets. None when the filters can match nothing."""
         name = self.schema.name
         if where and "id" in where:
             raise self.invalid(
@@ -199,10 +228,13 @@ class RedisTable:
         filters = self._filters(where)
         if filters is None:
             return None
+        owners = self._owner_values(dict(filters))
         args: list[Arg] = [
             self.row_prefix,
             self.owner_prefix,
             self.owner or "",
+            len(owners),
+            *owners,
             *_filter_args(filters),
             len(rows),
         ]
@@ -267,8 +299,15 @@ class RedisTable:
     ) -> list[dict[str, Any]]:
         """Decoded rows, ordered (by id when nothing else decides), paged and projected."""
         rows = [self.decode(flat) for flat in replies]
-        # Snowflake ids are decimal strings: shorter ones are older.
-        rows.sort(key=lambda row: (len(row["id"] or ""), row["id"] or ""))
+        # Snowflake ids are decimal strings: shorter ones are older. Two owners' rows of one
+        # id (read without the owner) follow their owners.
+        owner = self.owner
+        if owner is None:
+            rows.sort(key=lambda row: (len(row["id"] or ""), row["id"] or ""))
+        else:
+            rows.sort(
+                key=lambda row: (len(row["id"] or ""), row["id"] or "", str(row[owner] or ""))
+            )
         for column, descending in reversed(order):
             rows.sort(key=self._sort_key(column), reverse=descending)
         end = None if limit is None else offset + limit
@@ -282,6 +321,12 @@ class RedisTable:
         if self.schema.columns[column] == "json":
             return lambda row: (row[column] is not None, _JSON_ENCODER.encode(row[column]))
         return lambda row: (row[column] is not None, row[column])
+
+    def _owner_values(self, found: Mapping[str, list[Arg]]) -> list[Arg]:
+        """The owner values a ``where`` (as filters) accepts, each once; none without them."""
+        if self.owner is None:
+            return []
+        return list(dict.fromkeys(found.get(self.owner) or ()))
 
     def _filters(self, where: Mapping[str, Any] | None) -> list[tuple[str, list[Arg]]] | None:
         """``where`` as (column, accepted encoded values) pairs, no values meaning the column

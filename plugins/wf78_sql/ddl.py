@@ -8,7 +8,7 @@ from wf78_core.plugin import InvalidOperation, TableSchema
 
 from .dialect import Dialect
 
-__all__ = ["add_columns_sql", "column_sql", "create_table_sql"]
+__all__ = ["add_columns_sql", "column_sql", "create_table_sql", "key_columns"]
 
 
 def column_sql(table: TableSchema, name: str, dialect: Dialect) -> str:
@@ -21,24 +21,35 @@ def column_sql(table: TableSchema, name: str, dialect: Dialect) -> str:
     return f"{dialect.quote(name)} {kind}"
 
 
+def key_columns(table: TableSchema) -> tuple[str, ...]:
+    """The columns that identify a row: ``(owner, id)`` on a table with an owner column (each
+    owner has its own ids, so no owner can learn another's), else ``(id,)``; () without id."""
+    if "id" not in table.columns:
+        return ()
+    if table.owner and table.owner in table.columns:
+        return (table.owner, "id")
+    return ("id",)
+
+
 def create_table_sql(table: TableSchema, dialect: Dialect) -> list[str]:
-    """``CREATE TABLE IF NOT EXISTS`` for a declared table, with an index on its owner column."""
+    """``CREATE TABLE IF NOT EXISTS`` for a declared table, keyed by :func:`key_columns`; the
+    owner column leads the key, so owner-scoped reads (the koa78 cid/uid filter, on every
+    request) use the key's index."""
     quote = dialect.quote
+    key = key_columns(table)
+    # Key columns hold no NULL (SQLite's keys would take NULLs as all distinct): a row
+    # written without an owner (an operation from outside Table) is the empty owner's.
     columns = [
-        column_sql(table, name, dialect) + (" PRIMARY KEY" if name == "id" else "")
+        column_sql(table, name, dialect)
+        + ((" NOT NULL DEFAULT ''" if name == table.owner else " NOT NULL") if name in key else "")
         for name in table.columns
     ]
-    # Owner-scoped reads (the koa78 cid/uid filter) hit this column on every request.
-    owner = table.owner if table.owner and table.owner in table.columns else None
-    if owner and dialect.owner_index == "inline":
-        columns.append(f"INDEX {quote('owner_' + owner)} ({quote(owner)})")
-    statements = [
+    if key:
+        columns.append(f"PRIMARY KEY ({', '.join(quote(name) for name in key)})")
+    return [
         f"CREATE TABLE IF NOT EXISTS {quote(table.name)} ({', '.join(columns)})"
         + dialect.table_options
     ]
-    if owner and dialect.owner_index == "statement":
-        statements.append(_owner_index(table.name, owner, dialect))
-    return statements
 
 
 def add_columns_sql(table: TableSchema, missing: Sequence[str], dialect: Dialect) -> list[str]:

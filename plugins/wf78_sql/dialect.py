@@ -16,9 +16,10 @@ __all__ = ["Dialect"]
 class Dialect:
     """Quoting, placeholders, type names and the few statements each dialect spells its own way.
 
-    Templates are filled with already-quoted identifiers: ``upsert`` with ``{id}`` and
-    ``{assignments}``, ``upsert_value`` with ``{column}``, ``upsert_nothing`` with ``{id}``,
-    ``empty_insert`` with ``{table}``.
+    Templates are filled with already-quoted identifiers: ``upsert`` with ``{key}`` (the
+    row's key columns, comma-separated: the owner and ``id`` on an owned table), ``{id}`` and
+    ``{assignments}``, ``upsert_value`` with ``{column}``, ``upsert_nothing`` with ``{key}``
+    and ``{id}``, ``empty_insert`` with ``{table}``.
     """
 
     name: str

@@ -10,6 +10,7 @@ import msgspec
 
 from wf78_core.plugin import InvalidOperation, TableSchema, snowflake_id
 
+from .ddl import key_columns
 from .dialect import Dialect
 from .values import check_fits, convert, text_limits
 
@@ -244,7 +245,8 @@ class TableSql:
         return Statement(sql, params), row_id
 
     def upsert(self, values: Mapping[str, Any]) -> tuple[Statement, str]:
-        """An INSERT that updates the given columns when the id exists; ``values`` needs an id."""
+        """An INSERT that updates the given columns when the row's key (its id, with the
+        owner on an owned table) exists; ``values`` needs an id."""
         if not self.has_id:
             raise self.invalid(f"upsert needs an id column, table {self.schema.name!r} has none")
         if values.get("id") is None:
@@ -256,10 +258,13 @@ class TableSql:
             for name in self.schema.columns
             if name in values and name != "id"
         ]
+        key = ", ".join(self._quoted[name] for name in key_columns(self.schema))
         if updates:
-            action = dialect.upsert.format(id=self._quoted["id"], assignments=", ".join(updates))
+            action = dialect.upsert.format(
+                key=key, id=self._quoted["id"], assignments=", ".join(updates)
+            )
         else:
-            action = dialect.upsert_nothing.format(id=self._quoted["id"])
+            action = dialect.upsert_nothing.format(key=key, id=self._quoted["id"])
         return Statement(f"{statement.sql} {action}", statement.params), str(row_id)
 
     def select(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,7 +16,7 @@ from osmem_server import OsmemServer
 from tests.esutil import JsonNode, plain_media_type
 from wf78_core import Engine, Identity
 from wf78_core.definitions import Operation
-from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation, OperationError
+from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
 from wf78_core.plugin.datasource import SourceSpec, TableSchema, load_factory
 from wf78_core.plugin.registry import Registry
 from wf78_elasticsearch import ElasticsearchSource, PartialWrite, wf78_register_datasources
@@ -59,6 +59,14 @@ def make_source(
 
 # A declared table: its text columns filter and sort on their .keyword sub-fields.
 OWNED = {"docs": TableSchema(name="docs", columns={"id": "text", "cid": "text", "n": "int"})}
+# A declared table with an owner column: each owner has its own ids.
+KEYED = {
+    "items": TableSchema(
+        name="items",
+        columns={"id": "text", "cid": "text", "tag": "text", "n": "int"},
+        owner="cid",
+    )
+}
 
 
 @asynccontextmanager
@@ -768,12 +776,15 @@ async def test_every_write_of_an_owner_scoped_table_keeps_the_owner(url: str) ->
             assert await mine.get(where={"id": [row_id, pen]}, cols="id") == [{"id": pen}]
             assert await mine.delete(row_id) == 0
             assert await mine.delete_many([row_id]) == 0
-        # (What these answer for another tenant's id is the table's business, not the source's.)
-        await mine.add_many_by_id([{"id": bob_row, "name": "stolen"}])
-        with contextlib.suppress(OperationError):
-            await mine.upsert({"id": bob_row, "name": "stolen"})
-        assert await mine.update_many([{"id": cup, "qty": 1}, {"id": bob_row, "qty": 1}]) == 1
-        assert await mine.delete_many([cup, bob_row, "sku-2"]) == 2
+        # Each tenant has its own ids: bob's id names a row of alice's own, beside his.
+        assert await mine.add_many_by_id([{"id": bob_row, "name": "mine too"}]) == 1
+        assert await mine.add_many_by_id([{"id": bob_row, "name": "again"}]) == 0
+        assert await mine.upsert({"id": bob_row, "name": "mine", "qty": 1}) == bob_row
+        assert await mine.get(where={"id": bob_row}, cols="name,qty,cid") == [
+            {"name": "mine", "qty": 1, "cid": "acme"}
+        ]
+        assert await mine.update_many([{"id": cup, "qty": 1}, {"id": bob_row, "qty": 2}]) == 2
+        assert await mine.delete_many([cup, bob_row, "sku-2"]) == 3
         assert await mine.delete(ink) == 1
 
         client = AsyncElasticsearch(url, node_class=JsonNode)
@@ -786,3 +797,279 @@ async def test_every_write_of_an_owner_scoped_table_keeps_the_owner(url: str) ->
         assert await theirs.get(where={"id": bob_row}, cols="id,name,qty,cid,upby") == [
             {"id": bob_row, "name": "bob's", "qty": 1, "cid": "globex", "upby": "bob"}
         ]
+
+
+# -- owned tables: each owner has its own ids ---------------------------------------------
+
+
+def item(action: str, **fields: Any) -> Operation:
+    return Operation(action=action, table="items", **fields)
+
+
+async def documents(source: ElasticsearchSource) -> dict[str, dict[str, Any]]:
+    """Every document of the index ``items`` as stored: ``_id`` -> ``_source``."""
+    await refresh(source, "items")
+    found = await source.client.search(index="items", body={"size": 100})
+    return {hit["_id"]: hit["_source"] for hit in found["hits"]["hits"]}
+
+
+@pytest.mark.anyio
+async def test_two_owners_with_one_id_hold_two_documents(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write by id names the (owner, id) pair's own document: the other owner's
+    document of the id is never touched, and no document is read first to check an owner."""
+    async with running(url, KEYED) as source:  # refresh = "false": nothing is searchable yet
+        reads: list[Any] = []
+        mget = source.client.mget
+
+        async def counted_mget(**request: Any) -> Any:
+            reads.append(request["ids"])
+            return await mget(**request)
+
+        monkeypatch.setattr(source.client, "mget", counted_mget)
+        assert await source.execute(item("add", values={"id": "7", "cid": "A", "n": 1})) == "7"
+        assert await source.execute(item("add", values={"id": "7", "cid": "B", "n": 2})) == "7"
+        with pytest.raises(DataSourceError, match="already exists") as caught:
+            await source.execute(item("add", values={"id": "7", "cid": "A", "n": 3}))
+        assert caught.value.retryable is False
+
+        def mine(owner: str, row_id: str = "7") -> Operation:
+            return item("get", where={"id": row_id, "cid": owner}, columns=["id", "cid", "n"])
+
+        assert await source.execute(mine("A")) == [{"id": "7", "cid": "A", "n": 1}]
+        assert await source.execute(mine("B")) == [{"id": "7", "cid": "B", "n": 2}]
+        both = await source.execute(item("get", where={"id": ["7", "8"], "cid": ["B", "A"]}))
+        assert [(row["id"], row["cid"]) for row in both] == [("7", "B"), ("7", "A")]
+
+        update = item("update", where={"id": "7", "cid": "A"}, values={"n": 10})
+        assert await source.execute(update) == 1
+        rows = [{"id": "7", "n": 20}, {"id": "8", "n": 0}]
+        assert await source.execute(item("update_many", rows=rows, where={"cid": "B"})) == 1
+        assert await source.execute(mine("A")) == [{"id": "7", "cid": "A", "n": 10}]
+        assert await source.execute(mine("B")) == [{"id": "7", "cid": "B", "n": 20}]
+
+        upsert = item("upsert", values={"id": "7", "cid": "A", "n": 11})
+        assert await source.execute(upsert) == "7"
+        upsert = item("upsert", where={"id": "9", "cid": "B"}, values={"n": 3})
+        assert await source.execute(upsert) == "9"
+        assert await source.execute(mine("B", "9")) == [{"id": "9", "cid": "B", "n": 3}]
+        assert await source.execute(mine("A", "9")) == []
+        rows = [{"id": "7", "cid": "A", "n": 0}, {"id": "9", "cid": "A", "n": 4}]
+        assert await source.execute(item("add_many", rows=rows, conflict="ignore")) == 1
+        assert await source.execute(mine("A")) == [{"id": "7", "cid": "A", "n": 11}]
+        assert await source.execute(mine("A", "9")) == [{"id": "9", "cid": "A", "n": 4}]
+        assert await source.execute(mine("B", "9")) == [{"id": "9", "cid": "B", "n": 3}]
+
+        assert await source.execute(item("delete", where={"id": "7", "cid": "A"})) == 1
+        assert await source.execute(item("delete", where={"id": "7", "cid": "A"})) == 0
+        assert await source.execute(mine("B")) == [{"id": "7", "cid": "B", "n": 20}]
+        deleted = await source.execute(item("delete_many", where={"id": ["7", "9"], "cid": "B"}))
+        assert deleted == 2
+        assert await source.execute(mine("A", "9")) == [{"id": "9", "cid": "A", "n": 4}]
+        # The owner is in every _id: no write read its document first (the one mget is
+        # the get of two ids of two owners).
+        assert reads == [["1:B:7", "1:A:7", "1:B:8", "1:A:8"]]
+
+        stored = await documents(source)
+        assert list(stored) == ["1:A:9"]
+        assert stored["1:A:9"]["id"] == "9"  # the document keeps the plain id
+
+
+@pytest.mark.anyio
+async def test_document_ids_of_owners_never_collide(url: str) -> None:
+    """The owner's length leads the _id: owners and ids holding ':' or digits, or any
+    character, never make two pairs one document (nor does the empty owner, SQL's default
+    for a row written without one)."""
+    pairs = [("a:1", "2"), ("a", "1:2"), ("1", "a:2"), ("é", "x"), ("e", "x"), ("", "x")]
+    async with opened(url, KEYED) as source:
+        for owner, row_id in pairs:
+            values = {"id": row_id, "cid": owner, "tag": f"{owner}|{row_id}"}
+            assert await source.execute(item("add", values=values)) == row_id
+        for owner, row_id in pairs:
+            (row,) = await source.execute(item("get", where={"id": row_id, "cid": owner}))
+            assert (row["id"], row["tag"]) == (row_id, f"{owner}|{row_id}")
+        stored = await documents(source)
+        assert len(stored) == len(pairs)
+        assert {"3:a:1:2", "1:a:1:2", "1:é:x", "0::x"} <= set(stored)
+
+        # Elasticsearch takes 512 bytes of _id: a longer pair is refused, nothing is sent.
+        bulks = source.bulks
+        with pytest.raises(InvalidOperation, match="512 bytes"):
+            await source.execute(item("add", values={"id": "x" * 300, "cid": "é" * 120}))
+        assert source.bulks == bulks
+
+
+@pytest.mark.anyio
+async def test_reads_of_an_owned_table_carry_the_plain_id(url: str) -> None:
+    """Searches, counts and a get by id without the owner filter the ``id`` field: they
+    find every owner's document of the id, each with its plain id, never the _id."""
+    async with opened(url, KEYED, refresh="wait_for") as source:
+        rows = [
+            {"id": "7", "cid": "A", "n": 1},
+            {"id": "7", "cid": "B", "n": 2},
+            {"id": "8", "cid": "A", "n": 3},
+        ]
+        assert await source.execute(item("add_many", rows=rows)) == ["7", "7", "8"]
+
+        found = await source.execute(item("get", where={"id": "7"}, order=["cid"]))
+        assert found == [{"id": "7", "cid": "A", "n": 1}, {"id": "7", "cid": "B", "n": 2}]
+        found = await source.execute(item("get", where={"id": ["7", "8"]}, order=["-n"]))
+        assert [(row["id"], row["n"]) for row in found] == [("8", 3), ("7", 2), ("7", 1)]
+        assert await source.execute(item("get", where={"id": "7", "cid": None})) == []
+        assert await source.execute(item("count", where={"id": "7"})) == 2
+        assert await source.execute(item("count", where={"id": "7", "cid": "B"})) == 1
+        assert await source.execute(item("count", where={"id": ["7", "8"], "cid": "A"})) == 2
+
+        page = await source.execute(item("search", where={"cid": "A"}, order=["n"], columns=["n"]))
+        assert page == {"total": 2, "hits": [{"id": "7", "n": 1}, {"id": "8", "n": 3}]}
+        # Without _source the id comes from the _id itself.
+        body = {"query": {"term": {"cid.keyword": "B"}}, "_source": False}
+        assert await source.execute(item("search", params=body)) == {
+            "total": 1,
+            "hits": [{"id": "7"}],
+        }
+        hits = (await source.execute(item("search", order=["id", "cid"])))["hits"]
+        assert [hit["id"] for hit in hits] == ["7", "7", "8"]
+
+
+@pytest.mark.anyio
+async def test_writes_of_an_owned_table_without_the_owner_are_refused(url: str) -> None:
+    """A write cannot name a document of an owned table without its owner, nor move a
+    document to another owner: a clear InvalidOperation, and nothing is sent."""
+    async with opened(url, KEYED) as source:
+        await source.execute(item("add", values={"id": "7", "cid": "A", "n": 1}))
+        bulks = source.bulks
+        refused = {
+            "in the document": [
+                item("add", values={"id": "8", "n": 1}),
+                item("index", values={"id": "8", "cid": None, "n": 1}),
+                item("add_many", rows=[{"id": "8", "cid": "A"}, {"id": "9"}]),
+                item("upsert", values={"id": "7", "n": 2}),
+                item("upsert", where={"id": "7"}, values={"n": 2}),
+            ],
+            "beside the ids": [
+                item("update", where={"id": "7"}, values={"n": 2}),
+                item("update", where={"id": "7", "cid": ["A", "B"]}, values={"n": 2}),
+                item("update_many", rows=[{"id": "7", "n": 2}]),
+                item("delete", where={"id": "7"}),
+                item("delete_many", where={"id": ["7"], "n": 1}),
+            ],
+            "cannot change its owner": [
+                item("update", where={"id": "7", "cid": "A"}, values={"cid": "B"}),
+                item("update_many", rows=[{"id": "7", "cid": "B"}], where={"cid": "A"}),
+                item("upsert", where={"id": "7", "cid": "A"}, values={"cid": "B", "n": 2}),
+            ],
+        }
+        for message, operations in refused.items():
+            for operation in operations:
+                with pytest.raises(InvalidOperation, match=message) as caught:
+                    await source.execute(operation)
+                assert caught.value.retryable is False
+                assert caught.value.data_source == "search"
+        assert source.bulks == bulks
+        assert await source.execute(item("get", where={"id": "7", "cid": "A"})) == [
+            {"id": "7", "cid": "A", "n": 1}
+        ]
+        # Naming the owner it has already is no change.
+        update = item("update", where={"id": "7", "cid": "A"}, values={"cid": "A", "n": 5})
+        assert await source.execute(update) == 1
+
+
+@pytest.mark.anyio
+async def test_filters_beside_the_owner_are_still_checked(url: str) -> None:
+    """On an owned table's index a filter the _id does not hold (here ``tag``) is checked on
+    the document read in real time, as on any index."""
+    async with opened(url, KEYED) as source:
+        rows = [{"id": "7", "cid": "A", "tag": "x"}, {"id": "7", "cid": "B", "tag": "y"}]
+        await source.execute(item("add_many", rows=rows))
+        for owner, tag, changed in (("A", "y", 0), ("B", "x", 0), ("B", "y", 1)):
+            where = {"id": "7", "cid": owner, "tag": tag}
+            assert await source.execute(item("update", where=where, values={"n": 1})) == changed
+        assert await source.execute(item("delete", where={"id": "7", "cid": "A", "tag": "y"})) == 0
+        found = await source.execute(item("get", where={"id": "7", "cid": ["A", "B"]}))
+        assert [(row["cid"], row.get("n")) for row in found] == [("A", None), ("B", 1)]
+        assert await source.execute(item("delete", where={"id": "7", "cid": "A", "tag": "x"})) == 1
+
+
+@pytest.mark.anyio
+async def test_indexes_without_an_owner_keep_the_id_as_document_id(url: str) -> None:
+    tables = {
+        **OWNED,  # declared, no owner
+        # An owner that is not one of the columns keys nothing.
+        "loose": TableSchema(name="loose", columns={"id": "text", "n": "int"}, owner="cid"),
+    }
+    async with opened(url, tables) as source:
+        for index in ("docs", "loose", "plain"):
+            await source.execute(op("add", index, values={"id": "k", "cid": "A"}))
+            assert (await source.client.exists(index=index, id="k")).body is True
+            assert await source.execute(op("update", index, where={"id": "k"}, values={"n": 1}))
+            found = await source.execute(op("get", index, where={"id": "k"}, columns=["id", "n"]))
+            assert found == [{"id": "k", "n": 1}]
+
+
+@pytest.mark.anyio
+async def test_a_search_mirror_keeps_owners_rows_of_one_id_apart(url: str, tmp_path: Path) -> None:
+    """Alice and bob each hold a row ``sku-1`` in a SQLite primary (ids are per owner); the
+    relay writes each to its own document and changes or deletes only that one."""
+    config = {
+        "engine": {"drain_timeout": 2.0, "retry_backoff": 0.01, "retry_backoff_max": 0.2},
+        "datasources": {
+            "db": {"type": "sqlite", "url": f"sqlite:///{tmp_path / 'primary.db'}"},
+            "search": {
+                "type": "elasticsearch",
+                "url": url,
+                "node_class": NODE_CLASS,
+                "refresh": "true",
+            },
+        },
+        "tables": {
+            "skus": {
+                "columns": {"name": "text", "qty": "int"},
+                "id": "text",
+                "owner": "cid",
+                "data_source": "db",
+                "search_mirror": "search",
+            }
+        },
+    }
+    alice = Identity(uid="u-alice", cid="acme", uname="alice")
+    # "acme corp" holds the word "acme": an analysed match would mix the two up.
+    bob = Identity(uid="u-bob", cid="acme corp", uname="bob")
+
+    async def mirrored(owner: str | None = None) -> list[dict[str, Any]]:
+        assert engine.mirrors is not None
+        with anyio.fail_after(15):
+            await engine.mirrors.flush()
+        where = {"id": "sku-1"} if owner is None else {"id": "sku-1", "cid": owner}
+        found = await engine.submit(
+            Operation(action="get", table="skus", data_source="search", where=where, order=["cid"])
+        )
+        return [{k: doc.get(k) for k in ("id", "cid", "name", "qty")} for doc in found.value]
+
+    async with Engine(config) as engine:
+        mine, theirs = engine.table("skus", identity=alice), engine.table("skus", identity=bob)
+        assert await mine.add({"id": "sku-1", "name": "pen", "qty": 1}) == "sku-1"
+        assert await theirs.add({"id": "sku-1", "name": "ink", "qty": 2}) == "sku-1"
+        assert await mirrored() == [
+            {"id": "sku-1", "cid": "acme", "name": "pen", "qty": 1},
+            {"id": "sku-1", "cid": "acme corp", "name": "ink", "qty": 2},
+        ]
+
+        assert await mine.update("sku-1", {"qty": 10}) == 1  # an "update" entry
+        assert await theirs.upsert({"id": "sku-1", "name": "ink v2"}) == "sku-1"  # "sync"
+        assert await mirrored() == [
+            {"id": "sku-1", "cid": "acme", "name": "pen", "qty": 10},
+            {"id": "sku-1", "cid": "acme corp", "name": "ink v2", "qty": 2},
+        ]
+        assert await mine.get(kind="search", cols="id,name") == [{"id": "sku-1", "name": "pen"}]
+
+        assert await mine.delete("sku-1") == 1  # a "delete" entry
+        assert await mirrored("acme") == []
+        assert await mirrored("acme corp") == [
+            {"id": "sku-1", "cid": "acme corp", "name": "ink v2", "qty": 2}
+        ]
+        assert await theirs.delete_many(["sku-1"]) == 1  # "sync": the row is gone
+        assert await mirrored() == []
+        stats = await engine.mirror_stats()
+        assert stats is not None and stats.skipped == 0 and stats.last_error is None

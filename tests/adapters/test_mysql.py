@@ -281,7 +281,19 @@ async def test_ensure_tables_creates_only_missing_tables(names: Names) -> None:
                 params=[names.items],
             )
         )
-        assert owner == [{"type": "varchar(64)", "key": "MUL", "collation": "utf8mb4_bin"}]
+        # The owner leads the key: each owner has its own ids.
+        assert owner == [{"type": "varchar(64)", "key": "PRI", "collation": "utf8mb4_bin"}]
+        key = await source.execute(
+            op(
+                "execute",
+                None,
+                sql="SELECT column_name AS name FROM information_schema.key_column_usage "
+                "WHERE table_schema = DATABASE() AND table_name = %s "
+                "AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+                params=[names.items],
+            )
+        )
+        assert [row["name"] for row in key] == ["cid", "id"]
         await source.open()  # a second open is a no-op
     finally:
         await source.close()
@@ -984,7 +996,8 @@ async def test_bad_operations_raise_invalid_operation(
         assert caught.value.data_source == "my"
         assert caught.value.retryable is False
         assert await all_rows(source, items) == [
-            {"id": "1", "name": "keep", "qty": None, "cid": None, "upby": None, "uptime": None}
+            # Written without an owner: the empty owner's (the owner is part of the key).
+            {"id": "1", "name": "keep", "qty": None, "cid": "", "upby": None, "uptime": None}
         ]
 
 
@@ -1121,7 +1134,7 @@ async def test_through_the_engine(names: Names) -> None:
                 "id": added.value,
                 "name": "via engine",
                 "qty": 3,
-                "cid": None,
+                "cid": "",  # written without an owner: the empty owner's
                 "upby": None,
                 "uptime": None,
             }

@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 
-from wf78_core import Engine
+from wf78_core import Engine, Identity
 from wf78_core.config import TableConfig
 from wf78_core.definitions import Operation
 from wf78_core.errors import ConfigError, DataSourceError, InvalidOperation
@@ -240,7 +240,7 @@ async def test_table_rows_and_result_shapes(source: RedisSource) -> None:
     assert await do("update", values={"qty": 1}, where={"id": "nope"}) == 0
 
     assert await do("upsert", values={"id": "u1", "name": "new", "cid": "B"}) == "u1"
-    assert await do("upsert", values={"id": "u1", "qty": 5, "name": None}) == "u1"
+    assert await do("upsert", values={"id": "u1", "qty": 5, "name": None, "cid": "B"}) == "u1"
     assert await do("get", where={"id": "u1"}, columns=["name", "qty", "cid"]) == [
         {"name": None, "qty": 5, "cid": "B"}
     ]
@@ -285,22 +285,37 @@ async def test_key_layout_and_index_upkeep(
     row_id = await source.execute(
         Operation(action="add", table="items", values={"name": "pen", "qty": 3, "cid": "A"})
     )
-    row_key = f"{prefix}:{{items}}:row:{row_id}"
-    assert await raw.hgetall(row_key) == {
+    # An owned table's row is (owner, id): its key and member name both, the id's length first.
+    member = f"{len(row_id)}:{row_id}:A"
+    assert await raw.hgetall(f"{prefix}:{{items}}:row:{member}") == {
         b"id": row_id.encode(),
         b"name": b"pen",
         b"qty": b"3",
         b"cid": b"A",
     }
-    assert await raw.smembers(f"{prefix}:{{items}}:all") == {row_id.encode()}
+    assert await raw.zrange(f"{prefix}:{{items}}:rows", 0, -1) == [member.encode()]
     assert await raw.smembers(f"{prefix}:{{items}}:owner:A") == {row_id.encode()}
-    # Changing the owner moves the row between owner indexes.
+    assert await raw.exists(f"{prefix}:{{items}}:all") == 0
+    # Changing the owner moves the row to its new owner's key and owner index.
     await source.execute(
         Operation(action="update", table="items", values={"cid": "B"}, where={"id": row_id})
     )
+    moved = f"{len(row_id)}:{row_id}:B"
+    assert await raw.exists(f"{prefix}:{{items}}:row:{member}") == 0
+    assert await raw.hget(f"{prefix}:{{items}}:row:{moved}", "name") == b"pen"
+    assert await raw.zrange(f"{prefix}:{{items}}:rows", 0, -1) == [moved.encode()]
     assert await raw.exists(f"{prefix}:{{items}}:owner:A") == 0
     assert await raw.smembers(f"{prefix}:{{items}}:owner:B") == {row_id.encode()}
     await source.execute(Operation(action="delete", table="items", where={"cid": "B"}))
+    assert await raw.keys(f"{prefix}:*") == []
+    # A table without an owner column keeps one id space: the row key is its id.
+    thing = await source.execute(Operation(action="add", table="things", values={"label": "x"}))
+    assert await raw.hgetall(f"{prefix}:{{things}}:row:{thing}") == {
+        b"id": thing.encode(),
+        b"label": b"x",
+    }
+    assert await raw.smembers(f"{prefix}:{{things}}:all") == {thing.encode()}
+    await source.execute(Operation(action="delete", table="things", where={"id": thing}))
     assert await raw.keys(f"{prefix}:*") == []
 
 
@@ -321,20 +336,239 @@ async def test_owner_scoping(source: RedisSource) -> None:
     assert {r["name"] for r in await do("get", where={"cid": "A"})} == {"a0", "a1", "a2"}
 
 
+async def test_each_owner_has_its_own_ids(source: RedisSource) -> None:
+    """On an owned table a row is (owner, id): two owners' rows with one id are two rows, and
+    every write by id with the owner touches that owner's row alone."""
+
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    async def rows_of(owner: str) -> list[dict[str, Any]]:
+        return list(await do("get", where={"cid": owner}, columns=["id", "name", "qty"]))
+
+    assert await do("add", values={"id": "x", "name": "a-x", "qty": 1, "cid": "A"}) == "x"
+    assert await do("add", values={"id": "x", "name": "b-x", "qty": 2, "cid": "B"}) == "x"
+    assert await do("add_many", rows=[{"id": "y", "cid": "A"}, {"id": "y", "cid": "B"}]) == [
+        "y",
+        "y",
+    ]
+    assert await do("count") == 4
+    # Rows come back with the plain id, whoever reads them.
+    assert await do("get", where={"id": "x", "cid": "B"}) == [
+        {"id": "x", "name": "b-x", "qty": 2, "cid": "B", "upby": None, "uptime": None}
+    ]
+    assert await do("get", where={"id": ["x", "y"], "cid": ["A"]}, columns=["id", "cid"]) == [
+        {"id": "x", "cid": "A"},
+        {"id": "y", "cid": "A"},
+    ]
+
+    assert await do("update", values={"qty": 10}, where={"id": "x", "cid": "A"}) == 1
+    assert await do("update_many", rows=[{"id": "y", "name": "a-y"}], where={"cid": "A"}) == 1
+    assert await rows_of("A") == [
+        {"id": "x", "name": "a-x", "qty": 10},
+        {"id": "y", "name": "a-y", "qty": None},
+    ]
+    assert await rows_of("B") == [
+        {"id": "x", "name": "b-x", "qty": 2},
+        {"id": "y", "name": None, "qty": None},
+    ]
+
+    # An upsert is keyed by (owner, id): B's row is updated, C gets a row of its own.
+    assert await do("upsert", values={"id": "x", "qty": 20, "name": None, "cid": "B"}) == "x"
+    assert await do("upsert", values={"id": "x", "name": "c-x", "cid": "C"}) == "x"
+    assert await rows_of("B") == [
+        {"id": "x", "name": None, "qty": 20},
+        {"id": "y", "name": None, "qty": None},
+    ]
+    assert await rows_of("C") == [{"id": "x", "name": "c-x", "qty": None}]
+    assert (await rows_of("A"))[0] == {"id": "x", "name": "a-x", "qty": 10}
+
+    # conflict = "ignore" skips only the rows the same owner has.
+    fresh = [{"id": "y", "name": "dup", "cid": "C"}, {"id": "y", "name": "skip", "cid": "A"}]
+    assert await do("add_many", rows=fresh, conflict="ignore") == 1
+    assert await rows_of("C") == [
+        {"id": "x", "name": "c-x", "qty": None},
+        {"id": "y", "name": "dup", "qty": None},
+    ]
+    assert (await rows_of("A"))[1] == {"id": "y", "name": "a-y", "qty": None}
+
+    # Deletes by id with the owner take that owner's rows only.
+    assert await do("delete", where={"id": "x", "cid": "B"}) == 1
+    assert await do("delete", where={"id": "x", "cid": "B"}) == 0
+    assert await do("delete_many", where={"id": ["x", "y", "nope"], "cid": "C"}) == 2
+    assert await rows_of("C") == []
+    assert [row["id"] for row in await rows_of("A")] == ["x", "y"]
+    assert [row["id"] for row in await rows_of("B")] == ["y"]
+
+    # A row written without an owner is the empty owner's: one more row of that id.
+    assert await do("add", values={"id": "y", "name": "nobody's"}) == "y"
+    assert await do("get", where={"id": "y", "cid": None}, columns=["name", "cid"]) == [
+        {"name": "nobody's", "cid": None}
+    ]
+    with pytest.raises(DataSourceError, match="duplicate id 'y'"):
+        await do("add", values={"id": "y", "name": "again"})
+    assert await do("count", where={"id": "y"}) == 3
+
+
+async def test_an_id_without_its_owner_matches_every_owners_row(
+    source: RedisSource, raw: redis.asyncio.Redis, prefix: str
+) -> None:
+    """A ``where`` with ids but no owner matches each owner's row of those ids (as SQL's
+    ``WHERE id = ...`` on a table keyed by (owner, id)) and no row of another id."""
+
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    await do(
+        "add_many",
+        rows=[
+            {"id": "2", "name": "b2", "qty": 1, "cid": "B"},
+            {"id": "10", "name": "a10", "cid": "A"},
+            {"id": "2", "name": "a2", "qty": 2, "cid": "A"},
+            {"id": "1", "name": "c1", "cid": "C"},
+            {"id": "2", "name": "c2", "cid": "C"},
+            {"id": "20", "name": "a20", "cid": "A"},
+        ],
+    )
+    # Ordered by the plain id (shorter snowflakes are older), then by owner for one id.
+    assert [(r["id"], r["cid"]) for r in await do("get")] == [
+        ("1", "C"),
+        ("2", "A"),
+        ("2", "B"),
+        ("2", "C"),
+        ("10", "A"),
+        ("20", "A"),
+    ]
+    assert [r["name"] for r in await do("get", where={"id": "2"}, order=["-qty"])] == [
+        "a2",
+        "b2",
+        "c2",
+    ]
+    assert await do("count", where={"id": ["2", "1"]}) == 4
+    assert await do("count", where={"id": "2", "qty": [1, 2]}) == 2
+    assert await do("update", values={"qty": 7}, where={"id": "2"}) == 3
+    assert await do("update_many", rows=[{"id": "2", "name": "two"}, {"id": "9", "qty": 1}]) == 3
+    assert {r["cid"] for r in await do("get", where={"name": "two", "qty": 7})} == {"A", "B", "C"}
+    assert await do("delete", where={"id": "2", "qty": 7, "cid": ["A", "C"]}) == 2
+    assert await do("delete_many", where={"id": ["2", "10"]}) == 2
+    assert [(r["id"], r["cid"]) for r in await do("get")] == [("1", "C"), ("20", "A")]
+    assert await raw.zrange(f"{prefix}:{{items}}:rows", 0, -1) == [b"1:1:C", b"2:20:A"]
+    assert await raw.smembers(f"{prefix}:{{items}}:owner:A") == {b"20"}
+    assert await raw.exists(f"{prefix}:{{items}}:owner:B") == 0
+
+
+async def test_row_keys_are_unambiguous(
+    source: RedisSource, raw: redis.asyncio.Redis, prefix: str
+) -> None:
+    """Owners and ids with ``:`` (or several bytes a character) never name another's row."""
+
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    # Pairs a plain `owner:id` or `id:owner` would confuse, and multi-byte characters.
+    pairs = [
+        ("a:b", "c"),
+        ("a", "b:c"),
+        ("1:o", "x"),
+        ("o", "x:1"),
+        ("o", "x"),
+        ("é", "ü:1"),
+        ("é:1", "ü"),
+        ("o", "3:x:1"),
+    ]
+    for owner, row_id in pairs:
+        assert await do("add", values={"id": row_id, "name": f"{owner}|{row_id}", "cid": owner})
+    for owner, row_id in pairs:
+        found = await do("get", where={"id": row_id, "cid": owner}, columns=["id", "name", "cid"])
+        assert found == [{"id": row_id, "name": f"{owner}|{row_id}", "cid": owner}]
+        by_id = await do("get", where={"id": row_id}, columns=["name"])
+        assert sorted(row["name"] for row in by_id) == sorted(
+            f"{o}|{i}" for o, i in pairs if i == row_id
+        )
+    assert await do("get", where={"id": ["ü", "x"]}, columns=["cid"], order=["cid"]) == [
+        {"cid": "1:o"},
+        {"cid": "o"},
+        {"cid": "é:1"},
+    ]
+    key = f"{prefix}:{{items}}:row:{len('ü:1'.encode())}:ü:1:é"
+    assert await raw.hget(key, "name") == "é|ü:1".encode()
+    # Each owner's rows leave with their owner, their index entries with them.
+    for owner in {owner for owner, _ in pairs}:
+        assert await do("delete", where={"cid": owner}) == sum(o == owner for o, _ in pairs)
+    assert await raw.keys(f"{prefix}:*") == []
+
+
+async def test_an_owner_change_onto_an_existing_row_is_a_conflict(source: RedisSource) -> None:
+    """Moving a row to an owner that has a row with its id would merge two rows: refused,
+    atomically; to an owner without one, the row moves."""
+
+    async def do(action: str, **fields: Any) -> Any:
+        return await source.execute(Operation(action=action, table="items", **fields))
+
+    rows = [
+        {"id": "x", "name": "a-x", "cid": "A"},
+        {"id": "x", "name": "b-x", "cid": "B"},
+        {"id": "y", "name": "a-y", "cid": "A"},
+        {"id": "z", "name": "a-z", "cid": "A"},
+        {"id": "z", "name": "c-z", "cid": "C"},
+    ]
+    await do("add_many", rows=rows)
+    before = await do("get")
+    attempts: list[dict[str, Any]] = [
+        {"action": "update", "values": {"cid": "B"}, "where": {"id": "x", "cid": "A"}},
+        # Two rows of one id moving to one owner.
+        {"action": "update", "values": {"cid": "D"}, "where": {"id": "z"}},
+        # update_many writes no row when one of them collides.
+        {
+            "action": "update_many",
+            "rows": [{"id": "y", "name": "moved", "cid": "B"}, {"id": "x", "cid": "B"}],
+            "where": {"cid": "A"},
+        },
+        {"action": "update_many", "rows": [{"id": "z", "cid": "E"}]},
+    ]
+    for fields in attempts:
+        with pytest.raises(DataSourceError, match="that owner has a row with this id") as caught:
+            await do(**fields)
+        assert (caught.value.conflict, caught.value.retryable) == (True, False)
+        assert await do("get") == before, fields
+    # With a caller's key too, and the refused write leaves no marker behind.
+    keyed = Operation(
+        action="update",
+        table="items",
+        values={"cid": "A"},
+        where={"id": "x", "cid": "B"},
+        idempotency_key="move",
+    )
+    with pytest.raises(DataSourceError, match="that owner has a row"):
+        await source.execute(keyed)
+    await do("delete", where={"id": "x", "cid": "A"})
+    assert await source.execute(keyed) == 1
+    assert await do("get", where={"id": "x"}, columns=["name", "cid"]) == [
+        {"name": "b-x", "cid": "A"}
+    ]
+    moved = [{"id": "y", "cid": "B"}, {"id": "z", "name": "b-z"}]
+    assert await do("update_many", rows=moved, where={"cid": "A"}) == 2
+    assert await do("get", where={"cid": "B"}, columns=["id", "name"]) == [
+        {"id": "y", "name": "a-y"}
+    ]
+
+
 async def test_duplicate_id_is_refused_atomically(source: RedisSource) -> None:
     async def do(action: str, **fields: Any) -> Any:
         return await source.execute(Operation(action=action, table="items", **fields))
 
     await do("add", values={"id": "d1", "name": "first", "cid": "A"})
     with pytest.raises(DataSourceError, match="duplicate id 'd1'") as caught:
-        await do("add", values={"id": "d1", "name": "second", "cid": "B"})
-    assert caught.value.retryable is False
+        await do("add", values={"id": "d1", "name": "second", "cid": "A"})
+    assert (caught.value.retryable, caught.value.conflict) == (False, True)
     assert caught.value.data_source == "r"
     # add_many writes every row or none.
     with pytest.raises(DataSourceError, match="duplicate id 'd1'"):
         await do("add_many", rows=[{"id": "d2", "cid": "A"}, {"id": "d1", "cid": "A"}])
     with pytest.raises(DataSourceError, match="duplicate id 'd3'"):
         await do("add_many", rows=[{"id": "d3", "cid": "A"}, {"id": "d3", "cid": "A"}])
+    with pytest.raises(DataSourceError, match="duplicate id 'd1'"):
+        await do("add_many", rows=[{"id": "d1", "cid": "B"}, {"id": "d1", "cid": "A"}])
     assert [r["name"] for r in await do("get")] == ["first"]
     assert await do("get", where={"cid": "B"}) == []
 
@@ -716,28 +950,34 @@ async def test_every_koa78_method_on_an_owner_scoped_redis_table(prefix: str) ->
             assert set(body) == {"res", "errmsg", "kind", "back"} and body["res"] == -status
             assert word in body["errmsg"], body
 
-        bob_row = await ok("mAdd", BOB, pars=["bob's", 1])
+        bob_row, bob_sku = await ok("mAddMany", BOB, pars=[["bob's", 1], ["bob's sku", 2]])
+        bob_rows = await ok("get", BOB, cols="id,name,qty,cid,upby", order="id")
         pen = await ok("mAdd", pars=["pen", 3])
         cup, ink = await ok("mAddMany", pars=[["cup", 7], ["ink", 2]])
         # Existing ids are skipped; the count says how many rows were new.
         assert await ok("mAddManyByid", rows=[{"id": "9001", "name": "sku"}]) == 1
         assert await ok("mAddManyByid", pars=["again", 0, "9001", "x", 0, pen]) == 0
-        # (What it answers for another tenant's id is the table's business, not Redis's.)
-        await ok("mAddManyByid", rows=[{"id": bob_row, "name": "stolen"}])
+        # Each tenant has its own ids: Bob's id is one Alice does not have yet.
+        assert await ok("mAddManyByid", rows=[{"id": bob_sku, "name": "mine"}]) == 1
+        assert await ok("mAddManyByid", rows=[{"id": bob_sku, "name": "again"}]) == 0
 
         assert await ok("mUpdate", mid=pen, values={"qty": 4}) == 1
         assert await ok("mUpdateByid", values={"id": pen, "qty": 5}) == 1
-        # Another tenant's row answers as a missing one.
+        # An id only another tenant has answers as a missing one.
         await refused("mUpdate", 404, "no row", mid=bob_row, values={"qty": 0})
         await refused("mUpdate", 404, "no row", mid="12345", values={"qty": 0})
         changes = [{"id": pen, "qty": 6}, {"id": cup, "qty": 8}, {"id": bob_row, "qty": 0}]
         assert await ok("mUpdateMany", rows=changes) == 2
         assert await ok("mUpdateMany", pars=[["ink", 9, ink], ["nope", 0, "777"]]) == 1
+        assert await ok("mUpdate", mid=bob_sku, values={"qty": 3}) == 1  # her own row
 
         fig = await ok("m", pars=["fig", 1])
         assert await ok("m", mid=fig, pars=["fig", 2]) == fig
         assert await ok("mByid", mid="9002", values={"name": "nib"}) == "9002"
         assert await ok("mByid", mid="9002", values={"name": "nib", "qty": 1}) == "9002"
+        # mByid of Bob's id inserts Alice's own row under it, then updates that one.
+        assert await ok("mByid", mid=bob_row, values={"name": "oak"}) == bob_row
+        assert await ok("mByid", mid=bob_row, values={"name": "oak", "qty": 4}) == bob_row
         assert await ok("mByFirstField", pars=["pen", 10]) == pen
 
         found = await ok("get", cols="id,name,qty,cid", order="name")
@@ -745,25 +985,69 @@ async def test_every_koa78_method_on_an_owner_scoped_redis_table(prefix: str) ->
             {"id": cup, "name": "cup", "qty": 8, "cid": "acme"},
             {"id": fig, "name": "fig", "qty": 2, "cid": "acme"},
             {"id": ink, "name": "ink", "qty": 9, "cid": "acme"},
+            {"id": bob_sku, "name": "mine", "qty": 3, "cid": "acme"},
             {"id": "9002", "name": "nib", "qty": 1, "cid": "acme"},
+            {"id": bob_row, "name": "oak", "qty": 4, "cid": "acme"},
             {"id": pen, "name": "pen", "qty": 10, "cid": "acme"},
             {"id": "9001", "name": "sku", "qty": None, "cid": "acme"},
         ]
         page = await ok("get", total=1, order="-qty", getnumber=2, cols="name")
-        assert page == {"rows": [{"name": "pen"}, {"name": "ink"}], "total": 6}
-        assert await ok("get", where={"id": bob_row}) == []
-        public = await ok("getbyBcid", None, bcid="globex", total=1, cols="name")
-        assert public == {"rows": [{"name": "bob's"}], "total": 1}
+        assert page == {"rows": [{"name": "pen"}, {"name": "ink"}], "total": 8}
+        assert await ok("get", where={"id": bob_row}, cols="name") == [{"name": "oak"}]
+        public = await ok("getbyBcid", None, bcid="globex", total=1, cols="name", order="name")
+        assert public == {"rows": [{"name": "bob's"}, {"name": "bob's sku"}], "total": 2}
         await refused("mUpdateElkByid", 400, "search source", mid=pen, values={"name": "x"})
 
         assert await ok("mdel", mid=fig) == 1
+        assert await ok("mdel", mid=bob_row) == 1  # her own
         await refused("mdel", 404, "no row", mid=bob_row)
-        assert await ok("mdelmany", ids=[cup, "9001", bob_row, "778"]) == 2
+        assert await ok("mdelmany", ids=[cup, "9001", bob_row, bob_sku, "778"]) == 3
         assert [row["name"] for row in await ok("get", order="name")] == ["ink", "nib", "pen"]
-        # Bob's row went through every attack unchanged.
-        assert await ok("get", BOB, cols="id,name,qty,cid,upby") == [
-            {"id": bob_row, "name": "bob's", "qty": 1, "cid": "globex", "upby": "bob"}
+        # Bob's rows went through every write of Alice's under their ids unchanged.
+        assert await ok("get", BOB, cols="id,name,qty,cid,upby", order="id") == bob_rows
+        assert [row["name"] for row in bob_rows] == ["bob's", "bob's sku"]
+
+
+async def test_two_tenants_hold_one_text_id_through_table(prefix: str) -> None:
+    """Through ``Table`` each tenant has its own ids: both insert ``sku-1``, and every by-id
+    method of one reaches its own row only."""
+    config = {
+        "engine": {"journal": "memory"},
+        "datasources": {"r": {"type": "redis", "url": URL, "key_prefix": prefix}},
+        "tables": {
+            "skus": {
+                "columns": {"name": "text", "qty": "int"},
+                "owner": "cid",
+                "id": "text",
+                "data_source": "r",
+            }
+        },
+    }
+    async with Engine(config) as engine:
+        alice = engine.table("skus", identity=Identity(uid="u1", cid="acme", uname="alice"))
+        bob = engine.table("skus", identity=Identity(uid="u2", cid="globex", uname="bob"))
+        assert await alice.add({"id": "sku-1", "name": "ink", "qty": 1}) == "sku-1"
+        assert await bob.add({"id": "sku-1", "name": "nib", "qty": 2}) == "sku-1"
+        assert await alice.add_many_by_id([{"id": "sku-1"}, {"id": "sku-2", "qty": 3}]) == 1
+        assert await bob.add_many_by_id([{"id": "sku-2", "name": "cap"}]) == 1
+        assert await alice.update("sku-1", {"qty": 10}) == 1
+        assert await bob.update_many([{"id": "sku-1", "qty": 20}, {"id": "sku-2", "qty": 4}]) == 2
+        assert await alice.upsert({"id": "sku-2", "name": "pad"}) == "sku-2"
+        assert await bob.upsert({"id": "sku-3", "name": "pen"}) == "sku-3"
+        assert await alice.delete("sku-3") == 0
+        assert await alice.get(cols="id,name,qty,cid", order="id") == [
+            {"id": "sku-1", "name": "ink", "qty": 10, "cid": "acme"},
+            {"id": "sku-2", "name": "pad", "qty": 3, "cid": "acme"},
         ]
+        assert await bob.get(cols="id,name,qty,cid", order="id") == [
+            {"id": "sku-1", "name": "nib", "qty": 20, "cid": "globex"},
+            {"id": "sku-2", "name": "cap", "qty": 4, "cid": "globex"},
+            {"id": "sku-3", "name": "pen", "qty": None, "cid": "globex"},
+        ]
+        assert await bob.delete_many(["sku-1", "sku-2"]) == 2
+        assert await alice.delete("sku-1") == 1
+        assert [row["id"] for row in await alice.get()] == ["sku-2"]
+        assert [row["id"] for row in await bob.get()] == ["sku-3"]
 
 
 async def test_update_many_insert_ignore_and_count(source: RedisSource) -> None:
@@ -796,11 +1080,16 @@ async def test_update_many_insert_ignore_and_count(source: RedisSource) -> None:
     assert await do("count", where={"qty": []}) == 0
     assert await do("count", where={"id": ["a1", "nope"]}) == 1
 
-    # conflict = "ignore": existing ids (and repeats) are skipped; the count of new rows.
-    again = [{"id": "a1", "name": "x", "cid": "C"}, {"id": "c1", "cid": "C"}, {"id": "c1"}]
+    # conflict = "ignore": existing rows (and repeats) are skipped; the count of new rows.
+    again = [
+        {"id": "a1", "name": "x", "cid": "A"},
+        {"id": "c1", "cid": "C"},
+        {"id": "c1", "name": "x", "cid": "C"},
+    ]
     assert await do("add_many", rows=again, conflict="ignore") == 1
-    assert await do("get", where={"id": "a1"}, columns=["name", "cid"]) == [
-        {"name": "one", "cid": "A"}
+    assert await do("get", where={"id": ["a1", "c1"]}, columns=["name", "cid"]) == [
+        {"name": "one", "cid": "A"},
+        {"name": None, "cid": "C"},
     ]
     assert await do("add_many", rows=[{"id": "c1", "cid": "C"}], conflict="ignore") == 0
     assert await do("add_many", rows=[], conflict="ignore") == 0

@@ -160,11 +160,12 @@ async def test_open_creates_directory_wal_and_tables(tmp_path: Path) -> None:
         assert {row["name"] for row in tables} == {"items", "things"}
         info = await source.execute(op("execute", None, sql="PRAGMA table_info(items)"))
         types = {row["name"]: (row["type"], row["pk"]) for row in info}
+        # The key is (owner, id): each owner has its own ids.
         assert types == {
-            "id": ("TEXT", 1),
+            "id": ("TEXT", 2),
             "name": ("TEXT", 0),
             "qty": ("INTEGER", 0),
-            "cid": ("TEXT", 0),
+            "cid": ("TEXT", 1),
             "upby": ("TEXT", 0),
             "uptime": ("TEXT", 0),
         }
@@ -605,7 +606,8 @@ async def test_bad_operations_raise_invalid_operation(
         assert caught.value.data_source == "db"
         assert caught.value.retryable is False
         assert await all_rows(source) == [
-            {"id": "1", "name": "keep", "qty": None, "cid": None, "upby": None, "uptime": None}
+            # Written without an owner: the empty owner's (the owner is part of the key).
+            {"id": "1", "name": "keep", "qty": None, "cid": "", "upby": None, "uptime": None}
         ]
 
 
@@ -670,7 +672,8 @@ async def test_short_reads_run_inline_and_long_ones_on_a_reader_thread(tmp_path:
             op("add_many", rows=[{"name": f"n{i}", "qty": i, "cid": "c"} for i in range(3000)])
         )
         before = (source.inline_reads, source.threaded_reads)
-        rows = await source.execute(op("get", where={"id": ids[7]}))
+        # By its key (owner and id), as Table reads a row: an index lookup.
+        rows = await source.execute(op("get", where={"cid": "c", "id": ids[7]}))
         assert rows[0]["qty"] == 7
         assert (source.inline_reads, source.threaded_reads) == (before[0] + 1, before[1])
         # A scan of 3,000 rows takes far more than 2,000 VM steps: interrupted inline, then
@@ -679,8 +682,8 @@ async def test_short_reads_run_inline_and_long_ones_on_a_reader_thread(tmp_path:
         assert [row["qty"] for row in everything] == list(range(3000))
         assert (source.inline_reads, source.threaded_reads) == (before[0] + 1, before[1] + 1)
         # The inline connection sees every commit at once (no stale snapshot held open).
-        await source.execute(op("update", values={"qty": -1}, where={"id": ids[7]}))
-        assert (await source.execute(op("get", where={"id": ids[7]})))[0]["qty"] == -1
+        await source.execute(op("update", values={"qty": -1}, where={"cid": "c", "id": ids[7]}))
+        assert (await source.execute(op("get", where={"cid": "c", "id": ids[7]})))[0]["qty"] == -1
         # It cannot write, whatever SQL reaches it.
         assert source.inline_connection is not None
         with pytest.raises(sqlite3.OperationalError):

@@ -303,7 +303,7 @@ async def test_a_callers_duplicate_id_still_fails_clearly(sql: Sql) -> None:
         with pytest.raises(DataSourceError, match="duplicate key") as caught:
             await sql.source.execute(op)
         assert caught.value.conflict and not caught.value.retryable
-    rows = [{"name": "x"}, {"id": "mine"}]
+    rows = [{"name": "x", "cid": "acme"}, {"id": "mine", "cid": "acme"}]
     with pytest.raises(DataSourceError, match="duplicate key"):
         await sql.source.execute(prepare(Operation(action="add_many", table=sql.table, rows=rows)))
     assert await sql.count() == 1
@@ -682,7 +682,9 @@ async def test_redis_row_writes_replayed_write_once(redis_source: RedisSource) -
     ids = await source.execute(many)
     assert await source.execute(many) == ids
     with pytest.raises(DataSourceError, match="duplicate id") as caught:
-        await source.execute(Operation(action="add", table="items", values={"id": row_id}))
+        await source.execute(
+            Operation(action="add", table="items", values={"id": row_id, "cid": "a"})
+        )
     assert caught.value.conflict
     keyed = Operation(
         action="add", table="items", values={"name": "k", "cid": "a"}, idempotency_key="r-add"

@@ -504,11 +504,14 @@ async def test_an_interrupted_mirror_update_completes_after_a_crash(
     async with search_client(es_url) as client:
         await client.indices.refresh(index=setup.items)
         found = await client.search(index=setup.items, body={"size": 100})
-        docs = {hit["_id"]: hit["_source"] for hit in found["hits"]["hits"]}
+        docs = {hit["_source"]["id"]: hit["_source"] for hit in found["hits"]["hits"]}
         assert set(docs) == set(ids) - {ids[1]}
         assert docs[ids[0]]["qty"] == 100
         for row_id in ids[2:]:
-            document = await client.get(index=setup.items, id=row_id)
+            # The documents of an owned table are named by owner and id.
+            document = await client.get(
+                index=setup.items, id=f"{len(ALICE.cid)}:{ALICE.cid}:{row_id}"
+            )
             assert document["_version"] == 1  # none applied twice
 
 

@@ -20,7 +20,6 @@ from wf78_core import (
     Identity,
     InvalidOperation,
     Operation,
-    RowNotFound,
     Table,
     hookimpl,
 )
@@ -397,7 +396,9 @@ def test_a_select_by_one_key_shape_seen_before_checks_only_its_value() -> None:
 
 
 @pytest.mark.anyio
-async def test_add_many_by_id_skips_existing_ids_whoever_owns_them(setup: Setup) -> None:
+async def test_add_many_by_id_skips_the_owners_existing_ids_only(setup: Setup) -> None:
+    """Each owner has its own ids: an id Alice holds is skipped for Alice, and is Bob's to
+    take for a row of his own, which leaves Alice's as it was."""
     async with started(setup) as engine:
         alice = table(engine, setup.items)
         assert await alice.add_many_by_id([{"id": "k1", "name": "one"}, {"id": 2, "name": "two"}])
@@ -406,17 +407,24 @@ async def test_add_many_by_id_skips_existing_ids_whoever_owns_them(setup: Setup)
         inserted = await bob.add_many_by_id(
             [{"id": "k1", "name": "bob's k1"}, {"id": "k3", "name": "bob's k3"}]
         )
-        assert inserted == 1
+        assert inserted == 2
+        assert await bob.add_many_by_id([{"id": "k1", "name": "bob's again"}]) == 0
         with pytest.raises(InvalidOperation, match=r"rows\[0\] needs an id"):
             await bob.add_many_by_id([{"name": "no id"}])
-        rows = by_id(await raw_rows(engine, setup.items))
-    assert set(rows) == {"k1", "2", "k3"}
-    assert (rows["k1"]["name"], rows["k1"]["cid"], rows["k1"]["upby"]) == ("one", "acme", "alice")
-    assert rows["k3"]["cid"] == "globex"
+        rows = await raw_rows(engine, setup.items)
+        assert {row["name"] for row in await alice.get()} == {"one", "two"}
+        assert {row["name"] for row in await bob.get()} == {"bob's k1", "bob's k3"}
+    held = sorted((row["id"], row["cid"], row["name"], row["upby"]) for row in rows)
+    assert held == [
+        ("2", "acme", "two", "alice"),
+        ("k1", "acme", "one", "alice"),
+        ("k1", "globex", "bob's k1", "bob"),
+        ("k3", "globex", "bob's k3", "bob"),
+    ]
 
 
 @pytest.mark.anyio
-async def test_upsert_updates_or_inserts_and_never_takes_another_owners_row(
+async def test_upsert_updates_or_inserts_the_owners_row_and_never_another_owners(
     setup: Setup,
 ) -> None:
     async with started(setup) as engine:
@@ -424,13 +432,17 @@ async def test_upsert_updates_or_inserts_and_never_takes_another_owners_row(
         assert await alice.upsert({"id": "u1", "name": "first", "qty": 1}) == "u1"
         assert await alice.upsert({"id": "u1", "qty": 2}) == "u1"
         bob = table(engine, setup.items, BOB)
-        # Another owner's id is answered as an id nobody has (no existence oracle).
-        with pytest.raises(RowNotFound, match="has no row 'u1' for this caller"):
-            await bob.upsert({"id": "u1", "name": "hijacked"})
+        # Alice's id is one nobody has, to Bob: his upsert inserts a row of his own.
+        assert await bob.upsert({"id": "u1", "name": "bob's u1"}) == "u1"
+        assert await bob.upsert({"id": "u1", "qty": 9}) == "u1"
         assert await bob.upsert({"id": "u2", "name": "bob's"}) == "u2"
-        rows = by_id(await raw_rows(engine, setup.items))
-    assert (rows["u1"]["name"], rows["u1"]["qty"], rows["u1"]["cid"]) == ("first", 2, "acme")
-    assert rows["u2"]["cid"] == "globex"
+        rows = await raw_rows(engine, setup.items)
+    held = sorted((row["id"], row["cid"], row["name"], row["qty"]) for row in rows)
+    assert held == [
+        ("u1", "acme", "first", 2),
+        ("u1", "globex", "bob's u1", 9),
+        ("u2", "globex", "bob's", None),
+    ]
 
 
 @pytest.mark.anyio

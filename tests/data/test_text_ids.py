@@ -201,13 +201,22 @@ async def test_a_duplicate_text_id_is_a_conflict_not_a_replay(setup: Setup) -> N
         skus = Table(engine, setup.skus, identity=ALICE)
         assert await skus.add({"id": "dup", "name": "first"}) == "dup"
         with pytest.raises(OperationError) as raised:
-            await Table(engine, setup.skus, identity=BOB).add({"id": "dup", "name": "bob's"})
+            await skus.add({"id": "dup", "name": "again"})
         assert raised.value.conflict, raised.value
+        # Each owner has its own ids: Alice's is one nobody has, to Bob.
+        bobs = Table(engine, setup.skus, identity=BOB)
+        assert await bobs.add({"id": "dup", "name": "bob's"}) == "dup"
+        assert [row["name"] for row in await bobs.get(where={"id": "dup"})] == ["bob's"]
+        assert [row["name"] for row in await skus.get(where={"id": "dup"})] == ["first"]
         # With a caller's key the insert is replayed, not refused.
-        first = await skus.add({"id": "keyed", "name": "k"}, idempotency_key="k-1")
-        assert await skus.add({"id": "keyed", "name": "k"}, idempotency_key="k-1") == first
-        rows = await stored(engine, setup.skus)
-    assert rows["dup"]["name"] == "first" and rows["dup"]["cid"] == "acme"
+        first = await skus.add({"id": "keyed", "name": "k"}, idempotency_key=setup.prefix + "k-1")
+        assert (
+            await skus.add({"id": "keyed", "name": "k"}, idempotency_key=setup.prefix + "k-1")
+            == first
+        )
+        op = Operation(action="get", table=setup.skus, where={"id": "dup"}, order=["cid"])
+        rows = (await engine.submit(op)).value
+    assert [(row["cid"], row["name"]) for row in rows] == [("acme", "first"), ("globex", "bob's")]
 
 
 # -- Redis and Elasticsearch ---------------------------------------------------------------------
@@ -245,7 +254,8 @@ async def test_redis_keeps_text_ids_as_row_keys(redis_prefix: str) -> None:
     assert sorted(rows) == ["PEN-1", "a.1", "sku-77", "sku-78"]
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        assert client.hget(f"{redis_prefix}:{{skus}}:row:sku-77", "qty") == b"2"
+        # An owned table's row key names its id (length first) and its owner.
+        assert client.hget(f"{redis_prefix}:{{skus}}:row:6:sku-77:acme", "qty") == b"2"
     finally:
         client.close()
 

@@ -734,11 +734,13 @@ async def test_tenant_isolation_through_every_method(client: httpx.AsyncClient) 
     assert ok(await bob("mUpdateMany", rows=[{"id": a, "qty": 0}])) == 0
     own = ok(await bob("m", mid=a, pars=["a", 9, 9.0]))  # not Bob's: inserts his own row
     assert own != a
-    # Alice's id answers as an id nobody has: 404, never that it exists.
-    refused(await bob("mByid", mid=a, pars=["stolen"]), 404, "not_found", "has no row")
+    # Alice's id is one nobody has, to Bob (each owner has its own ids): mByid inserts a
+    # row of his own under it, and his later calls with that id reach that row only.
+    assert ok(await bob("mByid", mid=a, pars=["bob's"])) == a
     firsts = ok(await bob("mByFirstField", pars=["a", 9, 9.0]))  # Bob's own "a"
     assert firsts == own
-    assert ok(await bob("mAddManyByid", pars=["stolen", 0, 0.0, a])) == 0
+    assert ok(await bob("mAddManyByid", pars=["again", 0, 0.0, a])) == 0  # his own now
+    assert ok(await bob("mdel", mid=a)) == 1
     refused(await bob("mdel", mid=a), 404, "not_found")
     assert ok(await bob("mdelmany", ids=[a, b])) == 0
     refused(await bob("mUpdateElkByid", mid=a, values={"name": "x"}), 400, "invalid")

@@ -302,9 +302,12 @@ async def snapshot(scene: Scene) -> Snapshot:
     if world.es_url is not None:
         client = AsyncElasticsearch(world.es_url, node_class=JsonNode)
         try:
+            owner = BOB.owner(scene.owner) or ""
             for row_id in scene.victim["docs"]:
                 try:
-                    found = await client.get(index=scene.name("docs"), id=row_id)
+                    # B's documents are named by owner and id (each owner has its own ids).
+                    doc_id = f"{len(owner)}:{owner}:{row_id}"
+                    found = await client.get(index=scene.name("docs"), id=doc_id)
                 except NotFoundError:
                     docs[row_id] = None
                 else:
@@ -431,11 +434,13 @@ def http_probes(method: str, scene: Scene, me: Person) -> list[Probe]:
         ]
     if method == "mAddManyByid":
         return [
-            Probe({"rows": [{**row, "id": b[0]}, {**row, "id": fresh[0]}]}, 200, equals(1)),
-            Probe({"pars": ["stolen", 0, 0.0, b[1], "mine", 1, 1.0, fresh[1]]}, 200, equals(1)),
-            Probe({"pars": [["stolen", 0, 0.0, b[2]], ["stolen", 0, 0.0, b[0]]]}, 200, equals(0)),
+            # Each owner has its own ids: B's are new to me, so rows of mine take them.
+            Probe({"rows": [{**row, "id": b[0]}, {**row, "id": fresh[0]}]}, 200, equals(2)),
+            Probe({"pars": ["mine", 0, 0.0, b[1], "mine", 1, 1.0, fresh[1]]}, 200, equals(2)),
+            # b[0] is mine since the first probe: skipped as an id of mine is.
+            Probe({"pars": [["mine", 0, 0.0, b[2]], ["mine", 0, 0.0, b[0]]]}, 200, equals(1)),
             Probe({"rows": [{**row, "id": fresh[2], o: bob_owner}]}, 400),
-            Probe({"pars": f'["stolen", 0, 0.0, "{b[2]}"]'}, 200, equals(0), via="form"),
+            Probe({"pars": f'["mine", 0, 0.0, "{b[2]}"]'}, 200, equals(0), via="form"),
         ]
     if method == "mUpdate":
         return [
@@ -474,11 +479,11 @@ def http_probes(method: str, scene: Scene, me: Person) -> list[Probe]:
         ]
     if method == "mByid":
         return [
-            # B's id answers as a missing row would: 404, never "exists".
-            Probe({"mid": b[0], "pars": ["stolen", 9, 9.0]}, 404),
-            Probe({"values": {"id": b[1], "name": "stolen"}}, 404),
-            Probe({"mid": b[2], "values": {"name": "stolen"}}, 404),
-            Probe({"mid": b[0], "pars": ["stolen"]}, 404, via="query"),
+            # B's id is an id nobody has, to me: a row of mine takes it; B's stays as it is.
+            Probe({"mid": b[0], "pars": ["mine", 9, 9.0]}, 200, equals(b[0])),
+            Probe({"values": {"id": b[1], "name": "mine"}}, 200, equals(b[1])),
+            Probe({"mid": b[2], "values": {"name": "mine"}}, 200, equals(b[2])),
+            Probe({"mid": b[0], "pars": ["mine again"]}, 200, equals(b[0]), via="query"),
             Probe({"mid": fresh[0], "pars": ["mine"]}, 200, equals(fresh[0])),
             Probe({"mid": x[0], "pars": ["mine"]}, 200, equals(x[0])),
         ]
@@ -646,11 +651,10 @@ def table_calls(method: str, scene: Scene, me: Person, tables: dict[str, Table])
     fresh = [snowflake_id() for _ in range(3)]
     b_name = scene.secrets[1]
     bob_owner = BOB.owner(o)
-    # B's ids with trailing spaces, a different number per attacker: on SQLite each one is
-    # a new id of its own, which the next attacker must not find taken.
+    # B's ids with trailing spaces (MariaDB's PAD SPACE compares them equal to B's), a
+    # different number per attacker.
     spaces = " " * (1 + (attackers(o).index(me) if me in attackers(o) else 0))
     padded = [row_id + spaces for row_id in b]
-    mysql = scene.world.source == "mysql"
     row = {"name": "stolen", "qty": 0, "price": 0.0}
     bad = InvalidOperation
     if method == "mAdd":
@@ -669,12 +673,13 @@ def table_calls(method: str, scene: Scene, me: Person, tables: dict[str, Table])
         ]
     if method == "mAddManyByid":
         return [
+            # Each owner has its own ids: B's are new to me, so rows of mine take them.
             Call(
-                lambda: t.add_many_by_id([{**row, "id": b[0]}, {**row, "id": fresh[0]}]), equals(1)
+                lambda: t.add_many_by_id([{**row, "id": b[0]}, {**row, "id": fresh[0]}]), equals(2)
             ),
-            Call(lambda: t.add_many_by_id([{**row, "id": int(b[1])}]), equals(0)),
-            # MariaDB: the same key as B's (skipped); SQLite: another id, a row of mine.
-            Call(lambda: t.add_many_by_id([{**row, "id": padded[2]}]), equals(0 if mysql else 1)),
+            Call(lambda: t.add_many_by_id([{**row, "id": int(b[1])}]), equals(1)),
+            Call(lambda: t.add_many_by_id([{**row, "id": b[1]}]), equals(0)),  # mine now
+            Call(lambda: t.add_many_by_id([{**row, "id": padded[2]}]), equals(1)),
             Call(lambda: t.add_many_by_id([{**row, "id": fresh[1], o: bob_owner}]), bad),
         ]
     if method == "mUpdate":
@@ -708,20 +713,15 @@ def table_calls(method: str, scene: Scene, me: Person, tables: dict[str, Table])
 
         return [Call(lambda: m(b[0]), not_in(b)), Call(lambda: m(x[0]), equals(x[0]))]
     if method == "mByid":
-        calls = [
-            Call(lambda: t.upsert({"id": b[0], "name": "stolen"}), bad),
-            Call(lambda: t.upsert({"id": int(b[1]), "name": "stolen"}), bad),
+        # B's ids are ids nobody has, to me: rows of mine take them; B's stay as they are.
+        return [
+            Call(lambda: t.upsert({"id": b[0], "name": "mine"}), equals(b[0])),
+            Call(lambda: t.upsert({"id": int(b[1]), "name": "mine"}), equals(b[1])),
+            Call(lambda: t.upsert({"id": b[1], "name": "mine again"}), equals(b[1])),
             Call(lambda: t.upsert({"id": fresh[0], "name": "mine"}), equals(fresh[0])),
             Call(lambda: t.upsert({"id": x[0], "name": "mine"}), equals(x[0])),
+            Call(lambda: t.upsert({"id": padded[2], "name": "mine"}), equals(padded[2])),
         ]
-        # MariaDB finds B's key and refuses; SQLite takes it for another id of mine.
-        calls.append(
-            Call(
-                lambda: t.upsert({"id": padded[2], "name": "stolen"}),
-                bad if mysql else equals(padded[2]),
-            )
-        )
-        return calls
     if method == "mByFirstField":
         return [
             Call(lambda: t.upsert_by_first_field({"name": b_name, "qty": 9}), not_in(b)),
@@ -957,15 +957,14 @@ async def tenants_on(source: str, tmp_path: Path) -> AsyncIterator[tuple[Engine,
 @pytest.mark.anyio
 @pytest.mark.parametrize("source", [*SOURCES, "redis"])
 async def test_another_tenants_id_answers_as_an_id_nobody_has(tmp_path: Path, source: str) -> None:
-    """Every by-id method answers another tenant's id exactly as an id nobody has: the same
-    status, envelope and message, the same count; ``mByid``, which would insert an id
-    nobody has, answers the 404 of a missing row; ``mAddManyByid`` skips it as it skips
-    an id of the caller's own. Nothing of B's changes."""
+    """Each tenant has its own ids: every by-id method answers another tenant's id exactly as
+    an id nobody has, the same status, envelope, message and count. ``mByid`` and
+    ``mAddManyByid``, which insert an id nobody has, insert the caller's own row with it;
+    nothing of B's changes, and each then reads its own row under the one id."""
     async with tenants_on(source, tmp_path) as (engine, name, client):
         bob = RequestClient(engine, BOB.identity).table(name)
         alice = RequestClient(engine, ALICE.identity).table(name)
-        theirs = await bob.add_many([{"name": f"b{i}", "qty": i} for i in range(2)])
-        (mine,) = await alice.add_many([{"name": "a", "qty": 1}])
+        theirs = await bob.add_many([{"name": f"b{i}", "qty": i} for i in range(4)])
         before = await bob.get(order="id")
 
         async def post(method: str, params: dict[str, Any]) -> httpx.Response:
@@ -977,20 +976,26 @@ async def test_another_tenants_id_answers_as_an_id_nobody_has(tmp_path: Path, so
             foreign = await post(method, _with_id(params, theirs[0]))
             nobodys = await post(method, _with_id(params, missing))
             assert _seen(foreign, theirs[0]) == _seen(nobodys, missing), method
-        # mByid: a missing row's 404, word for word.
-        foreign = await post("mByid", {"mid": theirs[1], "pars": ["probe"]})
+        # mByid inserts Alice's own row under B's id, answered as for an id nobody has.
         missing = snowflake_id()
-        nobodys = await post("mUpdate", {"mid": missing, "pars": ["probe"]})
-        assert foreign.status_code == 404, foreign.text
+        foreign = await post("mByid", {"mid": theirs[1], "pars": ["probe"]})
+        nobodys = await post("mByid", {"mid": missing, "pars": ["probe"]})
+        assert foreign.status_code == 200, foreign.text
         assert _seen(foreign, theirs[1]) == _seen(nobodys, missing)
-        # mAddManyByid: B's id is skipped exactly as one of Alice's own.
-        row = {"name": "probe", "qty": 0}
-        skipped = await post("mAddManyByid", {"rows": [{**row, "id": theirs[1]}]})
-        own = await post("mAddManyByid", {"rows": [{**row, "id": mine}]})
-        assert _seen(skipped, theirs[1]) == _seen(own, mine) == (200, _seen(own, mine)[1])
-        assert own.json()["back"] == 0
-        # Through Table too: the message of a missing row, never that the id exists.
-        with pytest.raises(InvalidOperation) as caught:
-            await alice.upsert({"id": theirs[1], "name": "probe"})
-        assert str(caught.value) == f"table {name!r} has no row {theirs[1]!r} for this caller"
+        # mAddManyByid: B's id counts 1, as an id nobody has does.
+        row = {"name": "many", "qty": 7}
+        missing = snowflake_id()
+        foreign = await post("mAddManyByid", {"rows": [{**row, "id": theirs[2]}]})
+        nobodys = await post("mAddManyByid", {"rows": [{**row, "id": missing}]})
+        assert _seen(foreign, theirs[2]) == _seen(nobodys, missing)
+        assert foreign.json()["back"] == 1
+        # Through Table too: upsert of B's id is Alice's insert.
+        assert await alice.upsert({"id": theirs[3], "name": "table"}) == theirs[3]
         assert await bob.get(order="id") == before
+        mine = {row["id"]: row["name"] for row in await alice.get(where={"id": theirs[1:]})}
+        assert mine == {theirs[1]: "probe", theirs[2]: "many", theirs[3]: "table"}
+        # Each tenant's row under one id is its own: changes and deletes stay with it.
+        assert await alice.update(theirs[1], {"name": "alice's"}) == 1
+        assert await alice.delete(theirs[2]) == 1
+        assert await bob.get(order="id") == before
+        assert await alice.add_many_by_id([{**row, "id": theirs[3]}]) == 0  # her own now

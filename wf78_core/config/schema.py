@@ -82,6 +82,9 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # Plugin modules every engine built from this configuration registers (importable
     # names such as "myproject.actions"), besides the wf78 entry points.
     plugins: tuple[str, ...] = ()
+    # Identical reads in flight at the same moment (same table, filters, owner, columns,
+    # order, page) run once, each caller getting its own copy (wf78_core.core.sharing).
+    shared_reads: bool = True
     # This process's snowflake node id (0-1023), unique among every process writing the
     # same tables; unset: leased in Redis with the redis backend, else a random one.
     node_id: Annotated[int, msgspec.Meta(ge=0, le=NODE_IDS - 1)] | None = None

@@ -18,7 +18,7 @@ __all__ = ["Admission", "Counters"]
 class Counters:
     """Engine-wide totals of the data path and the task runners."""
 
-    __slots__ = ("completed", "failed", "fallbacks", "retries", "submitted")
+    __slots__ = ("completed", "failed", "fallbacks", "reads_shared", "retries", "submitted")
 
     def __init__(self) -> None:
         self.submitted = 0
@@ -26,6 +26,8 @@ class Counters:
         self.failed = 0
         self.retries = 0
         self.fallbacks = 0
+        # Reads answered by an identical read in flight (wf78_core.core.sharing).
+        self.reads_shared = 0
 
 
 class Admission:

@@ -17,6 +17,7 @@ from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.retry import backoff
 from wf78_core.core.routing import Router
 from wf78_core.core.scheduling import Limit
+from wf78_core.core.sharing import SharedReads
 from wf78_core.core.sources import Source, SourcePool
 from wf78_core.core.tickets import Ticket
 from wf78_core.definitions import Operation, Result, TaskDefinition
@@ -68,6 +69,8 @@ class Dispatcher:
         self._backoff_base = self.settings.retry_backoff
         self._backoff_max = self.settings.retry_backoff_max
         self._tickets: set[Ticket] = set()
+        #: identical reads in flight run once (None: ``[engine] shared_reads = false``)
+        self.shared_reads = SharedReads(counters) if self.settings.shared_reads else None
         #: where operations go: source selection, agent allocation, slots
         self.router = Router(config, pm, pool, admission.scheduler, excluded_allocators)
 
@@ -267,6 +270,28 @@ class Dispatcher:
     ) -> Result:
         """Select, allocate, execute with retry and fallback. ``held``: the source, agent
         and limits a queued ticket was granted, used (and released) by the first attempt.
+
+        Reads and writes pass through :mod:`wf78_core.core.sharing` (single-flight reads)."""
+        reads = self.shared_reads
+        if reads is None:
+            return await self._execute(op, level, context, task, outer, reason, held)
+        return await reads.execute(
+            op,
+            lambda: self._execute(op, level, context, task, outer, reason, held),
+            join=held is None,
+        )
+
+    async def _execute(
+        self,
+        op: Operation,
+        level: int,
+        context: Mapping[str, Any] | None,
+        task: TaskDefinition | None,
+        outer: tuple[Limit, ...],
+        reason: str | None,
+        held: tuple[Source, Agent, tuple[Limit, ...]] | None,
+    ) -> Result:
+        """:meth:`execute` without sharing.
 
         The first attempt runs here, inline: with 1,000 operations in flight every frame
         alive while they wait is 1,000 more objects for the garbage collector (benchmark

@@ -90,4 +90,5 @@ def engine_stats(
         dead_letters=runs.dead_letters,
         dead_letter_count=runs.dead_letter_count,
         journal=runs.journal,
+        reads_shared=counters.reads_shared,
     )

@@ -119,3 +119,5 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     dead_letter_count: int = 0
     #: where accepted runs are journaled ("off" when nowhere)
     journal: str = "off"
+    #: reads answered by an identical read already in flight (``[engine] shared_reads``)
+    reads_shared: int = 0

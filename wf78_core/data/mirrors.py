@@ -309,6 +309,10 @@ class Relay:
 
     async def _apply(self, lane: _Lane, entry: OutboxEntry) -> None:
         mirror = entry.mirror
+        # An entry of a table no longer mirrored (another configuration wrote it) names its
+        # row by id and owner as it was written.
+        mirrors = self.tables.get(entry.table)
+        where = mirrors.key(entry) if mirrors is not None else {"id": entry.id}
         if entry.action == "invalidate":
             op = Operation(action="cache_delete", data_source=mirror, key=entry.key)
         elif entry.action == "index":
@@ -320,7 +324,7 @@ class Relay:
                 action="update",
                 table=entry.table,
                 data_source=mirror,
-                where={"id": entry.id},
+                where=where,
                 values=entry.values,
             )
         else:
@@ -331,7 +335,7 @@ class Relay:
                         action="get",
                         table=entry.table,
                         data_source=lane.primary,
-                        where={"id": entry.id},
+                        where=where,
                         shard=entry.shard,
                         limit=1,
                     )
@@ -341,9 +345,7 @@ class Relay:
                     action="index", table=entry.table, data_source=mirror, values=found[0]
                 )
             else:
-                op = Operation(
-                    action="delete", table=entry.table, data_source=mirror, where={"id": entry.id}
-                )
+                op = Operation(action="delete", table=entry.table, data_source=mirror, where=where)
         await self.submit(op)
 
     async def submit(self, op: Operation, priority: int | None = RELAY_PRIORITY) -> Any:

@@ -44,6 +44,8 @@ class OutboxEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True)
     key: str | None = None
     # sync: the shard the row lives in.
     shard: str | None = None
+    # The row's owner on an owned table: with ``id``, the row's key (each owner has its ids).
+    owner: str | None = None
 
     def __post_init__(self) -> None:
         if self.action in ("index", "update") and not self.values:
@@ -78,8 +80,9 @@ def search_body(
     missing: list[dict[str, Any]] = []
     for column, value in filters.items():
         if column == "id":
+            # The id field, not _id: an owned table's documents are named by owner and id.
             values = value if isinstance(value, list | tuple) else [value]
-            clauses.append({"ids": {"values": [str(item) for item in values]}})
+            clauses.append({"terms": {_exact(schema, "id"): [str(item) for item in values]}})
         elif value is None:
             missing.append({"exists": {"field": _exact(schema, column)}})
         elif isinstance(value, list | tuple):
@@ -118,10 +121,19 @@ class TableMirrors:
         self.search = config.search_mirror
         self.cache = config.cache_mirror
         self.cache_ttl = config.cache_ttl
+        # The owner column: a row is (owner, id) on an owned table.
+        self.owner = config.owner
 
     @property
     def mirrors(self) -> tuple[str, ...]:
         return tuple(name for name in (self.search, self.cache) if name is not None)
+
+    def key(self, entry: OutboxEntry) -> dict[str, Any]:
+        """The ``where`` naming the row of ``entry``: its id, and its owner on an owned
+        table (two owners may each hold the id)."""
+        if self.owner is None or entry.owner is None:
+            return {"id": entry.id}
+        return {"id": entry.id, self.owner: entry.owner}
 
     def entries(
         self,
@@ -142,6 +154,8 @@ class TableMirrors:
                     "table": self.table,
                     "id": row_id,
                 }
+                if self.owner is not None:
+                    entry["owner"] = owner
                 if action == "index":
                     entry["values"] = _document(row)
                 elif action == "update":

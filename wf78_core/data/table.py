@@ -5,8 +5,10 @@ Each method builds :class:`~wf78_core.definitions.Operation` values and hands th
 like to any other. The koa78 columns are filled on every write: a snowflake ``id`` (on a
 table with ``id = "text"``, the caller's id, required on insert), ``upby`` (the identity's
 user name), ``uptime`` (now, UTC) and the owner column (``cid`` or ``uid``, from the
-identity). Every id a method takes has the table's shape (:func:`wf78_core.ids.id_problem`). The owner is also a filter of every read and write, bulk ones included,
-so one tenant never reads, changes or deletes another's rows.
+identity). Every id a method takes has the table's shape (:func:`wf78_core.ids.id_problem`).
+The owner is also a filter of every read and write, bulk ones included, so one tenant never
+reads, changes or deletes another's rows; and part of each row's key, so each tenant has its
+own ids: an id another tenant holds answers exactly as an id nobody has (inserting it too).
 
 Every write method takes ``idempotency_key=``: a replay with the same key returns the first
 call's result and writes nothing again (:mod:`wf78_core.idempotency`). On an owned table keys
@@ -103,8 +105,9 @@ class Table(TableReads):
         self, rows: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> int:
         """Insert rows that carry their own ``id``, skipping ids that exist (koa78
-        ``mAddManyByid``); returns how many were inserted. An existing row, whoever owns
-        it, is left as it is."""
+        ``mAddManyByid``); returns how many were inserted. A row this owner has is left as
+        it is; on an owned table each owner has its own ids, so another owner's row with the
+        same id is another row, neither seen nor touched."""
         key = self._key(idempotency_key, "add_many_by_id", rows)
         prepared = []
         for index, row in enumerate(self._rows(rows)):
@@ -183,8 +186,8 @@ class Table(TableReads):
 
     async def upsert(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
         """Update the row ``values["id"]`` when this owner has it, else insert it with that
-        id (koa78 ``mByid``); returns the id. Another owner's row with that id is never
-        overwritten: that raises InvalidOperation."""
+        id (koa78 ``mByid``); returns the id. On an owned table each owner has its own ids:
+        another owner's row with that id is another row, never seen nor overwritten."""
         key = self._key(idempotency_key, "upsert", values)
         row_id, rest = self._split_id(values, "values")
         changes = self._values(rest, "values")
@@ -214,11 +217,11 @@ class Table(TableReads):
             idempotency_key=_step(key, "insert"),
         ):
             return row_id
-        # The id exists: ours if another caller inserted it just now, else someone else's.
+        # Our row exists after all: another caller of this owner inserted it just now.
         if await self._update(row_id, changes, _step(key, "update again")):
             return row_id
-        # Another owner's id (never overwritten) is answered as an id nobody has: whose
-        # it is, or that it exists, is not this caller's to learn.
+        # ... and was deleted again at once, or the table predates per-owner keys (an id of
+        # another owner): answered as an id nobody has, telling nothing of other owners.
         raise RowNotFound(self.name, row_id)
 
     async def upsert_by_first_field(
@@ -307,18 +310,12 @@ class Table(TableReads):
         changes = self._values(values, "values")
         if not changes:
             raise self._invalid("values: update_search_doc needs at least one field to set")
-        scope = self._scope()
-        if scope:
-            # Updates by id cannot filter: check the document's owner first.
-            docs = await self._submit_to(source, "get", where={"id": row_id})
-            owner = self.owner
-            assert owner is not None
-            if not docs or docs[0].get(owner) != scope[owner]:
-                return 0
+        # The owner names the document with its id: another owner's is another document.
+        where = {"id": row_id, **self._scope()}
         stamped = self._stamp(changes, owner=False)
         stamped["uptime"] = stamped["uptime"].isoformat()
         changed: int = await self._submit_to(
-            source, "update", where={"id": row_id}, values=stamped, idempotency_key=key
+            source, "update", where=where, values=stamped, idempotency_key=key
         )
         return changed
 

@@ -206,6 +206,11 @@ def _total_families(stats: EngineStats) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "wf78_fallbacks", "Operations served by a fallback source.", stats.fallbacks
     )
+    yield CounterMetricFamily(
+        "wf78_reads_shared",
+        "Reads answered by an identical read already in flight (single-flight).",
+        stats.reads_shared,
+    )
     yield GaugeMetricFamily("wf78_runs_active", "Workflow runs not finished.", stats.runs_active)
     yield GaugeMetricFamily(
         "wf78_runs_finished",

@@ -1,0 +1,160 @@
+"""Shared reads (single-flight): identical reads in flight at the same moment run once.
+
+A read (``get``, ``count``, ``search``) names what it reads by its source, action, table,
+shard, ``where`` (the owner filter of a ``Table`` included, so no two owners ever share),
+columns, order, limit, offset and search body. While one such read runs, the same read
+arriving joins it instead of querying again; when it finishes every caller gets its own copy
+of the rows (the first caller too, when anyone joined), so no caller sees another's changes.
+
+Read-your-writes holds: every write acknowledged on a table (its operation finished, well or
+not) starts a new *generation* of that table, and a read joins only a read that started in
+the current one. A read begun before a write was acknowledged may not have seen it, so any
+read arriving after the acknowledgement runs on its own. Writes without a table (raw SQL)
+start a new generation of every table. This holds for the writes of this process; a write
+acknowledged by another process can still be missed by a read that joins one begun before
+it, exactly as by that read itself.
+
+When the first read fails or is cancelled, the reads that joined it run on their own: an
+error is never handed to a caller whose own attempt might have succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from copy import deepcopy
+from typing import Any
+
+import anyio
+import msgspec
+
+from wf78_core.core.admission import Counters
+from wf78_core.definitions import Operation, Result
+
+__all__ = ["SHARED_ACTIONS", "SharedReads"]
+
+#: The actions that may share one query.
+SHARED_ACTIONS = frozenset({"get", "count", "search"})
+# Actions that change nothing: they start no new generation.
+_READS = frozenset({"get", "count", "search", "cache_get", "health", "noop", "list_shards"})
+
+_ENCODER = msgspec.json.Encoder()
+
+
+class _Flight:
+    """One read in flight: its generation, whether others joined, and how it ended."""
+
+    __slots__ = ("done", "generation", "joined", "result")
+
+    def __init__(self, generation: tuple[int, int]) -> None:
+        self.generation = generation
+        self.done = anyio.Event()
+        self.joined = 0
+        self.result: Result | None = None
+
+
+class SharedReads:
+    """The reads in flight, by what they read, and each table's write generation."""
+
+    __slots__ = ("_counters", "_everything", "_flights", "_tables")
+
+    def __init__(self, counters: Counters) -> None:
+        # counters.reads_shared: reads answered by another caller's query.
+        self._counters = counters
+        self._flights: dict[bytes, _Flight] = {}
+        self._tables: dict[str, int] = {}
+        # Bumped by a write without a table: every table's generation moves with it.
+        self._everything = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Reads running now that another may join."""
+        return len(self._flights)
+
+    def wrote(self, op: Operation) -> None:
+        """Note that ``op`` finished: a write starts a new generation of its table."""
+        if op.action in _READS:
+            return
+        table = op.table
+        if table is None:
+            self._everything += 1
+        else:
+            self._tables[table] = self._tables.get(table, 0) + 1
+
+    async def execute(
+        self, op: Operation, run: Callable[[], Awaitable[Result]], *, join: bool
+    ) -> Result:
+        """``run()`` for ``op``: a read joins the same read in flight (when ``join``); a
+        write, once finished (well or not), starts a new generation of its table."""
+        if op.action in SHARED_ACTIONS:
+            return await (self.read(op.data_source, op, run) if join else run())
+        try:
+            return await run()
+        finally:
+            self.wrote(op)
+
+    async def read(
+        self, source: str | None, op: Operation, run: Callable[[], Awaitable[Result]]
+    ) -> Result:
+        """``run()``, or the result of the same read already in flight (a copy of it).
+        ``source``: the source the read names (None: the one routing picks for it; a read
+        in flight on another replica of the table is as good as a new one there)."""
+        try:
+            key = _ENCODER.encode(
+                (
+                    source,
+                    op.action,
+                    op.table,
+                    op.shard,
+                    op.where,
+                    op.columns,
+                    op.order,
+                    op.limit,
+                    op.offset,
+                    op.params,
+                )
+            )
+        except (TypeError, msgspec.EncodeError):
+            return await run()  # a value JSON cannot name: this read is its own
+        generation = (self._everything, self._tables.get(op.table or "", 0))
+        flight = self._flights.get(key)
+        if flight is not None and flight.generation == generation:
+            flight.joined += 1
+            await flight.done.wait()
+            result = flight.result
+            if result is None:
+                return await run()
+            self._counters.reads_shared += 1
+            return _copy(result)
+        flight = _Flight(generation)
+        self._flights[key] = flight
+        try:
+            result = await run()
+            if flight.joined:
+                # Others copy the kept result after this caller has its own.
+                flight.result = result
+                return _copy(result)
+            return result
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.done.set()
+
+
+def _copy(result: Result) -> Result:
+    """``result`` with a value of its own: rows are dicts, and JSON columns nest."""
+    value = result.value
+    if isinstance(value, list):
+        value = [_row(row) for row in value]
+    elif isinstance(value, dict):
+        value = deepcopy(value)
+    return msgspec.structs.replace(result, value=value)
+
+
+def _row(row: Any) -> Any:
+    if type(row) is not dict:
+        return deepcopy(row)
+    copied = row.copy()
+    for name, value in copied.items():
+        if isinstance(value, dict | list):
+            copied[name] = deepcopy(value)
+    return copied
