@@ -22,13 +22,16 @@ import httpx
 import pytest
 import redis
 from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import StarletteDeprecationWarning
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 
 from wf78_core import ConfigError, Engine, Identity, Wf78Error
 from wf78_core.http.middleware import Wf78Middleware
 
 with warnings.catch_warnings():
-    # Starlette asks for httpx2, which this environment does not have; httpx still works.
+    # Without httpx2 (the lock has it, for Starlette's suite) Starlette warns and uses httpx.
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
@@ -458,3 +461,34 @@ def test_an_asgi2_app_is_served_wrapped(config: dict[str, Any], inner: Any) -> N
     assert answer.status_code == 200
     assert answer.text == "asgi2:/elsewhere"
     assert rows == 1
+
+
+class Asgi3Class:
+    """An ASGI3 application that is a class: constructed with ``(scope, receive, send)``
+    and awaited, as Starlette's ``HTTPEndpoint`` and ``WebSocketEndpoint`` are. It is not
+    ASGI2 (Starlette's suite, wrapped, found this; uvicorn and ``TestClient`` tell the two
+    apart by ``__await__``)."""
+
+    def __init__(self, scope: Message, receive: Any, send: Any) -> None:
+        self.scope, self.send = scope, send
+
+    def __await__(self) -> Any:
+        return self.respond().__await__()
+
+    async def respond(self) -> None:
+        await self.send({"type": "http.response.start", "status": 200, "headers": []})
+        body = b"asgi3:" + self.scope["path"].encode()
+        await self.send({"type": "http.response.body", "body": body})
+
+
+class Endpoint(HTTPEndpoint):
+    async def get(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse("asgi3:" + request.url.path)
+
+
+@pytest.mark.parametrize("inner", [Asgi3Class, Endpoint], ids=["class", "HTTPEndpoint"])
+def test_an_asgi3_class_is_served_wrapped(config: dict[str, Any], inner: Any) -> None:
+    app = Wf78Middleware(inner, config=config)
+    answer = within(60, lambda: TestClient(app).get("/elsewhere"))
+    assert answer.status_code == 200
+    assert answer.text == "asgi3:/elsewhere"

@@ -17,7 +17,7 @@ from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.retry import backoff
 from wf78_core.core.routing import Router
 from wf78_core.core.scheduling import Limit
-from wf78_core.core.sharing import SharedReads
+from wf78_core.core.sharing import SHARED_ACTIONS, SharedReads
 from wf78_core.core.sources import Source, SourcePool
 from wf78_core.core.tickets import Ticket
 from wf78_core.definitions import Operation, Result, TaskDefinition
@@ -267,92 +267,85 @@ class Dispatcher:
         outer: tuple[Limit, ...] = (),
         reason: str | None = None,
         held: tuple[Source, Agent, tuple[Limit, ...]] | None = None,
+        join: bool = True,
     ) -> Result:
-        """Select, allocate, execute with retry and fallback. ``held``: the source, agent
-        and limits a queued ticket was granted, used (and released) by the first attempt.
-
-        Reads and writes pass through :mod:`wf78_core.core.sharing` (single-flight reads)."""
+        """Select, allocate, execute with retry and fallback (``held``: a queued ticket's
+        source, agent and limits). A read joins the same read in flight (``join``, see
+        :mod:`wf78_core.core.sharing`); a finished write keeps later reads from joining one
+        begun before it. The first attempt runs inline; the rest are :meth:`_recover`'s."""
         reads = self.shared_reads
-        if reads is None:
-            return await self._execute(op, level, context, task, outer, reason, held)
-        return await reads.execute(
-            op,
-            lambda: self._execute(op, level, context, task, outer, reason, held),
-            join=held is None,
-        )
-
-    async def _execute(
-        self,
-        op: Operation,
-        level: int,
-        context: Mapping[str, Any] | None,
-        task: TaskDefinition | None,
-        outer: tuple[Limit, ...],
-        reason: str | None,
-        held: tuple[Source, Agent, tuple[Limit, ...]] | None,
-    ) -> Result:
-        """:meth:`execute` without sharing.
-
-        The first attempt runs here, inline: with 1,000 operations in flight every frame
-        alive while they wait is 1,000 more objects for the garbage collector (benchmark
-        B6), and most operations need no second attempt. Retries and fallbacks are
-        :meth:`_recover`'s."""
-        started = time.perf_counter()
-        if held is not None:
-            source = held[0]
-            reason = reason or "granted to a queued ticket"
-        elif op.data_source is not None and reason is None:
-            source = self._pool.resolve(op.data_source, op.action)
-            reason = "explicit data_source"
-        else:
-            source, reason = await self.router.route(op, task, context, reason)
-        # engine.submit has no timeout unless the operation or its source sets one: a
-        # cancel scope per operation would cost more than the dispatch itself.
-        timeout = op.timeout or (task.timeout if task is not None else None)
-        timeout = timeout or self._timeouts.get(source.name)
+        if reads is not None and op.action in SHARED_ACTIONS:
+            if join and held is None:
+                return await reads.read(
+                    op.data_source,
+                    op,
+                    lambda: self.execute(
+                        op, level, context, task=task, outer=outer, reason=reason, join=False
+                    ),
+                )
+            reads = None  # a read starts no new generation
         try:
-            if held is not None:
-                _, agent, limits = held
-            elif source.healthy and len(source.agents) == 1:
-                agent = source.agents[0]
-                limits = agent.limit_set(outer, source.limit)
-                if not self._scheduler.try_acquire(limits):
-                    await self._scheduler.acquire(level, limits)
-            else:
-                agent, limits = await self.router.acquire(op, source, level, outer)
-            # From here the limits are held; they are released on every path.
-            attempt_started = time.perf_counter()
+            started = time.perf_counter()
+            picked = self._picked(op, reason, held)
+            if picked is None:
+                picked = await self.router.route(op, task, context, reason)
+            source, reason = picked
+            # No timeout unless the operation, task or source sets one (a cancel scope costs).
+            timeout = op.timeout or (task and task.timeout) or self._timeouts.get(source.name)
             try:
-                if timeout is None:
-                    value = await source.adapter.execute(op)
+                if held is not None:
+                    _, agent, limits = held
+                elif source.healthy and len(source.agents) == 1:
+                    agent = source.agents[0]
+                    limits = agent.limit_set(outer, source.limit)
+                    if not self._scheduler.try_acquire(limits):
+                        await self._scheduler.acquire(level, limits)
                 else:
-                    value = await execute_within(source, op, timeout)
-            except Exception as failure:
-                reported = failed_as(source, failure)
-                if reported is failure:
+                    agent, limits = await self.router.acquire(op, source, level, outer)
+                # From here the limits are held; they are released on every path.
+                attempt_started = time.perf_counter()
+                try:
+                    if timeout is None:
+                        value = await source.adapter.execute(op)
+                    else:
+                        value = await execute_within(source, op, timeout)
+                except Exception as failure:
+                    reported = failed_as(source, failure)
+                    if reported is failure:
+                        raise
+                    raise reported from failure
+                finally:
+                    self._scheduler.release(limits)
+            except OperationError as failure:
+                if not failure.retryable:
+                    failure.attempts = 1
                     raise
-                raise reported from failure
-            finally:
-                self._scheduler.release(limits)
-        except OperationError as failure:
-            if not failure.retryable:
-                failure.attempts = 1
-                raise
-            return await self._recover(op, level, task, outer, source, reason, failure, started)
-        finished = time.perf_counter()
-        source.counters.ops += 1
-        source.counters.latency.record(finished - attempt_started)
-        agent.completed += 1
-        return Result(
-            value=value,
-            data_source=source.name,
-            source_type=source.type,
-            reason=reason,
-            agent=agent.id,
-            attempts=1,
-            fallback_from=(),
-            elapsed=finished - started,
-        )
+                return await self._recover(op, level, task, outer, source, reason, failure, started)
+            finished = time.perf_counter()
+            source.counters.ops += 1
+            source.counters.latency.record(finished - attempt_started)
+            agent.completed += 1
+            return Result(
+                value=value,
+                data_source=source.name,
+                source_type=source.type,
+                reason=reason,
+                agent=agent.id,
+                elapsed=finished - started,
+            )
+        finally:
+            if reads is not None:
+                reads.wrote(op)
+
+    def _picked(
+        self, op: Operation, reason: str | None, held: tuple[Source, Agent, Any] | None
+    ) -> tuple[Source, str] | None:
+        """The source of a granted ticket or an explicit ``data_source``; None: route it."""
+        if held is not None:
+            return held[0], reason or "granted to a queued ticket"
+        if op.data_source is not None and reason is None:
+            return self._pool.resolve(op.data_source, op.action), "explicit data_source"
+        return None
 
     async def _recover(
         self,

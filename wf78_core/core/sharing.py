@@ -80,18 +80,6 @@ class SharedReads:
         else:
             self._tables[table] = self._tables.get(table, 0) + 1
 
-    async def execute(
-        self, op: Operation, run: Callable[[], Awaitable[Result]], *, join: bool
-    ) -> Result:
-        """``run()`` for ``op``: a read joins the same read in flight (when ``join``); a
-        write, once finished (well or not), starts a new generation of its table."""
-        if op.action in SHARED_ACTIONS:
-            return await (self.read(op.data_source, op, run) if join else run())
-        try:
-            return await run()
-        finally:
-            self.wrote(op)
-
     async def read(
         self, source: str | None, op: Operation, run: Callable[[], Awaitable[Result]]
     ) -> Result:

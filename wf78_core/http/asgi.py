@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,7 +24,7 @@ __all__ = [
     "send_json",
 ]
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 Receive = Any  # async () -> message
 Send = Any  # async (message) -> None
 
