@@ -98,7 +98,11 @@ async def _case(case: str, n: int, folder: str) -> None:
         finally:
             await client.aclose()
         return
-    config: dict[str, Any] = {"engine": {"journal": "off", "drain_timeout": 5.0}}
+    # WF78_SHARED_READS=0: the engine without shared reads, to see what they cost a write.
+    shared = os.environ.get("WF78_SHARED_READS", "1") == "1"
+    config: dict[str, Any] = {
+        "engine": {"journal": "off", "drain_timeout": 5.0, "shared_reads": shared}
+    }
     if case == "noop":
         config["datasources"] = {"mem": {"type": "memory"}}
         make = lambda i: Operation(action="noop", data_source="mem")  # noqa: E731

@@ -123,6 +123,9 @@ def serve_command(args: argparse.Namespace) -> int:
     check_port(args.port)
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
+    if args.workers > 1 and args.port == 0:
+        # uvicorn's supervisor binds the port itself, after wf78 announced the URL.
+        raise UsageError("--port 0 (any free port) serves one process: with --workers, name a port")
     # As uvicorn does: MODULE is looked up from the current directory (or --app-dir) first.
     sys.path.insert(0, str(Path(args.app_dir).resolve()))
     config = config_path(args)

@@ -12,7 +12,7 @@ from wf78_core.config.schema import Config, TableConfig
 from wf78_core.definitions import WorkflowDefinition
 from wf78_core.errors import Problem
 
-__all__ = ["check_definitions", "check_references", "find_cycle"]
+__all__ = ["check_definitions", "check_references", "find_cycle", "fold_path"]
 
 
 def check_definitions(config: Config) -> list[Problem]:
@@ -34,6 +34,52 @@ def check_definitions(config: Config) -> list[Problem]:
         seen_agents.add(agent.id)
     for name, table in config.tables.items():
         problems.extend(_check_table_name(name, table))
+    problems.extend(_check_routes(config))
+    return problems
+
+
+def fold_path(text: str) -> str:
+    """A route, table name or path as the data routes match it: ASCII letters in any case
+    (as koa78 matched them), anything else exactly (no Unicode case folding: ``\u212a``,
+    the Kelvin sign, never names a ``k``)."""
+    return text.lower() if text.isascii() else text
+
+
+def _check_routes(config: Config) -> list[Problem]:
+    """Data routes match case-insensitively, so two tables whose route and name differ only
+    in case would share paths; ``[http] answers_by_route`` names routes that are served."""
+    problems: list[Problem] = []
+    served: dict[tuple[str, str], str] = {}
+    for name, table in config.tables.items():
+        if table.route is None:
+            continue
+        key = (fold_path(table.route), fold_path(name))
+        other = served.setdefault(key, name)
+        if other != name:
+            problems.append(
+                Problem(
+                    f"tables.{name}.route",
+                    f"table {name!r} and table {other!r} are both served under "
+                    f"{table.route!r}: data routes match the route and table name in any case "
+                    "(as koa78 did), so their paths would be the same",
+                )
+            )
+    routes = sorted({route for route, _ in served})
+    modes: dict[str, tuple[str, str]] = {}
+    for route, mode in config.http.answers_by_route.items():
+        path = f"http.answers_by_route.{route}"
+        folded = fold_path(route)
+        if folded not in routes:
+            problems.append(Problem(path, f"no table is served under {route!r} (routes: {routes})"))
+        first = modes.setdefault(folded, (route, mode))
+        if first[1] != mode:
+            problems.append(
+                Problem(
+                    path,
+                    f"{route!r} is the route {first[0]!r} in another case, answered "
+                    f"{first[1]!r} there",
+                )
+            )
     return problems
 
 

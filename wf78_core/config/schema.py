@@ -16,6 +16,7 @@ __all__ = [
     "BASE_COLUMNS",
     "AgentConfig",
     "AgentsConfig",
+    "AnswerMode",
     "AuthConfig",
     "ColumnType",
     "Config",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 ColumnType = Literal["text", "int", "float", "bool", "json", "datetime"]
+# How the data routes answer (``[http] answers``): REST statuses, or koa78-base78's answers.
+AnswerMode = Literal["rest", "koa78"]
 # Columns every table has besides the declared ones (the koa78 base columns).
 BASE_COLUMNS: dict[str, ColumnType] = {"id": "text", "upby": "text", "uptime": "datetime"}
 
@@ -271,6 +274,13 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     # alone (ASGI's rule for an app without lifespan support). "on": such a crash fails the
     # start-up (uvicorn's --lifespan on). "off": the app never sees the lifespan scope.
     lifespan: Literal["auto", "on", "off"] = "auto"
+    # What the data routes answer. "rest": the fitting HTTP status, ``res`` = -status.
+    # "koa78": koa78-base78's answers for its clients (HTTP 200 with its negative ``res``
+    # when nothing matched, its ``kind`` and ``back`` types, local ``uptime``).
+    answers: AnswerMode = "rest"
+    # Per route prefix ("apisys/apimicro", any case): the answer mode of the tables served
+    # under it, over ``answers``.
+    answers_by_route: dict[str, AnswerMode] = {}
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -19,6 +19,7 @@ from wf78_core.http.asgi import Receive, Scope, Send, send_json
 from wf78_core.http.context import CURRENT_CLIENT, RequestClient
 from wf78_core.http.identity import Callers, allowed_priority
 from wf78_core.http.routes import DEFAULT_MAX_PARS, DataRoutes
+from wf78_core.http.routes.matching import fold_path
 
 __all__ = ["Wf78Middleware"]
 
@@ -180,14 +181,19 @@ class Wf78Middleware:
             max_pars=max_pars,
             callers=self.callers,
         )
-        # Paths wf78 may serve; any other request goes straight to the app.
-        self._claimed = (self.prefix, *self.routes.claims)
+        # Paths wf78 may serve; any other request goes straight to the app. Data routes
+        # match in any case (as koa78's did), so their prefixes are looked for folded.
+        self._claimed = self.prefix
+        self._data_claims = self.routes.claims
         self._lazy = self.callers.lazy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["path"].startswith(self._claimed):
+            path: str = scope["path"]
+            if path.startswith(self._claimed) or (
+                self._data_claims and fold_path(path).startswith(self._data_claims)
+            ):
                 if await self._serve(scope, receive, send):
                     return
         elif kind == "lifespan":

@@ -32,7 +32,7 @@ DATA_ERRORS = {
     "400": ("invalid", "Bad input; errmsg names the field, parameter or header"),
     "401": ("unauthorized", "No identity, on a table scoped by an owner"),
     "403": ("forbidden", "Identity without the owner field, or getbyBcid without public_read"),
-    "404": ("not_found", "Unknown table or method, or no such row of the caller"),
+    "404": ("not_found", "No such row of the caller (a koa78 route: 200 with its code)"),
     "409": ("conflict", "A duplicate key or a violated constraint"),
     "413": ("too_large", "Body over max_body, or pars/rows/ids/where list over max_pars"),
     "415": ("unsupported_media", "A body neither JSON nor a form"),

@@ -1,11 +1,13 @@
 """The data routes in the OpenAPI document: per table, the schemas of its values, filters
-and rows, each parameter's forms, and the GET and POST operations of its 14 methods."""
+and rows, each parameter's forms, and the GET and POST operations of its 14 methods (on a
+route answering as koa78, ``[http] answers``, with koa78's answers)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from wf78_core.config import Config, TableConfig
+from wf78_core.config.checks import fold_path
 from wf78_core.http.openapi.common import (
     DATA_ERRORS,
     INT64_MAX,
@@ -20,6 +22,7 @@ from wf78_core.http.openapi.common import (
     response_ref,
 )
 from wf78_core.http.routes import METHODS
+from wf78_core.http.routes.koa78 import MISS_CODES
 
 __all__ = ["data_paths", "idempotency_header", "priority_header"]
 
@@ -51,6 +54,9 @@ _METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "mdelmany": ("ids", "pars"),
     "mUpdateElkByid": ("mid", "pars", "values", "cols"),
 }
+
+# How older koa78 clients say their pars are encoded (wf78_core.http.routes.encoding).
+_ENCODING = ("v", "json", "jsonbase64", "base64")
 
 # Methods whose values (or rows) carry the row's id.
 _WITH_ID = frozenset({"mAddManyByid", "mUpdateByid", "mUpdateMany", "mByid"})
@@ -92,6 +98,24 @@ _BACK: dict[str, dict[str, Any]] = {
     "mdel": {"type": "integer", "description": "rows deleted"},
     "mdelmany": {"type": "integer", "description": "rows deleted"},
     "mUpdateElkByid": {"type": "integer", "description": "documents changed"},
+}
+
+
+_TEXT_COUNT = {"type": "string", "pattern": "^[0-9]+$"}
+# koa78's back types (answers = "koa78"): ids and counts as its Base78 controller answered.
+_KOA78_BACK: dict[str, dict[str, Any]] = {
+    "mAddMany": {"type": "integer", "description": "rows inserted"},
+    "mUpdate": {"type": "string", "description": "the row's id (or rows changed, as text)"},
+    "mUpdateByid": {"type": "string", "description": "the row's id (or rows changed, as text)"},
+    "mUpdateMany": {**_TEXT_COUNT, "description": "rows changed, as text"},
+    "mdel": {"type": "string", "description": "the row's id"},
+    "mdelmany": {**_TEXT_COUNT, "description": "rows deleted, as text"},
+}
+# What back holds when a write matched nothing (koa78 answered HTTP 200 and a code).
+_KOA78_MISSED_BACK: dict[str, dict[str, Any]] = {
+    "mAddManyByid": {"const": 0},
+    "mUpdateMany": {"const": "0"},
+    "mdelmany": {"const": "0"},
 }
 
 
@@ -230,11 +254,41 @@ def _write_params(
     }
 
 
+def _encoding_params() -> dict[str, dict[str, Any]]:
+    """``v``, ``json``, ``jsonbase64`` and ``base64``: how older koa78 clients encoded pars."""
+    yes_no: dict[str, Any] = {
+        "anyOf": [
+            {"type": "boolean"},
+            {"type": "integer", "enum": [0, 1]},
+            {"type": "string", "enum": ["0", "1", "true", "false"]},
+        ]
+    }
+    return {
+        "v": {
+            "description": (
+                "The koa78 client's version (the v header wins), default 24: from 17.01 to "
+                "under 24 pars is jsonbase64 unless said otherwise"
+            ),
+            "anyOf": [{"type": "number"}, {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}],
+        },
+        "json": {**yes_no, "description": "koa78's flag: pars is JSON (always read as JSON)"},
+        "jsonbase64": {
+            **yes_no,
+            "description": (
+                "pars is one base64 text (koa78's alphabet: * + , - /, . =) of the values "
+                "joined by ',~' (v >= 22) or of a JSON array"
+            ),
+        },
+        "base64": {**yes_no, "description": "pars is base64 text, or a list of them: a value each"},
+    }
+
+
 def _read_params(
     name: str, names: dict[str, Any], max_page: int, max_pars: int
 ) -> dict[str, dict[str, Any]]:
     """``where``, ``order``, paging, ``total``, ``since``/``until``, ``bcid``, ``ids``, ``sid``."""
     return {
+        **_encoding_params(),
         "where": {**ref(f"{name}.where")},
         "order": {
             "description": "'col', 'col asc', 'col desc' or '-col', or a list of them",
@@ -297,6 +351,10 @@ def _query_param(
         "getstart": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
         "getnumber": {"type": "integer", "minimum": 0, "maximum": max_page},
         "total": {"type": "integer", "enum": [0, 1]},
+        "v": {"type": "number"},
+        "json": {"type": "integer", "enum": [0, 1]},
+        "jsonbase64": {"type": "integer", "enum": [0, 1]},
+        "base64": {"type": "integer", "enum": [0, 1]},
         "bcid": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
         "since": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
         "until": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
@@ -358,15 +416,18 @@ def _with_id(params: dict[str, dict[str, Any]], name: str) -> dict[str, dict[str
     }
 
 
-def _data_operation(name: str, table: TableConfig, method: str, verb: str) -> dict[str, Any]:
-    used = (*_METHOD_PARAMS[method], "sid")
+def _data_operation(
+    name: str, table: TableConfig, method: str, verb: str, *, koa78: bool
+) -> dict[str, Any]:
+    used = _METHOD_PARAMS[method]
+    used = (*used, *(_ENCODING if "pars" in used else ()), "sid")
     with_id = method in _WITH_ID or (table.id == "text" and method in _TEXT_ID_INSERTS)
     if table.id == "text" and method in _TEXT_ID_INSERTS and "mid" not in used:
         used = ("mid", *used)
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"sid": []}]
     if table.owner is None or method == "getbyBcid":
         security.append({})  # anonymous callers too
-    responses: dict[str, Any] = {"200": _done(name, method)}
+    responses: dict[str, Any] = {"200": _done(name, method, koa78=koa78)}
     for status in DATA_ERRORS:
         responses[status] = response_ref(f"Data{status}")
     operation: dict[str, Any] = {
@@ -386,38 +447,43 @@ def _data_operation(name: str, table: TableConfig, method: str, verb: str) -> di
     return operation
 
 
-def _done(name: str, method: str) -> dict[str, Any]:
-    """The 200 answer of ``method``: the envelope with ``res`` 0 and the method's ``back``."""
-    back = _BACK.get(method) or {
-        "description": "The rows, or {rows, total} with total=1",
-        "anyOf": [
-            {"type": "array", "items": ref(f"{name}.row")},
-            {
-                "type": "object",
-                "properties": {
-                    "rows": {"type": "array", "items": ref(f"{name}.row")},
-                    "total": {"type": "integer"},
+def _done(name: str, method: str, *, koa78: bool = False) -> dict[str, Any]:
+    """The 200 answer of ``method``: the envelope with ``res`` 0 and the method's ``back``;
+    on a route answering as koa78, also koa78's answer of a write that matched nothing."""
+    back = (
+        (_KOA78_BACK.get(method) if koa78 else None)
+        or _BACK.get(method)
+        or {
+            "description": "The rows, or {rows, total} with total=1",
+            "anyOf": [
+                {"type": "array", "items": ref(f"{name}.row")},
+                {
+                    "type": "object",
+                    "properties": {
+                        "rows": {"type": "array", "items": ref(f"{name}.row")},
+                        "total": {"type": "integer"},
+                    },
+                    "required": ["rows", "total"],
                 },
-                "required": ["rows", "total"],
-            },
-        ],
-    }
-    return {
-        "description": "Done: res 0",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "allOf": [
-                        ref("Envelope"),
-                        {
-                            "type": "object",
-                            "properties": {"res": {"const": 0}, "back": back},
-                        },
-                    ]
-                }
-            }
-        },
-    }
+            ],
+        }
+    )
+    success: dict[str, Any] = {"res": {"const": 0}, "back": back}
+    if koa78:
+        success["kind"] = {"const": "json"}
+    schema: dict[str, Any] = {"allOf": [ref("Envelope"), {"type": "object", "properties": success}]}
+    description = "Done: res 0"
+    if koa78 and method in MISS_CODES:
+        code = MISS_CODES[method]
+        missed = {
+            "res": {"const": code},
+            "kind": {"const": "string"},
+            "back": _KOA78_MISSED_BACK.get(method, {"type": "string"}),
+        }
+        nothing = {"allOf": [ref("Envelope"), {"type": "object", "properties": missed}]}
+        schema = {"oneOf": [schema, nothing]}
+        description = f"Done: res 0; or nothing matched: res {code} (koa78's answer)"
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _request_body(name: str, used: tuple[str, ...], *, with_id: bool) -> dict[str, Any]:
@@ -463,9 +529,11 @@ def data_paths(
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
     parameters: dict[str, Any] = {}
+    modes = {fold_path(route): mode for route, mode in config.http.answers_by_route.items()}
     for name, table in config.tables.items():
         if table.route is None:
             continue
+        koa78 = modes.get(fold_path(table.route), config.http.answers) == "koa78"
         schemas.update(_table_schemas(name, table, max_pars))
         params = _data_params(name, table, max_page=max_page, max_pars=max_pars)
         for param, schema in {**params, **_with_id(params, name)}.items():
@@ -476,6 +544,7 @@ def data_paths(
             )
         for method in METHODS:
             paths[f"/{table.route}/{name}/{method}"] = {
-                verb: _data_operation(name, table, method, verb) for verb in ("get", "post")
+                verb: _data_operation(name, table, method, verb, koa78=koa78)
+                for verb in ("get", "post")
             }
     return paths, schemas, parameters

@@ -1,18 +1,19 @@
 """What a data route answers: koa78's envelope ``{"res", "errmsg", "kind", "back"}``.
 
 ``res`` is 0 with HTTP 200, or ``-status`` with the fitting HTTP status and ``kind`` naming
-the error class:
+the error class (on a route answering as koa78, a write that matched nothing is instead
+HTTP 200 with koa78's code: :mod:`wf78_core.http.routes.koa78`):
 
 ======  ===================  ======================================================
 status  kind                 when
 ======  ===================  ======================================================
 400     invalid              bad input (``errmsg`` names the field), InvalidOperation
 401     unauthorized         no identity on a table with an owner
-403     forbidden            ``_method``; ``getbyBcid`` without ``public_read``;
-                             an identity without the table's owner field
-404     not_found            unknown table or method; a single-row write or delete
-                             by id that matched no row of the caller (``mByid`` of
-                             another owner's id too: answered as an id nobody has)
+403     forbidden            ``getbyBcid`` without ``public_read``; an identity
+                             without the table's owner field
+404     not_found            a single-row write or delete by id that matched no
+                             row of the caller (``mByid`` of another owner's id
+                             too: answered as an id nobody has)
 405     method_not_allowed   not GET/POST (``Allow: GET, POST``)
 409     conflict             non-retryable data-source error that is a duplicate
                              key or a violated constraint
@@ -58,6 +59,7 @@ __all__ = [
     "Failure",
     "answer",
     "answer_failure",
+    "answer_missed",
     "bad",
     "failure_of",
     "kind_of",
@@ -117,9 +119,16 @@ def shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-async def answer(send: Send, back: Any) -> None:
-    """Success: ``res`` 0 and the method's ``back``."""
-    await send_json(send, 200, {"res": 0, "errmsg": "", "kind": "", "back": back}, [_NO_STORE])
+async def answer(send: Send, back: Any, kind: str = "") -> None:
+    """Success: ``res`` 0 and the method's ``back`` (``kind``: koa78 mode's ``"json"``)."""
+    await send_json(send, 200, {"res": 0, "errmsg": "", "kind": kind, "back": back}, [_NO_STORE])
+
+
+async def answer_missed(send: Send, res: int, message: str, back: Any) -> None:
+    """koa78 mode's answer of a write that matched nothing: HTTP 200, koa78's negative
+    ``res``, ``kind`` ``"string"`` (what koa78 set with every such code)."""
+    payload = {"res": res, "errmsg": message, "kind": "string", "back": back}
+    await send_json(send, 200, payload, [_NO_STORE])
 
 
 async def answer_failure(send: Send, failure: Failure) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from wf78_core.config import Config, TableConfig
+from wf78_core.config.schema import AnswerMode
 from wf78_core.http.routes.answers import bad, kind_of, shown
 
 __all__ = [
@@ -132,14 +133,15 @@ CONVERTERS: dict[str, Converter] = {
 
 class TableRoutes:
     """What the routes need of one configured table, computed once: its columns and their
-    converters, the owner column, the request limits, and whether it has a search source
-    (``mUpdateElkByid``)."""
+    converters, the owner column, the request limits, whether it has a search source
+    (``mUpdateElkByid``) and whether its route answers as koa78 did (``koa78``)."""
 
     __slots__ = (
         "columns",
         "config",
         "converters",
         "id_kind",
+        "koa78",
         "max_page",
         "max_pars",
         "name",
@@ -157,10 +159,13 @@ class TableRoutes:
         searchable: bool = False,
         max_pars: int = DEFAULT_MAX_PARS,
         max_page: int = 1000,
+        answers: AnswerMode = "rest",
     ) -> None:
         self.name = name
         self.config = config
         self.searchable = searchable
+        # ``[http] answers = "koa78"`` (or its route's entry in ``answers_by_route``).
+        self.koa78 = answers == "koa78"
         self.max_pars = max_pars
         self.max_page = max_page
         self.owner = config.owner

@@ -24,6 +24,9 @@ then inserts with ``mid`` as ``mByid`` does.
 - ``mdel``: ``mid`` -> 1; 404 when the caller has no such row.
 - ``mdelmany``: ``ids`` (array or comma-separated; ``pars`` too) -> rows deleted.
 - ``mUpdateElkByid``: ``pars = [id, document]`` or ``mid`` + ``values`` -> 1; 404 as above.
+
+A route answering as koa78 (:mod:`.koa78`) gives ``back`` koa78's types and answers a write
+that matched nothing with HTTP 200 and koa78's negative ``res`` (:class:`.koa78.Missed`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from wf78_core.data.table import Table
-from wf78_core.errors import RowNotFound
-from wf78_core.http.routes.answers import Failure, bad
+from wf78_core.http.routes.answers import bad
 from wf78_core.http.routes.columns import TableRoutes
+from wf78_core.http.routes.koa78 import (
+    DEFAULT_ORDER,
+    count_missed,
+    local_rows,
+    no_row,
+    row_or_count,
+)
 from wf78_core.http.routes.params import (
     decoded,
     flag,
@@ -51,11 +60,6 @@ __all__ = ["HANDLERS", "METHODS", "Handler"]
 
 #: ``handler(table_routes, table, params) -> back``: the table is scoped to the caller.
 Handler = Callable[[TableRoutes, Table, dict[str, Any]], Awaitable[Any]]
-
-
-def _not_found(info: TableRoutes, row: str) -> Failure:
-    # The words of Table.upsert's RowNotFound: another owner's id reads like a missing one.
-    return Failure(404, "not_found", str(RowNotFound(info.name, row)))
 
 
 def _new_row(info: TableRoutes, params: dict[str, Any], *, required: bool) -> dict[str, Any]:
@@ -81,20 +85,43 @@ async def _m_add(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any
 
 
 async def _m_add_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    return await table.add_many(rows(info, params, with_id=info.id_kind == "text"))
+    ids = await table.add_many(rows(info, params, with_id=info.id_kind == "text"))
+    return len(ids) if info.koa78 else ids  # koa78: how many rows were inserted
 
 
 async def _m_add_many_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    return await table.add_many_by_id(rows(info, params, with_id=True))
+    inserted = await table.add_many_by_id(rows(info, params, with_id=True))
+    if info.koa78 and not inserted:
+        raise count_missed(info, "mAddManyByid", 0)
+    return inserted
+
+
+def _row_values(
+    info: TableRoutes, params: dict[str, Any], *, required: bool = True
+) -> tuple[str | None, dict[str, Any]]:
+    """The row a by-id write is about (``mid``; in koa78 mode an ``id`` named in ``cols``
+    when ``mid`` is not given) and its values (``required``: a 400 without a row)."""
+    row = mid(params, info.id_kind, required=required and not info.koa78)
+    checked = values(info, params, allow_id=info.koa78)
+    named_id = checked.pop("id", None)
+    if row is None:
+        row = named_id
+    if row is None and required:
+        raise bad("mid", "required: the id of the row")
+    return row, checked
 
 
 async def _m_update(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    row = mid(params, info.id_kind)
+    return await _update(info, table, params, "mUpdate")
+
+
+async def _update(info: TableRoutes, table: Table, params: dict[str, Any], method: str) -> Any:
+    row, checked = _row_values(info, params)
     assert row is not None
-    changed = await table.update(row, values(info, params))
+    changed = await table.update(row, checked)
     if not changed:
-        raise _not_found(info, row)
-    return changed
+        raise no_row(info, method, row)
+    return row_or_count(row, changed) if info.koa78 else changed
 
 
 async def _m_update_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -103,20 +130,24 @@ async def _m_update_by_id(info: TableRoutes, table: Table, params: dict[str, Any
     if given is not None and "id" in given:
         checked = named(info, given, "values", allow_id=True)
         if not await table.update_by_id(checked):
-            raise _not_found(info, checked["id"])
-        return 1
-    return await _m_update(info, table, params)
+            raise no_row(info, "mUpdateByid", checked["id"])
+        return checked["id"] if info.koa78 else 1
+    return await _update(info, table, params, "mUpdateByid")
 
 
 async def _m_update_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
-    return await table.update_many(rows(info, params, with_id=True))
+    changed = await table.update_many(rows(info, params, with_id=True))
+    if not info.koa78:
+        return changed
+    if not changed:
+        raise count_missed(info, "mUpdateMany", "0")
+    return str(changed)  # koa78 answered the count as text
 
 
 async def _m(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
     if info.id_kind == "text":  # a new row's id is the caller's: mid, as mByid takes it
         return await _m_by_id(info, table, params)
-    checked = values(info, params)
-    row = mid(params, required=False)
+    row, checked = _row_values(info, params, required=False)
     if row is not None and checked and await table.update(row, checked):
         return row
     return await table.add(checked)
@@ -126,8 +157,8 @@ async def _m_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> A
     given = object_param(params, "values")
     if given is not None and "id" in given:
         return await table.upsert(named(info, given, "values", allow_id=True))
-    row = mid(params, info.id_kind)
-    return await table.upsert({"id": row, **values(info, params)})
+    row, checked = _row_values(info, params)
+    return await table.upsert({"id": row, **checked})
 
 
 async def _m_by_first_field(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -154,24 +185,33 @@ async def _read(info: TableRoutes, table: Table, params: dict[str, Any], bcid: s
     cols = None if filtered else read_cols(info, params)
     start, number = page(params, info.max_page)
     total = flag(params, "total")
+    sort = order(params)
+    if info.koa78:
+        # koa78 read every column (cols only named the filters) newest first by default.
+        cols = None
+        sort = DEFAULT_ORDER if sort is None else sort
     options: dict[str, Any] = {
         "where": filters,
         "cols": cols,
-        "order": order(params),
+        "order": sort,
         "start": start,
         "number": number,
         "since": text_param(params, "since"),
         "until": text_param(params, "until"),
     }
+    back: Any
     if bcid is None:
         if total:
             found, count = await table.get(total=True, **options)
-            return {"rows": found, "total": count}
-        return await table.get(**options)
-    if total:
+            back = {"rows": found, "total": count}
+        else:
+            back = await table.get(**options)
+    elif total:
         found, count = await table.get_public(bcid, total=True, **options)
-        return {"rows": found, "total": count}
-    return await table.get_public(bcid, **options)
+        back = {"rows": found, "total": count}
+    else:
+        back = await table.get_public(bcid, **options)
+    return local_rows(back) if info.koa78 else back
 
 
 async def _m_del(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -183,8 +223,8 @@ async def _m_del(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any
         row = row_id(pars[0], "pars[0]", info.id_kind)
     deleted = await table.delete(row)
     if not deleted:
-        raise _not_found(info, row)
-    return deleted
+        raise no_row(info, "mdel", row)
+    return row if info.koa78 else deleted  # koa78 answered the id
 
 
 async def _m_del_many(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -192,9 +232,14 @@ async def _m_del_many(info: TableRoutes, table: Table, params: dict[str, Any]) -
     ids = list_param(params, field, commas=True, limit=info.max_pars)
     if not ids:
         raise bad("ids", "required: the ids of the rows (a list or comma-separated)")
-    return await table.delete_many(
+    deleted = await table.delete_many(
         [row_id(value, f"{field}[{i}]", info.id_kind) for i, value in enumerate(ids)]
     )
+    if not info.koa78:
+        return deleted
+    if not deleted:
+        raise count_missed(info, "mdelmany", "0")
+    return str(deleted)  # koa78 answered the count as text
 
 
 async def _m_update_elk_by_id(info: TableRoutes, table: Table, params: dict[str, Any]) -> Any:
@@ -219,7 +264,7 @@ async def _m_update_elk_by_id(info: TableRoutes, table: Table, params: dict[str,
         checked = named(info, document, "pars[1]")
     changed = await table.update_search_doc(row, checked)
     if not changed:
-        raise _not_found(info, row)
+        raise no_row(info, "mUpdateElkByid", row)  # koa78 had no code for it: 404 always
     return changed
 
 

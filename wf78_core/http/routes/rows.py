@@ -4,6 +4,12 @@
 (default: the table's declared columns, in order). The modern forms are a named ``values``
 object and a ``rows`` list. Every value is converted to its column's type here, so the
 table sees only checked values.
+
+On a route answering as koa78 (``TableRoutes.koa78``) a write's ``cols`` may name koa78's
+system fields, as its ``cols`` check allowed: ``upby`` and ``uptime`` values are dropped
+(the table sets them), and an ``id`` value is the row's id where the caller asks for it
+(``values(..., allow_id=True)``), else dropped: a row's id never changes, and bulk rows
+carry theirs last.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from wf78_core.http.routes.answers import bad, kind_of, too_many
 from wf78_core.http.routes.columns import TableRoutes
+from wf78_core.http.routes.koa78 import SYSTEM_FIELDS
 from wf78_core.http.routes.params import (
     decoded,
     list_param,
@@ -30,7 +37,7 @@ def _write_columns(info: TableRoutes, params: Mapping[str, Any]) -> tuple[str, .
     if names is None:
         return info.columns
     for index, name in enumerate(names):
-        if name not in info.writable:
+        if name not in info.writable and not (info.koa78 and name in SYSTEM_FIELDS):
             raise bad(
                 f"cols[{index}]",
                 f"unknown or unwritable column {name!r} (writable: {', '.join(info.columns)})",
@@ -63,22 +70,34 @@ def _positional(
     *,
     start: int = 0,
     count: int | None = None,
+    take_id: bool = False,
 ) -> dict[str, Any]:
     """``pars[start:start+count]`` as values of ``columns``, each converted and named
-    by its position in ``pars``."""
+    by its position in ``pars`` (``take_id``: with the value of a system field ``id``)."""
     count = len(pars) - start if count is None else count
-    return {
-        column: info.converters[column](pars[start + offset], f"pars[{start + offset}]")
-        for offset, column in enumerate(columns[:count])
-    }
+    out: dict[str, Any] = {}
+    for offset, column in enumerate(columns[:count]):
+        _put(info, out, column, pars[start + offset], f"pars[{start + offset}]", take_id)
+    return out
+
+
+def _put(
+    info: TableRoutes, out: dict[str, Any], column: str, value: Any, field: str, take_id: bool
+) -> None:
+    """``out[column]`` = ``value`` converted; a system field named in koa78 mode's ``cols``
+    is dropped, but for ``id`` when ``take_id``."""
+    if column in info.writable:
+        out[column] = info.converters[column](value, field)
+    elif column == "id" and take_id:
+        out["id"] = row_id(value, field, info.id_kind)
 
 
 def values(
     info: TableRoutes, params: Mapping[str, Any], *, allow_id: bool = False
 ) -> dict[str, Any]:
-    """One row's values: ``values`` by name (``allow_id``: with its ``id``), or ``pars``
-    for the leading columns of ``cols`` (koa78 wrote as many columns as it was given
-    values)."""
+    """One row's values: ``values`` by name (``allow_id``: with its ``id``, also from
+    ``cols`` in koa78 mode), or ``pars`` for the leading columns of ``cols`` (koa78 wrote
+    as many columns as it was given values)."""
     given = object_param(params, "values")
     if given is not None:
         return named(info, given, "values", allow_id=allow_id)
@@ -91,7 +110,7 @@ def values(
             "pars",
             f"{len(pars)} values for {len(columns)} columns ({', '.join(columns)})",
         )
-    return _positional(info, pars, columns)
+    return _positional(info, pars, columns, take_id=allow_id)
 
 
 def rows(info: TableRoutes, params: Mapping[str, Any], *, with_id: bool) -> list[dict[str, Any]]:
@@ -148,7 +167,7 @@ def _one_row(
     if with_id:  # koa78 puts the id after the columns
         out["id"] = row_id(row[-1], f"{field}[{len(columns)}]", info.id_kind)
     for index, column in enumerate(columns):
-        out[column] = info.converters[column](row[index], f"{field}[{index}]")
+        _put(info, out, column, row[index], f"{field}[{index}]", False)
     return out
 
 

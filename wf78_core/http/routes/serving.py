@@ -4,6 +4,11 @@ The request is walked once: the caller's identity (the ``wf78_authenticate`` cha
 priority header, the parameters, the owner check, then one :class:`Table` call and one
 answer. An HTTP method other than GET or POST is 405.
 
+Older koa78 clients' encoded ``pars`` (``v``, ``jsonbase64``, ``base64``) are decoded first
+(:mod:`.encoding`); a route answering as koa78 answers a write that matched nothing with
+HTTP 200 and koa78's negative ``res`` (:mod:`.koa78`), and its successes with ``kind``
+``"json"``.
+
 ``Idempotency-Key`` (1 to 255 printable ASCII characters, else 400 naming it): a write
 replayed with the same key answers the first one's ``back`` and writes nothing again; the
 key sent again with another body answers 422. The key is
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from wf78_core.config import Identity
 from wf78_core.core.auth import bearer_token
 from wf78_core.data.table import Table, owner_problem
+from wf78_core.errors import RowNotFound
 from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority
 from wf78_core.http.identity import Callers, effective_priority
 from wf78_core.http.keys import BadKey, header_key, scoped_key
@@ -24,12 +30,15 @@ from wf78_core.http.routes.answers import (
     Failure,
     answer,
     answer_failure,
+    answer_missed,
     bad,
     failure_of,
     shown,
 )
 from wf78_core.http.routes.columns import DEFAULT_MAX_PARS, TableRoutes
-from wf78_core.http.routes.matching import DataRoute, Refusal, RouteMap
+from wf78_core.http.routes.encoding import decode_pars
+from wf78_core.http.routes.koa78 import MISS_CODES, Missed
+from wf78_core.http.routes.matching import DataRoute, RouteMap
 from wf78_core.http.routes.params import read_params
 
 if TYPE_CHECKING:
@@ -43,9 +52,10 @@ _ALLOW = [(b"allow", b"GET, POST")]
 class DataRoutes:
     """The koa78 data routes of an engine's configured tables.
 
-    ``match(path)`` is a dict lookup for a served path; ``handle`` authenticates the caller,
-    reads the parameters, calls the :class:`~wf78_core.data.table.Table` method and answers
-    the envelope. ``callers`` may be shared with the middleware (one hook chain).
+    ``match(path)`` is a dict lookup for a served path (``None``: the app's path);
+    ``handle`` authenticates the caller, reads the parameters, calls the
+    :class:`~wf78_core.data.table.Table` method and answers the envelope. ``callers`` may be
+    shared with the middleware (one hook chain).
     """
 
     def __init__(
@@ -65,34 +75,39 @@ class DataRoutes:
         self.callers = callers if callers is not None else Callers(engine.pm)
         self._guest = config.auth.guest
         paths = RouteMap(config, max_pars=max_pars, max_page=max_page)
-        #: The path prefixes under which :meth:`match` may answer (``/apisys/apimicro/``).
+        #: The folded path prefixes (``/apisys/apimicro/`` in lower case, see
+        #: :func:`~wf78_core.http.routes.matching.fold_path`) under which :meth:`match` may
+        #: find a route.
         self.claims: tuple[str, ...] = paths.claims
         self.match = paths.match  # bound once: matching is on every claimed request
 
-    async def handle(
-        self, scope: Scope, receive: Receive, send: Send, route: DataRoute | Refusal
-    ) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, route: DataRoute) -> None:
         # Asked before anything is answered: a failing authentication plugin fails the
         # request as it does on the app's own routes.
         identity = await self.callers.identify(scope)
+        koa78 = route.table.koa78
         try:
             back = await self._serve(scope, receive, identity, route)
         except Failure as failure:
             await answer_failure(send, failure)
             return
+        except Missed as missed:
+            await answer_missed(send, missed.res, missed.message, missed.back)
+            return
         except Exception as error:
-            where = (
-                f"{route.table.name}/{route.method}" if isinstance(route, DataRoute) else "route"
-            )
+            code = MISS_CODES.get(route.method)
+            if koa78 and code is not None and isinstance(error, RowNotFound):
+                # An upsert's update that found no row after all (mByid and the like).
+                await answer_missed(send, code, str(error), str(error))
+                return
+            where = f"{route.table.name}/{route.method}"
             await answer_failure(send, failure_of(error, where))
             return
-        await answer(send, back)
+        await answer(send, back, kind="json" if koa78 else "")
 
     async def _serve(
-        self, scope: Scope, receive: Receive, identity: Identity | None, route: DataRoute | Refusal
+        self, scope: Scope, receive: Receive, identity: Identity | None, route: DataRoute
     ) -> Any:
-        if isinstance(route, Refusal):
-            raise route.failure
         if scope["method"] not in ("GET", "POST"):
             raise Failure(
                 405,
@@ -111,6 +126,7 @@ class DataRoutes:
                 )
         info = route.table
         params = await read_params(scope, receive, self.max_body)
+        decode_pars(params, header(scope, b"v"))
         sid = params.get("sid")
         if (
             isinstance(sid, str)
