@@ -1,5 +1,10 @@
 """B1 dispatch: no-op operations through ``engine.submit`` against the same no-op coroutine
-awaited through bare ``asyncio.gather``, both in batches of ``--in-flight``.
+awaited without the engine, both driven the same way.
+
+Shapes (``--shape``, see ``_harness.py``): ``burst``, batches of ``--in-flight`` through one
+``asyncio.gather`` each (the raw side is then bare ``asyncio.gather``), and ``steady``, each
+operation its own task, at most ``--in-flight`` at once under a semaphore (the raw side is
+then a bare task per no-op under the same semaphore).
 
 Cases: ``raw`` (the baseline), ``engine`` (the candidate), ``engine_timeout`` (every
 operation carries ``timeout=30``, so the engine opens a cancel scope per operation).
@@ -8,9 +13,8 @@ operation carries ``timeout=30``, so the engine opens a cancel scope per operati
 from __future__ import annotations
 
 import argparse
-import time
 
-from benchmarks._harness import Measurement, case_main, drive_in_batches
+from benchmarks._harness import Measurement, case_main, measure, warmup_count
 from wf78_core import Engine, Operation
 
 CONFIG = {"datasources": {"mem": {"type": "memory"}}}
@@ -24,12 +28,7 @@ async def raw(args: argparse.Namespace) -> Measurement:
     async def start(_: int) -> None:
         await noop()
 
-    await drive_in_batches(start, args.in_flight, args.in_flight)  # warm-up
-    began, cpu_began = time.perf_counter(), time.process_time()
-    await drive_in_batches(start, args.n, args.in_flight)
-    elapsed = time.perf_counter() - began
-    cpu = time.process_time() - cpu_began
-    return {"elapsed": elapsed, "ops_per_s": args.n / elapsed, "cpu_seconds": cpu}
+    return await measure(args, start)
 
 
 async def _through_engine(args: argparse.Namespace, op: Operation) -> Measurement:
@@ -38,18 +37,14 @@ async def _through_engine(args: argparse.Namespace, op: Operation) -> Measuremen
         async def start(_: int) -> object:
             return await engine.submit(op)
 
-        await drive_in_batches(start, args.in_flight, args.in_flight)  # warm-up
-        began, cpu_began = time.perf_counter(), time.process_time()
-        await drive_in_batches(start, args.n, args.in_flight)
-        elapsed = time.perf_counter() - began
-        cpu = time.process_time() - cpu_began
-        expected = args.n + args.in_flight
+        result = await measure(args, start)
+        expected = args.n + warmup_count(args)
         if engine.completed != expected or engine.failed:
             raise RuntimeError(
                 f"expected {expected} completed operations, got {engine.completed} "
                 f"({engine.failed} failed)"
             )
-    return {"elapsed": elapsed, "ops_per_s": args.n / elapsed, "cpu_seconds": cpu}
+    return result
 
 
 async def engine(args: argparse.Namespace) -> Measurement:

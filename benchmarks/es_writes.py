@@ -5,8 +5,11 @@ Each case starts its own osmem-server (an in-memory OpenSearch look-alike) from 
 writes to index ``bench`` with the same client settings on both sides (the adapter's
 defaults, no client retries, the client's 10 connections per node, and the benchmark's
 :class:`~benchmarks._esnode.JsonNode`, which osmem needs, except ``request_timeout``: see
-:data:`REQUEST_TIMEOUT`), and submits all ``--n`` writes together (one ``asyncio.gather``)
-after a warm-up of :data:`WARMUP` documents.
+:data:`REQUEST_TIMEOUT`), and, after a warm-up of :data:`WARMUP` documents in the same shape,
+submits the ``--n`` writes in the shape ``--shape`` names: ``burst``, all ``--n`` together
+in one ``asyncio.gather`` (``run.py`` passes ``--in-flight`` = ``--n``: this shape always
+sends everything at once), or ``steady``, a task per write, at most ``--in-flight`` at once
+under a semaphore.
 
 Cases: ``direct`` (the baseline: ``AsyncElasticsearch.index(index=..., id=..., document=...)``
 per document) and ``engine`` (``engine.submit(Operation(action="index", table="bench", ...))``).
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,7 +27,7 @@ from elasticsearch import AsyncElasticsearch
 from osmem_server import OsmemServer
 
 from benchmarks._esnode import NODE_CLASS, JsonNode
-from benchmarks._harness import Measurement, case_main, drive_in_batches
+from benchmarks._harness import Measurement, case_main, drive, drive_in_batches
 from wf78_core import Engine, Operation
 from wf78_core.ids import snowflake_id
 
@@ -62,11 +65,16 @@ def _document(i: int) -> dict[str, Any]:
 
 
 async def _timed(
-    start: Callable[[int], Awaitable[object]], args: argparse.Namespace
+    start: Callable[[int], Coroutine[Any, Any, object]], args: argparse.Namespace
 ) -> tuple[float, float]:
-    await drive_in_batches(start, WARMUP, WARMUP, first=-WARMUP)
-    began, cpu_began = time.perf_counter(), time.process_time()
-    await drive_in_batches(start, args.n, args.n)  # all in flight at once
+    if args.shape == "steady":
+        await drive(args, start, WARMUP, first=-WARMUP)
+        began, cpu_began = time.perf_counter(), time.process_time()
+        await drive(args, start, args.n)
+    else:
+        await drive_in_batches(start, WARMUP, WARMUP, first=-WARMUP)
+        began, cpu_began = time.perf_counter(), time.process_time()
+        await drive_in_batches(start, args.n, args.n)  # all in flight at once
     return time.perf_counter() - began, time.process_time() - cpu_began
 
 

@@ -3,7 +3,9 @@ against the same inserts made directly with aiomysql in autocommit mode on a poo
 
 Both sides write to a fresh table in MariaDB's ``test`` database (created as the adapter
 would, dropped afterwards), with the same INSERT statement and snowflake ids, and keep
-``--in-flight`` writes going in ``asyncio.gather`` batches.
+``--in-flight`` writes going in the shape ``--shape`` names: ``burst`` (``asyncio.gather``
+batches) or ``steady`` (a task per write, at most ``--in-flight`` at once under a semaphore);
+``--latency`` (steady only) also reports each write's p50 and p99 latency.
 
 Cases: ``direct`` (the baseline: ``aiomysql.create_pool(maxsize=10, autocommit=True)``,
 each insert acquires a connection, runs its INSERT and so commits it) and ``engine``
@@ -14,12 +16,11 @@ INSERT).
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import aiomysql
 
-from benchmarks._harness import Measurement, case_main, drive_in_batches
+from benchmarks._harness import Measurement, case_main, drive, measure, warmup_count
 from benchmarks._services import MYSQL_SERVER, MYSQL_URL, mysql_count, mysql_table, unique_name
 from wf78_core import Engine, Operation
 from wf78_core.ids import snowflake_id
@@ -45,16 +46,12 @@ async def direct(args: argparse.Namespace) -> Measurement:
                 async with pool.acquire() as connection, connection.cursor() as cursor:
                     await cursor.execute(insert, (snowflake_id(), f"row {i}", i))
 
-            await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
-            began, cpu_began = time.perf_counter(), time.process_time()
-            await drive_in_batches(start, args.n, args.in_flight)
-            elapsed = time.perf_counter() - began
-            cpu = time.process_time() - cpu_began
+            result = await measure(args, start)
         finally:
             pool.close()
             await pool.wait_closed()
-        await _check_rows(table, args.n + args.in_flight)
-    return {"elapsed": elapsed, "ops_per_s": args.n / elapsed, "cpu_seconds": cpu}
+        await _check_rows(table, args.n + warmup_count(args))
+    return result
 
 
 async def engine(args: argparse.Namespace) -> Measurement:
@@ -74,23 +71,19 @@ async def engine(args: argparse.Namespace) -> Measurement:
                 )
                 return await wf78.submit(op)
 
-            await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
+            count = warmup_count(args)
+            await drive(args, start, count, first=-count)
             adapter = _adapter(wf78)
             transactions_before = adapter.transactions
             inserts_before = adapter.multi_row_inserts
-            began, cpu_began = time.perf_counter(), time.process_time()
-            await drive_in_batches(start, args.n, args.in_flight)
-            elapsed = time.perf_counter() - began
-            cpu = time.process_time() - cpu_began
+            result = await measure(args, start, warmed=True)
             transactions = adapter.transactions - transactions_before
             inserts = adapter.multi_row_inserts - inserts_before
             if wf78.failed:
                 raise RuntimeError(f"{wf78.failed} operations failed")
-        await _check_rows(table, args.n + args.in_flight)
+        await _check_rows(table, args.n + count)
     return {
-        "elapsed": elapsed,
-        "ops_per_s": args.n / elapsed,
-        "cpu_seconds": cpu,
+        **result,
         "transactions": transactions,
         "multi_row_inserts": inserts,
         "writes_per_transaction": args.n / transactions if transactions > 0 else None,

@@ -3,7 +3,9 @@
 
 Every case writes under its own key prefix (deleted afterwards) with the adapter's key layout
 (``{prefix}:cache:{key}``) and value encoding (msgspec JSON), and keeps ``--in-flight``
-commands going in ``asyncio.gather`` batches.
+commands going in the shape ``--shape`` names: ``burst`` (``asyncio.gather`` batches) or
+``steady`` (a task per command, at most ``--in-flight`` at once under a semaphore; not for
+``pipelined``, whose unit is a pipeline).
 
 Cases:
 
@@ -23,7 +25,14 @@ from typing import Any
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from benchmarks._harness import Measurement, case_main, drive_in_batches
+from benchmarks._harness import (
+    Measurement,
+    case_main,
+    drive,
+    drive_in_batches,
+    measure,
+    warmup_count,
+)
 from benchmarks._services import REDIS_URL, redis_drop_prefix, unique_name
 from wf78_core import Engine, Operation
 
@@ -50,21 +59,19 @@ async def direct(args: argparse.Namespace) -> Measurement:
         async def start(i: int) -> None:
             await client.set(f"{prefix}:cache:k{i}", _encode(_value(i)))
 
-        await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
-        began, cpu_began = time.perf_counter(), time.process_time()
-        await drive_in_batches(start, args.n, args.in_flight)
-        elapsed = time.perf_counter() - began
-        cpu = time.process_time() - cpu_began
+        result = await measure(args, start)
     finally:
         await client.aclose()
-    await _finish(prefix, args.n + args.in_flight)
-    return {"elapsed": elapsed, "ops_per_s": args.n / elapsed, "cpu_seconds": cpu}
+    await _finish(prefix, args.n + warmup_count(args))
+    return result
 
 
 async def pipelined(args: argparse.Namespace) -> Measurement:
     prefix = unique_name("b6pipe")
     if args.n % PIPELINE or args.in_flight % PIPELINE:
         raise SystemExit(f"--n and --in-flight must be multiples of {PIPELINE}")
+    if args.shape != "burst":
+        raise SystemExit("pipelined runs in the burst shape only")
     client = Redis(connection_pool=BlockingConnectionPool.from_url(REDIS_URL, max_connections=100))
     try:
 
@@ -101,24 +108,20 @@ async def engine(args: argparse.Namespace) -> Measurement:
             op = Operation(action="cache_set", key=f"k{i}", value=_value(i), data_source="cache")
             return await wf78.submit(op)
 
-        await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
+        count = warmup_count(args)
+        await drive(args, start, count, first=-count)
         adapter = wf78.sources.named[
             "cache"
         ].adapter  # informational: the adapter behind the source
         pipelines_before, commands_before = adapter.pipelines, adapter.commands
-        began, cpu_began = time.perf_counter(), time.process_time()
-        await drive_in_batches(start, args.n, args.in_flight)
-        elapsed = time.perf_counter() - began
-        cpu = time.process_time() - cpu_began
+        result = await measure(args, start, warmed=True)
         pipelines = adapter.pipelines - pipelines_before
         commands = adapter.commands - commands_before
         if wf78.failed:
             raise RuntimeError(f"{wf78.failed} operations failed")
-    await _finish(prefix, args.n + args.in_flight)
+    await _finish(prefix, args.n + count)
     return {
-        "elapsed": elapsed,
-        "ops_per_s": args.n / elapsed,
-        "cpu_seconds": cpu,
+        **result,
         "pipelines": pipelines,
         "commands_per_pipeline": commands / pipelines if pipelines else None,
     }

@@ -7,6 +7,11 @@ Every measured case runs in a fresh process (``python -m benchmarks.<module> <ca
 round runs the baseline, then the candidate(s); CPU speed drifts over minutes, so a
 comparison is the median over rounds of the per-round ratio, never a ratio of medians.
 Prints a table with each target and PASS/FAIL and writes every sample to a JSON file.
+
+The batching benchmarks (B1, B2, B5, B6, B7) measure two shapes of load: the burst (batches
+of operations through one ``asyncio.gather``) and a steady window (each operation its own
+task, at most W in flight under a semaphore: sub-benchmarks ``B2s64``, ``B2s1000``, ...);
+B2 and B5 also compare the p99 latency of one add at 1 and 8 in flight (``B2lat1``, ...).
 """
 
 from __future__ import annotations
@@ -55,7 +60,14 @@ class Plan:
     route_gets: int = 5_000
     route_adds: int = 5_000
     shared_gets: int = 20_000
+    # B14: seconds wrk loads each server (after a warm-up of its own).
+    peer_seconds: int = 10
     in_flight: int = 1000
+    # The steady shape: windows of W operations in flight (each its own task).
+    steady_windows: tuple[int, ...] = (64, 1000)
+    # Latency at low load: adds timed one by one, at 1 and 8 in flight.
+    latency_ops: int = 3_000
+    latency_windows: tuple[int, ...] = (1, 8)
     # Memory is not CPU-bound and barely varies: fewer rounds say as much.
     memory_rounds: int = 3
 
@@ -87,6 +99,8 @@ QUICK = Plan(
     route_gets=1_000,
     route_adds=1_000,
     shared_gets=4_000,
+    peer_seconds=3,
+    latency_ops=500,
     memory_rounds=1,
 )
 
@@ -161,7 +175,15 @@ def case_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-def run_case(module: str, case: str, n: int, in_flight: int = 1000) -> Sample:
+def run_case(
+    module: str,
+    case: str,
+    n: int,
+    in_flight: int = 1000,
+    shape: str = "burst",
+    *,
+    latency: bool = False,
+) -> Sample:
     """Run one case in a fresh interpreter and return its JSON result."""
     command = [
         sys.executable,
@@ -171,8 +193,89 @@ def run_case(module: str, case: str, n: int, in_flight: int = 1000) -> Sample:
         f"--n={n}",
         f"--in-flight={in_flight}",
     ]
-    result: Sample = run_child(command, f"{module} {case} --n={n}")
+    if shape != "burst":
+        command.append(f"--shape={shape}")
+    if latency:
+        command.append("--latency")
+    label = " ".join(command[2:])
+    result: Sample = run_child(command, label)
     return result
+
+
+@dataclass(frozen=True)
+class Run:
+    """One case of a round; ``key`` names its sample in the round (``engine``,
+    ``s64:engine`` for the steady window of 64, ``lat1:engine`` for latency at 1 in flight)."""
+
+    key: str
+    case: str
+    n: int
+    in_flight: int
+    shape: str = "burst"
+    latency: bool = False
+
+
+def burst_runs(cases: Sequence[str], n: int, in_flight: int) -> list[Run]:
+    return [Run(case, case, n, in_flight) for case in cases]
+
+
+def steady_runs(plan: Plan, cases: Sequence[str], n: int) -> list[Run]:
+    """``cases`` (baselines first) in the steady shape, for each of ``plan.steady_windows``."""
+    return [
+        Run(f"s{window}:{case}", case, n, window, "steady")
+        for window in plan.steady_windows
+        for case in cases
+    ]
+
+
+def latency_runs(plan: Plan, cases: Sequence[str]) -> list[Run]:
+    """``cases`` (baselines first) timed per operation at each of ``plan.latency_windows``."""
+    return [
+        Run(f"lat{window}:{case}", case, plan.latency_ops, window, "steady", latency=True)
+        for window in plan.latency_windows
+        for case in cases
+    ]
+
+
+def _group_text(samples: dict[str, Sample], keys: Sequence[str]) -> str:
+    """``prefix case figure, case ratio``: each case of a group against the group's first
+    (its baseline), throughput or, for latency, p99."""
+    prefix = keys[0].partition(":")[0] + " " if ":" in keys[0] else ""
+    latency = prefix.startswith("lat")
+    figure = "p99_us" if latency else "ops_per_s"
+    first = samples[keys[0]][figure]
+    parts = []
+    for index, key in enumerate(keys):
+        case = key.partition(":")[2] or key
+        value = samples[key][figure]
+        if index == 0:
+            parts.append(f"{case} p99 {value:,.0f} us" if latency else f"{case} {value:,.0f}/s")
+        else:
+            parts.append(f"{case} {value / first:.2f}x")
+    return prefix + ", ".join(parts)
+
+
+def round_runs(plan: Plan, label: str, module: str, runs: Sequence[Run]) -> list[dict[str, Sample]]:
+    """``plan.rounds`` rounds of ``runs`` in order (baselines first), each a fresh process."""
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples = {
+            run.key: run_case(
+                module, run.case, run.n, run.in_flight, run.shape, latency=run.latency
+            )
+            for run in runs
+        }
+        rounds.append(samples)
+        groups: dict[str, list[str]] = {}
+        for run in runs:
+            groups.setdefault(run.key.partition(":")[0] if ":" in run.key else "", []).append(
+                run.key
+            )
+        progress(
+            f"{label} round {number}/{plan.rounds}: "
+            + "; ".join(_group_text(samples, keys) for keys in groups.values())
+        )
+    return rounds
 
 
 def run_child(command: list[str], label: str) -> dict[str, Any]:
@@ -210,26 +313,24 @@ def median_and_spread(values: Sequence[float]) -> tuple[float, tuple[float, floa
 
 
 def dispatch(plan: Plan) -> list[Outcome]:
+    n, in_flight = plan.dispatch_ops, plan.in_flight
+    runs = burst_runs(("raw", "engine", "engine_timeout"), n, in_flight) + steady_runs(
+        plan, ("raw", "engine"), n
+    )
+    all_rounds = round_runs(plan, "B1", "dispatch", runs)
     outcome = Outcome(
         "B1",
         "dispatch: no-op engine.submit vs asyncio.gather",
         "engine/raw ops/s",
         Target(">=", 0.33, "x"),
-        parameters={"operations": plan.dispatch_ops, "in_flight": plan.in_flight},
+        parameters={"operations": n, "in_flight": in_flight, "shape": "burst"},
     )
-    for number in range(1, plan.rounds + 1):
-        samples = {
-            case: run_case("dispatch", case, plan.dispatch_ops, plan.in_flight)
-            for case in ("raw", "engine", "engine_timeout")
-        }
-        raw = samples["raw"]["ops_per_s"]
-        ratio = samples["engine"]["ops_per_s"] / raw
-        timeout_ratio = samples["engine_timeout"]["ops_per_s"] / raw
-        outcome.rounds.append({**samples, "ratio": ratio, "timeout_ratio": timeout_ratio})
-        progress(
-            f"B1 round {number}/{plan.rounds}: raw {raw:,.0f} ops/s, "
-            f"engine {ratio:.3f}x, engine timeout=30 {timeout_ratio:.3f}x"
-        )
+    for samples in all_rounds:
+        burst = {case: samples[case] for case in ("raw", "engine", "engine_timeout")}
+        raw = burst["raw"]["ops_per_s"]
+        ratio = burst["engine"]["ops_per_s"] / raw
+        timeout_ratio = burst["engine_timeout"]["ops_per_s"] / raw
+        outcome.rounds.append({**burst, "ratio": ratio, "timeout_ratio": timeout_ratio})
     rounds = outcome.rounds
     outcome.value, outcome.spread = median_and_spread([r["ratio"] for r in rounds])
     summary = {
@@ -248,7 +349,30 @@ def dispatch(plan: Plan) -> list[Outcome]:
         f"engine.submit timeout=30  {summary['engine_timeout_ops_per_s']:>10,.0f} ops/s "
         f"= {summary['timeout_ratio']:.2f}x raw (informational: a cancel scope per op)",
     ]
-    return [outcome]
+    outcomes = [outcome]
+    for window in plan.steady_windows:
+        steady = _steady_outcome(
+            Outcome(
+                f"B1s{window}",
+                f"dispatch, steady {window}: no-op engine.submit vs a bare task, "
+                f"each under the same semaphore of {window}",
+                "engine/raw ops/s",
+                Target(">=", 0.8, "x"),
+            ),
+            all_rounds,
+            window,
+            n,
+            "engine",
+            "raw",
+        )
+        base, cand = steady.summary["baseline_ops_per_s"], steady.summary["candidate_ops_per_s"]
+        steady.notes = [
+            f"raw: a task per no-op      {base:>10,.0f} ops/s ({1e6 / base:.2f} us/op)",
+            f"engine.submit in the task  {cand:>10,.0f} ops/s ({1e6 / cand:.2f} us/op, "
+            f"+{1e6 / cand - 1e6 / base:.2f} us)",
+        ]
+        outcomes.append(steady)
+    return outcomes
 
 
 def _rate(rounds: Sequence[dict[str, Any]], case: str, key: str = "ops_per_s") -> float:
@@ -273,12 +397,13 @@ SQLITE_INFORMATIONAL = (
 
 
 def sqlite_writes(plan: Plan) -> list[Outcome]:
+    n, in_flight = plan.sqlite_writes, plan.in_flight
     outcome = Outcome(
         "B2",
         "SQLite writes: engine add (group commit) vs aiosqlite, one commit each",
         "engine/direct rows/s",
         Target(">=", 10.0, "x"),
-        parameters={"writes": plan.sqlite_writes, "in_flight": plan.in_flight},
+        parameters={"writes": n, "in_flight": in_flight, "shape": "burst"},
     )
     # Each baseline runs before the engine it is compared with.
     cases = (
@@ -289,20 +414,20 @@ def sqlite_writes(plan: Plan) -> list[Outcome]:
         "direct_wal_normal_autocommit",
         "engine_normal",
     )
-    for number in range(1, plan.rounds + 1):
-        samples = {
-            case: run_case("sqlite_writes", case, plan.sqlite_writes, plan.in_flight)
-            for case in cases
-        }
+    # The steady shape and the latency comparison: the baseline has the engine's pragmas.
+    steady_cases = ("direct_wal_full", "direct_wal_full_autocommit", "engine")
+    runs = (
+        burst_runs(cases, n, in_flight)
+        + steady_runs(plan, steady_cases, n)
+        + latency_runs(plan, steady_cases)
+    )
+    all_rounds = round_runs(plan, "B2", "sqlite_writes", runs)
+    for all_samples in all_rounds:
+        samples = {case: all_samples[case] for case in cases}
         ratios = {"primary": samples["engine"]["ops_per_s"] / samples["direct"]["ops_per_s"]}
         for label, candidate, baseline, _ in SQLITE_INFORMATIONAL:
             ratios[label] = samples[candidate]["ops_per_s"] / samples[baseline]["ops_per_s"]
         outcome.rounds.append({**samples, "ratio": ratios["primary"], "ratios": ratios})
-        progress(
-            f"B2 round {number}/{plan.rounds}: direct {samples['direct']['ops_per_s']:,.0f} "
-            f"rows/s, engine {ratios['primary']:.2f}x; informational "
-            + ", ".join(f"({label}) {ratios[label]:.2f}x" for label, *_ in SQLITE_INFORMATIONAL)
-        )
     rounds = outcome.rounds
     outcome.value, outcome.spread = median_and_spread([r["ratio"] for r in rounds])
     batches = [r["engine"]["writes_per_transaction"] for r in rounds]
@@ -337,7 +462,50 @@ def sqlite_writes(plan: Plan) -> list[Outcome]:
             f"{_ratio_text(value, spread)}"
         )
     outcome.summary = summary
-    return [outcome]
+    outcomes = [outcome]
+    for window in plan.steady_windows:
+        steady = _steady_outcome(
+            Outcome(
+                f"B2s{window}",
+                f"SQLite writes, steady {window}: engine add vs aiosqlite with the engine's "
+                "pragmas (WAL + FULL), execute + commit per row under a lock",
+                "engine/direct rows/s",
+                Target(">=", 10.0, "x"),
+            ),
+            all_rounds,
+            window,
+            n,
+            "engine",
+            "direct_wal_full",
+            informational=(("direct_wal_full_autocommit", "direct, WAL + FULL, autocommit"),),
+        )
+        steady.notes[:0] = [
+            f"direct WAL + FULL, execute + commit  "
+            f"{steady.summary['baseline_ops_per_s']:>10,.0f} rows/s",
+            f"engine add                           "
+            f"{steady.summary['candidate_ops_per_s']:>10,.0f} rows/s, "
+            f"{_writes_per_commit(all_rounds, f's{window}:engine')} writes per commit",
+        ]
+        outcomes.append(steady)
+    for window in plan.latency_windows:
+        outcomes.append(
+            _latency_outcome(
+                Outcome(
+                    f"B2lat{window}",
+                    f"SQLite add latency, {window} in flight: engine vs aiosqlite WAL + FULL, "
+                    "execute + commit under a lock",
+                    "engine/direct p99",
+                    Target("<=", 1.0, "x"),
+                ),
+                all_rounds,
+                window,
+                plan.latency_ops,
+                "engine",
+                "direct_wal_full",
+                informational=(("direct_wal_full_autocommit", "direct, WAL + FULL, autocommit"),),
+            )
+        )
+    return outcomes
 
 
 def queued_memory(plan: Plan) -> list[Outcome]:
@@ -439,21 +607,6 @@ def queued_memory(plan: Plan) -> list[Outcome]:
     return [outcome]
 
 
-def _paired(
-    plan: Plan, label: str, module: str, cases: Sequence[str], n: int, in_flight: int
-) -> list[dict[str, Sample]]:
-    """``plan.rounds`` rounds of ``cases`` in order (baselines first), each a fresh process."""
-    rounds = []
-    for number in range(1, plan.rounds + 1):
-        samples = {case: run_case(module, case, n, in_flight) for case in cases}
-        rounds.append(samples)
-        progress(
-            f"{label} round {number}/{plan.rounds}: "
-            + ", ".join(f"{case} {samples[case]['ops_per_s']:,.0f}/s" for case in cases)
-        )
-    return rounds
-
-
 def _throughput_outcome(
     outcome: Outcome,
     rounds: list[dict[str, Sample]],
@@ -463,7 +616,10 @@ def _throughput_outcome(
     """``outcome`` with the median of the per-round ratios candidate/baseline ops/s."""
     ratios = [r[candidate]["ops_per_s"] / r[baseline]["ops_per_s"] for r in rounds]
     outcome.value, outcome.spread = median_and_spread(ratios)
-    outcome.rounds = [{**r, "ratio": ratio} for r, ratio in zip(rounds, ratios, strict=True)]
+    outcome.rounds = [
+        {baseline: r[baseline], candidate: r[candidate], "ratio": ratio}
+        for r, ratio in zip(rounds, ratios, strict=True)
+    ]
     outcome.summary = {
         "baseline_ops_per_s": _rate(rounds, baseline),
         "candidate_ops_per_s": _rate(rounds, candidate),
@@ -471,16 +627,121 @@ def _throughput_outcome(
     return outcome
 
 
+def _steady_outcome(
+    outcome: Outcome,
+    rounds: list[dict[str, Sample]],
+    window: int,
+    n: int,
+    candidate: str,
+    baseline: str,
+    *,
+    informational: Sequence[tuple[str, str]] = (),
+) -> Outcome:
+    """The throughput ratio of ``candidate`` and ``baseline`` in the steady window of
+    ``window``; each ``informational`` (case, text) baseline gets its own ratio in a note."""
+    prefix = f"s{window}:"
+    outcome.parameters = {"operations": n, "in_flight": window, "shape": "steady"}
+    _throughput_outcome(outcome, rounds, prefix + candidate, prefix + baseline)
+    for kept, r in zip(outcome.rounds, rounds, strict=True):
+        kept.update({prefix + case: r[prefix + case] for case, _ in informational})
+    for case, text in informational:
+        values = [
+            r[prefix + candidate]["ops_per_s"] / r[prefix + case]["ops_per_s"] for r in rounds
+        ]
+        value, spread = median_and_spread(values)
+        rate = _rate(rounds, prefix + case)
+        outcome.summary[case] = {"ops_per_s": rate, "ratio": value, "spread": list(spread)}
+        outcome.notes.append(
+            f"informational: {text} {rate:,.0f}/s; {candidate} = {_ratio_text(value, spread)}"
+        )
+    return outcome
+
+
+def _latency_outcome(
+    outcome: Outcome,
+    rounds: list[dict[str, Sample]],
+    window: int,
+    n: int,
+    candidate: str,
+    baseline: str,
+    *,
+    informational: Sequence[tuple[str, str]] = (),
+) -> Outcome:
+    """The median of the per-round ratios of p99 latency, candidate / baseline, at
+    ``window`` in flight; p50 and the ``informational`` baselines in the notes."""
+    prefix = f"lat{window}:"
+    base, cand = prefix + baseline, prefix + candidate
+    outcome.parameters = {"operations": n, "in_flight": window, "shape": "steady"}
+    ratios = [r[cand]["p99_us"] / r[base]["p99_us"] for r in rounds]
+    outcome.value, outcome.spread = median_and_spread(ratios)
+    outcome.rounds = [
+        {
+            base: r[base],
+            cand: r[cand],
+            **{prefix + case: r[prefix + case] for case, _ in informational},
+            "ratio": ratio,
+        }
+        for r, ratio in zip(rounds, ratios, strict=True)
+    ]
+    p50_value, p50_spread = median_and_spread(
+        [r[cand]["p50_us"] / r[base]["p50_us"] for r in rounds]
+    )
+
+    def figures(key: str) -> dict[str, float]:
+        return {
+            quantile: _rate(rounds, key, quantile)
+            for quantile in ("p50_us", "p90_us", "p99_us", "mean_us", "ops_per_s")
+        }
+
+    outcome.summary = {
+        "baseline": figures(base),
+        "candidate": figures(cand),
+        "p50_ratio": p50_value,
+        "p50_spread": list(p50_spread),
+    }
+
+    def line(label: str, key: str) -> str:
+        got = figures(key)
+        return (
+            f"{label:<38} p50 {got['p50_us']:>8,.0f} us  p90 {got['p90_us']:>8,.0f} us  "
+            f"p99 {got['p99_us']:>8,.0f} us  ({got['ops_per_s']:,.0f}/s)"
+        )
+
+    outcome.notes = [
+        line(f"direct ({baseline})", base),
+        line(f"engine ({candidate})", cand),
+        f"p50 engine/direct {_ratio_text(p50_value, p50_spread)} (informational); "
+        f"medians over rounds of {n:,} timed operations each",
+    ]
+    for case, text in informational:
+        key = prefix + case
+        values = [r[cand]["p99_us"] / r[key]["p99_us"] for r in rounds]
+        value, spread = median_and_spread(values)
+        outcome.summary[case] = {**figures(key), "p99_ratio": value, "spread": list(spread)}
+        outcome.notes.append(
+            f"informational: {text}: p50 {figures(key)['p50_us']:,.0f} us, p99 "
+            f"{figures(key)['p99_us']:,.0f} us; engine p99 = {_ratio_text(value, spread)}"
+        )
+    return outcome
+
+
+def _writes_per_commit(rounds: list[dict[str, Sample]], key: str) -> str:
+    known = [r[key]["writes_per_transaction"] for r in rounds if r[key]["writes_per_transaction"]]
+    return f"{statistics.median(known):,.0f}" if known else "?"
+
+
 def mysql_writes(plan: Plan) -> list[Outcome]:
     n, in_flight = plan.mysql_writes, plan.in_flight
-    rounds = _paired(plan, "B5", "mysql_writes", ("direct", "engine"), n, in_flight)
+    cases = ("direct", "engine")
+    runs = burst_runs(cases, n, in_flight) + steady_runs(plan, cases, n) + latency_runs(plan, cases)
+    rounds = round_runs(plan, "B5", "mysql_writes", runs)
     outcome = _throughput_outcome(
         Outcome(
             "B5",
             "MySQL writes: engine add (group commit) vs aiomysql autocommit, pool of 10",
             "engine/direct rows/s",
             Target(">=", 3.0, "x"),
-            parameters={"writes": n, "in_flight": in_flight},
+            parameters={"writes": n, "in_flight": in_flight, "shape": "burst"},
         ),
         rounds,
         "engine",
@@ -493,19 +754,62 @@ def mysql_writes(plan: Plan) -> list[Outcome]:
         f"engine add                          {outcome.summary['candidate_ops_per_s']:>10,.0f} "
         f"rows/s, {per_commit:,.0f} writes per commit (multi-row INSERT)",
     ]
-    return [outcome]
+    outcomes = [outcome]
+    for window in plan.steady_windows:
+        steady = _steady_outcome(
+            Outcome(
+                f"B5s{window}",
+                f"MySQL writes, steady {window}: engine add vs aiomysql autocommit, pool of 10",
+                "engine/direct rows/s",
+                Target(">=", 3.0, "x"),
+            ),
+            rounds,
+            window,
+            n,
+            "engine",
+            "direct",
+        )
+        steady.notes = [
+            f"direct aiomysql INSERT, autocommit  "
+            f"{steady.summary['baseline_ops_per_s']:>10,.0f} rows/s",
+            f"engine add                          "
+            f"{steady.summary['candidate_ops_per_s']:>10,.0f} rows/s, "
+            f"{_writes_per_commit(rounds, f's{window}:engine')} writes per commit",
+        ]
+        outcomes.append(steady)
+    for window in plan.latency_windows:
+        outcomes.append(
+            _latency_outcome(
+                Outcome(
+                    f"B5lat{window}",
+                    f"MySQL add latency, {window} in flight: engine vs aiomysql autocommit "
+                    "INSERT, pool of 10",
+                    "engine/direct p99",
+                    Target("<=", 1.0, "x"),
+                ),
+                rounds,
+                window,
+                plan.latency_ops,
+                "engine",
+                "direct",
+            )
+        )
+    return outcomes
 
 
 def redis_cache(plan: Plan) -> list[Outcome]:
     n, in_flight = plan.redis_sets, plan.in_flight
-    rounds = _paired(plan, "B6", "redis_cache", ("direct", "pipelined", "engine"), n, in_flight)
+    runs = burst_runs(("direct", "pipelined", "engine"), n, in_flight) + steady_runs(
+        plan, ("direct", "engine"), n
+    )
+    rounds = round_runs(plan, "B6", "redis_cache", runs)
     pooled = _throughput_outcome(
         Outcome(
             "B6a",
             "Redis cache_set: engine (auto-pipelining) vs redis.asyncio, pool of 100",
             "engine/direct ops/s",
             Target(">=", 2.0, "x"),
-            parameters={"operations": n, "in_flight": in_flight},
+            parameters={"operations": n, "in_flight": in_flight, "shape": "burst"},
         ),
         rounds,
         "engine",
@@ -517,7 +821,12 @@ def redis_cache(plan: Plan) -> list[Outcome]:
             "Redis cache_set: engine vs hand-pipelined (500 per pipeline)",
             "engine/pipelined ops/s",
             Target(">=", 0.8, "x"),
-            parameters={"operations": n, "in_flight": in_flight, "pipeline": 500},
+            parameters={
+                "operations": n,
+                "in_flight": in_flight,
+                "pipeline": 500,
+                "shape": "burst",
+            },
         ),
         rounds,
         "engine",
@@ -536,19 +845,44 @@ def redis_cache(plan: Plan) -> list[Outcome]:
         f"engine cache_set                                   "
         f"{piped.summary['candidate_ops_per_s']:>10,.0f} ops/s",
     ]
-    return [pooled, piped]
+    outcomes = [pooled, piped]
+    for window in plan.steady_windows:
+        steady = _steady_outcome(
+            Outcome(
+                f"B6s{window}",
+                f"Redis cache_set, steady {window}: engine vs redis.asyncio SET, pool of 100",
+                "engine/direct ops/s",
+                Target(">=", 3.0, "x"),
+            ),
+            rounds,
+            window,
+            n,
+            "engine",
+            "direct",
+        )
+        key = f"s{window}:engine"
+        per_pipe = statistics.median(r[key]["commands_per_pipeline"] or 0 for r in rounds)
+        steady.notes = [
+            f"direct SET, pool of 100        {steady.summary['baseline_ops_per_s']:>10,.0f} ops/s",
+            f"engine cache_set               {steady.summary['candidate_ops_per_s']:>10,.0f} "
+            f"ops/s, {per_pipe:,.0f} commands per pipeline",
+        ]
+        outcomes.append(steady)
+    return outcomes
 
 
 def es_writes(plan: Plan) -> list[Outcome]:
     n = plan.es_writes
-    rounds = _paired(plan, "B7", "es_writes", ("direct", "engine"), n, n)
+    cases = ("direct", "engine")
+    runs = burst_runs(cases, n, n) + steady_runs(plan, cases, n)
+    rounds = round_runs(plan, "B7", "es_writes", runs)
     outcome = _throughput_outcome(
         Outcome(
             "B7",
             "Elasticsearch index: engine (bulk grouping) vs single index calls",
             "engine/direct docs/s",
             Target(">=", 3.0, "x"),
-            parameters={"operations": n, "in_flight": n},
+            parameters={"operations": n, "in_flight": n, "shape": "burst"},
         ),
         rounds,
         "engine",
@@ -562,7 +896,30 @@ def es_writes(plan: Plan) -> list[Outcome]:
         f"{per_bulk:,.0f} documents per bulk request (warm-up included)",
         "osmem-server (in-memory, on the same cores) stands in for Elasticsearch",
     ]
-    return [outcome]
+    outcomes = [outcome]
+    for window in plan.steady_windows:
+        steady = _steady_outcome(
+            Outcome(
+                f"B7s{window}",
+                f"Elasticsearch index, steady {window}: engine vs single index calls",
+                "engine/direct docs/s",
+                Target(">=", 3.0, "x"),
+            ),
+            rounds,
+            window,
+            n,
+            "engine",
+            "direct",
+        )
+        key = f"s{window}:engine"
+        bulk = statistics.median(r[key]["documents_per_bulk"] or 0 for r in rounds)
+        steady.notes = [
+            f"direct client.index            {steady.summary['baseline_ops_per_s']:>10,.0f} docs/s",
+            f"engine index                   {steady.summary['candidate_ops_per_s']:>10,.0f} "
+            f"docs/s, {bulk:,.0f} documents per bulk request (warm-up included)",
+        ]
+        outcomes.append(steady)
+    return outcomes
 
 
 # B8's sub-benchmarks: id, store, the direct call, the engine's action, the case prefix.
@@ -896,8 +1253,109 @@ def shared_reads(plan: Plan) -> list[Outcome]:
     return outcomes
 
 
+# B14: (store, workload, bar): wf78's koa78 routes / FastAPI + SQLAlchemy requests/s.
+FASTAPI_PEER = (
+    ("sqlite", "insert", 3.0),
+    ("sqlite", "read", 1.0),
+    ("sqlite", "mix", 1.5),
+    ("mysql", "insert", 3.0),
+    ("mysql", "read", 1.0),
+    ("mysql", "mix", 1.5),
+)
+FASTAPI_WORKLOADS = {
+    "insert": "inserts",
+    "read": "reads by id",
+    "mix": "80/20 reads/inserts",
+}
+
+
+def _peer_side(rounds: Sequence[dict[str, Any]], case: str) -> str:
+    """``N req/s, p50 X ms, p99 Y ms, server CPU Z us/request (share of a core)``."""
+    rate = _rate(rounds, case, "requests_per_s")
+    p50 = _rate(rounds, case, "p50_us") / 1000
+    p99 = _rate(rounds, case, "p99_us") / 1000
+    cpu = _rate(rounds, case, "server_cpu_per_request_us")
+    share = _rate(rounds, case, "server_cpu_share")
+    text = (
+        f"{rate:>8,.0f} req/s, p50 {p50:,.1f} ms, p99 {p99:,.1f} ms, "
+        f"server CPU {cpu:,.0f} us/request ({share:.2f} of a core)"
+    )
+    # 5xx answers are counted, not served (requests/s counts the right answers only).
+    errors = sum(r[case]["server_errors"] + r[case]["warmup_server_errors"] for r in rounds)
+    if errors:
+        last = next((r[case]["server_error"] for r in rounds if r[case]["server_error"]), "?")
+        text += f"; {errors} answers 5xx over the rounds ({last})"
+    return text
+
+
+def fastapi_peer(plan: Plan) -> list[Outcome]:
+    """B14: the koa78 data routes against FastAPI + SQLAlchemy 2.0 async, both under uvicorn,
+    loaded by wrk with 64 connections, per store and workload; baseline first each round."""
+    seconds = plan.peer_seconds
+    rounds = []
+    for number in range(1, plan.rounds + 1):
+        samples: dict[str, Sample] = {}
+        parts = []
+        for store, workload, _ in FASTAPI_PEER:
+            base, cand = f"fastapi_{store}_{workload}", f"wf78_{store}_{workload}"
+            samples[base] = run_case("fastapi_peer", base, seconds, HTTP_CONNECTIONS)
+            samples[cand] = run_case("fastapi_peer", cand, seconds, HTTP_CONNECTIONS)
+            before, after = samples[base]["requests_per_s"], samples[cand]["requests_per_s"]
+            parts.append(
+                f"{store} {workload} {before:,.0f} -> {after:,.0f} ({after / before:.2f}x)"
+            )
+        rounds.append(samples)
+        progress(f"B14 round {number}/{plan.rounds} (req/s FastAPI -> wf78): " + ", ".join(parts))
+    outcomes = []
+    for store, workload, limit in FASTAPI_PEER:
+        base, cand = f"fastapi_{store}_{workload}", f"wf78_{store}_{workload}"
+        outcome = Outcome(
+            f"B14-{store}-{workload}",
+            f"vs FastAPI, {store} {workload}: koa78 routes vs FastAPI + SQLAlchemy 2.0 async "
+            f"({FASTAPI_WORKLOADS[workload]}, uvicorn, 64 connections)",
+            "wf78/FastAPI requests/s",
+            Target(">=", limit, "x"),
+            parameters={
+                "seconds": seconds,
+                "connections": HTTP_CONNECTIONS,
+                "store": store,
+                "workload": workload,
+                "server": rounds[0][cand].get("server"),
+                "client": rounds[0][cand].get("client"),
+            },
+        )
+        values = [r[cand]["requests_per_s"] / r[base]["requests_per_s"] for r in rounds]
+        outcome.value, outcome.spread = median_and_spread(values)
+        outcome.rounds = [
+            {base: r[base], cand: r[cand], "ratio": v} for r, v in zip(rounds, values, strict=True)
+        ]
+        outcome.summary = {
+            f"{side}_{key}": _rate(rounds, case, key)
+            for side, case in (("fastapi", base), ("wf78", cand))
+            for key in (
+                "requests_per_s",
+                "p50_us",
+                "p99_us",
+                "server_cpu_per_request_us",
+                "server_cpu_share",
+                "client_cpu_share",
+            )
+        }
+        loads = [r[case]["load_average"][0] for r in rounds for case in (base, cand)]
+        client = max(r[case]["client_cpu_share"] for r in rounds for case in (base, cand))
+        outcome.notes = [
+            f"FastAPI + SQLAlchemy  {_peer_side(rounds, base)}",
+            f"wf78 koa78 routes     {_peer_side(rounds, cand)}",
+            f"client {rounds[0][cand].get('client')}: at most {client:.2f} of a core; "
+            f"1-minute load average during the cases {min(loads):.2f}-{max(loads):.2f}",
+        ]
+        outcomes.append(outcome)
+    return outcomes
+
+
 # Each benchmark returns its outcomes: one, or one per sub-benchmark (B6a/B6b, B8a-B8c,
-# B9a/B9b, B10a/B10b, B13a/B13b).
+# B9a/B9b, B10a/B10b, B13a/B13b; the steady windows B1s64, B2s1000, ... and the latency
+# comparisons B2lat1, B5lat8, ...).
 BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B1": dispatch,
     "B2": sqlite_writes,
@@ -910,6 +1368,7 @@ BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B9": middleware_passthrough,
     "B10": data_routes,
     "B13": shared_reads,
+    "B14": fastapi_peer,
 }
 
 

@@ -3,7 +3,9 @@ against the same inserts made directly with aiosqlite, one commit each.
 
 Every case writes to a fresh database file in a temporary directory, into the table the
 adapter creates for ``bench``, with the same snowflake ids, and keeps ``--in-flight`` writes
-going in ``asyncio.gather`` batches.
+going in the shape ``--shape`` names: ``burst`` (``asyncio.gather`` batches) or ``steady``
+(a task per write, at most ``--in-flight`` at once under a semaphore); ``--latency`` (steady
+only) also reports each write's p50 and p99 latency.
 
 Cases:
 
@@ -14,8 +16,9 @@ Cases:
                       tasks would share transactions: not one commit each).
 ``engine``            ``engine.submit(add)`` on a ``sqlite`` source with the adapter's defaults
                       (WAL, ``synchronous = FULL``): group commit.
-``direct_wal_full``   informational: the same execute + commit under the lock, with the
-                      engine's pragmas (WAL, ``synchronous = FULL``).
+``direct_wal_full``   the same execute + commit under the lock, with the engine's pragmas
+                      (WAL, ``synchronous = FULL``): informational in the burst shape, the
+                      baseline of the steady shape and of the latency comparison.
 ``direct_wal_full_autocommit``    informational: WAL + FULL, autocommit mode, so each INSERT
                       is its own transaction in one thread hop.
 ``direct_wal_normal_autocommit``  informational: WAL + NORMAL, autocommit: the fastest
@@ -29,14 +32,13 @@ import argparse
 import asyncio
 import sqlite3
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 
-from benchmarks._harness import Measurement, case_main, drive_in_batches
+from benchmarks._harness import Measurement, case_main, drive, measure, warmup_count
 from wf78_core import Engine, Operation
 from wf78_core.ids import snowflake_id
 
@@ -105,13 +107,9 @@ async def direct(
                 await connection.execute(INSERT, (snowflake_id(), f"row {i}", i))
 
             start = commit_each if mode == "commit" else autocommit
-            await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
-            began, cpu_began = time.perf_counter(), time.process_time()
-            await drive_in_batches(start, args.n, args.in_flight)
-            elapsed = time.perf_counter() - began
-            cpu = time.process_time() - cpu_began
-        _check_rows(path, args.n + args.in_flight)
-    return {"elapsed": elapsed, "ops_per_s": args.n / elapsed, "cpu_seconds": cpu, **settings}
+            result = await measure(args, start)
+        _check_rows(path, args.n + warmup_count(args))
+    return {**result, **settings}
 
 
 async def engine(args: argparse.Namespace, synchronous: str | None = None) -> Measurement:
@@ -136,20 +134,18 @@ async def engine(args: argparse.Namespace, synchronous: str | None = None) -> Me
                 )
                 return await wf78.submit(op)
 
-            await drive_in_batches(start, args.in_flight, args.in_flight, first=-args.in_flight)
+            count = warmup_count(args)
+            await drive(args, start, count, first=-count)
             transactions_before = _transactions(wf78)
-            began, cpu_began = time.perf_counter(), time.process_time()
-            await drive_in_batches(start, args.n, args.in_flight)
-            elapsed = time.perf_counter() - began
-            cpu = time.process_time() - cpu_began
+            result = await measure(args, start, warmed=True)
             transactions = _transactions(wf78) - transactions_before
             adapter = _adapter(wf78)
             used = getattr(getattr(adapter, "options", None), "synchronous", None)
-        _check_rows(path, args.n + args.in_flight)
+            if wf78.failed:
+                raise RuntimeError(f"{wf78.failed} operations failed")
+        _check_rows(path, args.n + count)
     return {
-        "elapsed": elapsed,
-        "ops_per_s": args.n / elapsed,
-        "cpu_seconds": cpu,
+        **result,
         "synchronous": used,
         "transactions": transactions,
         "writes_per_transaction": args.n / transactions if transactions > 0 else None,

@@ -98,6 +98,9 @@ class GroupCommitWriter(ABC):
 
     begin_sql = "BEGIN"
     savepoint = "write"
+    # True where the connection commits each statement outside a transaction (SQLite's
+    # isolation_level None): a lone single-statement write then runs without BEGIN/COMMIT.
+    autocommits = False
 
     def __init__(self, *, source: str, max_batch: int, queue_size: int) -> None:
         self.source = source
@@ -231,6 +234,9 @@ class GroupCommitWriter(ABC):
 
     async def _commit(self, batch: list[Write]) -> None:
         """Apply ``batch`` in one transaction; afterwards every write has a result or an error."""
+        if len(batch) == 1:
+            await self._commit_one(batch[0])
+            return
         self.writes += len(batch)
         try:
             await self._begin()
@@ -248,6 +254,40 @@ class GroupCommitWriter(ABC):
             await self._abort(error)
             for write in batch:
                 write.error = self.map_error(error, retryable=True)
+
+    async def _commit_one(self, write: Write) -> None:
+        """A batch of one write, as at low load: its transaction holds nothing else, so no
+        savepoint is needed (two round trips fewer), and a single-row statement with nothing
+        to run after it needs no transaction at all where the connection autocommits."""
+        self.writes += 1
+        alone = (
+            self.autocommits
+            and write.then is None
+            and write.record is None
+            and len(write.statements) == 1
+            and len(write.statements[0][1]) == 1
+        )
+        try:
+            if not alone:
+                await self._begin()
+            try:
+                result = await self._apply(write)
+            except Exception as error:
+                if self.aborts_batch(error):
+                    raise
+                if not alone:
+                    await self._abort(error)
+                write.error = self.map_error(error)  # the write's own failure
+                return
+            if not alone:
+                await self._end()
+        except Exception as error:
+            # BEGIN or COMMIT failed, or the connection with them: nothing is committed.
+            await self._abort(error)
+            write.error = self.map_error(error, retryable=True)
+            return
+        self.transactions += 1
+        write.result = result
 
     async def _apply_group(self, group: list[Write]) -> None:
         if len(group) > 1:

@@ -24,6 +24,8 @@ class GroupCommitWriter(SharedWriter):
 
     # IMMEDIATE takes the write lock up front, so a busy database fails at BEGIN, not midway.
     begin_sql = "BEGIN IMMEDIATE"
+    # The connection is opened with isolation_level=None: a statement alone commits itself.
+    autocommits = True
 
     def __init__(
         self, connection: aiosqlite.Connection, *, source: str, max_batch: int, queue_size: int
