@@ -51,6 +51,7 @@ __all__ = [
     "AUTO_PREFIX",
     "CONFLICT",
     "MAX_KEY",
+    "PREPARED_ACTIONS",
     "WRITE_ACTIONS",
     "check_replay",
     "derive_key",
@@ -89,6 +90,8 @@ WRITE_ACTIONS = frozenset(
 )
 # Inserts of one row: prepare gives them an id.
 _ONE_ROW = frozenset({"add", "index", "upsert"})
+#: The actions :func:`prepare` may change (ids, a generated key); it returns any other as is.
+PREPARED_ACTIONS = _ONE_ROW | {"add_many", "incr"}
 _replace = msgspec.structs.replace
 
 

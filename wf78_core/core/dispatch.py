@@ -29,7 +29,7 @@ from wf78_core.errors import (
     Wf78Error,
 )
 from wf78_core.events import TaskEvent
-from wf78_core.idempotency import prepare, prepare_task
+from wf78_core.idempotency import PREPARED_ACTIONS, prepare, prepare_task
 
 __all__ = ["Dispatcher", "execute_within", "failed_as"]
 
@@ -107,7 +107,8 @@ class Dispatcher:
         if not scheduler.try_acquire(pending):
             await self._admission.admit(level)
         self.counters.submitted += 1
-        op = self.prepare(op)  # ids and key fixed now: every attempt writes the same rows
+        if op.action in PREPARED_ACTIONS:
+            op = self.prepare(op)  # ids and key fixed now: every attempt writes the same rows
         observed = bool(self._bus)
         if observed:
             self._bus.notify(TaskEvent(state="running", workflow="submit", task=op.action))
