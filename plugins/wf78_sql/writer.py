@@ -30,6 +30,8 @@ from .statements import Params
 __all__ = ["GroupCommitWriter", "Write", "WriteFailed"]
 
 T = TypeVar("T")
+# What GroupCommitWriter._unsaved answers when the transaction itself failed.
+_ABORTED = object()
 
 
 @dataclass(eq=False, slots=True)  # no __dict__: one tracked object less per write
@@ -243,7 +245,7 @@ class GroupCommitWriter(ABC):
         for write in batch:
             groups.setdefault(write.group_key, []).append(write)
         together = True
-        if len(groups) == 1 and len(batch) > 1:
+        if len(groups) == 1:
             # The common batch, identical INSERTs: no savepoint (two round trips fewer).
             if await self._commit_together(batch):
                 return
@@ -274,53 +276,59 @@ class GroupCommitWriter(ABC):
             and len(write.statements[0][1]) == 1
         )
         try:
+            result = await self._unsaved([write], partial(self._apply, write), alone=alone)
+        except WriteFailed as failed:
+            write.error = self.map_error(failed.error)  # the write's own failure
+            return
+        if result is not _ABORTED:
+            write.result = result
+
+    async def _commit_together(self, group: list[Write]) -> bool:
+        """A batch that is one group of identical writes, as one ``executemany``; False when
+        a row failed (nothing committed: the caller applies the writes one by one), True
+        when every write has its result or the batch's error."""
+        sql = group[0].statements[0][0]
+        rows = [params for write in group for params in write.statements[0][1]]
+        try:
+            done = await self._unsaved(group, partial(self._apply_together, sql, rows, group))
+        except WriteFailed:
+            self.fallbacks += 1
+            return False
+        if done is not _ABORTED:
+            for write in group:
+                write.result = write.value
+        return True
+
+    async def _unsaved(
+        self, batch: list[Write], apply: Callable[[], Awaitable[T]], *, alone: bool = False
+    ) -> T | object:
+        """``apply()`` for ``batch`` in a transaction of its own, without a savepoint
+        (``alone``: none at all, the connection autocommits): what it returned, committed.
+        Its own failure is rolled back and raised as WriteFailed. A failure of the
+        transaction (BEGIN, COMMIT, the connection) commits nothing and is every write's,
+        retryable: then :data:`_ABORTED` comes back."""
+        try:
             if not alone:
                 await self._begin()
             try:
-                result = await self._apply(write)
+                result = await apply()
             except Exception as error:
                 if self.aborts_batch(error):
                     raise
                 if not alone:
                     await self._abort(error)
-                write.error = self.map_error(error)  # the write's own failure
-                return
+                raise WriteFailed(error) from error
             if not alone:
                 await self._end()
-        except Exception as error:
-            # BEGIN or COMMIT failed, or the connection with them: nothing is committed.
-            await self._abort(error)
-            write.error = self.map_error(error, retryable=True)
-            return
-        self.transactions += 1
-        write.result = result
-
-    async def _commit_together(self, group: list[Write]) -> bool:
-        """A batch that is one group of identical writes, in one transaction without a
-        savepoint; False when a row failed (nothing committed: the caller applies the writes
-        one by one), True when every write has its result or the batch's error."""
-        sql = group[0].statements[0][0]
-        rows = [params for write in group for params in write.statements[0][1]]
-        try:
-            await self._begin()
-            try:
-                await self._apply_together(sql, rows, group)
-            except Exception as error:
-                if self.aborts_batch(error):
-                    raise
-                await self._abort(error)
-                self.fallbacks += 1
-                return False
-            await self._end()
+        except WriteFailed:
+            raise
         except Exception as error:
             await self._abort(error)
-            for write in group:
+            for write in batch:
                 write.error = self.map_error(error, retryable=True)
-            return True
+            return _ABORTED
         self.transactions += 1
-        for write in group:
-            write.result = write.value
-        return True
+        return result
 
     async def _apply_group(self, group: list[Write], *, together: bool = True) -> None:
         if together and len(group) > 1:
