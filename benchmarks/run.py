@@ -797,6 +797,69 @@ def mysql_writes(plan: Plan) -> list[Outcome]:
     return outcomes
 
 
+# B15: the steady windows of PostgreSQL adds (the issue's 64 and 500 in flight).
+POSTGRES_WINDOWS = (64, 500)
+
+
+def postgres_writes(plan: Plan) -> list[Outcome]:
+    """B15: PostgreSQL adds (engine vs asyncpg autocommit INSERTs on a pool of 10) in the
+    steady windows of :data:`POSTGRES_WINDOWS`, and get by id at one in flight (engine vs
+    ``fetchrow`` on one connection; an asyncpg pool with its default reset informational)."""
+    n, gets = plan.mysql_writes, plan.single_gets
+    runs = [
+        Run(f"s{window}:{case}", case, n, window, "steady")
+        for window in POSTGRES_WINDOWS
+        for case in ("direct", "engine")
+    ] + [Run(f"get:{case}", case, gets, 1) for case in ("get_direct", "get_engine", "get_pool")]
+    rounds = round_runs(plan, "B15", "postgres_writes", runs)
+    outcomes = []
+    for window in POSTGRES_WINDOWS:
+        steady = _steady_outcome(
+            Outcome(
+                f"B15s{window}",
+                f"PostgreSQL writes, steady {window}: engine add vs asyncpg autocommit, pool of 10",
+                "engine/direct rows/s",
+                Target(">=", 3.0, "x"),
+            ),
+            rounds,
+            window,
+            n,
+            "engine",
+            "direct",
+        )
+        steady.notes = [
+            f"direct asyncpg INSERT, autocommit   "
+            f"{steady.summary['baseline_ops_per_s']:>10,.0f} rows/s",
+            f"engine add                          "
+            f"{steady.summary['candidate_ops_per_s']:>10,.0f} rows/s, "
+            f"{_writes_per_commit(rounds, f's{window}:engine')} writes per commit",
+        ]
+        outcomes.append(steady)
+    outcome = Outcome(
+        "B15get",
+        "PostgreSQL get by id, one in flight: engine vs asyncpg fetchrow",
+        "engine/direct time per get",
+        Target("<=", 1.25, "x"),
+        parameters={"operations": gets, "in_flight": 1},
+    )
+    values = [r["get:get_engine"]["per_op_us"] / r["get:get_direct"]["per_op_us"] for r in rounds]
+    outcome.value, outcome.spread = median_and_spread(values)
+    outcome.rounds = [{**r, "ratio": ratio} for r, ratio in zip(rounds, values, strict=True)]
+    direct_us, engine_us, pool_us = (
+        _rate(rounds, f"get:{case}", "per_op_us")
+        for case in ("get_direct", "get_engine", "get_pool")
+    )
+    outcome.summary = {"direct_us": direct_us, "engine_us": engine_us, "pool_us": pool_us}
+    outcome.notes = [
+        f"direct fetchrow, one connection      {direct_us:>7,.1f} us/get",
+        f"engine.submit(get)                   {engine_us:>7,.1f} us/get "
+        f"(+{engine_us - direct_us:,.1f} us)",
+        f"informational: fetchrow on an asyncpg pool (default reset) {pool_us:,.1f} us/get",
+    ]
+    outcomes.append(outcome)
+    return outcomes
+
+
 def redis_cache(plan: Plan) -> list[Outcome]:
     n, in_flight = plan.redis_sets, plan.in_flight
     runs = burst_runs(("direct", "pipelined", "engine"), n, in_flight) + steady_runs(
@@ -1367,9 +1430,30 @@ BENCHMARKS: dict[str, Callable[[Plan], list[Outcome]]] = {
     "B8": single_gets,
     "B9": middleware_passthrough,
     "B10": data_routes,
+    # Peers on Redis (benchmarks/peers/: its own command, its own private redis-server).
+    "B11": lambda plan: _peers("B11", plan),
+    "B12": lambda plan: _peers("B12", plan),
     "B13": shared_reads,
     "B14": fastapi_peer,
+    "B15": postgres_writes,
+    # Fair shares and limits (benchmarks/tenancy.py; imported when run: it imports this).
+    "B16": lambda plan: _tenancy("noisy_neighbour", plan),
+    "B17": lambda plan: _tenancy("limit_accuracy", plan),
+    "B18": lambda plan: _tenancy("fair_overhead", plan),
 }
+
+
+def _peers(name: str, plan: Plan) -> list[Outcome]:
+    from benchmarks.peers.suite import peers_outcomes
+
+    return peers_outcomes(name, plan)
+
+
+def _tenancy(runner: str, plan: Plan) -> list[Outcome]:
+    from benchmarks import tenancy
+
+    outcomes: list[Outcome] = getattr(tenancy, runner)(plan)
+    return outcomes
 
 
 # -- reporting -----------------------------------------------------------------------------

@@ -47,7 +47,11 @@ class TaskDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
 
 class WorkflowDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A named DAG of tasks with a priority (smaller = more urgent) and a concurrency cap."""
+    """A named DAG of tasks with a priority (smaller = more urgent) and a concurrency cap.
+
+    ``concurrency_key`` (``"context.<field>"``) with ``max_per_key`` caps the running runs
+    per value of that context field (see :mod:`wf78_core.core.concurrency_keys`).
+    """
 
     id: str
     name: str = ""
@@ -57,6 +61,8 @@ class WorkflowDefinition(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
     trigger: Trigger = "api"
     event: str | None = None
     schedule: str | float | None = None
+    concurrency_key: str | None = None
+    max_per_key: int | None = None
 
 
 class Operation(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

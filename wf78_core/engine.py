@@ -35,9 +35,12 @@ from wf78_core.core.agents import Agent
 from wf78_core.core.auth import TokenAuth
 from wf78_core.core.bus import EventBus
 from wf78_core.core.dispatch import Dispatcher
+from wf78_core.core.fairness import resolve_fair_by
+from wf78_core.core.history import History, SampleStore
 from wf78_core.core.inprocess import JOURNAL_HISTORY, InProcessBackend
 from wf78_core.core.introspect import engine_stats
 from wf78_core.core.lifecycle import Lifecycle, close_stack
+from wf78_core.core.limits import Limiter, LimitStore
 from wf78_core.core.ports import Backend
 from wf78_core.core.records import DeadLetter, Journal
 from wf78_core.core.runs import Run, RunStore
@@ -69,7 +72,7 @@ from wf78_core.plugin.manager import (
 )
 from wf78_core.plugin.spec import hookimpl
 
-__all__ = ["BACKENDS", "Engine"]
+__all__ = ["BACKENDS", "LIMIT_STORES", "Engine"]
 
 # An event's payload (``Engine.emit``).
 _Payload = Mapping[str, Any] | None
@@ -151,11 +154,33 @@ async def _close(adapter: DataSource) -> None:
         await adapter.close()
 
 
+def _sample_store(engine: Engine) -> Callable[[], SampleStore] | None:
+    """With the redis backend, every process's dashboard samples go to Redis too."""
+    if engine.settings.backend != "redis":
+        return None
+    samples: Any = import_module("wf78_core.cluster.samples")
+    factory: Callable[[], SampleStore] = samples.store_factory(engine.settings)
+    return factory
+
+
 #: seconds a source's close may take at shutdown
 CLOSE_TIMEOUT = 30.0
 
 #: ``[engine] backend`` -> how an engine builds it. Both satisfy :class:`Backend`.
 BACKENDS: dict[str, Callable[[Engine], Backend]] = {"memory": _in_process, "redis": _redis}
+
+
+def _redis_limits(engine: Engine) -> LimitStore:
+    cluster: Any = import_module("wf78_core.cluster.limits")
+    store: LimitStore = cluster.RedisLimitStore(engine.settings)
+    return store
+
+
+#: ``[engine] backend`` -> where ``[limits.<name>]`` are decided (None: in this process).
+LIMIT_STORES: dict[str, Callable[[Engine], LimitStore | None]] = {
+    "memory": lambda engine: None,
+    "redis": _redis_limits,
+}
 
 
 def _begin(engine: Engine) -> None:
@@ -202,7 +227,12 @@ class Engine:
         self.pm: pluggy.PluginManager = make_plugin_manager([*own, *plugins])
         self.workflows: dict[str, WorkflowDefinition] = {w.id: w for w in self.config.workflows}
         self.life = Lifecycle()
-        self.admission = Admission(self.settings)
+        owned = any(table.owner for table in self.config.tables.values())
+        self.admission = Admission(
+            self.settings, fair_by=resolve_fair_by(self.settings.fair_by, owned)
+        )
+        #: ``[limits.<name>]``, asked by the data routes (wf78_core.core.limits)
+        self.limits = Limiter(self.config.limits)
         self.scheduler = self.admission.scheduler
         self.counters = Counters()
         self.bus = EventBus(self.pm)
@@ -231,6 +261,8 @@ class Engine:
         if any(t.search_mirror or t.cache_mirror for t in self.config.tables.values()):
             self.mirrors = Relay(self)
         self.backend: Backend = BACKENDS[self.settings.backend](self)
+        #: the dashboard's per-second samples (wf78_core.core.history)
+        self.history = History(self.sources, self.stats, make_store=_sample_store(self))
         self._stack: AsyncExitStack | None = None
         self._started_at = time.monotonic()
         self.migrate = migrate  # start-up adds missing columns rather than refuse to start
@@ -300,10 +332,15 @@ class Engine:
             _hold_node_id(self.settings.node_id, stack)
             await self._open_sources(stack, factories)
             await self.backend.open(stack)
+            if self.limits:  # a store bound to this start's event loop
+                self.limits.store = store = LIMIT_STORES[self.settings.backend](self)
+                if store is not None:
+                    stack.push_async_callback(store.close)
             services = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(services.cancel_scope.cancel)
             await self.sources.serve(services)  # the sources' own loops, health checks
             await self.backend.start_services(services)
+            await services.start(self.history.run)  # a sample a second, for the dashboard
             if self.mirrors is not None:
                 await services.start(self.mirrors.run)
             # Work (runs and triggers) lives in its own group so it can drain first.
@@ -353,6 +390,7 @@ class Engine:
         self.bus.attach(None)
         self.backend.reset()
         self.sources.clear()
+        self.dispatcher.lanes.clear()  # they name this start's sources
         self.agents.clear()
 
     async def _drain(self) -> None:
@@ -540,7 +578,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """A snapshot of queues, limits, agents, sources and totals."""
-        return engine_stats(
+        stats = engine_stats(
             admission=self.admission,
             sources=self.sources,
             agents=self.agents,
@@ -548,4 +586,10 @@ class Engine:
             runs=self.backend.run_stats(),
             counters=self.counters,
             uptime=time.monotonic() - self._started_at if self.life.open else 0.0,
+        )
+        return msgspec.structs.replace(
+            stats,
+            fair_by=self.admission.fair_by,
+            queued_by_tenant=dict(sorted(self.scheduler.queued_by_tenant.items())),
+            limits=self.limits.stats(),
         )

@@ -17,6 +17,7 @@ __all__ = [
     "OperationError",
     "Overloaded",
     "Problem",
+    "RateLimited",
     "RowNotFound",
     "RunCancelled",
     "SourceUnavailable",
@@ -56,6 +57,31 @@ class Overloaded(Wf78Error):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(Wf78Error):
+    """A ``[limits.<name>]`` refused the request (HTTP 429): over its rate, or its
+    ``concurrent`` requests stayed in flight for longer than it waits. Retryable: trying
+    again after ``retry_after`` seconds can pass. ``limit`` names the limit; ``policy``
+    and ``remaining``/``reset`` describe it for the IETF ``RateLimit`` headers."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        retry_after: float,
+        policy: str = "",
+        state: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+        #: the ``RateLimit-Policy`` and ``RateLimit`` header values ("" when none)
+        self.policy = policy
+        self.state = state
 
 
 class BackendUnavailable(Wf78Error):

@@ -37,10 +37,12 @@ __all__ = [
     "BATCH",
     "CONCURRENCY_VARIABLE",
     "DATABASES",
+    "PORT_VARIABLE",
     "READY",
     "REDIS_HOST",
     "REDIS_PORT",
     "URL_VARIABLE",
+    "WINDOW",
     "Client",
     "Drive",
     "Measurement",
@@ -55,12 +57,18 @@ __all__ = [
 ]
 
 REDIS_HOST = "127.0.0.1"
-REDIS_PORT = 6379
+# The Redis every case uses: ``python -m benchmarks.peers`` starts a private redis-server on a
+# free port and names it here, so nobody else's load counts in its INFO figures.
+PORT_VARIABLE = "WF78_PEERS_REDIS_PORT"
+REDIS_PORT = int(os.environ.get(PORT_VARIABLE, "6379"))
 # The only logical databases a runner may empty (FLUSHDB): one per system, so systems never
 # share keys and db 0 (the test suite's, everyone's default) is never touched.
-DATABASES = {"wf78": 9, "saq": 10, "arq": 11, "taskiq": 12}
-# Tasks enqueued concurrently, each batch through one asyncio.gather: the same for every system.
+DATABASES = {"wf78": 9, "saq": 10, "arq": 11, "taskiq": 12, "wf78-dag": 13}
+# Tasks enqueued concurrently, each batch through one asyncio.gather (the check's batches).
 BATCH = 500
+# Enqueues in flight: a steady window, each slot enqueuing its next task as its last returns
+# (the shape of requests arriving one by one): the same for every system.
+WINDOW = 100
 # The peers' workers print this from their own start-up hook; wf78's worker logs "worker ready".
 READY = "peers-bench worker ready"
 # How a worker process learns its Redis URL (the peers' settings are module-level objects).
@@ -125,6 +133,9 @@ class Drive:
     client: Callable[[argparse.Namespace, Path], AbstractAsyncContextManager[Client]]
     # Distributions whose versions the result names.
     packages: Sequence[str] = ()
+    # Tasks each enqueued item runs (a workflow run of several tasks): the per-task
+    # figures and tasks/s count tasks, N items times this.
+    tasks_per_item: int = 1
 
 
 def environment(extra: Mapping[str, str]) -> dict[str, str]:
@@ -137,11 +148,13 @@ def environment(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def worker_processes(plan: WorkerPlan, count: int, folder: Path) -> Iterator[Callable[[], None]]:
+def worker_processes(
+    plan: WorkerPlan, count: int, folder: Path
+) -> Iterator[tuple[Callable[[], None], list[int]]]:
     """Start ``count`` worker processes, wait until each has printed its ready text on
     stderr, and stop them (SIGTERM, then SIGKILL) afterwards. Their output goes to files,
     never to pipes, so a worker never waits for its reader. Yields a check that raises when
-    a worker has exited."""
+    a worker has exited, and the workers' process ids (each leads its own session)."""
     processes: list[tuple[subprocess.Popen[bytes], Path]] = []
     env = environment(plan.environment)
     try:
@@ -182,7 +195,7 @@ def worker_processes(plan: WorkerPlan, count: int, folder: Path) -> Iterator[Cal
                 if trouble:
                     raise RuntimeError(f"worker {process.pid} logged: " + "\n".join(trouble[:5]))
 
-        yield alive
+        yield alive, [process.pid for process, _ in processes]
     finally:
         for process, _ in processes:
             _signal_group(process, signal.SIGTERM)
@@ -221,20 +234,84 @@ async def enqueue_in_batches(enqueue: Callable[[int], Awaitable[object]], total:
         await asyncio.gather(*(enqueue(i) for i in range(start, min(start + BATCH, total))))
 
 
+async def enqueue_steadily(
+    enqueue: Callable[[int], Awaitable[object]], total: int, window: int = WINDOW
+) -> None:
+    """``enqueue(i)`` for every ``i < total``, at most ``window`` in flight: each of
+    ``window`` senders enqueues its next task as soon as its last one returned."""
+    numbers = iter(range(total))
+
+    async def sender() -> None:
+        for index in numbers:
+            await enqueue(index)
+
+    await asyncio.gather(*(sender() for _ in range(min(window, total))))
+
+
+async def redis_info() -> dict[str, float]:
+    """What the Redis server has spent so far: CPU seconds (``used_cpu_sys +
+    used_cpu_user``), commands run (``INFO commandstats`` calls, those run by scripts
+    included), commands received from clients (``total_commands_processed``), reads from
+    client sockets (``total_reads_processed``: round trips, a pipeline being one) and bytes
+    in and out."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    try:
+        info = await client.info("all")
+    finally:
+        await client.aclose()
+    commands = sum(
+        float(value["calls"])
+        for name, value in info.items()
+        if name.startswith("cmdstat_") and isinstance(value, dict)
+    )
+    return {
+        "cpu_s": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+        "commands": commands,
+        "commands_processed": float(info["total_commands_processed"]),
+        "round_trips": float(info.get("total_reads_processed", 0)),
+        "bytes": float(info["total_net_input_bytes"]) + float(info["total_net_output_bytes"]),
+    }
+
+
+def session_cpu(sessions: Sequence[int]) -> float:
+    """CPU seconds (user + system) spent so far by every live process of these sessions
+    (each worker starts its own; taskiq's command forks its worker inside it)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    wanted = set(sessions)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state ppid pgrp session ... utime(12) stime(13)
+        if int(fields[3]) in wanted:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 async def wait_until(
     done: Callable[[], Awaitable[bool]], limit: float, alive: Callable[[], None]
-) -> None:
+) -> int:
     """Poll ``done()`` every few milliseconds until it is true or ``limit`` seconds have
-    passed; ``alive()`` (looked at once a second) raises when a worker has died."""
+    passed; ``alive()`` (looked at once a second) raises when a worker has died. Returns
+    how many polls it made (each one Redis command, taken off the per-task figures)."""
     deadline = time.monotonic() + limit
     next_look = 0.0
+    polls = 1
     while not await done():
+        polls += 1
         if time.monotonic() > next_look:
             alive()
             next_look = time.monotonic() + 1.0
         if time.monotonic() > deadline:
             raise TimeoutError(f"tasks not finished after {limit:.0f}s")
         await asyncio.sleep(POLL_SECONDS)
+    return polls
 
 
 async def flush_database(db: int) -> None:
@@ -256,24 +333,51 @@ async def measure(drive: Drive, args: argparse.Namespace) -> Measurement:
         with tempfile.TemporaryDirectory(prefix=f"peers-{drive.system}-") as name:
             folder = Path(name)
             plan = drive.worker(args, folder)
-            with worker_processes(plan, args.workers, folder) as alive:
+            with worker_processes(plan, args.workers, folder) as (alive, sessions):
                 async with drive.client(args, folder) as (enqueue, done, check):
+                    redis_before = await redis_info()
+                    workers_before = session_cpu(sessions)
+                    own_before = time.process_time()
                     began = time.perf_counter()
-                    await enqueue_in_batches(enqueue, args.n)
+                    if args.window:
+                        await enqueue_steadily(enqueue, args.n, args.window)
+                    else:
+                        await enqueue_in_batches(enqueue, args.n)
                     enqueued = time.perf_counter() - began
-                    await wait_until(done, args.timeout, alive)
+                    polls = await wait_until(done, args.timeout, alive)
                     seconds = time.perf_counter() - began
+                    own = time.process_time() - own_before
+                    workers = session_cpu(sessions) - workers_before
+                    redis_after = await redis_info()
                     checked: Measurement = await check()
                     alive()
     finally:
         await flush_database(args.db)
+    spent = {key: redis_after[key] - redis_before[key] for key in redis_before}
+    # The completion polls (one command each) are the benchmark's, not the system's.
+    for key in ("commands", "commands_processed", "round_trips"):
+        spent[key] = max(0.0, spent[key] - polls)
+    tasks = args.n * drive.tasks_per_item
+    per_task = {
+        "redis_cpu_us": spent["cpu_s"] * 1e6 / tasks,
+        "redis_commands": spent["commands"] / tasks,
+        "redis_commands_from_clients": spent["commands_processed"] / tasks,
+        "redis_round_trips": spent["round_trips"] / tasks,
+        "redis_bytes": spent["bytes"] / tasks,
+        "worker_cpu_us": workers * 1e6 / tasks,
+        "enqueuer_cpu_us": own * 1e6 / tasks,
+    }
     return {
         "system": drive.system,
         "n": args.n,
         "workers": args.workers,
         "seconds": seconds,
-        "tasks_per_s": args.n / seconds,
+        "tasks": tasks,
+        "tasks_per_s": tasks / seconds,
         "enqueue_seconds": enqueued,
+        "window": args.window,
+        "per_task": per_task,
+        "polls": polls,
         "checked": checked,
         "concurrency": args.concurrency,
         "versions": {name: _version(name) for name in (*drive.packages, "redis", "hiredis")},
@@ -295,6 +399,12 @@ def runner_main(drive: Drive, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--db", type=int, default=DATABASES[drive.system])
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to finish")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=WINDOW,
+        help=f"enqueues in flight, steadily (default {WINDOW}); 0: batches of {BATCH}",
+    )
     parser.add_argument(
         "--concurrency",
         type=int,

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from benchmarks.peers import wf78_noop
 from benchmarks.peers._common import (
-    BATCH,
     Client,
     Drive,
     Measurement,
@@ -35,9 +34,40 @@ from benchmarks.peers._common import (
 from wf78_core import Engine
 
 NAMESPACE = "bench"
+# Runs read back at once by the check afterwards.
+CHECKS = 50
 
 
-def write_config(folder: Path, db: int, *, consume: bool) -> Path:
+# The DAG case: a fan-out/fan-in workflow of 10 tasks, a root, 8 in parallel, a join.
+DAG_FANOUT = 8
+DAG_TASKS = DAG_FANOUT + 2
+
+
+def workflow_toml(dag: bool) -> str:
+    """The benchmark's workflow: ``noop`` (one task), or ``dag`` (:data:`DAG_TASKS` no-op
+    tasks: ``root``, ``f0``..``f7`` depending on it, ``join`` depending on all eight)."""
+    if not dag:
+        return """\
+[[workflows]]
+id = "noop"
+max_concurrent = 1000000
+
+[[workflows.tasks]]
+id = "noop"
+action = "noop"
+"""
+    fan = [f"f{i}" for i in range(DAG_FANOUT)]
+    tasks = ['[[workflows.tasks]]\nid = "root"\naction = "noop"\n']
+    tasks += [
+        f'[[workflows.tasks]]\nid = "{name}"\naction = "noop"\ndepends_on = ["root"]\n'
+        for name in fan
+    ]
+    joined = ", ".join(f'"{name}"' for name in fan)
+    tasks.append(f'[[workflows.tasks]]\nid = "join"\naction = "noop"\ndepends_on = [{joined}]\n')
+    return '[[workflows]]\nid = "dag"\nmax_concurrent = 1000000\n\n' + "\n".join(tasks)
+
+
+def write_config(folder: Path, db: int, *, consume: bool, dag: bool = False) -> Path:
     path = folder / ("wf78-worker.toml" if consume else "wf78-enqueue.toml")
     path.write_text(
         f"""\
@@ -48,21 +78,14 @@ backend_namespace = "{NAMESPACE}"
 journal = "off"
 consume = {"true" if consume else "false"}
 
-[[workflows]]
-id = "noop"
-max_concurrent = 1000000
-
-[[workflows.tasks]]
-id = "noop"
-action = "noop"
-""",
+{workflow_toml(dag)}""",
         encoding="utf-8",
     )
     return path
 
 
-def worker(args: argparse.Namespace, folder: Path) -> WorkerPlan:
-    config = write_config(folder, args.db, consume=True)
+def worker(args: argparse.Namespace, folder: Path, *, dag: bool = False) -> WorkerPlan:
+    config = write_config(folder, args.db, consume=True, dag=dag)
     return WorkerPlan(
         [
             sys.executable,
@@ -79,13 +102,16 @@ def worker(args: argparse.Namespace, folder: Path) -> WorkerPlan:
 
 
 @asynccontextmanager
-async def client(args: argparse.Namespace, folder: Path) -> AsyncIterator[Client]:
-    config = write_config(folder, args.db, consume=False)
+async def client(
+    args: argparse.Namespace, folder: Path, *, dag: bool = False
+) -> AsyncIterator[Client]:
+    config = write_config(folder, args.db, consume=False, dag=dag)
+    workflow = "dag" if dag else "noop"
     run_ids: list[str] = []
     async with Engine(config, plugins=[wf78_noop]) as engine:
 
         async def enqueue(index: int) -> object:
-            run = await engine.run("noop", wait=False)
+            run = await engine.run(workflow, wait=False)
             run_ids.append(run.id)
             return run
 
@@ -94,16 +120,27 @@ async def client(args: argparse.Namespace, folder: Path) -> AsyncIterator[Client
 
         async def check() -> Measurement:
             statuses: dict[str, int] = {}
-            for start in range(0, len(run_ids), BATCH):
+            tasks_done = 0
+            # A few at a time (never timed): a loaded machine answers late, not wrongly.
+            for start in range(0, len(run_ids), CHECKS):
                 runs = await asyncio.gather(
-                    *(engine.fetch_run(run_id) for run_id in run_ids[start : start + BATCH])
+                    *(engine.fetch_run(run_id) for run_id in run_ids[start : start + CHECKS])
                 )
                 for run in runs:
                     statuses[run.status] = statuses.get(run.status, 0) + 1
+                    tasks_done += sum(t.state == "succeeded" for t in run.tasks.values())
             finished = await engine.backend.finished_runs()  # type: ignore[attr-defined]
-            if statuses.get("succeeded", 0) != args.n or finished != args.n:
-                raise RuntimeError(f"wf78 runs {statuses}, runs_finished {finished}")
-            return {"succeeded": statuses["succeeded"], "runs_finished": finished}
+            tasks = args.n * (DAG_TASKS if dag else 1)
+            if statuses.get("succeeded", 0) != args.n or finished != args.n or tasks_done != tasks:
+                raise RuntimeError(
+                    f"wf78 runs {statuses}, runs_finished {finished}, tasks succeeded "
+                    f"{tasks_done} of {tasks}"
+                )
+            return {
+                "succeeded": statuses["succeeded"],
+                "runs_finished": finished,
+                "tasks_succeeded": tasks_done,
+            }
 
         yield enqueue, done, check
 

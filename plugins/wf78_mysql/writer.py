@@ -1,7 +1,9 @@
 """MySQL's group-commit writer: the shared loop (:mod:`wf78_sql.writer`) on one pooled connection.
 
-The writer keeps one connection from the pool, in autocommit-off mode, and applies each batch
-in one transaction on it. Identical single-row INSERTs go out as one multi-row
+The writer keeps one connection from the pool, in autocommit mode, and applies each batch in
+one explicit transaction on it (``START TRANSACTION`` ... ``COMMIT``); a lone single-row write
+with nothing to run after it goes out alone, committed by the server as it runs (one round
+trip instead of three). Identical single-row INSERTs go out as one multi-row
 ``INSERT ... VALUES (...), (...)`` (what aiomysql's ``executemany`` sends, built here more
 cheaply, chunked under ``max_statement`` bytes). A connection lost mid-batch fails every write of the batch as
 retryable and is closed, never returned to the pool: the server rolls back what it never
@@ -11,6 +13,9 @@ saw committed, so nothing of the batch stays.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiomysql.cursors import RE_INSERT_VALUES
@@ -25,6 +30,11 @@ from .errors import CommitUnknown, aborts_transaction, is_connection_lost, map_e
 
 __all__ = ["MySQLWriter"]
 
+# A write without a transaction goes out only on a connection that answered this recently
+# (seconds): under load, every write; after a pause, START TRANSACTION goes first, where a
+# connection the server dropped meanwhile is found (and replaced) before any write is sent.
+_FRESH_SECONDS = 0.01
+
 
 class MySQLWriter(GroupCommitWriter):
     """Batches writes on a connection of ``pool``.
@@ -35,6 +45,7 @@ class MySQLWriter(GroupCommitWriter):
 
     begin_sql = "START TRANSACTION"
     savepoint = "wf78_write"  # WRITE is a reserved word in MySQL
+    autocommits = True
 
     def __init__(
         self,
@@ -49,6 +60,7 @@ class MySQLWriter(GroupCommitWriter):
         self.pool = pool
         self.max_statement = max_statement
         self.connection: Any = None
+        self._used_at = 0.0
         self.discarded = 0
         self.multi_row_inserts = 0
 
@@ -123,7 +135,7 @@ class MySQLWriter(GroupCommitWriter):
             self.connection = connection
             try:
                 await prepare(connection)
-                await connection.autocommit(False)
+                await connection.autocommit(True)
             except Exception:
                 self._drop(counted=True)
                 raise
@@ -139,9 +151,31 @@ class MySQLWriter(GroupCommitWriter):
         if counted:
             self.discarded += 1
 
-    async def _sql(self, sql: str) -> None:
+    def _may_autocommit(self) -> bool:
+        connection = self.connection
+        return (
+            connection is not None
+            and not connection.closed
+            and time.monotonic() - self._used_at < _FRESH_SECONDS
+        )
+
+    def _one_statement(self, sql: str, rows: list[Params]) -> Callable[[], Awaitable[Any]] | None:
+        match = RE_INSERT_VALUES.match(sql)
+        if match is None or not _plain_rows(match.group(2).rstrip(), rows):
+            return None
+        statements = self._multi_row(match, rows)
+        if len(statements) != 1:
+            return None  # several statements would not be one atomic step
+        return partial(self._insert_alone, statements[0])
+
+    async def _insert_alone(self, statement: bytes) -> None:
+        await self._sql(statement)
+        self.multi_row_inserts += 1
+
+    async def _sql(self, sql: str | bytes) -> None:
         async with self.connection.cursor() as cursor:
             await cursor.execute(sql)
+        self._used_at = time.monotonic()
 
     async def _execute(self, sql: str, params: Params) -> list[dict[str, Any]] | int:
         async with self.connection.cursor() as cursor:
@@ -151,7 +185,8 @@ class MySQLWriter(GroupCommitWriter):
                 rows = await cursor.fetchall()
                 return [dict(zip(names, row, strict=True)) for row in rows]
             changed: int = cursor.rowcount
-            return changed
+        self._used_at = time.monotonic()
+        return changed
 
     async def _executemany(self, sql: str, rows: list[Params]) -> int:
         async with self.connection.cursor() as cursor:
@@ -168,9 +203,16 @@ class MySQLWriter(GroupCommitWriter):
 
     async def _insert_rows(self, cursor: Any, match: re.Match[str], rows: list[Params]) -> int:
         """What aiomysql's ``executemany`` sends for ``INSERT ... VALUES (%s, ...)``, built
-        cheaper: every value escaped in one pass (strings, ints and None as pymysql escapes
-        them, the rest by the connection), one ``%`` per statement; statements chunked under
-        ``max_statement`` bytes like aiomysql's."""
+        cheaper (see :meth:`_multi_row`)."""
+        changed = 0
+        for statement in self._multi_row(match, rows):
+            changed += await cursor.execute(statement)
+        return changed
+
+    def _multi_row(self, match: re.Match[str], rows: list[Params]) -> list[bytes]:
+        """``rows`` as multi-row INSERTs: every value escaped in one pass (strings, ints and
+        None as pymysql escapes them, the rest by the connection), one ``%`` per statement;
+        statements chunked under ``max_statement`` bytes like aiomysql's."""
         connection = self.connection
         encoding = connection.encoding
         prefix = (match.group(1) % ()).encode(encoding)
@@ -193,11 +235,10 @@ class MySQLWriter(GroupCommitWriter):
             ]
         body = (",".join([values] * len(rows)) % tuple(escaped)).encode(encoding, "surrogateescape")
         if len(prefix) + len(body) + len(postfix) <= self.max_statement:
-            changed: int = await cursor.execute(prefix + body + postfix)
-            return changed
+            return [prefix + body + postfix]
         # Too long for one statement: one per chunk of rows, each under max_statement.
         width = len(rows[0])
-        changed = 0
+        statements: list[bytes] = []
         chunk = bytearray(prefix)
         for start in range(0, len(escaped), width):
             row = (values % tuple(escaped[start : start + width])).encode(
@@ -206,13 +247,13 @@ class MySQLWriter(GroupCommitWriter):
             if len(chunk) > len(prefix) and (
                 len(chunk) + len(row) + len(postfix) + 1 > self.max_statement
             ):
-                changed += await cursor.execute(chunk + postfix)
+                statements.append(bytes(chunk + postfix))
                 chunk = bytearray(prefix)
             elif len(chunk) > len(prefix):
                 chunk += b","
             chunk += row
-        changed += await cursor.execute(chunk + postfix)
-        return changed
+        statements.append(bytes(chunk + postfix))
+        return statements
 
 
 def _plain_rows(values: str, rows: list[Params]) -> bool:

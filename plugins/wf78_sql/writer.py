@@ -3,11 +3,16 @@
 Callers add a :class:`Write` to the open batch (at most ``max_batch`` writes; at most
 ``queue_size`` writes wait in all, beyond that callers wait for room) and wait on that
 batch's one event: a write costs no event or stream hand-off of its own. The loop takes
-the oldest batch and applies it in one transaction while the next one fills. Each write runs under a SAVEPOINT, so a bad one is rolled back
-alone and only its caller gets the error; identical INSERTs run as one ``executemany``
-(one multi-row INSERT where the driver builds one) and fall back to one savepoint per
-write when that fails. Subclasses supply the driver: how to run a statement, how to map
-its errors, and which errors end the whole transaction.
+the oldest batch and applies it in one transaction while the next one fills. At low load
+(the last batch held one write, nothing queued, nothing committing) a caller commits its own
+write instead of handing it to the loop. A batch that is one group of identical INSERTs
+runs as one ``executemany`` (one multi-row INSERT where the driver builds one; where the
+connection autocommits, that one statement alone, without BEGIN and COMMIT); otherwise each
+write runs under a SAVEPOINT, so a bad one is rolled back alone and only its caller gets
+the error, and a group that failed is applied write by write to find the bad one. A lone
+single-row write needs no savepoint, nor, where the connection autocommits, a transaction.
+Subclasses supply the driver: how to run a statement, how to map its errors, and which
+errors end the whole transaction.
 """
 
 from __future__ import annotations
@@ -81,6 +86,12 @@ class _Batch:
         self.done = asyncio.Event()
 
 
+async def _valued(run: Callable[[], Awaitable[Any]], value: Any) -> Any:
+    """``run()``, then ``value``: a write's result is what it was given (its rows' ids)."""
+    await run()
+    return value
+
+
 class WriteFailed(Exception):
     """A write failed inside its savepoint and was rolled back; the transaction lives on."""
 
@@ -101,7 +112,8 @@ class GroupCommitWriter(ABC):
     begin_sql = "BEGIN"
     savepoint = "write"
     # True where the connection commits each statement outside a transaction (SQLite's
-    # isolation_level None): a lone single-statement write then runs without BEGIN/COMMIT.
+    # isolation_level None, MySQL's autocommit): a lone single-statement write then runs
+    # without BEGIN/COMMIT.
     autocommits = False
 
     def __init__(self, *, source: str, max_batch: int, queue_size: int) -> None:
@@ -117,6 +129,8 @@ class GroupCommitWriter(ABC):
         self._queued = 0
         self._wake = anyio.Event()
         self._room: anyio.Event | None = None
+        # The last batch held one write: load is low, a caller may commit its own write.
+        self._alone = True
 
     # -- the driver ---------------------------------------------------------------------
 
@@ -131,6 +145,22 @@ class GroupCommitWriter(ABC):
     @abstractmethod
     async def _executemany(self, sql: str, rows: list[Params]) -> int:
         """Run one statement for many parameter sets; the rows changed."""
+
+    def _may_autocommit(self) -> bool:
+        """Whether a write may run now without BEGIN (``autocommits`` says whether it ever
+        may); a driver that checks its connection at BEGIN can say no when it is stale."""
+        return self.autocommits
+
+    def _one_statement(self, sql: str, rows: list[Params]) -> Callable[[], Awaitable[Any]] | None:
+        """``rows`` of the INSERT ``sql`` as one multi-row statement, to run alone where the
+        connection autocommits (one statement is atomic: every row or none, in one round
+        trip); None when the driver cannot build one (then BEGIN, executemany, COMMIT)."""
+        return None
+
+    async def _run(self, sql: str, params: Params) -> None:
+        """Run one statement whose outcome nobody reads (an INSERT of a known id, an outbox
+        row): a driver may save a round trip over :meth:`_execute`."""
+        await self._execute(sql, params)
 
     @abstractmethod
     async def _close_connection(self) -> None: ...
@@ -169,7 +199,10 @@ class GroupCommitWriter(ABC):
 
         A caller cancelled while waiting leaves its write queued: it may still commit.
         """
-        if not self._running:
+        if not self._running or (self._alone and not self._batches and not self._lock.locked()):
+            # No loop, or low load with nothing queued and nothing committing: the caller
+            # commits its write itself (two hand-offs to the loop's task fewer). Writes that
+            # come meanwhile queue for the loop, so the next batch holds them all.
             async with self._lock:
                 with anyio.CancelScope(shield=True):
                     await self._commit([write])
@@ -213,6 +246,7 @@ class GroupCommitWriter(ABC):
                 with anyio.CancelScope(shield=True):
                     async with self._lock:
                         await self._commit(batch.writes)
+                self._alone = len(batch.writes) == 1
                 batch.done.set()
         finally:
             self._running = False
@@ -268,15 +302,22 @@ class GroupCommitWriter(ABC):
         savepoint is needed (two round trips fewer), and a single-row statement with nothing
         to run after it needs no transaction at all where the connection autocommits."""
         self.writes += 1
-        alone = (
-            self.autocommits
-            and write.then is None
+        apply: Callable[[], Awaitable[Any]] = partial(self._apply, write)
+        alone = False
+        if (
+            write.then is None
             and write.record is None
             and len(write.statements) == 1
-            and len(write.statements[0][1]) == 1
-        )
+            and self._may_autocommit()
+        ):
+            sql, rows = write.statements[0]
+            alone = len(rows) == 1
+            if not alone and not write.counts:  # add_many: its rows as one statement
+                single = self._one_statement(sql, rows)
+                if single is not None:
+                    apply, alone = partial(_valued, single, write.value), True
         try:
-            result = await self._unsaved([write], partial(self._apply, write), alone=alone)
+            result = await self._unsaved([write], apply, alone=alone)
         except WriteFailed as failed:
             write.error = self.map_error(failed.error)  # the write's own failure
             return
@@ -289,8 +330,14 @@ class GroupCommitWriter(ABC):
         when every write has its result or the batch's error."""
         sql = group[0].statements[0][0]
         rows = [params for write in group for params in write.statements[0][1]]
+        single = None
+        if all(write.then is None for write in group) and self._may_autocommit():
+            single = self._one_statement(sql, rows)  # the batch as one self-committing INSERT
         try:
-            done = await self._unsaved(group, partial(self._apply_together, sql, rows, group))
+            if single is not None:
+                done = await self._unsaved(group, single, alone=True)
+            else:
+                done = await self._unsaved(group, partial(self._apply_together, sql, rows, group))
         except WriteFailed:
             self.fallbacks += 1
             return False
@@ -364,6 +411,9 @@ class GroupCommitWriter(ABC):
             if len(rows) != 1:
                 count += await self._executemany(sql, rows)
                 continue
+            if not write.counts and write.record is None:
+                await self._run(sql, rows[0])  # its result is its value: nothing to read back
+                continue
             outcome = await self._execute(sql, rows[0])
             if isinstance(outcome, list):
                 if write.record is not None:
@@ -373,7 +423,7 @@ class GroupCommitWriter(ABC):
         if write.then is not None and (count or not write.counts):
             then_sql, then_rows = write.then
             if len(then_rows) == 1:
-                await self._execute(then_sql, then_rows[0])
+                await self._run(then_sql, then_rows[0])
             else:
                 await self._executemany(then_sql, then_rows)
         result = count if write.counts else write.value

@@ -395,6 +395,43 @@ async def test_identical_inserts_share_one_executemany(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_batch_of_identical_inserts_is_one_statement_that_commits_itself(
+    tmp_path: Path,
+) -> None:
+    """The connection autocommits, and one INSERT of many rows is atomic on its own: a batch
+    of identical INSERTs is one statement, without BEGIN or COMMIT (one trip to the thread)."""
+    statements: list[str] = []
+    async with aiosqlite.connect(tmp_path / "w.db", isolation_level=None) as connection:
+        await connection.execute_fetchall("CREATE TABLE t (id TEXT PRIMARY KEY, n INT)")
+        await connection.set_trace_callback(statements.append)
+        writer = GroupCommitWriter(connection, source="db", max_batch=1000, queue_size=1000)
+        results: list[Any] = []
+
+        async def add(index: int) -> None:
+            sql = "INSERT INTO t (id, n) VALUES (?, ?)"
+            results.append(
+                await writer.submit(
+                    Write([(sql, [[f"r{index}", index]])], value=index, groupable=True)
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(writer.run)
+            async with anyio.create_task_group() as callers:
+                for index in range(50):
+                    callers.start_soon(add, index)
+            tg.cancel_scope.cancel()
+        await connection.set_trace_callback(None)  # type: ignore[arg-type]  # None removes it
+        rows = await connection.execute_fetchall("SELECT id, n FROM t ORDER BY n")
+    assert sorted(results) == list(range(50))  # each caller gets its own write's value
+    assert [tuple(row) for row in rows] == [(f"r{index}", index) for index in range(50)]
+    inserts = [sql for sql in statements if sql.startswith("INSERT")]
+    assert not [sql for sql in statements if sql.startswith(("BEGIN", "COMMIT", "SAVEPOINT"))]
+    assert len(inserts) == writer.transactions < 50  # several rows per statement
+    assert sum(sql.count("),(") + 1 for sql in inserts) == 50
+
+
+@pytest.mark.anyio
 async def test_max_batch_bounds_each_transaction(tmp_path: Path) -> None:
     async with running(tmp_path, max_batch=10) as source:
         async with anyio.create_task_group() as tg:

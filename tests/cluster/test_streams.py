@@ -30,7 +30,7 @@ from wf78_core import (
 )
 from wf78_core.cli import main
 from wf78_core.cluster.backend import RedisBackend
-from wf78_core.cluster.streams import RedisStreams
+from wf78_core.cluster.streams import Completion, RedisStreams, encode_result
 from wf78_core.config import EngineSettings
 
 pytestmark = pytest.mark.anyio
@@ -314,6 +314,39 @@ async def test_a_dead_workers_task_is_taken_over(namespace: str, probe: Probe) -
             run = await settled(rescuer, started.id)
             assert run.tasks["a"].attempts == 2  # the ghost's delivery and the rescue
             assert rescuer.backend.reclaimed >= 1  # type: ignore[attr-defined]
+
+
+async def test_a_worker_killed_mid_batch_loses_nothing(namespace: str, probe: Probe) -> None:
+    """A worker takes a batch, reports part of it (one grouped COMPLETE) and dies: every
+    entry it still held is taken over and run by another; none is lost or run twice."""
+    flow = workflow("one", task("a"), max_concurrent=100)
+    settings = config(namespace, flow)
+    async with Engine(settings, plugins=[probe]) as engine:
+        assert engine.worker is not None
+        engine.worker.stop()  # this engine's own worker takes nothing new
+        await anyio.sleep(0.05)
+        ids = [(await engine.run("one", {"label": f"r{i}"}, wait=False)).id for i in range(20)]
+        ghost = RedisStreams(engine.settings, engine.config.workflows)
+        async with anyio.create_task_group() as group:
+            await group.start(ghost.run)
+            taken = await ghost.take(["*"], 50)
+            assert sorted(t.run_id for t in taken) == sorted(ids)  # one batch, all of them
+            done = Completion(outcome="succeeded", result=encode_result("ghost"))
+            async with anyio.create_task_group() as reports:  # grouped into one call
+                for one in taken[:5]:
+                    reports.start_soon(ghost.complete, one, done)
+            group.cancel_scope.cancel()  # dies holding the other 15, no heartbeat left
+    async with Engine(settings, plugins=[probe]) as rescuer:
+        runs = {run_id: await settled(rescuer, run_id) for run_id in ids}
+    reported = {t.run_id for t in taken[:5]}
+    assert {run.status for run in runs.values()} == {"succeeded"}
+    assert {i for i, run in runs.items() if run.results["a"] == "ghost"} == reported
+    assert all(runs[i].tasks["a"].attempts == 1 for i in reported)
+    assert all(runs[i].tasks["a"].attempts == 2 for i in set(ids) - reported)
+    # The rescuer ran exactly the 15 the ghost held, each once.
+    assert sorted(label for label, _ in probe.calls) == sorted(
+        runs[i].context["label"] for i in set(ids) - reported
+    )
 
 
 async def test_an_entry_delivered_too_often_is_a_poison_dead_letter(

@@ -28,6 +28,7 @@ from asgi_lifespan import LifespanManager
 from osmem_server import OsmemServer
 from starlette.applications import Starlette
 
+from tests import pgutil
 from tests.esutil import JsonNode
 from wf78_core import Engine, Identity, Operation, Table
 from wf78_core.config import TableConfig
@@ -55,6 +56,7 @@ from wf78_core.ids import snowflake_id
 from wf78_core.plugin.datasource import SourceSpec, TableSchema
 from wf78_elasticsearch import ElasticsearchSource
 from wf78_mysql import MySQLSource
+from wf78_postgres import PostgresSource
 from wf78_redis import RedisSource
 from wf78_sql import SqlSource
 from wf78_sqlite import SQLiteSource
@@ -227,8 +229,17 @@ async def sql_source(kind: str, tmp_path: Path) -> AsyncIterator[Sql]:
     suffix = uuid4().hex[:8]
     table = f"t_{suffix}_items"
     tables = {table: TableSchema.from_config(table, ITEMS)}
-    source: SQLiteSource | MySQLSource
-    if kind == "sqlite":
+    source: SQLiteSource | MySQLSource | PostgresSource
+    if kind == "postgres":
+        spec = SourceSpec(
+            name="db",
+            type="postgres",
+            url=pgutil.PG_URL,
+            options=PostgresSource.Options(maxsize=4),
+            tables=tables,
+        )
+        source = PostgresSource(spec)
+    elif kind == "sqlite":
         options: Any = SQLiteSource.Options()
         spec = SourceSpec(
             name="db",
@@ -245,6 +256,8 @@ async def sql_source(kind: str, tmp_path: Path) -> AsyncIterator[Sql]:
     source.idempotency_table = f"t_{suffix}_keys"
     await source.open()
     try:
+        if isinstance(source, PostgresSource):
+            await source.ensure_tables()
         async with anyio.create_task_group() as tg:
             await tg.start(source.run)
             yield Sql(source, table)
@@ -253,9 +266,11 @@ async def sql_source(kind: str, tmp_path: Path) -> AsyncIterator[Sql]:
         await source.close()
         if kind == "mysql":
             _drop_mysql_tables(table, source.idempotency_table)
+        if kind == "postgres":
+            pgutil.drop_tables(table, source.idempotency_table)
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "mysql", "postgres"])
 async def sql(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sql]:
     async with sql_source(request.param, tmp_path) as made:
         yield made
@@ -943,6 +958,8 @@ async def serving_on(source: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncCl
         db = {"type": "sqlite", "url": f"sqlite:///{tmp_path}/routes.db"}
     elif source == "mysql":
         db = {"type": "mysql", "url": MYSQL_URL, "create_tables": True}
+    elif source == "postgres":
+        db = {"type": "postgres", "url": pgutil.PG_URL, "maxsize": 4}
     else:
         db = {"type": "redis", "url": REDIS_URL, "key_prefix": f"wf78test-{suffix}"}
     table = f"t_{suffix}_items"
@@ -962,7 +979,7 @@ async def serving_on(source: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncCl
     app = Wf78Middleware(Starlette(), engine=Engine(config))
     try:
         async with LifespanManager(app) as manager:
-            if source == "mysql":  # a key table of its own: the database outlives the test
+            if source in ("mysql", "postgres"):  # a key table of its own: the database lives on
                 found = app.engine.sources.get("db")
                 assert found is not None
                 found.adapter.idempotency_table = f"t_{suffix}_keys"
@@ -974,6 +991,8 @@ async def serving_on(source: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncCl
     finally:
         if source == "mysql":
             _drop_mysql_tables(table, f"t_{suffix}_keys")
+        if source == "postgres":
+            pgutil.drop_tables(table, f"t_{suffix}_keys")
         if source == "redis":
             client = redis.asyncio.Redis.from_url(REDIS_URL)
             try:
@@ -1019,7 +1038,7 @@ def _filled(value: Any, names: dict[str, str]) -> Any:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("source", ["sqlite", "mysql", "redis"])
+@pytest.mark.parametrize("source", ["sqlite", "mysql", "postgres", "redis"])
 @pytest.mark.parametrize("method", list(WRITES))
 async def test_the_same_key_with_another_body_is_422_and_writes_nothing(
     source: str, method: str, tmp_path: Path

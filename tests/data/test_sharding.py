@@ -15,6 +15,7 @@ from uuid import uuid4
 import pymysql
 import pytest
 
+from tests import pgutil
 from wf78_core import ConfigError, Engine, Identity, InvalidOperation, Operation, Table
 from wf78_core.config import MAINTENANCE_WORKFLOW, parse_config, with_maintenance
 from wf78_core.data import sharding as sharding_module
@@ -181,6 +182,8 @@ class Setup:
     def config(self, **source_options: Any) -> dict[str, Any]:
         if self.backend == "sqlite":
             source: dict[str, Any] = {"type": "sqlite", "url": f"sqlite:///{self.path}"}
+        elif self.backend == "postgres":
+            source = {"type": "postgres", "url": pgutil.PG_URL, "maxsize": 4}
         else:
             source = {"type": "mysql", "url": MYSQL_URL, "maxsize": 4}
         source.update(source_options)
@@ -209,6 +212,14 @@ class Setup:
             with sqlite3.connect(self.path) as connection:
                 rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 return sorted(row[0] for row in rows if row[0].startswith(self.prefix))
+        if self.backend == "postgres":
+            # The tables holding rows: plain ones and partitions (not a partitioned parent).
+            found = pgutil.fetch(
+                "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE $1 "
+                "AND relnamespace = current_schema()::regnamespace",
+                self.prefix.replace("_", "\\_") + "%",
+            )
+            return sorted(str(row[0]) for row in found)
         connection = pymysql.connect(**MYSQL)
         try:
             with connection.cursor() as cursor:
@@ -227,7 +238,11 @@ class Setup:
 
     def execute(self, *statements: str) -> None:
         """Raw SQL on the database, outside wf78 (``{q}`` quotes identifiers)."""
-        quote = '"' if self.backend == "sqlite" else "`"
+        quote = "`" if self.backend == "mysql" else '"'
+        if self.backend == "postgres":
+            for sql in statements:
+                pgutil.fetch(sql.replace("{q}", quote))
+            return
         if self.backend == "sqlite":
             with sqlite3.connect(self.path) as lite:
                 for sql in statements:
@@ -242,10 +257,12 @@ class Setup:
             connection.close()
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "mysql", "postgres"])
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     made = Setup(request.param, f"s{uuid4().hex[:8]}_", tmp_path / "shards.db")
     yield made
+    if made.backend == "postgres":
+        pgutil.drop_like(made.prefix)
     if made.backend == "mysql":
         connection = pymysql.connect(**MYSQL)
         try:
@@ -502,8 +519,8 @@ async def test_a_table_lacking_a_declared_column_stops_the_start_until_migrated(
     setup: Setup, clock: Clock
 ) -> None:
     # Made by an older declaration: the plain table without "message", a shard without "n".
-    datetime_type = "TEXT" if setup.backend == "sqlite" else "DATETIME(6)"
-    key = "TEXT" if setup.backend == "sqlite" else "VARCHAR(64)"
+    datetime_type = {"sqlite": "TEXT", "postgres": "TIMESTAMP"}.get(setup.backend, "DATETIME(6)")
+    key = {"sqlite": "TEXT", "postgres": "VARCHAR(255)"}.get(setup.backend, "VARCHAR(64)")
     shard = f"{setup.logs}_20250130"
     setup.execute(
         f"CREATE TABLE {{q}}{setup.plain}{{q}} "

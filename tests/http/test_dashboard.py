@@ -253,9 +253,14 @@ def background_traffic(base: str) -> Iterator[None]:
         with httpx.Client(base_url=base, headers=headers, timeout=10.0) as client:
             number = 0
             while not stop.is_set():
-                client.post("/api/demo/Items/mAdd", json={"pars": [f"bg{number}", number]})
-                if number % 25 == 0:
-                    client.post("/_wf78/runs", json={"workflow": "audit"})
+                try:
+                    client.post("/api/demo/Items/mAdd", json={"pars": [f"bg{number}", number]})
+                    if number % 25 == 0:
+                        client.post("/_wf78/runs", json={"workflow": "audit"})
+                except httpx.TimeoutException:
+                    # Only decoration for the charts: a request slowed past the client's
+                    # timeout on a crowded machine must not fail the test from this thread.
+                    pass
                 number += 1
                 stop.wait(0.005)
 

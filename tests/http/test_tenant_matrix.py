@@ -43,6 +43,7 @@ from elasticsearch import AsyncElasticsearch, NotFoundError
 from osmem_server import OsmemServer
 from starlette.applications import Starlette
 
+from tests import pgutil
 from tests.esutil import JsonNode
 from wf78_core import Engine, IdempotencyConflict, Identity, InvalidOperation, Table
 from wf78_core.http.context import RequestClient
@@ -56,7 +57,7 @@ MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
 NODE_CLASS = f"{JsonNode.__module__}.{JsonNode.__qualname__}"
 ROUTE = "api/sec"
 OWNERS = ("cid", "uid")
-SOURCES = ("sqlite", "mysql")
+SOURCES = ("sqlite", "mysql", "postgres")
 
 B_CID = "globex-" + "0" * 57  # 64 characters: all the MySQL owner column holds
 B_UID = "u-bob"
@@ -134,6 +135,8 @@ class World:
     def config(self) -> dict[str, Any]:
         if self.source == "sqlite":
             db: dict[str, Any] = {"type": "sqlite", "url": f"sqlite:///{self.path}"}
+        elif self.source == "postgres":
+            db = {"type": "postgres", "url": pgutil.PG_URL, "maxsize": 4}
         else:
             db = {"type": "mysql", "url": MYSQL_URL, "create_tables": True, "maxsize": 4}
         datasources: dict[str, Any] = {"db": db}
@@ -176,6 +179,8 @@ class World:
                 names = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]
                 listed = ", ".join(f'CAST("{name}" AS BLOB)' for name in names)
                 found = connection.execute(f'SELECT {listed} FROM "{table}" ORDER BY 1').fetchall()
+        elif self.source == "postgres":
+            names, found = pgutil.rows_as_bytes(table)
         else:
             connection = pymysql.connect(**MYSQL)
             try:
@@ -191,6 +196,8 @@ class World:
         return [tuple(zip(names, row, strict=True)) for row in as_bytes]
 
     def drop(self) -> None:
+        if self.source == "postgres":
+            pgutil.drop_tables(*self.tables().values(), f"{self.prefix}outbox")
         if self.source != "mysql":
             return
         connection = pymysql.connect(**MYSQL)

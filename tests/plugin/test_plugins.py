@@ -443,6 +443,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # type -> (the package that registers it, the factory it names, its driver, the extra)
 DRIVERS = {
     "mysql": ("wf78_mysql", "MySQLSource", "aiomysql", "mysql"),
+    "postgres": ("wf78_postgres", "PostgresSource", "asyncpg", "postgres"),
     "redis": ("wf78_redis", "RedisSource", "redis", "redis"),
     "elasticsearch": (
         "wf78_elasticsearch",

@@ -167,6 +167,13 @@ def _add_serve(commands: _Commands) -> None:
         choices=("critical", "error", "warning", "info", "debug", "trace"),
         help="uvicorn's log level (default: info)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="json: one JSON object per line on stderr, wf78's records with run_id, task_id, "
+        "workflow, data_source, tenant and the trace and span ids (default: text, uvicorn's)",
+    )
     add_plugin_option(parser)
     parser.set_defaults(handler=serve_command)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from typing import Any
 
 from wf78_core.cli.common import UsageError, config_path, plugin_modules
 from wf78_core.cli.server import check_port, run_server, url_host
+from wf78_core.core.logcontext import ContextFilter, JsonFormatter
 from wf78_core.engine import Engine
 from wf78_core.errors import Wf78Error
 from wf78_core.http.middleware import Wf78Middleware
@@ -29,10 +31,12 @@ __all__ = [
     "FACTORY_ENV",
     "PLUGINS_ENV",
     "TARGET_ENV",
+    "JsonAccessFormatter",
     "TargetError",
     "app_factory",
     "build_app",
     "import_target",
+    "logging_options",
     "serve_command",
 ]
 
@@ -117,6 +121,52 @@ def app_factory() -> Wf78Middleware:
     return build_app(target, config, factory=os.environ.get(FACTORY_ENV) == "1", plugins=plugins)
 
 
+class JsonAccessFormatter(JsonFormatter):
+    """uvicorn's access lines as JSON: client, method, path without its query string
+    (koa78 clients may send a token or row values there), status."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, full_path, version, status = record.args
+            path = str(full_path).partition("?")[0]
+            record.msg = "%s - %s %s HTTP/%s %s"
+            record.args = (client, method, path, version, status)
+        return super().format(record)
+
+
+def logging_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's ``log_config`` for ``--log-format json`` (nothing for ``text``): every
+    record (uvicorn's, wf78's, the app's) as one JSON object per line on stderr."""
+    if getattr(args, "log_format", "text") != "json":
+        return {}
+    level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "filters": ["context"],
+    }
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": ContextFilter}},
+        "formatters": {
+            "json": {"()": JsonFormatter},
+            "access": {"()": JsonAccessFormatter},
+        },
+        "handlers": {
+            "default": {**handler, "formatter": "json"},
+            "access": {**handler, "formatter": "access"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False},
+        },
+        "root": {"handlers": ["default"], "level": level},
+    }
+    return {"log_config": config}
+
+
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -163,10 +213,18 @@ def serve_command(args: argparse.Namespace) -> int:
             workers=args.workers,
             lifespan="on",
             log_level=args.log_level,
+            **logging_options(args),
         )
         return 0
     server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level)
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            lifespan="on",
+            log_level=args.log_level,
+            **logging_options(args),
+        )
     )
     run_server(server, announce)
     print("wf78 serve: stopped", flush=True)

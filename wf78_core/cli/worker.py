@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import anyio
 from wf78_core.cli.common import UsageError, config_path, plugin_modules
 from wf78_core.engine import Engine
 
-__all__ = ["worker_command"]
+__all__ = ["loop_options", "worker_command"]
 
 
 def worker_command(args: argparse.Namespace) -> int:
@@ -37,7 +38,13 @@ def worker_command(args: argparse.Namespace) -> int:
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    return anyio.run(_work_until_signal, engine, ready)
+    return anyio.run(_work_until_signal, engine, ready, backend_options=loop_options())
+
+
+def loop_options() -> dict[str, bool]:
+    """The worker runs on uvloop when it is installed (as taskiq's and uvicorn's do): a
+    faster event loop for the many small tasks a worker runs."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 def _write_ready(path: Path, engine: Engine) -> None:

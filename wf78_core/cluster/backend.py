@@ -27,12 +27,13 @@ from redis.exceptions import RedisError
 from wf78_core.cluster.keys import RedisRunKeys
 from wf78_core.cluster.nodes import NodeLease
 from wf78_core.cluster.streams import RedisStreams
-from wf78_core.cluster.wire import json_encode
+from wf78_core.cluster.wire import TRACE_FIELD, json_encode
 from wf78_core.cluster.worker import StreamWorker
 from wf78_core.core.ports import RunStats
 from wf78_core.core.records import DeadLetter, Journal
 from wf78_core.core.runkeys import KeyedRun, RunKey, event_key, run_key
 from wf78_core.core.runs import Run, TaskRun
+from wf78_core.core.tracing import queued_run
 from wf78_core.definitions import WorkflowDefinition
 from wf78_core.errors import UnknownWorkflow, Wf78Error
 
@@ -186,8 +187,11 @@ class RedisBackend:
         created = time.time()
         values = dict(context or {})
         # Sent again under the same id while its answer is lost: stored once, whichever
-        # attempt Redis took (start_run's False).
-        await self.streams.start_run(run_id, workflow, values, level, created, waited=waited)
+        # attempt Redis took (start_run's False). With tracing on, the run's span and the
+        # traceparent its workers' spans join (kept in the stored context).
+        with queued_run(workflow.id, run_id) as traceparent:
+            stored = values if traceparent is None else {**values, TRACE_FIELD: traceparent}
+            await self.streams.start_run(run_id, workflow, stored, level, created, waited=waited)
         return Run(
             id=run_id,
             workflow=workflow.id,

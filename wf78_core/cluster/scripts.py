@@ -52,7 +52,16 @@ local rung = false
 
 local function qkey(cap, level) return P .. 'q:' .. cap .. ':' .. level end
 local function lease_key(wf) return P .. 'lease:' .. wf end
-local function limit_of(wf) return tonumber(redis.call('GET', P .. 'mc:' .. wf)) or 1e15 end
+-- Asked once per script call: nothing else changes them while a script runs.
+local limits, streams = {}, {}
+local function limit_of(wf)
+  local limit = limits[wf]
+  if limit == nil then
+    limit = tonumber(redis.call('GET', P .. 'mc:' .. wf)) or 1e15
+    limits[wf] = limit
+  end
+  return limit
+end
 local function fields_of(flat)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
@@ -61,22 +70,33 @@ end
 
 local function push(run, task, cap, level, wf)
   local q = qkey(cap, level)
-  if redis.call('EXISTS', q) == 0 then
-    redis.pcall('XGROUP', 'CREATE', q, cap, '$', 'MKSTREAM')
-    redis.call('ZADD', P .. 'levels:' .. cap, level, level)
-    redis.call('SADD', P .. 'caps', cap)
+  if not streams[q] then
+    if redis.call('EXISTS', q) == 0 then
+      redis.pcall('XGROUP', 'CREATE', q, cap, '$', 'MKSTREAM')
+      redis.call('ZADD', P .. 'levels:' .. cap, level, level)
+      redis.call('SADD', P .. 'caps', cap)
+    end
+    streams[q] = true
   end
   redis.call('XADD', q, '*', 'r', run, 't', task, 'w', wf)
-  -- Ring only when the namespace goes from nothing ready to something: busy workers
-  -- come back for more by themselves, idle ones wait for the bell.
-  if redis.call('INCR', P .. 'ready') == 1 then rung = true end
+  -- Ring (once per script call, whatever it queued): idle workers wait for the bell,
+  -- busy ones come back for more by themselves. Rung whenever something was queued,
+  -- not only when nothing was ready before: a worker may be idle while work waits for
+  -- a busy one.
+  rung = true
 end
 
--- A ready task enters its stream holding a lease, or waits for one.
+-- A ready task enters its stream holding a lease, or waits for one (expired leases are
+-- dropped only when the workflow looks full: they count only then).
 local function admit(run, task, cap, level, wf)
   local lease = lease_key(wf)
-  redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
-  if redis.call('ZCARD', lease) < limit_of(wf) then
+  local limit = limit_of(wf)
+  local room = redis.call('ZCARD', lease) < limit
+  if not room then
+    redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
+    room = redis.call('ZCARD', lease) < limit
+  end
+  if room then
     redis.call('ZADD', lease, 'inf', run .. SEP .. task)
     push(run, task, cap, level, wf)
   else
@@ -119,11 +139,16 @@ local function drop(q, cap, id, wf, run, task)
   release(wf, run, task)
 end
 
--- The caller adds the run to the stats' runs_finished.
-local function finish(rk, run, failed, waited)
+-- A run's last task ended: ``fields`` (the task's own, to set with the run's end) and
+-- the run's status in one HSET. The caller adds the run to the stats' runs_finished.
+local function ended(rk, run, failed, waited, fields)
   local status = 'succeeded'
   if failed then status = 'failed' end
-  redis.call('HSET', rk, 'st', status, 'fi', NOW_S)
+  fields[#fields + 1] = 'st'
+  fields[#fields + 1] = status
+  fields[#fields + 1] = 'fi'
+  fields[#fields + 1] = NOW_S
+  redis.call('HSET', rk, unpack(fields))
   redis.call('EXPIRE', rk, RUN_TTL)
   if waited == '1' then redis.call('PUBLISH', P .. 'done', run) end
 end
@@ -223,7 +248,7 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
   local extra, dead_id, dead, followers = c[13], c[14], c[15], c[16]
   local pending = redis.pcall('XPENDING', q, cap, id, id, 1)
   local rk = P .. 'run:' .. run
-  local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w')
+  local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w', 'left')
   local state = v[2]
   local live = v[1] == 'running' and (state == 'running' or state == 'queued')
   if type(pending) == 'table' and #pending == 1 and pending[1][2] == owner
@@ -232,14 +257,16 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
     redis.call('XDEL', q, id)
     release(wf, run, task)
     if live and outcome ~= 'cancelled' then
-      local failed = tonumber(v[4]) > 0
+      local nf = tonumber(v[4])
+      local failed = nf > 0
+      -- The task's end, the run's counters and (when it was the last) the run's end go
+      -- in one HSET below; 'left' as read, less this task and the ones it skips.
+      local left = tonumber(v[6]) - 1
       local fields = {'s:' .. task, outcome, 'tf:' .. task, NOW_S}
       if result ~= '' then fields[#fields + 1] = 'r:' .. task; fields[#fields + 1] = result end
       if err ~= '' then fields[#fields + 1] = 'e:' .. task; fields[#fields + 1] = err end
       if ds ~= '' then fields[#fields + 1] = 'd:' .. task; fields[#fields + 1] = ds end
-      redis.call('HSET', rk, unpack(fields))
       if extra ~= 0 then redis.call('HINCRBY', rk, 'a:' .. task, extra) end
-      local left = redis.call('HINCRBY', rk, 'left', -1)
       if outcome == 'succeeded' then
         local level = v[3]
         for _, dep in ipairs(followers) do
@@ -251,7 +278,8 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
         end
       else
         failed = true
-        redis.call('HINCRBY', rk, 'nf', 1)
+        fields[#fields + 1] = 'nf'
+        fields[#fields + 1] = nf + 1
         redis.call('HSETNX', rk, 'err', runerr)
         if dead_id ~= '' then redis.call('HSET', P .. 'dead', dead_id, dead) end
         for _, pair in ipairs(followers) do
@@ -259,14 +287,18 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
           local s = redis.call('HGET', rk, 's:' .. dep)
           if s == 'pending' or s == 'queued' then
             redis.call('HSET', rk, 's:' .. dep, 'skipped', 'e:' .. dep, pair[2], 'tf:' .. dep, NOW_S)
-            left = redis.call('HINCRBY', rk, 'left', -1)
+            left = left - 1
           end
         end
       end
+      fields[#fields + 1] = 'left'
+      fields[#fields + 1] = left
       tasks = tasks + 1
       if left <= 0 then
-        finish(rk, run, failed, v[5])
+        ended(rk, run, failed, v[5], fields)
         finished = finished + 1
+      else
+        redis.call('HSET', rk, unpack(fields))
       end
     end
   end
@@ -365,8 +397,7 @@ RECONCILE = (
 local dropped = 0
 local ready = 0
 for _, n in pairs(undelivered()) do ready = ready + n end
--- The bell's counter, set right again (it only decides when to ring).
-redis.call('SET', P .. 'ready', ready)
+-- Work waiting: idle workers look (a bell message may have been lost).
 if ready > 0 then rung = true end
 for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
   local lease = lease_key(wf)

@@ -53,6 +53,8 @@ from wf78_core.cluster.wire import (
     decode_dead,
     encode_result,
     json_encode,
+    keep_results,
+    needing_results,
     pack,
     run_from,
 )
@@ -394,9 +396,20 @@ class RedisStreams:
         self.reclaimed += len(rows)
         return [Taken(row) for row in rows]
 
+    async def prefetch_results(self, batch: Sequence[Taken]) -> None:
+        """The batch's dependency results, in one round trip (each Taken keeps its own)."""
+        wanted = needing_results(self._graphs, batch)
+        if wanted:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for taken, deps in wanted:
+                    pipe.hmget(self.prefix + "run:" + taken.run_id, [f"r:{d}" for d in deps])
+                keep_results(wanted, await pipe.execute())
+
     async def dependency_results(self, taken: Taken, task: TaskDefinition) -> dict[str, Any]:
         if not task.depends_on:
             return {}
+        if taken.results is not None:  # read with its batch (prefetch_results)
+            return taken.results
         deps = list(dict.fromkeys(task.depends_on))
         values = await self.redis.hmget(
             self.prefix + "run:" + taken.run_id, [f"r:{d}" for d in deps]

@@ -18,17 +18,21 @@ from wf78_core.definitions import Result, WorkflowDefinition
 from wf78_core.errors import Wf78Error
 
 __all__ = [
+    "TRACE_FIELD",
     "Batcher",
     "Bell",
     "Call",
     "Completion",
     "Graph",
     "Taken",
+    "context_of",
     "decode",
     "decode_dead",
     "decode_value",
     "encode_result",
     "json_encode",
+    "keep_results",
+    "needing_results",
     "pack",
     "run_from",
     "text",
@@ -47,6 +51,18 @@ decode_value = msgspec.json.Decoder().decode
 decode_result = msgspec.json.Decoder(Result).decode
 decode_dead = msgspec.json.Decoder(DeadLetter).decode
 pack = msgspec.msgpack.Encoder().encode
+#: the field of a stored run context that carries the W3C ``traceparent`` of the run's
+#: queueing (see wf78_core.core.tracing): the workers' task spans join the submitter's
+#: trace. Taken out again when the context is read (:func:`context_of`).
+TRACE_FIELD = "__wf78_traceparent__"
+
+
+def context_of(raw: bytes | None) -> tuple[dict[str, Any], str | None]:
+    """A run context as stored, and the traceparent queued with it (None: none)."""
+    if not raw:
+        return {}, None
+    context: dict[str, Any] = decode_value(raw)
+    return context, context.pop(TRACE_FIELD, None)
 
 
 def encode_result(value: Any) -> str:
@@ -104,7 +120,7 @@ def run_from(run_id: str, raw: Any, workflows: Mapping[str, WorkflowDefinition])
         workflow=workflow_id,
         status=status,
         tasks=tasks,
-        context=decode_value(fields["ctx"]) if fields.get("ctx") else {},
+        context=context_of(fields.get("ctx"))[0],
         created=float(fields["cr"]),
         started=number("sa"),
         finished=number("fi"),
@@ -122,9 +138,11 @@ class Taken:
         "deliveries",
         "entry",
         "priority",
+        "results",
         "run_id",
         "stream",
         "task",
+        "traceparent",
         "workflow",
     )
 
@@ -137,8 +155,29 @@ class Taken:
         self.workflow: str = row[5].decode()
         self.priority = int(row[6])
         self.attempts = int(row[7])
-        self.context: dict[str, Any] = decode_value(row[8]) if row[8] else {}
+        self.context, self.traceparent = context_of(row[8])
         self.deliveries = int(row[9])
+        #: its dependencies' results, when read with its batch's (None: not read yet)
+        self.results: dict[str, Any] | None = None
+
+
+def needing_results(
+    graphs: Mapping[str, Graph], batch: Sequence[Taken]
+) -> list[tuple[Taken, list[str]]]:
+    """The taken tasks that have dependencies, each with its dependencies' ids."""
+    wanted: list[tuple[Taken, list[str]]] = []
+    for taken in batch:
+        graph = graphs.get(taken.workflow)
+        task = graph.tasks.get(taken.task) if graph is not None else None
+        if task is not None and task.depends_on:
+            wanted.append((taken, list(dict.fromkeys(task.depends_on))))
+    return wanted
+
+
+def keep_results(wanted: Sequence[tuple[Taken, list[str]]], answers: Sequence[Any]) -> None:
+    """Each taken task keeps its dependencies' results (``answers``: one HMGET each)."""
+    for (taken, deps), values in zip(wanted, answers, strict=True):
+        taken.results = {dep: decode(v) for dep, v in zip(deps, values, strict=True)}
 
 
 class Completion(msgspec.Struct, kw_only=True):
@@ -232,7 +271,12 @@ class Batcher:
             raise Wf78Error(f"the redis backend is not running ({self.name})")
         call = Call(args)
         try:
-            await send.send(call)
+            try:
+                # Queued at once when there is room (no scheduler turn: the wait for the
+                # answer below is the call's one suspension); else wait for room.
+                send.send_nowait(call)
+            except anyio.WouldBlock:
+                await send.send(call)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise Wf78Error(f"the redis backend is not running ({self.name})") from None
         await call.done.wait()

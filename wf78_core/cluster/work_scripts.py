@@ -75,20 +75,19 @@ while need > 0 and #cands > 0 do
     'STREAMS', best.q, '>')
   local entries = {}
   if got then entries = got[1][2] end
-  redis.call('DECRBY', P .. 'ready', #entries)
   for _, e in ipairs(entries) do
     best.last = e[1]
     local f = fields_of(e[2])
     local rk = P .. 'run:' .. f.r
-    local v = redis.call('HMGET', rk, 'st', 's:' .. f.t, 'pri', 'ctx', 'ts:' .. f.t)
+    local v = redis.call('HMGET', rk, 'st', 's:' .. f.t, 'pri', 'ctx', 'ts:' .. f.t, 'a:' .. f.t)
     if v[1] == 'running' and v[2] == 'queued' then
       need = need - 1
+      local attempts = (tonumber(v[6]) or 0) + 1
       if v[5] then
-        redis.call('HSET', rk, 's:' .. f.t, 'running')
+        redis.call('HSET', rk, 's:' .. f.t, 'running', 'a:' .. f.t, attempts)
       else
-        redis.call('HSET', rk, 's:' .. f.t, 'running', 'ts:' .. f.t, NOW_S)
+        redis.call('HSET', rk, 's:' .. f.t, 'running', 'ts:' .. f.t, NOW_S, 'a:' .. f.t, attempts)
       end
-      local attempts = redis.call('HINCRBY', rk, 'a:' .. f.t, 1)
       redis.call('ZADD', lease_key(f.w), NOW + ttl, f.r .. SEP .. f.t)
       out[#out + 1] = {best.q, best.cap, e[1], f.r, f.t, f.w, v[3], attempts, v[4], 1}
     else

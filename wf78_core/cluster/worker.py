@@ -2,10 +2,12 @@
 
 One :class:`StreamWorker` per engine with ``[engine] backend = "redis"`` and ``consume =
 true`` (``wf78 worker`` is an engine with no HTTP). It serves the capabilities of this
-process's data sources and agents plus ``*``, holds at most ``worker_slots`` tasks, and
+process's data sources and agents plus ``*``, runs at most ``worker_slots`` tasks, and
 takes only what it has free slots for. A task runs exactly as in process (the action,
 its timeout, its retries with backoff); its end is reported in one Lua call that
-acknowledges the entry and moves the run on. A task whose run was cancelled (heard on the
+acknowledges the entry and moves the run on (the ends of the tasks that finished meanwhile
+go in the same call; a task's slot is free once its action returned, while its end is
+reported, so taking and reporting overlap). A task whose run was cancelled (heard on the
 bell, or found by the heartbeat) or whose entry is no longer this worker's is interrupted.
 """
 
@@ -25,7 +27,7 @@ from redis.exceptions import RedisError
 from wf78_core.cluster.streams import RedisStreams
 from wf78_core.cluster.wire import Completion, Taken, encode_result
 from wf78_core.config import EngineSettings
-from wf78_core.core.actions import TaskContext, run_action, worth_retrying
+from wf78_core.core.actions import TaskContext, worth_retrying
 from wf78_core.core.admission import Counters
 from wf78_core.core.agents import Agent
 from wf78_core.core.bus import EventBus
@@ -33,6 +35,7 @@ from wf78_core.core.dispatch import Dispatcher
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.records import DeadLetter
 from wf78_core.core.sources import SourcePool
+from wf78_core.core.taskspans import run_task
 from wf78_core.definitions import Result, TaskDefinition, WorkflowDefinition
 from wf78_core.errors import Wf78Error
 from wf78_core.events import TaskEvent, TaskState
@@ -104,6 +107,9 @@ class StreamWorker:
         self.failed = 0
         self.cancelled = 0
         self._held: dict[tuple[str, str], _Held] = {}
+        # Tasks whose action runs (held ones whose end is being reported no longer count:
+        # the worker takes more meanwhile, so reporting and running overlap).
+        self._running = 0
         self._freed = anyio.Event()
         self._stopping = False
         self._group: TaskGroup | None = None
@@ -165,10 +171,10 @@ class StreamWorker:
 
     async def _pull(self) -> None:
         while not self._stopping:
-            free = self.slots - len(self._held)
-            # Take in batches (a quarter of the slots free, or nothing held): one script
-            # call per batch instead of one per finished task.
-            if free <= 0 or (self._held and free < self._batch):
+            free = self.slots - self._running
+            # Take in batches (a quarter of the slots free, or nothing running): one
+            # script call per batch instead of one per finished task.
+            if free <= 0 or (self._running and free < self._batch):
                 self._freed = anyio.Event()
                 await self._freed.wait()
                 continue
@@ -182,12 +188,22 @@ class StreamWorker:
             if not batch:
                 await self.backend.bell.wait(_IDLE_LOOK)
                 continue
+            await self._prefetch(batch)
             self._start(batch)
+
+    async def _prefetch(self, batch: list[Taken]) -> None:
+        """The batch's dependency results in one round trip; when that fails, each task
+        reads its own as it starts (:meth:`_dependency_results`)."""
+        try:
+            await self.backend.prefetch_results(batch)
+        except (RedisError, OSError) as error:
+            logger.debug("reading a batch's dependency results failed: %s", error)
 
     def _start(self, batch: list[Taken]) -> None:
         assert self._group is not None
         now = time.monotonic()
         for taken in batch:
+            self._running += 1
             budget = self._budgets.get((taken.workflow, taken.task), 0.0)
             held = self._held[taken.stream, taken.entry] = _Held(taken, now + budget)
             self._group.start_soon(self._execute, held)
@@ -215,13 +231,14 @@ class StreamWorker:
             await anyio.sleep(interval)
             rounds += 1
             try:
-                room = self.slots - len(self._held)
+                room = self.slots - self._running
                 if not self._stopping and room > 0:
                     reclaimed = await self.backend.reclaim(
                         self.capabilities, self.stuck_after, room
                     )
                     if reclaimed:
                         logger.info("took over %d tasks from other workers", len(reclaimed))
+                        await self._prefetch(reclaimed)
                         self._start(reclaimed)
                 if rounds % 2 == 0:
                     await self.backend.reconcile()
@@ -230,6 +247,7 @@ class StreamWorker:
 
     async def _execute(self, held: _Held) -> None:
         taken = held.taken
+        running = True
         try:
             completion: Completion | None = None
             with held.scope:
@@ -238,6 +256,10 @@ class StreamWorker:
                 why = "interrupted: its run was cancelled, or another worker took it over"
                 self._event(taken, "cancelled", taken.attempts, why)
                 completion = Completion(outcome="cancelled")
+            # Its slot is free while its end is reported (still held: leased, heartbeat).
+            running = False
+            self._running -= 1
+            self._freed.set()
             while True:
                 try:
                     await self.backend.complete(taken, completion)
@@ -253,6 +275,8 @@ class StreamWorker:
             else:
                 self.failed += 1
         finally:
+            if running:
+                self._running -= 1
             self._held.pop((taken.stream, taken.entry), None)
             self._freed.set()
             self._life.work_done()
@@ -289,7 +313,14 @@ class StreamWorker:
         while True:
             number = taken.attempts + extra
             self._event(taken, "running", number)
-            value, error = await run_action(action, ctx, timeout)
+            value, error = await run_task(
+                action,
+                ctx,
+                timeout,
+                workflow=taken.workflow,
+                attempt=number,
+                parent=taken.traceparent,
+            )
             if error is None:
                 try:
                     result = encode_result(value)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from croniter import croniter
 
-from wf78_core.config.rules import positive, priority_problem
+from wf78_core.config.rules import IDENTIFIER, KOA78_METHODS, positive, priority_problem
 from wf78_core.config.schema import Config, TableConfig
 from wf78_core.definitions import WorkflowDefinition
 from wf78_core.errors import Problem
@@ -22,6 +22,7 @@ def check_definitions(config: Config) -> list[Problem]:
     for w_index, workflow in enumerate(config.workflows):
         base = f"workflows[{w_index}]"
         problems.extend(_check_workflow(workflow, base))
+        problems.extend(_check_concurrency_key(workflow, base, config.engine.backend))
         if workflow.id in seen_workflows:
             problems.append(Problem(f"{base}.id", f"duplicate workflow id {workflow.id!r}"))
         seen_workflows.add(workflow.id)
@@ -35,6 +36,38 @@ def check_definitions(config: Config) -> list[Problem]:
     for name, table in config.tables.items():
         problems.extend(_check_table_name(name, table))
     problems.extend(_check_routes(config))
+    problems.extend(_check_limits(config))
+    return problems
+
+
+def _check_limits(config: Config) -> list[Problem]:
+    """``[limits.<name>]`` names configured tables and koa78 methods; ``[engine]
+    fair_weights`` name tenants, which need fairness on to mean anything."""
+    problems: list[Problem] = []
+    for name, limit in config.limits.items():
+        base = f"limits.{name}"
+        if not IDENTIFIER.match(name):
+            problems.append(Problem(base, "limit name is not a plain identifier"))
+        for index, table in enumerate(limit.tables or ()):
+            if table not in config.tables:
+                problems.append(
+                    Problem(
+                        f"{base}.tables[{index}]",
+                        f"unknown table {table!r} (tables: {sorted(config.tables)})",
+                    )
+                )
+        for index, method in enumerate(limit.methods or ()):
+            if method not in KOA78_METHODS:
+                problems.append(
+                    Problem(
+                        f"{base}.methods[{index}]",
+                        f"unknown method {method!r} (the koa78 methods: {', '.join(KOA78_METHODS)})",
+                    )
+                )
+    if config.engine.fair_weights and config.engine.fair_by == "":
+        problems.append(
+            Problem("engine.fair_weights", 'fair_by = "" turns fair shares off: weights do nothing')
+        )
     return problems
 
 
@@ -129,6 +162,40 @@ def _check_workflow(workflow: WorkflowDefinition, base: str) -> list[Problem]:
             Problem(
                 f"{base}.tasks[{index}].depends_on",
                 "dependency cycle: " + " -> ".join([*cycle, cycle[0]]),
+            )
+        )
+    return problems
+
+
+def _check_concurrency_key(workflow: WorkflowDefinition, base: str, backend: str) -> list[Problem]:
+    """``concurrency_key = "context.<field>"`` and ``max_per_key`` go together (see
+    wf78_core.core.concurrency_keys); the in-process backend keeps them."""
+    key, most = workflow.concurrency_key, workflow.max_per_key
+    if key is None:
+        if most is None:
+            return []
+        return [Problem(f"{base}.max_per_key", "needs `concurrency_key` (the runs it counts)")]
+    path = f"{base}.concurrency_key"
+    problems: list[Problem] = []
+    field = key.removeprefix("context.")
+    if field == key or not all(field.split(".")):
+        problems.append(
+            Problem(path, f'must be "context.<field>" (a field of the run\'s context), got {key!r}')
+        )
+    if most is None:
+        problems.append(Problem(f"{base}.max_per_key", "`concurrency_key` needs `max_per_key`"))
+    elif most < 1:
+        problems.append(Problem(f"{base}.max_per_key", f"must be >= 1, got {most}"))
+    if workflow.trigger == "schedule":
+        problems.append(
+            Problem(path, "a scheduled run's context has no field to key on: use max_concurrent")
+        )
+    if backend != "memory":
+        problems.append(
+            Problem(
+                path,
+                "concurrency keys are kept by the in-process backend only, not [engine] "
+                f'backend = "{backend}" (use max_concurrent there)',
             )
         )
     return problems

@@ -20,6 +20,7 @@ from wf78_core.config.schema import (
     DataSourceConfig,
     EngineSettings,
     HttpConfig,
+    LimitConfig,
     TableConfig,
 )
 from wf78_core.definitions import WorkflowDefinition
@@ -40,7 +41,9 @@ _SECTION_TYPES: dict[str, Any] = {
     "auth": AuthConfig,
     "http": HttpConfig,
 }
-_KNOWN_KEYS = frozenset({"engine", "datasources", "agents", "workflows", "tables", "auth", "http"})
+_KNOWN_KEYS = frozenset(
+    {"engine", "datasources", "agents", "workflows", "tables", "auth", "http", "limits"}
+)
 _DATASOURCE_KEYS = frozenset({"type", "url", "pool_size", "timeout", "required"})
 
 
@@ -111,6 +114,7 @@ def collect_report(
         datasources=_datasources(raw.get("datasources", {}), report),
         workflows=_workflows(raw.get("workflows", []), report),
         tables=_tables(raw.get("tables", {}), report),
+        limits=_limits(raw.get("limits", {}), report),
         **{key: value for key, value in sections.items() if value is not None},
     )
     report.add_checked(check_definitions(config))
@@ -171,6 +175,20 @@ def _tables(raw: Any, report: ConfigReport) -> dict[str, TableConfig]:
         if table is not None:
             tables[name] = table
     return tables
+
+
+def _limits(raw: Any, report: ConfigReport) -> dict[str, LimitConfig]:
+    """``[limits.<name>]``, each converted on its own so a problem names its limit."""
+    if not isinstance(raw, Mapping):
+        report.add(Problem("limits", "must be a table of named limits"))
+        report.set_aside.add("limits")
+        return {}
+    limits: dict[str, LimitConfig] = {}
+    for name, body in raw.items():
+        limit = report.convert(body, LimitConfig, f"limits.{shown(name)}")
+        if limit is not None:
+            limits[str(name)] = limit
+    return limits
 
 
 def _decode_file(path: Path) -> Any:

@@ -6,10 +6,28 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["IDENTIFIER", "MAX_PRIORITY", "positive", "priority_problem"]
+__all__ = ["IDENTIFIER", "KOA78_METHODS", "MAX_PRIORITY", "positive", "priority_problem"]
 
 # \A and \Z, not ^ and $: "$" also matches before a trailing newline ("items\n").
 IDENTIFIER = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+
+# The koa78 methods of a data route (what ``[limits.<name>] methods`` may name).
+KOA78_METHODS = (
+    "mAdd",
+    "mAddMany",
+    "mAddManyByid",
+    "mUpdate",
+    "mUpdateByid",
+    "mUpdateMany",
+    "m",
+    "mByid",
+    "mByFirstField",
+    "get",
+    "getbyBcid",
+    "mdel",
+    "mdelmany",
+    "mUpdateElkByid",
+)
 
 # Priorities are small integers: the scheduler does float arithmetic on them when aging.
 MAX_PRIORITY = 999_999_999

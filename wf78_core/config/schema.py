@@ -14,6 +14,7 @@ from wf78_core.ids import NODE_IDS, IdKind
 
 __all__ = [
     "BASE_COLUMNS",
+    "LIMIT_KEY_FIELDS",
     "AgentConfig",
     "AgentsConfig",
     "AnswerMode",
@@ -24,6 +25,7 @@ __all__ = [
     "EngineSettings",
     "HttpConfig",
     "Identity",
+    "LimitConfig",
     "ShardingConfig",
     "TableConfig",
 ]
@@ -91,6 +93,12 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # This process's snowflake node id (0-1023), unique among every process writing the
     # same tables; unset: leased in Redis with the redis backend, else a random one.
     node_id: Annotated[int, msgspec.Meta(ge=0, le=NODE_IDS - 1)] | None = None
+    # Fair shares between tenants inside one priority level: the identity field naming the
+    # tenant ("cid" or "uid"), "" = off; unset = "cid" when some table has an owner
+    # (wf78_core.core.fairness).
+    fair_by: Literal["cid", "uid", ""] | None = None
+    # Turns in a row per tenant ([engine.fair_weights] acme = 3); others have 1.
+    fair_weights: dict[str, Annotated[int, msgspec.Meta(ge=1, le=1000)]] = {}
 
     def __post_init__(self) -> None:
         for name in (
@@ -283,6 +291,58 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     answers_by_route: dict[str, AnswerMode] = {}
 
 
+class LimitConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[limits.<name>]``: a rate and/or a concurrency cap per key on the data routes
+    (wf78_core.core.limits)."""
+
+    # Identity field(s) the limit is kept per, comma-separated: "cid", "uid", "cid,table".
+    key: str = "cid"
+    # Which tables' data routes (default all) and which koa78 methods (default all).
+    tables: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    # Sustained requests per second per key, and how many may come at once above it.
+    rate: float | None = None
+    burst: int | None = None
+    # At most this many in flight per key; over it a request waits up to ``wait`` seconds.
+    concurrent: int | None = None
+    wait: float = 0.5
+    # With the redis backend, a Redis outage lets requests through ("open", logged) or
+    # answers them 429 ("closed").
+    on_backend_error: Literal["open", "closed"] = "open"
+
+    def __post_init__(self) -> None:
+        fields = [part.strip() for part in self.key.split(",")]
+        for field in fields:
+            if field not in LIMIT_KEY_FIELDS:
+                raise ValueError(
+                    f"key: {field!r} is not an identity field "
+                    f"(expected a comma-separated list of {', '.join(LIMIT_KEY_FIELDS)})"
+                )
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"key: {self.key!r} names a field twice")
+        if self.rate is None and self.concurrent is None:
+            raise ValueError("a limit needs rate or concurrent (or both)")
+        if self.rate is not None and not positive(self.rate):
+            raise ValueError(f"rate must be positive and finite, got {self.rate}")
+        if self.burst is not None:
+            if self.rate is None:
+                raise ValueError("burst needs a rate")
+            if self.burst < 1:
+                raise ValueError(f"burst must be >= 1, got {self.burst}")
+        if self.concurrent is not None and self.concurrent < 1:
+            raise ValueError(f"concurrent must be >= 1, got {self.concurrent}")
+        if not math.isfinite(self.wait) or self.wait < 0:
+            raise ValueError(f"wait must be >= 0 and finite, got {self.wait}")
+        for name in ("tables", "methods"):
+            values = getattr(self, name)
+            if values is not None and not values:
+                raise ValueError(f"{name} is empty: leave it out to mean all")
+
+
+# The fields a limit's key may name: the identity's company and user, and the table.
+LIMIT_KEY_FIELDS = ("cid", "uid", "table")
+
+
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
@@ -293,3 +353,4 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     tables: dict[str, TableConfig] = {}
     auth: AuthConfig = AuthConfig()
     http: HttpConfig = HttpConfig()
+    limits: dict[str, LimitConfig] = {}

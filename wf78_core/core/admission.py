@@ -34,10 +34,16 @@ class Admission:
     """The scheduler with the engine-wide limits: ``pending`` bounds accepted, unfinished
     work (the bound on memory), ``running`` the tasks running at once."""
 
-    __slots__ = ("overload_timeout", "pending", "running", "scheduler")
+    __slots__ = ("fair_by", "overload_timeout", "pending", "running", "scheduler")
 
-    def __init__(self, settings: EngineSettings) -> None:
-        self.scheduler = Scheduler(aging_seconds=settings.aging_seconds)
+    def __init__(self, settings: EngineSettings, *, fair_by: str = "") -> None:
+        # fair_by: the identity field tenants are told apart by ("" = FIFO in a level).
+        self.scheduler = Scheduler(
+            aging_seconds=settings.aging_seconds,
+            fair=bool(fair_by),
+            weights=settings.fair_weights,
+        )
+        self.fair_by = fair_by
         self.pending = Limit("pending", settings.queue_size)
         self.running = Limit("running", settings.max_running)
         self.overload_timeout = settings.overload_timeout

@@ -6,32 +6,27 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
 import pluggy
 
 from wf78_core.config import Config, EngineSettings
 from wf78_core.core.admission import Admission, Counters
 from wf78_core.core.agents import Agent
 from wf78_core.core.bus import EventBus
+from wf78_core.core.fallback import Fallbacks, execute_within, failed_as
+from wf78_core.core.lanes import Lane, Lanes
 from wf78_core.core.lifecycle import Lifecycle
-from wf78_core.core.retry import backoff
 from wf78_core.core.routing import Router
 from wf78_core.core.scheduling import Limit
 from wf78_core.core.sharing import SHARED_ACTIONS, SharedReads
 from wf78_core.core.sources import Source, SourcePool
 from wf78_core.core.tickets import Ticket
+from wf78_core.core.tracing import instrument
 from wf78_core.definitions import Operation, Result, TaskDefinition
-from wf78_core.errors import (
-    DataSourceError,
-    NoDataSource,
-    OperationError,
-    TaskTimeout,
-    Wf78Error,
-)
+from wf78_core.errors import OperationError, Wf78Error
 from wf78_core.events import TaskEvent
 from wf78_core.idempotency import PREPARED_ACTIONS, prepare, prepare_task
 
-__all__ = ["Dispatcher", "execute_within", "failed_as"]
+__all__ = ["Dispatcher"]
 
 
 class Dispatcher:
@@ -66,17 +61,38 @@ class Dispatcher:
         self._life = life
         self._tables = frozenset(config.tables)
         self._timeouts = {name: s.timeout for name, s in config.datasources.items()}
-        self._backoff_base = self.settings.retry_backoff
-        self._backoff_max = self.settings.retry_backoff_max
         self._tickets: set[Ticket] = set()
         #: identical reads in flight run once (None: ``[engine] shared_reads = false``)
         self.shared_reads = SharedReads(counters) if self.settings.shared_reads else None
         #: where operations go: source selection, agent allocation, slots
         self.router = Router(config, pm, pool, admission.scheduler, excluded_allocators)
+        #: the OpenTelemetry tracer (None: off); when on, ``execute`` and ``enqueue`` are
+        #: replaced on this instance by traced ones (:mod:`wf78_core.core.tracing`)
+        self.tracer = instrument(self, pool)
+        #: the attempts after a retryable first failure: retries, then fallback sources
+        self.fallbacks = Fallbacks(
+            counters=counters,
+            pool=pool,
+            router=self.router,
+            scheduler=self._scheduler,
+            timeouts=self._timeouts,
+            backoff_base=self.settings.retry_backoff,
+            backoff_max=self.settings.retry_backoff_max,
+        )
+        self.fallbacks.tracer = self.tracer
+        #: operations whose route configuration fixes: one step to take their slots
+        self.lanes = Lanes(
+            config,
+            pool,
+            pending=self._pending_alone,
+            running=self._running_alone,
+            joins_reads=bool(self.settings.shared_reads),
+        )
+        self.lanes.open = self.tracer is None
 
     def backoff(self, attempt: int) -> float:
         """The wait before retry number ``attempt + 1`` (the engine's backoff settings)."""
-        return backoff(attempt, self._backoff_base, self._backoff_max)
+        return self.fallbacks.backoff(attempt)
 
     def withdraw_tickets(self) -> None:
         """At shutdown: tickets still queued fail with a clear error, their slots freed."""
@@ -101,6 +117,54 @@ class Dispatcher:
         :class:`~wf78_core.errors.OperationError` subclasses after retries and fallbacks.
         """
         self._life.check()
+        lane = self.lanes.get(op)
+        if (
+            lane is not None
+            and op.timeout is None
+            and lane.source.healthy
+            and not self._bus
+            and self._scheduler.try_acquire(lane.taken)
+        ):
+            # Every slot free at once: run inline (see wf78_core.core.lanes).
+            self.counters.submitted += 1
+            source = lane.source
+            try:
+                if op.action in PREPARED_ACTIONS:
+                    op = self.prepare(op)  # a bad operation is the caller's, not the source's
+            except BaseException:
+                self._scheduler.release(lane.taken)
+                self._lane_done(op, failed=True)
+                raise
+            started = time.perf_counter()
+            try:
+                value = await source.adapter.execute(op)
+            except Exception as failure:
+                self._scheduler.release(lane.running)
+                return await self._lane_failed(op, lane, priority, failure, started)
+            except BaseException:
+                self._scheduler.release(lane.taken)
+                self._lane_done(op, failed=True)
+                raise
+            finished = time.perf_counter()
+            self._scheduler.release(lane.taken)
+            source.counters.ops += 1
+            source.counters.latency.record(finished - started)
+            lane.agent.completed += 1
+            self._lane_done(op, failed=False)
+            return Result(
+                value=value,
+                data_source=source.name,
+                source_type=source.type,
+                reason=lane.reason,
+                agent=lane.agent.id,
+                elapsed=finished - started,
+            )
+        return await self._submit(op, priority, context)
+
+    async def _submit(
+        self, op: Operation, priority: int | None, context: Mapping[str, Any] | None
+    ) -> Result:
+        """:meth:`submit` along the full path: admission, routing, events."""
         level = self.settings.submit_priority if priority is None else priority
         pending = self._pending_alone
         scheduler = self._scheduler
@@ -146,6 +210,46 @@ class Dispatcher:
             scheduler.release(pending)
             if self._life.closing:
                 self._life.work_done()
+
+    def _lane_done(self, op: Operation, *, failed: bool) -> None:
+        """Book an operation of a lane that has given back its slots."""
+        if failed:
+            self.counters.failed += 1
+        else:
+            self.counters.completed += 1
+        reads = self.shared_reads
+        if reads is not None:
+            reads.wrote(op)
+        if self._life.closing:
+            self._life.work_done()
+
+    async def _lane_failed(
+        self,
+        op: Operation,
+        lane: Lane,
+        priority: int | None,
+        failure: Exception,
+        started: float,
+    ) -> Result:
+        """A lane's first attempt failed (its attempt's slots given back, its admission
+        slot still held): the retries and fallbacks of the full path, or the error."""
+        failed = True
+        try:
+            reported = failed_as(lane.source, failure)
+            if not reported.retryable:
+                reported.attempts = 1
+                if reported is failure:
+                    raise reported
+                raise reported from failure
+            level = self.settings.submit_priority if priority is None else priority
+            result = await self.fallbacks.recover(
+                op, level, None, self._running_alone, lane.source, lane.reason, reported, started
+            )
+            failed = False
+            return result
+        finally:
+            self._scheduler.release(self._pending_alone)
+            self._lane_done(op, failed=failed)
 
     def prepare(self, op: Operation, task: tuple[str, str] | None = None) -> Operation:
         """:func:`~wf78_core.idempotency.prepare` (``prepare_task`` for a run's ``(run id,
@@ -229,35 +333,6 @@ class Dispatcher:
             self._scheduler.release(self._pending_alone)
             self._life.work_done()
 
-    def _budget(
-        self, op: Operation, task: TaskDefinition | None, source: Source
-    ) -> tuple[tuple[str, ...], int, float | None]:
-        """The fallback sources, retries and per-attempt timeout of an operation."""
-        if task is None:
-            fallback, retry, timeout = op.fallback, op.retry or 0, op.timeout
-        else:
-            fallback = op.fallback or task.fallback
-            retry = op.retry if op.retry is not None else task.retry
-            timeout = op.timeout or task.timeout
-        # engine.submit has no timeout unless the operation or its source sets one: a
-        # cancel scope per operation would cost more than the dispatch itself.
-        return fallback, retry, timeout or self._timeouts.get(source.name)
-
-    async def _before_retry(self, source: Source, attempt: int) -> None:
-        self.counters.retries += 1
-        source.counters.retries += 1
-        await anyio.sleep(self.backoff(attempt))
-
-    def _degrade(self, name: str, action: str) -> Source | NoDataSource:
-        """The fallback source ``name`` (counted), or why there is none."""
-        try:
-            source = self._pool.resolve(name, action)
-        except NoDataSource as missing:
-            return missing
-        self.counters.fallbacks += 1
-        source.counters.fallbacks += 1
-        return source
-
     async def execute(
         self,
         op: Operation,
@@ -270,10 +345,9 @@ class Dispatcher:
         held: tuple[Source, Agent, tuple[Limit, ...]] | None = None,
         join: bool = True,
     ) -> Result:
-        """Select, allocate, execute with retry and fallback (``held``: a queued ticket's
-        source, agent and limits). A read joins the same read in flight (``join``, see
-        :mod:`wf78_core.core.sharing`); a finished write keeps later reads from joining one
-        begun before it. The first attempt runs inline; the rest are :meth:`_recover`'s."""
+        """Select, allocate, execute; retries and fallbacks are :class:`Fallbacks`'. ``held``: a
+        queued ticket's source, agent and limits. A read joins the same read in flight (``join``,
+        :mod:`wf78_core.core.sharing`); a finished write ends joining reads begun before it."""
         reads = self.shared_reads
         if reads is not None and op.action in SHARED_ACTIONS:
             if join and held is None:
@@ -321,7 +395,9 @@ class Dispatcher:
                 if not failure.retryable:
                     failure.attempts = 1
                     raise
-                return await self._recover(op, level, task, outer, source, reason, failure, started)
+                return await self.fallbacks.recover(
+                    op, level, task, outer, source, reason, failure, started
+                )
             finished = time.perf_counter()
             source.counters.ops += 1
             source.counters.latency.record(finished - attempt_started)
@@ -347,112 +423,3 @@ class Dispatcher:
         if op.data_source is not None and reason is None:
             return self._pool.resolve(op.data_source, op.action), "explicit data_source"
         return None
-
-    async def _recover(
-        self,
-        op: Operation,
-        level: int,
-        task: TaskDefinition | None,
-        outer: tuple[Limit, ...],
-        source: Source,
-        reason: str,
-        error: OperationError,
-        started: float,
-    ) -> Result:
-        """After a retryable first failure: the remaining retries on ``source`` with
-        backoff, then each fallback source once (the note's "degrade")."""
-        fallback, retry, timeout = self._budget(op, task, source)
-        attempts = 1
-        tried: tuple[str, ...] = ()
-        plan = [(source, retry)] + [(None, 0)] * len(fallback)
-        for index, (planned, tries) in enumerate(plan):
-            if planned is None:
-                degraded = self._degrade(fallback[index - 1], op.action)
-                if isinstance(degraded, NoDataSource):
-                    error = degraded
-                    continue
-                source, tries = degraded, 1
-                reason = f"fallback after {tried[-1]} failed: {error}"
-            for attempt in range(tries):
-                if index == 0:
-                    await self._before_retry(source, attempt)
-                attempts += 1
-                try:
-                    value, agent, _ = await self._attempt(op, source, level, outer, timeout)
-                except OperationError as failure:
-                    error = failure
-                    if not failure.retryable:
-                        failure.attempts = attempts
-                        raise
-                    continue
-                return Result(
-                    value=value,
-                    data_source=source.name,
-                    source_type=source.type,
-                    reason=reason,
-                    agent=agent.id,
-                    attempts=attempts,
-                    fallback_from=tried,
-                    elapsed=time.perf_counter() - started,
-                )
-            tried += (source.name,)
-        raise _exhausted(error, attempts)
-
-    async def _attempt(
-        self,
-        op: Operation,
-        source: Source,
-        level: int,
-        outer: tuple[Limit, ...],
-        seconds: float | None,
-    ) -> tuple[Any, Agent, float]:
-        """One more attempt on ``source`` (a retry or a fallback): value, agent, time."""
-        agent, limits = await self.router.acquire(op, source, level, outer)
-        began = time.perf_counter()
-        try:
-            if seconds is None:
-                value = await source.adapter.execute(op)
-            else:
-                value = await execute_within(source, op, seconds)
-        except Exception as failure:
-            reported = failed_as(source, failure)
-            if reported is failure:
-                raise
-            raise reported from failure
-        finally:
-            self._scheduler.release(limits)
-        elapsed = time.perf_counter() - began
-        source.counters.ops += 1
-        source.counters.latency.record(elapsed)
-        agent.completed += 1
-        return value, agent, elapsed
-
-
-def _exhausted(error: OperationError | None, attempts: int) -> OperationError:
-    """The last failure, once every attempt and fallback has been tried."""
-    assert error is not None
-    error.attempts = attempts
-    error.exhausted = True  # type: ignore[attr-defined]
-    return error
-
-
-def failed_as(source: Source, failure: Exception) -> OperationError:
-    """What an attempt's failure is reported as, counted against its source."""
-    source.counters.errors += 1
-    if isinstance(failure, OperationError):
-        if failure.data_source is None:
-            failure.data_source = source.name
-        return failure
-    return DataSourceError(
-        f"{source.name!r} raised {type(failure).__name__}: {failure}",
-        data_source=source.name,
-    )
-
-
-async def execute_within(source: Source, op: Operation, seconds: float) -> Any:
-    """One attempt under a deadline: :class:`TaskTimeout` when it passes."""
-    with anyio.CancelScope(deadline=anyio.current_time() + seconds):
-        return await source.adapter.execute(op)
-    raise TaskTimeout(
-        f"{op.action} on {source.name!r} timed out after {seconds}s", data_source=source.name
-    )

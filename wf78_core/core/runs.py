@@ -10,7 +10,9 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from wf78_core.core import tracing
 from wf78_core.core.scheduling import Waiter
+from wf78_core.core.tracing import RunTrace
 from wf78_core.definitions import TaskDefinition, WorkflowDefinition
 from wf78_core.events import TaskState
 
@@ -103,6 +105,7 @@ class RunState:
         "started",
         "status",
         "tasks",
+        "trace",
         "workflow",
     )
 
@@ -124,6 +127,8 @@ class RunState:
             for dep in set(slot.definition.depends_on):
                 self.tasks[dep].dependants.append(slot)
         self.left = len(self.tasks)
+        # With tracing on: the run's span, child of the context the run was made in.
+        self.trace: RunTrace | None = None if tracing.TRACER is None else RunTrace()
 
     def reopen(self, slot: TaskSlot) -> None:
         """Run a failed task again: it and the dependants it made skip go back to

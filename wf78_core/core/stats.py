@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Mapping
 
 import msgspec
 
@@ -12,9 +13,11 @@ __all__ = [
     "AgentStats",
     "EngineStats",
     "LatencyHistogram",
+    "LimitStats",
     "SourceCounters",
     "SourceStats",
     "WorkflowStats",
+    "percentile_of",
 ]
 
 # Bucket upper bounds: 1 µs to ~100 s, eight buckets per power of ten (< 34% error).
@@ -47,6 +50,20 @@ class LatencyHistogram:
             if seen >= rank and bucket:
                 return _BOUNDS[min(index, len(_BOUNDS) - 1)]
         return _BOUNDS[-1]
+
+
+def percentile_of(buckets: Mapping[int, int], q: float) -> float:
+    """:meth:`LatencyHistogram.percentile` of some of its bucket counts (index -> count):
+    the difference of two snapshots of ``counts``, or several processes' summed."""
+    total = sum(buckets.values())
+    if not total:
+        return 0.0
+    rank, seen = q * total, 0
+    for index in sorted(buckets):
+        seen += buckets[index]
+        if seen >= rank and buckets[index]:
+            return _BOUNDS[min(index, len(_BOUNDS) - 1)]
+    return _BOUNDS[-1]
 
 
 class SourceCounters:
@@ -96,6 +113,24 @@ class WorkflowStats(msgspec.Struct, frozen=True, kw_only=True):
     queued: int
 
 
+class LimitStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``[limits.<name>]``: its settings and what it decided (this process's counts)."""
+
+    name: str
+    key: str
+    rate: float | None
+    burst: int | None
+    concurrent: int | None
+    allowed: int
+    limited: int
+    #: keys with state now: a rate not yet back to a full burst, or requests in flight
+    keys: int
+    in_flight: int
+    #: decisions the shared store (Redis) could not make, let through or refused as
+    #: ``on_backend_error`` says
+    backend_errors: int = 0
+
+
 class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of the engine: queues, limits, agents, sources and totals."""
 
@@ -121,3 +156,9 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     journal: str = "off"
     #: reads answered by an identical read already in flight (``[engine] shared_reads``)
     reads_shared: int = 0
+    #: the identity field fair shares are kept by ("" = off; ``[engine] fair_by``)
+    fair_by: str = ""
+    #: tasks waiting for a slot, per tenant ("" = work without an identity; fair_by on)
+    queued_by_tenant: dict[str, int] = {}
+    #: every ``[limits.<name>]``, in configuration order
+    limits: list[LimitStats] = []

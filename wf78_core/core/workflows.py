@@ -10,15 +10,17 @@ from uuid import uuid4
 
 import anyio
 
-from wf78_core.core.actions import TaskContext, run_action, worth_retrying
+from wf78_core.core.actions import TaskContext, worth_retrying
 from wf78_core.core.admission import Admission, Counters
 from wf78_core.core.bus import EventBus
+from wf78_core.core.concurrency_keys import ConcurrencyKeys
 from wf78_core.core.dispatch import Dispatcher
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.records import DeadLetter, Journal
 from wf78_core.core.recovery import checkpoint_of
 from wf78_core.core.runs import RunState, RunStore, TaskSlot
 from wf78_core.core.scheduling import Limit
+from wf78_core.core.taskspans import run_task
 from wf78_core.definitions import Result, WorkflowDefinition
 from wf78_core.events import TaskEvent, TaskState
 
@@ -44,8 +46,11 @@ class WorkflowRunner:
         counters: Counters,
         default_timeout: float | None,
     ) -> None:
+        workflows = tuple(workflows)
         self.limits = {w.id: Limit(f"workflow:{w.id}", max(1, w.max_concurrent)) for w in workflows}
         self.dead: dict[str, DeadLetter] = {}
+        #: the running runs per value of each workflow's ``concurrency_key``
+        self.keys = ConcurrencyKeys(workflows, admission.scheduler)
         self._engine = engine
         self._dispatcher = dispatcher
         self._actions = actions
@@ -62,8 +67,31 @@ class WorkflowRunner:
     def start_run(self, run: RunState, *, resumed: bool = False) -> None:
         if run.done.is_set():  # cancelled while it waited in the event queue
             return
+        refused = self.keys.admit(
+            run.id, run.workflow, run.context, run.priority, lambda: self._begin_run(run, resumed)
+        )
+        if refused is not None:
+            self._refuse_run(run, refused)
+
+    def _refuse_run(self, run: RunState, why: str) -> None:
+        """A run that cannot start (no value for its concurrency key): failed, tasks skipped."""
+        run.status = "failed"
+        run.error = why
+        for slot in run.tasks.values():
+            if not slot.done:
+                slot.state = "skipped"
+                slot.error = why
+                slot.finished = time.time()
+                run.left -= 1
+                self._emit_event(run, slot, "skipped", error=why)
+        self._finish_run(run)
+
+    def _begin_run(self, run: RunState, resumed: bool) -> None:
+        """Start a run's ready tasks (once its concurrency key, if any, has room)."""
         run.status = "running"
         run.started = run.started or time.time()
+        if run.trace is not None:
+            run.trace.start(run.id, run.workflow.id)
         if not resumed:
             for slot in run.tasks.values():
                 if slot.remaining == 0:
@@ -118,7 +146,14 @@ class WorkflowRunner:
             slot.scope = scope
             try:
                 timeout = None if owns_retry else (task.timeout or self._default_timeout)
-                value, error = await run_action(action, ctx, timeout)
+                value, error = await run_task(
+                    action,
+                    ctx,
+                    timeout,
+                    workflow=run.workflow.id,
+                    attempt=slot.attempts,
+                    parent=run.trace,
+                )
             except BaseException:
                 # Shutdown cancels past our own scope: finish the task (and run) anyway so
                 # nobody waiting on the run hangs; a no-op when our scope catches it.
@@ -224,8 +259,11 @@ class WorkflowRunner:
                     if s.state == "failed"
                 )
         run.finished = time.time()
+        if run.trace is not None:
+            run.trace.finish(run.status, run.error)
         run.done.set()
         self._admission.leave()
+        self.keys.leave(run.id)  # may start the next run waiting for this run's key
         self._runs.finish(run)
         if self._journal is not None and not (self._life.closing and run.status == "cancelled"):
             # A run cancelled by shutdown stays unfinished in the journal: the next start

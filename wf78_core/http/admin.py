@@ -11,6 +11,7 @@ sent to the server) or the page's form. ``?token=`` is refused on every admin ro
 from __future__ import annotations
 
 import html
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,17 @@ from wf78_core.errors import (
     Overloaded,
     UnknownWorkflow,
     Wf78Error,
+)
+from wf78_core.http.admin_answers import ENCODER as _ENCODER
+from wf78_core.http.admin_answers import JSON as _JSON
+from wf78_core.http.admin_answers import error as _error
+from wf78_core.http.admin_answers import send_json as _send_json
+from wf78_core.http.admin_answers import shown as _shown
+from wf78_core.http.admin_views import (
+    send_history,
+    send_run_graph,
+    send_runs,
+    send_workflows,
 )
 from wf78_core.http.asgi import (
     MAX_JSON_DEPTH,
@@ -49,9 +61,10 @@ from wf78_core.http.routes import DEFAULT_MAX_PARS
 
 __all__ = ["ADMIN_ROLE", "AdminApp", "AdminRoute"]
 
+logger = logging.getLogger("wf78.http")
+
 #: The role every admin route requires.
 ADMIN_ROLE = "admin"
-DEFAULT_RUNS_LIMIT = 20
 
 _Handler = Callable[[Scope, Receive, Send, RequestClient, dict[str, str]], Awaitable[None]]
 
@@ -70,20 +83,10 @@ class _RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     context: dict[str, Any] = {}
 
 
-def _encode_unknown(value: Any) -> Any:
-    # Task results are whatever actions return: keep the snapshot readable, never fail.
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    return repr(value)
-
-
-_ENCODER = msgspec.json.Encoder(enc_hook=_encode_unknown)
 _RUN_REQUEST = msgspec.json.Decoder(_RunRequest)
 _PAYLOAD = msgspec.json.Decoder(dict[str, Any])
-_JSON = b"application/json"
 # What a 503 from a stopping engine says: the client may try again shortly.
 _RETRY_SOON = (b"retry-after", b"1")
-_LIMIT = re.compile(r"[0-9]{1,9}")
 
 _CONTENT_TYPES = {
     ".js": b"text/javascript; charset=utf-8",
@@ -109,12 +112,6 @@ def _is_admin(identity: Identity | None) -> bool:
     return identity is not None and ADMIN_ROLE in identity.roles
 
 
-def _shown(value: str) -> str:
-    """A caller's value for an error message: quoted, and shortened past 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _json_problem(error: Exception) -> str:
     # msgspec raises RecursionError, not DecodeError, for arrays nested thousands deep.
     return "nested too deeply" if isinstance(error, RecursionError) else str(error)
@@ -128,26 +125,6 @@ def _field_of(error: msgspec.ValidationError) -> str | None:
     if "field `" in message:
         return message.split("`")[1]
     return None
-
-
-async def _send_json(
-    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send_bytes(send, status, _ENCODER.encode(payload), _JSON, headers or ())
-
-
-async def _error(
-    send: Send,
-    status: int,
-    message: str,
-    *,
-    field: str | None = None,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    payload: dict[str, Any] = {"error": message}
-    if field is not None:
-        payload["field"] = field
-    await _send_json(send, status, payload, headers)
 
 
 async def _unavailable(send: Send, error: BackendUnavailable) -> None:
@@ -196,6 +173,20 @@ def _without_body(send: Send) -> Send:
     return head_send
 
 
+class _Watched:
+    """A ``send`` that notes whether the answer has begun."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.started = True
+        await self.send(message)
+
+
 class AdminApp:
     """The admin routes, as a pure ASGI handler the middleware calls for paths under
     ``prefix``: ``await admin(scope, receive, send, client)``."""
@@ -232,6 +223,9 @@ class AdminApp:
             AdminRoute(re.compile(r"/runs"), {"GET": self._list_runs, "POST": self._start_run}),
             AdminRoute(re.compile(r"/runs/(?P<run_id>[^/]+)"), {"GET": self._get_run}),
             AdminRoute(re.compile(r"/runs/(?P<run_id>[^/]+)/cancel"), {"POST": self._cancel_run}),
+            AdminRoute(re.compile(r"/runs/(?P<run_id>[^/]+)/graph"), {"GET": self._run_graph}),
+            AdminRoute(re.compile(r"/history"), {"GET": self._history}),
+            AdminRoute(re.compile(r"/workflows"), {"GET": self._workflows}),
             AdminRoute(re.compile(r"/events/(?P<event>[^/]+)"), {"POST": self._emit}),
             AdminRoute(re.compile(r"/status"), {"GET": self._status}),
             AdminRoute(re.compile(r"/dead-letters"), {"GET": self._dead_letters}),
@@ -284,12 +278,19 @@ class AdminApp:
                 )
                 return
             params = match.groupdict()
+            watched = _Watched(send)
             try:
-                await handler(scope, receive, send, client, params)
+                await handler(scope, receive, watched, client, params)
             except BackendUnavailable as error:
                 await _unavailable(send, error)
             except BadKey as error:
                 await _key_refused(send, error)
+            except Exception:
+                # A fault of wf78's own: logged, and answered with the envelope (no bare 500).
+                logger.exception("admin route %s %s failed", method, scope["path"])
+                if watched.started:
+                    raise
+                await _error(send, 500, f"{method} {scope['path']} failed: see the server's log")
             return
         await _error(send, 404, f"no admin route {scope['path']!r}")
 
@@ -401,19 +402,27 @@ class AdminApp:
     async def _list_runs(
         self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
     ) -> None:
-        most = self.engine.settings.run_history
-        raw = query_params(scope).get("limit", [str(DEFAULT_RUNS_LIMIT)])[-1]
-        # ASCII digits only: str.isdigit() accepts '²', and int() refuses over 4300 digits.
-        limit = int(raw) if _LIMIT.fullmatch(raw) else 0
-        if not 1 <= limit <= most:
-            await _error(
-                send,
-                400,
-                f"limit must be an integer from 1 to {most}, got {_shown(raw)}",
-                field="limit",
-            )
-            return
-        await _send_json(send, 200, {"runs": await self.engine.fetch_recent_runs(limit)})
+        await send_runs(self.engine, scope, send)
+
+    async def _run_graph(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: RequestClient,
+        params: dict[str, str],
+    ) -> None:
+        await send_run_graph(self.engine, send, params["run_id"])
+
+    async def _history(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        await send_history(self.engine, scope, send)
+
+    async def _workflows(
+        self, scope: Scope, receive: Receive, send: Send, client: RequestClient, _: dict[str, str]
+    ) -> None:
+        await send_workflows(self.engine, send)
 
     async def _get_run(
         self,

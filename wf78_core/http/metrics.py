@@ -45,6 +45,35 @@ class EngineCollector(Collector):
         yield from _agent_families(stats)
         yield from _source_families(stats)
         yield from _total_families(stats)
+        yield from _limit_families(stats)
+
+
+def _limit_families(stats: EngineStats) -> Iterator[Metric]:
+    """Per ``[limits.<name>]``: requests let through and refused, keys with state; and the
+    queue per tenant when fair shares are on."""
+    allowed = CounterMetricFamily(
+        "wf78_limit_allowed", "Requests a limit let through.", labels=["limit"]
+    )
+    limited = CounterMetricFamily(
+        "wf78_limit_limited", "Requests a limit refused (HTTP 429).", labels=["limit"]
+    )
+    keys = GaugeMetricFamily(
+        "wf78_limit_keys", "Keys a limit holds state for now.", labels=["limit"]
+    )
+    for limit in stats.limits:
+        allowed.add_metric([limit.name], limit.allowed)
+        limited.add_metric([limit.name], limit.limited)
+        keys.add_metric([limit.name], limit.keys)
+    yield from (allowed, limited, keys)
+    if stats.fair_by:
+        tenants = GaugeMetricFamily(
+            "wf78_tenant_queue_depth",
+            "Tasks and operations waiting for a slot, by tenant (fair_by).",
+            labels=["tenant"],
+        )
+        for name, depth in stats.queued_by_tenant.items():
+            tenants.add_metric([name], depth)
+        yield tenants
 
 
 def _engine_families(stats: EngineStats) -> Iterator[Metric]:

@@ -13,6 +13,7 @@ from typing import Any
 from asgiref.compatibility import guarantee_single_callable
 
 from wf78_core.config import Config, Identity
+from wf78_core.core.tracing import detect, joined
 from wf78_core.engine import Engine
 from wf78_core.http.admin import AdminApp
 from wf78_core.http.asgi import Receive, Scope, Send, send_json
@@ -186,6 +187,8 @@ class Wf78Middleware:
         self._claimed = self.prefix
         self._data_claims = self.routes.claims
         self._lazy = self.callers.lazy
+        # With a tracer provider, requests join the incoming traceparent (tracing.joined).
+        self._traced = detect() is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -194,7 +197,8 @@ class Wf78Middleware:
             if path.startswith(self._claimed) or (
                 self._data_claims and fold_path(path).startswith(self._data_claims)
             ):
-                if await self._serve(scope, receive, send):
+                serving = self._serve(scope, receive, send)
+                if await (joined(scope, serving) if self._traced else serving):
                     return
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -215,7 +219,10 @@ class Wf78Middleware:
         state["wf78"] = client
         token = CURRENT_CLIENT.set(client)
         try:
-            await self.app(scope, receive, send)
+            if self._traced:
+                await joined(scope, self.app(scope, receive, send))
+            else:
+                await self.app(scope, receive, send)
         finally:
             CURRENT_CLIENT.reset(token)
 

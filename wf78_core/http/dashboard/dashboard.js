@@ -1,24 +1,31 @@
-// wf78 dashboard: polls {prefix}/status and {prefix}/runs every second with a bearer token
-// and draws tables, bars, hand-written SVG line charts and a task timeline. No build step.
+// wf78 dashboard: polls {prefix}/status, {prefix}/history and {prefix}/runs every second with
+// a bearer token and draws tables, bars, hand-written SVG charts of the last 15 minutes (drawn
+// at once from the server's history, then appended), the runs with a task timeline, a run's
+// DAG, and the actions an admin may take (each after a confirmation). No build step.
 (() => {
   "use strict";
 
   const PREFIX = document.body.dataset.prefix || "/_wf78";
   const POLL_MS = 1000;
-  const WINDOW_S = 120; // chart history
+  const WINDOW_S = 900; // the server keeps 15 minutes of samples
   const RUNS_SHOWN = 20;
+  const WORKFLOWS_EVERY = 5; // polls between two reads of the workflows' next fire times
   const STORAGE_KEY = "wf78.token";
   const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777", "#65a30d", "#dc2626"];
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
   // -- the token: #token= in the URL, else this tab's sessionStorage, else the login field.
   // A fragment never reaches the server (no access log keeps it); it leaves the address bar
   // and the history at once. The token only ever travels in the Authorization header. --
 
-  const fromFragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const fromFragment = fragment.get("token");
   if (fromFragment) {
     sessionStorage.setItem(STORAGE_KEY, fromFragment);
-    window.history.replaceState(null, "", location.pathname);
+    fragment.delete("token");
+    const rest = fragment.toString();
+    window.history.replaceState(null, "", location.pathname + (rest ? "#" + rest : ""));
   }
   let token = sessionStorage.getItem(STORAGE_KEY) || "";
 
@@ -38,10 +45,15 @@
     }
   }
 
-  async function api(path) {
+  async function api(path, method, body) {
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = "Bearer " + token;
-    const response = await fetch(PREFIX + path, { headers, cache: "no-store" });
+    const init = { method: method || "GET", headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(PREFIX + path, init);
     if (!response.ok) {
       let message = response.statusText;
       try {
@@ -112,11 +124,10 @@
 
   const clock = (epoch) => new Date(epoch * 1000).toLocaleTimeString();
 
-  // -- history for charts: per source, rates from successive counts --
+  // -- the history: the server's per-second samples, 15 minutes of them --
 
-  const history = new Map(); // source -> {ops: [[t, v]], errors: [[t, v]], p50: [[t, v]], p99: [[t, v]]}
-  const previous = new Map(); // source -> {t, ops, errors}
-  const rates = new Map(); // source -> latest ops/s
+  let samples = []; // oldest first
+  const rates = new Map(); // source -> ops/s of the newest sample
   const colours = new Map();
 
   function colour(name) {
@@ -130,28 +141,22 @@
     return node;
   }
 
-  function record(sources, now) {
-    for (const source of sources) {
-      let series = history.get(source.name);
-      if (!series) history.set(source.name, (series = { ops: [], errors: [], p50: [], p99: [] }));
-      const last = previous.get(source.name);
-      if (last && now > last.t) {
-        const dt = now - last.t;
-        // A counter that went down means the engine restarted: start afresh.
-        if (source.ops >= last.ops && source.errors >= last.errors) {
-          const opsRate = (source.ops - last.ops) / dt;
-          rates.set(source.name, opsRate);
-          series.ops.push([now, opsRate]);
-          series.errors.push([now, (source.errors - last.errors) / dt]);
-        }
-      }
-      previous.set(source.name, { t: now, ops: source.ops, errors: source.errors });
-      series.p50.push([now, source.latency_p50]);
-      series.p99.push([now, source.latency_p99]);
-      for (const points of Object.values(series)) {
-        while (points.length && points[0][0] < now - WINDOW_S) points.shift();
-      }
-    }
+  // Asked again for the last few seconds: in a cluster a process may publish a second late.
+  const historyPath = () => "/history" + (samples.length ? "?since=" + (samples[samples.length - 1].t - 3) : "");
+
+  function addSamples(view) {
+    const byTime = new Map(samples.map((s) => [s.t, s]));
+    for (const sample of view.samples) byTime.set(sample.t, sample);
+    const times = [...byTime.keys()].sort((a, b) => a - b);
+    const newest = times.length ? times[times.length - 1] : 0;
+    samples = times.filter((t) => t > newest - WINDOW_S).map((t) => byTime.get(t));
+    const last = samples[samples.length - 1];
+    if (last) for (const [name, source] of Object.entries(last.sources)) rates.set(name, source.ops);
+    const scope = document.getElementById("history-scope");
+    scope.textContent = view.cluster
+      ? "the cluster" + (last ? ", " + last.nodes + (last.nodes === 1 ? " process" : " processes") : "")
+      : "this process" + (view.problem ? " (" + view.problem + ")" : "");
+    scope.dataset.samples = String(samples.length);
   }
 
   // -- hand-written SVG line chart --
@@ -163,15 +168,14 @@
     return 10 * power;
   }
 
-  function drawChart(id, series, format, floor) {
+  function drawChart(id, series, format, floor, now) {
     const chart = document.getElementById(id);
     const legend = document.getElementById(id.replace("chart-", "legend-"));
     const width = 480, height = 150, left = 56, right = 10, top = 10, bottom = 22;
     const plotW = width - left - right, plotH = height - top - bottom;
-    const now = Date.now() / 1000;
-    // The window grows with the history, from 30 s up to WINDOW_S.
-    const oldest = Math.min(now, ...series.flatMap((s) => s.points.map((p) => p[0])));
-    const windowS = Math.min(WINDOW_S, Math.max(30, Math.ceil((now - oldest) / 30) * 30));
+    // The window grows with the history, from 60 s up to 15 minutes.
+    const oldest = samples.length ? samples[0].t : now;
+    const windowS = Math.min(WINDOW_S, Math.max(60, Math.ceil((now - oldest) / 60) * 60));
     const start = now - windowS;
     const values = series.flatMap((s) => s.points.map((p) => p[1]));
     const yMax = niceMax(Math.max(floor, ...values));
@@ -193,7 +197,7 @@
       const points = s.points.filter((p) => p[0] >= start);
       if (!points.length) continue;
       drawn += 1;
-      const attributes = { class: "series" + (s.dashed ? " dashed" : ""), stroke: s.colour, "data-series": s.key };
+      const attributes = { class: "series" + (s.dashed ? " dashed" : ""), stroke: s.colour, "data-series": s.key, "data-points": points.length };
       if (points.length === 1) {
         nodes.push(svg("circle", { ...attributes, cx: x(points[0][0]), cy: y(points[0][1]), r: 2.5, fill: s.colour }));
       } else {
@@ -205,22 +209,36 @@
       nodes.push(svg("text", { class: "placeholder", x: left + plotW / 2, y: top + plotH / 2, "text-anchor": "middle", text: "waiting for data…" }));
     }
     chart.replaceChildren(...nodes);
-    const names = [...new Set(series.map((s) => s.source))];
+    chart.dataset.peak = String(Math.max(0, ...values));
+    const names = [...new Set(series.map((s) => s.label || s.source))];
     legend.replaceChildren(...names.map((name) => el("li", { "data-source": name }, swatch(name), name)));
   }
 
   function drawCharts() {
+    if (!samples.length) return;
+    const now = samples[samples.length - 1].t;
+    const sources = [...new Set(samples.flatMap((s) => Object.keys(s.sources)))];
     const throughput = [], latency = [], errors = [];
-    for (const [name, series] of history) {
+    for (const name of sources) {
       const c = colour(name);
-      throughput.push({ key: name, source: name, colour: c, points: series.ops });
-      errors.push({ key: name, source: name, colour: c, points: series.errors });
-      latency.push({ key: name + ":p50", source: name, colour: c, points: series.p50 });
-      latency.push({ key: name + ":p99", source: name, colour: c, points: series.p99, dashed: true });
+      const of = (s) => s.sources[name];
+      const seen = samples.filter(of);
+      const busy = seen.filter((s) => of(s).ops > 0); // a latency needs operations
+      throughput.push({ key: name, source: name, colour: c, points: seen.map((s) => [s.t, of(s).ops]) });
+      errors.push({ key: name, source: name, colour: c, points: seen.map((s) => [s.t, of(s).errors]) });
+      latency.push({ key: name + ":p50", source: name, colour: c, points: busy.map((s) => [s.t, of(s).p50]) });
+      latency.push({ key: name + ":p99", source: name, colour: c, points: busy.map((s) => [s.t, of(s).p99]), dashed: true });
     }
-    drawChart("chart-throughput", throughput, rate, 1);
-    drawChart("chart-latency", latency, seconds, 0.001);
-    drawChart("chart-errors", errors, rate, 1);
+    const work = [{ key: "queued", source: "queued", colour: colour("queued"), dashed: true, points: samples.map((s) => [s.t, s.queued]) }];
+    const workflows = [...new Set(samples.flatMap((s) => Object.keys(s.workflows)))];
+    for (const name of workflows) {
+      if (!samples.some((s) => s.workflows[name] > 0)) continue; // never ran in the window
+      work.push({ key: "running:" + name, source: name, colour: colour(name), points: samples.map((s) => [s.t, s.workflows[name] || 0]) });
+    }
+    drawChart("chart-throughput", throughput, rate, 1, now);
+    drawChart("chart-latency", latency, seconds, 0.001, now);
+    drawChart("chart-errors", errors, rate, 1, now);
+    drawChart("chart-work", work, (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)), 1, now);
   }
 
   // -- panels --
@@ -304,7 +322,8 @@
   function renderRuns(runs) {
     const container = document.getElementById("runs");
     if (!runs.length) {
-      container.replaceChildren(el("p", { class: "empty", text: "no runs yet" }));
+      const filtered = runQuery.workflow || runQuery.status || runQuery.since || runQuery.offset;
+      container.replaceChildren(el("p", { class: "empty", text: filtered ? "no runs match" : "no runs yet" }));
       return;
     }
     const wallClock = Date.now() / 1000;
@@ -322,7 +341,7 @@
         el("span", { class: "badge status " + run.status, text: run.status }),
         el("span", { class: "duration", text: seconds(end - begin) }),
         el("span", { class: "when", text: clock(run.created) }),
-        el("span", { class: "run-id", title: run.id, text: run.id.slice(0, 12) }),
+        el("a", { class: "run-id open-run", href: "#run=" + encodeURIComponent(run.id), title: "open run " + run.id, text: run.id.slice(0, 12) }),
       );
       const rows = tasks.map((task) => {
         const track = el("div", { class: "track" });
@@ -355,26 +374,377 @@
     }));
   }
 
+  // -- the runs list: filters and pages --
+
+  const runQuery = { workflow: "", status: "", since: "", offset: 0 };
+  let nextOffset = null;
+
+  function runsPath() {
+    const query = new URLSearchParams({ limit: String(RUNS_SHOWN), offset: String(runQuery.offset) });
+    if (runQuery.workflow) query.set("workflow", runQuery.workflow);
+    if (runQuery.status) query.set("status", runQuery.status);
+    if (runQuery.since) query.set("since", String(Math.floor(Date.now() / 1000 - Number(runQuery.since))));
+    return "/runs?" + query.toString();
+  }
+
+  function renderPager(page) {
+    nextOffset = page.next_offset;
+    document.getElementById("page-prev").disabled = runQuery.offset === 0;
+    document.getElementById("page-next").disabled = nextOffset === null || nextOffset === undefined;
+    const first = page.runs.length ? runQuery.offset + 1 : 0;
+    const total = typeof page.total === "number" ? " of " + page.total : "";
+    document.getElementById("page-info").textContent = first + "–" + (runQuery.offset + page.runs.length) + total;
+  }
+
+  const filter = document.getElementById("run-filter");
+  filter.addEventListener("change", () => {
+    runQuery.workflow = document.getElementById("filter-workflow").value;
+    runQuery.status = document.getElementById("filter-status").value;
+    runQuery.since = document.getElementById("filter-since").value;
+    runQuery.offset = 0;
+    poll();
+  });
+  filter.addEventListener("submit", (event) => event.preventDefault());
+  document.getElementById("page-prev").addEventListener("click", () => {
+    runQuery.offset = Math.max(0, runQuery.offset - RUNS_SHOWN);
+    poll();
+  });
+  document.getElementById("page-next").addEventListener("click", () => {
+    if (nextOffset === null || nextOffset === undefined) return;
+    runQuery.offset = nextOffset;
+    poll();
+  });
+
+  // -- dead letters, each with its retry --
+
+  let deadLetters = [];
+
   function renderDeadLetters(status) {
-    const letters = Array.isArray(status.dead_letters) ? status.dead_letters : [];
+    deadLetters = Array.isArray(status.dead_letters) ? status.dead_letters : [];
     const count = document.getElementById("dead-letter-count");
-    count.textContent = String(letters.length);
-    count.classList.toggle("some", letters.length > 0);
+    const total = typeof status.dead_letter_count === "number" ? status.dead_letter_count : deadLetters.length;
+    count.textContent = String(total);
+    count.classList.toggle("some", total > 0);
     const container = document.getElementById("dead-letters");
-    if (!letters.length) {
+    if (!deadLetters.length) {
       container.replaceChildren(el("p", { class: "empty", text: "none" }));
       return;
     }
-    container.replaceChildren(el("table", {}, el("tbody", {}, ...letters.map((letter, index) => {
-      const item = letter && typeof letter === "object" ? letter : { value: letter };
-      const what = [item.workflow, item.task].filter(Boolean).join(" / ") || item.id || "#" + (index + 1);
-      const why = item.error || item.reason || JSON.stringify(item);
-      return el("tr", { "data-dead-letter": item.id || index },
-        el("td", { class: "what", text: what }),
-        el("td", { class: "why", text: why }),
-        el("td", { class: "num when", text: typeof item.time === "number" ? clock(item.time) : "" }));
-    }))));
+    container.replaceChildren(el("table", {}, el("tbody", {}, ...deadLetters.map((letter) => el("tr", { "data-dead-letter": letter.id },
+      el("td", { class: "what" }, el("a", { href: "#run=" + encodeURIComponent(letter.run_id), text: letter.workflow + " / " + letter.task })),
+      el("td", { class: "why", text: letter.error }),
+      el("td", { class: "num when", text: typeof letter.time === "number" ? clock(letter.time) : "" }),
+      el("td", {}, retryButton(letter)),
+    )))));
   }
+
+  function retryButton(letter) {
+    const button = el("button", { type: "button", class: "retry", "data-letter": letter.id, text: "Retry" });
+    button.addEventListener("click", () => retryLetter(letter));
+    return button;
+  }
+
+  // -- workflows: trigger, schedule, next fire, and a start button --
+
+  let workflowsKnown = [];
+
+  function renderTriggers(answer) {
+    workflowsKnown = answer.workflows;
+    const select = document.getElementById("filter-workflow");
+    const chosen = select.value;
+    select.replaceChildren(el("option", { value: "", text: "every workflow" }),
+      ...workflowsKnown.map((w) => el("option", { value: w.id, text: w.id })));
+    select.value = chosen;
+    setRows("triggers", workflowsKnown.map((w) => {
+      const start = el("button", { type: "button", class: "start", "data-workflow": w.id, text: "Start…" });
+      start.addEventListener("click", () => startWorkflow(w));
+      const what = w.trigger === "schedule" ? String(w.schedule) + (typeof w.schedule === "number" ? " s" : "")
+        : w.trigger === "event" ? w.event : "";
+      const next = typeof w.next_fire === "number" ? (w.next_fire_exact ? "" : "≈ ") + clock(w.next_fire) +
+        " (in " + uptime(Math.max(0, w.next_fire - answer.now)) + ")" : "";
+      return el("tr", { "data-trigger-of": w.id },
+        el("td", { class: "name", title: w.name || w.id, text: w.id }),
+        el("td", {}, el("span", { class: "badge trigger " + w.trigger, text: w.trigger })),
+        el("td", { class: "mono cadence", text: what }),
+        el("td", { class: "next-fire", text: next }),
+        el("td", { class: "num", text: String(w.tasks.length) }),
+        el("td", {}, start));
+    }), "no workflows configured", 6);
+  }
+
+  // -- limits and per-tenant queue depth, when the engine's stats carry them --
+
+  function cell(value) {
+    if (value === null || value === undefined) return "";
+    return typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+
+  function renderLimits(status) {
+    const limits = status.limits;
+    const tenants = status.queued_by_tenant || status.tenants || status.tenant_depth;
+    const panel = document.getElementById("limits-panel");
+    const some = (value) => (Array.isArray(value) ? value.length : value && Object.keys(value).length) > 0;
+    panel.hidden = !some(limits) && !some(tenants) && !status.fair_by;
+    if (panel.hidden) return;
+    document.getElementById("fair-by").textContent = status.fair_by ? "fair shares by " + status.fair_by : "fair shares off";
+    const rows = Array.isArray(limits) ? limits.map((l) => ({ ...l }))
+      : Object.entries(limits || {}).map(([name, l]) => (l && typeof l === "object" ? { name, ...l } : { name, value: l }));
+    const columns = [...new Set(rows.flatMap((row) => Object.keys(row)))];
+    const table = document.getElementById("limits");
+    table.tHead.replaceChildren(el("tr", {}, ...columns.map((c) => el("th", { text: c.replace(/_/g, " ") }))));
+    table.tBodies[0].replaceChildren(...(rows.length ? rows.map((row) => el("tr", { "data-limit": cell(row.name) },
+      ...columns.map((c) => el("td", { class: "limit-" + c, text: cell(row[c]) }))))
+      : [el("tr", {}, el("td", { class: "empty", text: "no limits configured" }))]));
+    const depth = Array.isArray(tenants) ? tenants.map((t) => [t.tenant ?? t.name ?? "", t.queued ?? t.depth ?? 0])
+      : Object.entries(tenants || {}).map(([name, v]) => [name, typeof v === "number" ? v : v.queued ?? v.depth ?? 0]);
+    const deepest = Math.max(1, ...depth.map((d) => d[1]));
+    setRows("tenants", depth.map(([name, queued]) => el("tr", { "data-tenant": name },
+      el("td", { text: name === "" ? "(no identity)" : name }),
+      el("td", { class: "num depth", text: integer(queued) }),
+      el("td", {}, meter(queued, deepest, "")))), "no tenant waiting", 3);
+  }
+
+  // -- one run: its DAG, its tasks, cancel and retry --
+
+  let openRunId = null;
+  let openRun = null;
+
+  function runFromHash() {
+    const id = new URLSearchParams(location.hash.slice(1)).get("run");
+    openRunId = id || null;
+    document.getElementById("run-view").hidden = !openRunId;
+    if (!openRunId) openRun = null;
+  }
+
+  window.addEventListener("hashchange", () => {
+    runFromHash();
+    if (openRunId) {
+      document.getElementById("run-view-id").textContent = openRunId;
+      document.getElementById("run-view").scrollIntoView();
+    }
+    poll();
+  });
+  document.getElementById("run-view-close").addEventListener("click", (event) => {
+    event.preventDefault();
+    window.history.replaceState(null, "", location.pathname);
+    runFromHash();
+  });
+  document.getElementById("run-view-cancel").addEventListener("click", () => {
+    if (openRun) cancelRun(openRun.run);
+  });
+
+  function layers(tasks) {
+    const byId = new Map(tasks.map((t) => [t.id, t]));
+    const depth = new Map();
+    const depthOf = (id) => {
+      if (depth.has(id)) return depth.get(id);
+      depth.set(id, 0); // a cycle cannot be configured; this only guards the recursion
+      const deps = byId.get(id).depends_on.filter((d) => byId.has(d));
+      const value = deps.length ? 1 + Math.max(...deps.map(depthOf)) : 0;
+      depth.set(id, value);
+      return value;
+    };
+    const columns = [];
+    for (const task of tasks) {
+      const d = depthOf(task.id);
+      (columns[d] = columns[d] || []).push(task);
+    }
+    return columns;
+  }
+
+  function took(task) {
+    if (typeof task.started !== "number") return "";
+    const stop = typeof task.finished === "number" ? task.finished : Date.now() / 1000;
+    return seconds(Math.max(0, stop - task.started));
+  }
+
+  function drawDag(tasks) {
+    const dag = document.getElementById("dag");
+    const nodeW = 168, nodeH = 46, gapX = 56, gapY = 14, pad = 10;
+    const columns = layers(tasks);
+    const rows = Math.max(1, ...columns.map((c) => c.length));
+    const width = pad * 2 + columns.length * nodeW + Math.max(0, columns.length - 1) * gapX;
+    const height = pad * 2 + rows * nodeH + (rows - 1) * gapY;
+    dag.setAttribute("viewBox", "0 0 " + width + " " + height);
+    dag.setAttribute("width", String(width));
+    dag.setAttribute("height", String(height));
+    const where = new Map();
+    columns.forEach((column, c) => column.forEach((task, r) => {
+      const offset = ((rows - column.length) * (nodeH + gapY)) / 2; // centre short columns
+      where.set(task.id, { x: pad + c * (nodeW + gapX), y: pad + offset + r * (nodeH + gapY) });
+    }));
+    const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" });
+    marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow" }));
+    const defs = svg("defs", {});
+    defs.append(marker);
+    const nodes = [defs];
+    for (const task of tasks) {
+      const to = where.get(task.id);
+      for (const dep of task.depends_on) {
+        const from = where.get(dep);
+        if (!from) continue;
+        const x1 = from.x + nodeW, y1 = from.y + nodeH / 2, x2 = to.x, y2 = to.y + nodeH / 2;
+        const bend = gapX / 2;
+        nodes.push(svg("path", { class: "edge", "data-edge": dep + "->" + task.id, "marker-end": "url(#arrow)",
+          d: `M ${x1} ${y1} C ${x1 + bend} ${y1}, ${x2 - bend} ${y2}, ${x2} ${y2}` }));
+      }
+    }
+    for (const task of tasks) {
+      const at = where.get(task.id);
+      const group = svg("g", { class: "node state-" + task.state, "data-task": task.id, "data-state": task.state, transform: `translate(${at.x},${at.y})`, tabindex: "0" });
+      group.append(svg("title", { text: task.id + ": " + task.state + (task.error ? " — " + task.error : "") }));
+      group.append(svg("rect", { width: nodeW, height: nodeH, rx: 7 }));
+      const name = task.id.length > 22 ? task.id.slice(0, 21) + "…" : task.id;
+      group.append(svg("text", { class: "node-name", x: 9, y: 18, text: name }));
+      const meta = [task.state, took(task), task.attempts > 1 ? task.attempts + " attempts" : ""].filter(Boolean).join(" · ");
+      group.append(svg("text", { class: "node-meta", x: 9, y: 35, text: meta }));
+      group.addEventListener("click", () => {
+        const row = document.querySelector('#run-tasks tr[data-task="' + CSS.escape(task.id) + '"]');
+        if (row) { row.scrollIntoView({ block: "nearest" }); row.classList.add("picked"); setTimeout(() => row.classList.remove("picked"), 1500); }
+      });
+      nodes.push(group);
+    }
+    dag.replaceChildren(...nodes);
+  }
+
+  function renderRunView(view) {
+    openRun = view;
+    const run = view.run;
+    document.getElementById("run-view-id").textContent = run.id;
+    const badge = document.getElementById("run-view-status");
+    badge.className = "badge status " + run.status;
+    badge.textContent = run.status;
+    badge.dataset.status = run.status;
+    const end = run.finished || Date.now() / 1000;
+    document.getElementById("run-view-meta").textContent = run.workflow + " · created " + clock(run.created) +
+      " · " + seconds(Math.max(0, end - (run.started || run.created)));
+    document.getElementById("run-view-cancel").hidden = FINISHED.has(run.status);
+    const error = document.getElementById("run-view-error");
+    error.hidden = !run.error;
+    error.textContent = run.error || "";
+    document.getElementById("run-view-context").textContent = run.context ? "context " + run.context : "";
+    drawDag(view.tasks);
+    setRows("run-tasks", view.tasks.map((task) => {
+      const letter = task.dead_letter ? { id: task.dead_letter, run_id: run.id, task: task.id, workflow: run.workflow } : null;
+      return el("tr", { "data-task": task.id, "data-state": task.state },
+        el("td", { class: "name" }, el("i", { class: "swatch state-" + task.state }), " ", task.id,
+          task.action ? el("div", { class: "caps", text: task.action }) : null),
+        el("td", { class: "state", text: task.state }),
+        el("td", { class: "num attempts", text: String(task.attempts) }),
+        el("td", { class: "source", text: task.data_source || "" }),
+        el("td", { class: "num took", text: took(task) }),
+        el("td", { class: "mono params", text: task.params || "" }),
+        el("td", { class: "mono result", title: task.result_truncated ? "cut: the result is longer" : null, text: task.result || "" }),
+        el("td", { class: "error", text: task.error || "" }),
+        el("td", {}, letter ? retryButton(letter) : null));
+    }), "no tasks", 9);
+  }
+
+  function renderRunMissing(error) {
+    openRun = null;
+    document.getElementById("run-view-status").textContent = error.status === 404 ? "unknown" : "error";
+    document.getElementById("run-view-meta").textContent = error.message;
+    document.getElementById("run-view-cancel").hidden = true;
+    document.getElementById("dag").replaceChildren();
+    setRows("run-tasks", [], "", 9);
+  }
+
+  // -- the confirmation dialog, and the actions --
+
+  const dialog = document.getElementById("confirm");
+
+  function confirmAction(title, text, json) {
+    document.getElementById("confirm-title").textContent = title;
+    document.getElementById("confirm-text").textContent = text;
+    document.getElementById("confirm-field").hidden = !json;
+    const input = document.getElementById("confirm-input");
+    input.value = json ? json.value : "";
+    document.getElementById("confirm-label").textContent = json ? json.label : "";
+    document.getElementById("confirm-problem").hidden = true;
+    dialog.returnValue = "";
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => {
+        if (dialog.returnValue !== "ok") return resolve(null);
+        resolve(json ? JSON.parse(input.value || "{}") : {});
+      }, { once: true });
+      dialog.showModal();
+    });
+  }
+
+  // A JSON field that is no JSON object keeps the dialog open and says why.
+  dialog.querySelector("form").addEventListener("submit", (event) => {
+    if (!event.submitter || event.submitter.value !== "ok" || document.getElementById("confirm-field").hidden) return;
+    const problem = document.getElementById("confirm-problem");
+    let value;
+    try {
+      value = JSON.parse(document.getElementById("confirm-input").value || "{}");
+    } catch (error) {
+      value = error;
+    }
+    if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Error) {
+      event.preventDefault();
+      problem.hidden = false;
+      problem.textContent = value instanceof Error ? "not JSON: " + value.message : "must be a JSON object";
+    }
+  });
+
+  let noticeTimer = null;
+
+  function notice(kind, text) {
+    const node = document.getElementById("notice");
+    node.hidden = false;
+    node.dataset.kind = kind;
+    node.textContent = text;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => { node.hidden = true; }, 10000);
+  }
+
+  async function act(what, request, done) {
+    try {
+      const answer = await request();
+      notice("ok", done(answer));
+    } catch (error) {
+      notice("error", what + " failed: " + error.message);
+    }
+    poll();
+  }
+
+  function showRun(id) {
+    location.hash = "run=" + encodeURIComponent(id);
+  }
+
+  async function cancelRun(run) {
+    if (!(await confirmAction("Cancel run", "Cancel run " + run.id + " of " + run.workflow + "? Its queued tasks are withdrawn and running ones interrupted."))) return;
+    await act("cancel", () => api("/runs/" + encodeURIComponent(run.id) + "/cancel", "POST"),
+      (answer) => "run " + answer.id + " is " + answer.status);
+  }
+
+  async function retryLetter(letter) {
+    if (!(await confirmAction("Retry dead letter", "Run task " + letter.task + " of " + letter.workflow + " (run " + letter.run_id + ") again?"))) return;
+    await act("retry", () => api("/dead-letters/" + encodeURIComponent(letter.id) + "/retry", "POST"), (answer) => {
+      showRun(answer.run_id);
+      return "task " + letter.task + " runs again in run " + answer.run_id;
+    });
+  }
+
+  async function startWorkflow(workflow) {
+    const context = await confirmAction("Start " + workflow.id, "Start a run of " + workflow.id + " with this context:", { label: "context (JSON object)", value: "{}" });
+    if (!context) return;
+    await act("start", () => api("/runs", "POST", { workflow: workflow.id, context }), (answer) => {
+      showRun(answer.run_id);
+      return "started run " + answer.run_id + " of " + workflow.id;
+    });
+  }
+
+  document.getElementById("emit").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = document.getElementById("emit-event").value.trim();
+    if (!name) return;
+    const payload = await confirmAction("Emit " + name, "Emit the event " + name + " with this payload:", { label: "payload (JSON object)", value: "{}" });
+    if (!payload) return;
+    await act("emit", () => api("/events/" + encodeURIComponent(name), "POST", payload),
+      (answer) => answer.run_ids.length ? "started " + answer.run_ids.length + " run(s): " + answer.run_ids.join(", ") : "no workflow listens to " + name);
+  });
 
   function setConnection(state, text) {
     const badge = document.getElementById("connection");
@@ -382,23 +752,56 @@
     badge.textContent = text;
   }
 
-  // -- the poll loop (one request pair at a time, one per second) --
+  // -- the poll loop (one round of requests at a time, one per second) --
 
   let timer = null;
+  let polls = 0;
+  let polling = false; // one round at a time: a call meanwhile asks for another at once
+  let again = false;
 
   async function poll() {
+    if (polling) {
+      again = true;
+      return;
+    }
+    polling = true;
     clearTimeout(timer);
     const started = Date.now();
+    const wait = await pollOnce();
+    polling = false;
+    if (again) {
+      again = false;
+      poll();
+    } else if (wait) {
+      timer = setTimeout(poll, Math.max(0, POLL_MS - (Date.now() - started)));
+    }
+  }
+
+  // One round; false when it must wait for a token.
+  async function pollOnce() {
     try {
-      const [status, recent] = await Promise.all([api("/status"), api("/runs?limit=" + RUNS_SHOWN)]);
-      record(status.sources, Date.now() / 1000);
+      const runId = openRunId;
+      const graph = runId ? api("/runs/" + encodeURIComponent(runId) + "/graph").catch((error) => error) : null;
+      const triggers = polls % WORKFLOWS_EVERY === 0 ? api("/workflows") : null;
+      const [status, history, recent, view, workflows] = await Promise.all([
+        api("/status"), api(historyPath()), api(runsPath()), graph, triggers]);
+      polls += 1;
+      addSamples(history);
       renderSummary(status);
       renderQueues(status);
       renderWorkflows(status);
       renderAgents(status);
       renderSources(status);
       renderDeadLetters(status);
+      renderLimits(status);
       renderRuns(recent.runs);
+      renderPager(recent);
+      if (workflows) renderTriggers(workflows);
+      if (runId && runId === openRunId) {
+        if (view instanceof HttpError) renderRunMissing(view);
+        else if (view instanceof Error) throw view;
+        else renderRunView(view);
+      }
       drawCharts();
       setConnection("live", "live");
       document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
@@ -406,13 +809,14 @@
       if (error instanceof HttpError && (error.status === 401 || error.status === 403)) {
         setConnection("error", error.status === 401 ? "sign in needed" : "token lacks the admin role");
         login.hidden = false;
-        return; // wait for a token from the login field
+        return false; // wait for a token from the login field
       }
       setConnection("error", "offline: " + error.message);
     }
-    timer = setTimeout(poll, Math.max(0, POLL_MS - (Date.now() - started)));
+    return true;
   }
 
+  runFromHash();
   if (!token) {
     setConnection("error", "sign in needed");
     login.hidden = false;

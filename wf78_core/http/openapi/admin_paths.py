@@ -13,6 +13,11 @@ from wf78_core.http.openapi.common import (
     ref,
     response_ref,
 )
+from wf78_core.http.openapi.dashboard_paths import (
+    dashboard_paths,
+    runs_list_parameters,
+    runs_list_response,
+)
 
 __all__ = ["admin_paths"]
 
@@ -128,27 +133,12 @@ def _run_paths(prefix: str, admin_role: str, max_body: int, run_history: int) ->
     return {
         f"{prefix}/runs": {
             "get": _admin_operation(
-                "The newest runs, newest first",
+                "The newest runs, newest first: filtered by workflow, status and time, paged",
                 {
-                    "200": json_response(
-                        "Runs",
-                        {
-                            "type": "object",
-                            "properties": {"runs": {"type": "array", "items": ref("Run")}},
-                            "required": ["runs"],
-                        },
-                    ),
-                    "400": json_response("limit out of range", error),
+                    "200": runs_list_response(),
+                    "400": json_response("A bad filter or page (field names it)", error),
                 },
-                parameters=[
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "description": "How many (1 to the engine's run_history; default 20)",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": run_history},
-                    }
-                ],
+                parameters=runs_list_parameters(run_history),
                 admin_role=admin_role,
             ),
             "post": _admin_operation(
@@ -197,6 +187,7 @@ def _run_paths(prefix: str, admin_role: str, max_body: int, run_history: int) ->
                 admin_role=admin_role,
             )
         },
+        **dashboard_paths(prefix, _admin_operation, run_id, admin_role),
         f"{prefix}/events/{{event}}": {
             "post": _admin_operation(
                 "Emit an event: starts every workflow subscribed to it",

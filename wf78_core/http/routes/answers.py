@@ -21,7 +21,8 @@ status  kind                 when
                              ``where`` list of more than ``max_pars`` values
 415     unsupported_media    a body that is neither JSON nor a form
 422     idempotency_conflict an ``Idempotency-Key`` sent again with another request
-429     (reserved)           for a rate-limiting plugin; wf78 itself never answers it
+429     rate_limited         a ``[limits.<name>]`` refused it (``errmsg`` names the
+                             limit; ``Retry-After``, ``RateLimit-Policy``, ``RateLimit``)
 503     overloaded           the engine's queue is full (``Retry-After``)
 503     unavailable          retryable data-source error after retries, timeouts,
                              no agent or source, engine shutting down; a source
@@ -49,6 +50,7 @@ from wf78_core.errors import (
     NoDataSource,
     OperationError,
     Overloaded,
+    RateLimited,
     RowNotFound,
     SourceUnavailable,
     Wf78Error,
@@ -119,9 +121,13 @@ def shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-async def answer(send: Send, back: Any, kind: str = "") -> None:
-    """Success: ``res`` 0 and the method's ``back`` (``kind``: koa78 mode's ``"json"``)."""
-    await send_json(send, 200, {"res": 0, "errmsg": "", "kind": kind, "back": back}, [_NO_STORE])
+async def answer(
+    send: Send, back: Any, kind: str = "", headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Success: ``res`` 0 and the method's ``back`` (``kind``: koa78 mode's ``"json"``;
+    ``headers``: more to send, such as a limit's ``RateLimit``)."""
+    payload = {"res": 0, "errmsg": "", "kind": kind, "back": back}
+    await send_json(send, 200, payload, [_NO_STORE, *headers] if headers else [_NO_STORE])
 
 
 async def answer_missed(send: Send, res: int, message: str, back: Any) -> None:
@@ -176,6 +182,12 @@ def failure_of(error: Exception, where: str) -> Failure:
     the log."""
     if isinstance(error, Overloaded):
         return Failure(503, "overloaded", str(error), _retry_after(error.retry_after))
+    if isinstance(error, RateLimited):
+        headers = _retry_after(error.retry_after)
+        if error.policy:
+            headers += [(b"ratelimit-policy", error.policy.encode())]
+            headers += [(b"ratelimit", error.state.encode())]
+        return Failure(429, "rate_limited", str(error), headers)
     if isinstance(error, RowNotFound):
         return Failure(404, "not_found", str(error))
     if isinstance(error, IdempotencyConflict):

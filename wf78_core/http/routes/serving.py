@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wf78_core.config import Identity
 from wf78_core.core.auth import bearer_token
+from wf78_core.core.fairness import TENANT
 from wf78_core.data.table import Table, owner_problem
 from wf78_core.errors import RowNotFound
 from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority
@@ -80,14 +81,17 @@ class DataRoutes:
         #: find a route.
         self.claims: tuple[str, ...] = paths.claims
         self.match = paths.match  # bound once: matching is on every claimed request
+        self._limits = engine.limits
+        self._fair_by = engine.admission.fair_by
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, route: DataRoute) -> None:
         # Asked before anything is answered: a failing authentication plugin fails the
         # request as it does on the app's own routes.
         identity = await self.callers.identify(scope)
         koa78 = route.table.koa78
+        headers: list[tuple[bytes, bytes]] = []
         try:
-            back = await self._serve(scope, receive, identity, route)
+            back = await self._serve(scope, receive, identity, route, headers)
         except Failure as failure:
             await answer_failure(send, failure)
             return
@@ -103,10 +107,15 @@ class DataRoutes:
             where = f"{route.table.name}/{route.method}"
             await answer_failure(send, failure_of(error, where))
             return
-        await answer(send, back, kind="json" if koa78 else "")
+        await answer(send, back, kind="json" if koa78 else "", headers=headers)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, identity: Identity | None, route: DataRoute
+        self,
+        scope: Scope,
+        receive: Receive,
+        identity: Identity | None,
+        route: DataRoute,
+        headers: list[tuple[bytes, bytes]],
     ) -> Any:
         if scope["method"] not in ("GET", "POST"):
             raise Failure(
@@ -152,7 +161,19 @@ class DataRoutes:
             priority=effective_priority(priority, identity),
             idempotency_key=_idempotency_key(scope, info, identity),
         )
-        return await route.handler(info, table, params)
+        limits = self._limits
+        if not (self._fair_by or limits):
+            return await route.handler(info, table, params)
+        # A [limits.<name>] may refuse (RateLimited: 429); the work waits in its tenant's turn.
+        admitted = await limits.enter(identity, info.name, route.method) if limits else None
+        token = TENANT.set(getattr(identity, self._fair_by) if identity and self._fair_by else "")
+        try:
+            return await route.handler(info, table, params)
+        finally:
+            TENANT.reset(token)
+            if admitted is not None:
+                headers += admitted.headers
+                await admitted.leave()
 
 
 def _check_identity(info: TableRoutes, identity: Identity | None) -> None:
