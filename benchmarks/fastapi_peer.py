@@ -83,7 +83,9 @@ TABLES: dict[str, dict[str, str]] = {
 }
 # Each request is a write with this probability.
 WORKLOADS = {"insert": 1.0, "read": 0.0, "mix": 0.2}
-STORES = ("sqlite", "mysql")
+STORES = ("sqlite", "mysql", "postgres")
+# PostgreSQL (issue 16): the same server for both sides, user postgres, database test.
+PG_SERVER = "postgres@127.0.0.1:5432/test"
 SIDES = ("fastapi", "wf78")
 CONFIG_ENV = "B14_WF78_CONFIG"
 START_SECONDS = 30.0
@@ -101,7 +103,8 @@ def warmup_seconds(seconds: int) -> int:
 
 def wf78_config(url: str, prefix: str, journal: str) -> dict[str, Any]:
     """``Wf78Middleware``'s configuration: the two tables, the token, one SQL source."""
-    source: dict[str, Any] = {"type": "mysql" if url.startswith("mysql") else "sqlite", "url": url}
+    kind = url.split(":", 1)[0].replace("postgresql", "postgres")
+    source: dict[str, Any] = {"type": kind, "url": url}
     return {
         "engine": {"journal": journal},
         "datasources": {"db": source},
@@ -554,6 +557,9 @@ class Store:
         if self.kind == "sqlite":
             scheme = "sqlite+aiosqlite" if side == "fastapi" else "sqlite"
             return f"{scheme}:///{self.sqlite_path}"
+        if self.kind == "postgres":
+            scheme = "postgresql+asyncpg" if side == "fastapi" else "postgresql"
+            return f"{scheme}://{PG_SERVER}"
         if side == "fastapi":
             server = MYSQL_SERVER
             return (
@@ -573,6 +579,8 @@ class Store:
                         else connection.execute(sql)
                     )
                     return cursor.fetchall()
+        if self.kind == "postgres":
+            return await self._execute_postgres(sql, rows)
         import aiomysql
 
         sql = sql.replace("?", "%s").replace('"', "`")
@@ -586,6 +594,20 @@ class Store:
                 return list(await cursor.fetchall())
         finally:
             connection.close()
+
+    async def _execute_postgres(self, sql: str, rows: list[tuple[Any, ...]] | None) -> list[Any]:
+        import asyncpg
+
+        parts = sql.split("?")
+        sql = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+        connection = await asyncpg.connect(f"postgresql://{PG_SERVER}")
+        try:
+            if rows is not None:
+                await connection.executemany(sql, rows)
+                return []
+            return [tuple(row) for row in await connection.fetch(sql)]
+        finally:
+            await connection.close()
 
     async def fill(self, side: str) -> dict[str, list[str]]:
         """:data:`ROWS` rows of the tenant in each table; their ids by table."""
@@ -617,7 +639,7 @@ class Store:
         return total
 
     async def drop(self) -> None:
-        if self.kind == "mysql":
+        if self.kind != "sqlite":
             for name in TABLES:
                 await self.execute(f'DROP TABLE IF EXISTS "{self.table(name)}"')
 
@@ -625,7 +647,7 @@ class Store:
 @asynccontextmanager
 async def store_for(kind: str) -> AsyncIterator[Store]:
     with tempfile.TemporaryDirectory(prefix="wf78-bench-b14-") as folder:
-        prefix = unique_name("b14") + "_" if kind == "mysql" else ""
+        prefix = unique_name("b14") + "_" if kind != "sqlite" else ""
         store = Store(kind, Path(folder), prefix)
         try:
             yield store

@@ -1324,6 +1324,9 @@ FASTAPI_PEER = (
     ("mysql", "insert", 3.0),
     ("mysql", "read", 1.0),
     ("mysql", "mix", 1.5),
+    ("postgres", "insert", 3.0),
+    ("postgres", "read", 1.0),
+    ("postgres", "mix", 1.5),
 )
 FASTAPI_WORKLOADS = {
     "insert": "inserts",

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from wf78_core.plugin import DataSourceError, OperationError
+from wf78_core.plugin import DataSourceError, OperationError, batch_span, operation_span
 
 from .statements import Params
 
@@ -60,6 +60,8 @@ class Write:
     record: Callable[[Any], tuple[str, Params]] | None = None
     result: Any = None
     error: OperationError | None = None
+    #: the span of the operation it serves (tracing on), linked from its batch's span
+    span: Any = None
 
     @property
     def group_key(self) -> object:
@@ -199,13 +201,14 @@ class GroupCommitWriter(ABC):
 
         A caller cancelled while waiting leaves its write queued: it may still commit.
         """
+        write.span = operation_span()
         if not self._running or (self._alone and not self._batches and not self._lock.locked()):
             # No loop, or low load with nothing queued and nothing committing: the caller
             # commits its write itself (two hand-offs to the loop's task fewer). Writes that
             # come meanwhile queue for the loop, so the next batch holds them all.
             async with self._lock:
                 with anyio.CancelScope(shield=True):
-                    await self._commit([write])
+                    await self._traced_commit([write])
             return write.outcome()
         while self._queued >= self.queue_size:  # bounded: wait for the loop to take a batch
             if self._room is None:
@@ -245,7 +248,7 @@ class GroupCommitWriter(ABC):
                 # A batch taken is finished even when shutdown cancels us.
                 with anyio.CancelScope(shield=True):
                     async with self._lock:
-                        await self._commit(batch.writes)
+                        await self._traced_commit(batch.writes)
                 self._alone = len(batch.writes) == 1
                 batch.done.set()
         finally:
@@ -267,6 +270,11 @@ class GroupCommitWriter(ABC):
             await self._close_connection()
 
     # -- one batch ------------------------------------------------------------------------
+
+    async def _traced_commit(self, batch: list[Write]) -> None:
+        """:meth:`_commit`, as a span linked to each write's operation (tracing on)."""
+        with batch_span(f"COMMIT {self.source}", [write.span for write in batch]):
+            await self._commit(batch)
 
     async def _commit(self, batch: list[Write]) -> None:
         """Apply ``batch`` in one transaction; afterwards every write has a result or an error."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -298,3 +299,29 @@ async def test_log_fields_without_tracing(caplog: pytest.LogCaptureFixture) -> N
     (record,) = [r for r in caplog.records if r.name == "wf78.test.tracing"]
     assert (record.run_id, record.task_id) == (run.id, "speak")  # type: ignore[attr-defined]
     assert not hasattr(record, "trace_id")
+
+
+async def test_a_group_commit_is_a_span_linked_to_each_write(
+    traced: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """Batched writes: the batch's span links to every operation it committed."""
+    config = make_config(
+        datasources={"db": {"type": "sqlite", "url": f"sqlite:///{tmp_path}/t.db"}},
+        tables={"items": {"columns": {"qty": "int"}, "data_source": "db"}},
+    )
+    async with Engine(config) as engine:
+
+        async def add(qty: int) -> None:
+            await engine.submit(Operation(action="add", table="items", values={"qty": qty}))
+
+        async with anyio.create_task_group() as group:
+            for qty in range(40):
+                group.start_soon(add, qty)
+    spans = traced.get_finished_spans()
+    adds = {span.context.span_id: span for span in by_name(spans, "add items")}
+    commits = by_name(spans, "COMMIT db")
+    assert len(adds) == 40 and 1 <= len(commits) < 40  # the writes were batched
+    linked = [link.context.span_id for commit in commits for link in commit.links]
+    assert sorted(linked) == sorted(adds)  # each write's span, linked once
+    assert all(commit.parent is None for commit in commits)  # a batch has no one parent
+    assert sum(commit.attributes["wf78.batch.size"] for commit in commits) >= 40

@@ -47,7 +47,8 @@ class _Flight:
 
     def __init__(self, generation: tuple[int, int]) -> None:
         self.generation = generation
-        self.done = anyio.Event()
+        # Made by the first caller to join: a read nobody joins (most) needs none.
+        self.done: anyio.Event | None = None
         self.joined = 0
         self.result: Result | None = None
 
@@ -107,6 +108,8 @@ class SharedReads:
         flight = self._flights.get(key)
         if flight is not None and flight.generation == generation:
             flight.joined += 1
+            if flight.done is None:
+                flight.done = anyio.Event()
             await flight.done.wait()
             result = flight.result
             if result is None:
@@ -125,7 +128,8 @@ class SharedReads:
         finally:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-            flight.done.set()
+            if flight.done is not None:
+                flight.done.set()
 
 
 def _copy(result: Result) -> Result:

@@ -38,6 +38,7 @@ from wf78_core.plugin.datasource import (
 )
 from wf78_core.plugin.drivers import MissingDriver, require_driver
 from wf78_core.plugin.registry import Registry
+from wf78_core.plugin.spans import batch_span, operation_span
 from wf78_core.plugin.spec import hookimpl
 from wf78_core.plugin.types import Action, AgentInfo, Choice, MaybeAwaitable, Scope
 
@@ -68,12 +69,14 @@ __all__ = [
     "TaskEvent",
     "TaskTimeout",
     "Wf78Error",
+    "batch_span",
     "check_replay",
     "convert_options",
     "explicit_key",
     "generated_ids",
     "hookimpl",
     "is_auto",
+    "operation_span",
     "recall",
     "record",
     "require_driver",
