@@ -162,8 +162,13 @@ async def test_under_server_instrumentation_its_span_is_the_parent(
         assert child.name == operation
         assert child.kind is SpanKind.CLIENT
         assert child.context.trace_id == request.context.trace_id
-    # wf78 made no HTTP span of its own: every span is the server's or an operation's.
-    assert {s.name for s in spans} == {
+    # wf78 made no HTTP span of its own: every span is the server's, an operation's or a
+    # group commit's (a root linked to the writes it committed).
+    adds = {span.context.span_id for span in by_name(spans, "add items")}
+    commits = by_name(spans, "COMMIT db")
+    assert commits and all(commit.parent is None for commit in commits)
+    assert {link.context.span_id for commit in commits for link in commit.links} == adds
+    assert {s.name for s in spans} - {"COMMIT db"} == {
         "POST /api/shop/items/mAdd",
         "GET /api/shop/items/get",
         "POST /add",
@@ -192,8 +197,14 @@ async def test_an_app_handler_and_a_run_join_the_traceparent(
             await _pause()
         assert run["status"] == "succeeded"
     spans = traced.get_finished_spans()
-    assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE_ID}
+    # Every span is in the caller's trace but the group commit's, which links to the add.
     (add,) = by_name(spans, "add items")
+    commits = by_name(spans, "COMMIT db")
+    assert [link.context.span_id for commit in commits for link in commit.links] == [
+        add.context.span_id
+    ]
+    traced_ids = {format(s.context.trace_id, "032x") for s in spans if s not in commits}
+    assert traced_ids == {TRACE_ID}
     (run_span,) = by_name(spans, "wf78.run ingest")
     for span in (add, run_span):
         assert span.parent is not None and format(span.parent.span_id, "016x") == PARENT_ID
