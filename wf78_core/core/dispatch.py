@@ -87,6 +87,7 @@ class Dispatcher:
             pending=self._pending_alone,
             running=self._running_alone,
             joins_reads=bool(self.settings.shared_reads),
+            timeouts=self._timeouts,
         )
         self.lanes.open = self.tracer is None
 

@@ -12,6 +12,8 @@ not free at once or its source is unhealthy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from wf78_core.config import Config
 from wf78_core.core.agents import Agent
 from wf78_core.core.scheduling import Limit
@@ -60,9 +62,10 @@ class Lanes:
         pending: tuple[Limit, ...],
         running: tuple[Limit, ...],
         joins_reads: bool,
+        timeouts: Mapping[str, float | None],
     ) -> None:
         self._tables = config.tables
-        self._timeouts = {name: s.timeout for name, s in config.datasources.items()}
+        self._timeouts = timeouts
         self._pool = pool
         self._pending = pending
         self._running = running
