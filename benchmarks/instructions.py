@@ -13,8 +13,11 @@ included (aiosqlite's, the interpreter's), start-up and shutdown cancelled out.
 ``noop``        ``Operation(action="noop")`` on the ``memory`` source: the engine alone.
 ``sqlite_add``  ``Operation(action="add")`` of one row on a ``sqlite`` source (WAL, FULL).
 ``redis_set``   ``Operation(action="cache_set")`` on a ``redis`` source (127.0.0.1:6379).
+``pg_get``      ``Operation(action="get")`` by id on a ``postgres`` source (127.0.0.1:5432), one
+                in flight, as B15get.
 ``direct_*``    the same work without the engine, for scale: a bare coroutine, an aiosqlite
-                INSERT + COMMIT, a redis.asyncio SET, driven the same way.
+                INSERT + COMMIT, a redis.asyncio SET, an asyncpg ``fetchrow`` on one
+                connection, driven the same way.
 """
 
 from __future__ import annotations
@@ -33,11 +36,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL, LARGE = 1_000, 6_000
 WINDOW = 64
 REDIS_URL = "redis://127.0.0.1:6379/0"
-CASES = ("noop", "direct_noop", "sqlite_add", "direct_sqlite_add", "redis_set", "direct_redis_set")
+CASES = (
+    "noop",
+    "direct_noop",
+    "sqlite_add",
+    "direct_sqlite_add",
+    "redis_set",
+    "direct_redis_set",
+    "pg_get",
+    "direct_pg_get",
+)
 
 
-async def _steady(one: Any, n: int) -> None:
-    window = asyncio.Semaphore(WINDOW)
+async def _steady(one: Any, n: int, in_flight: int = WINDOW) -> None:
+    window = asyncio.Semaphore(in_flight)
     tasks: set[asyncio.Task[None]] = set()
 
     async def run(i: int) -> None:
@@ -98,6 +110,9 @@ async def _case(case: str, n: int, folder: str) -> None:
         finally:
             await client.aclose()
         return
+    if case in ("pg_get", "direct_pg_get"):
+        await _pg_get(case, n)
+        return
     # WF78_SHARED_READS=0: the engine without shared reads, to see what they cost a write.
     shared = os.environ.get("WF78_SHARED_READS", "1") == "1"
     config: dict[str, Any] = {
@@ -122,6 +137,41 @@ async def _case(case: str, n: int, folder: str) -> None:
             await engine.submit(make(i))
 
         await _steady(submit, n)
+
+
+async def _pg_get(case: str, n: int) -> None:
+    """Gets by id on PostgreSQL one at a time (B15get's shape): ``engine.submit(get)``, or
+    asyncpg's ``fetchrow`` on one connection (B15get's baseline)."""
+    import asyncpg
+
+    from benchmarks.postgres_writes import PG_URL, ROWS, _config, _fill, _select, pg_table
+    from wf78_core import Engine, Operation
+
+    ids = [f"r{i:06d}" for i in range(ROWS)]
+    async with pg_table("insn_gets") as table:
+        await _fill(table)
+        if case == "direct_pg_get":
+            select = _select(table)
+            connection = await asyncpg.connect(PG_URL, server_settings={"timezone": "UTC"})
+            turn = asyncio.Lock()
+            try:
+
+                async def fetch(i: int) -> None:
+                    async with turn:
+                        await connection.fetchrow(select, ids[i % ROWS])
+
+                await _steady(fetch, n, 1)
+            finally:
+                await connection.close()
+            return
+        async with Engine(_config(table)) as engine:
+
+            async def get(i: int) -> None:
+                where = {"id": ids[i % ROWS]}
+                op = Operation(action="get", table=table, where=where, data_source="db")
+                await engine.submit(op)
+
+            await _steady(get, n, 1)
 
 
 def _run_child(case: str, n: int) -> None:

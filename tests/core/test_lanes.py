@@ -48,9 +48,9 @@ async def test_which_operations_have_a_lane(config: Config) -> None:
         assert lanes.get(noop("memory")) is None  # a type: its healthy source may change
         assert lanes.get(noop("timed")) is None  # a deadline needs a cancel scope
         assert lanes.get(Operation(action="add", table="chosen", values={})) is None
-        assert (
-            lanes.get(Operation(action="get", table="fixed", where={"id": "1"})) is None
-        )  # shared
+        read = lanes.get(Operation(action="get", table="fixed", where={"id": "1"}))
+        assert read is not None and read.shares  # joins the same read in flight
+        assert not lanes.get(Operation(action="add", table="fixed", values={})).shares  # type: ignore[union-attr]
         assert lanes.get(noop("nowhere")) is None  # the full path says why
 
 
@@ -146,3 +146,63 @@ async def test_lanes_are_forgotten_when_the_engine_stops(config: Config) -> None
             result = await engine.submit(noop())
             assert result.data_source == "mem"
             assert engine.stats().sources[0].ops == 1  # this start's source, not the last one's
+
+
+def read(**fields: Any) -> Operation:
+    return Operation(action="get", table="t", where={"id": "1"}, data_source="slow", **fields)
+
+
+async def test_a_lane_read_joins_the_same_read_in_flight(faults: Faults, config: Config) -> None:
+    """Reads of a lane share one query with each other and with the full path's reads."""
+    async with Engine(config(datasources=SOURCES), plugins=[faults]) as engine:
+        assert engine.dispatcher.lanes.get(read()) is not None
+        found: dict[str, Any] = {}
+
+        async def get(name: str, op: Operation) -> None:
+            found[name] = (await engine.submit(op)).value
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(get, "first", read())
+            await faults.until(lambda: len(faults.entered) == 1)
+            group.start_soon(get, "lane", read())
+            group.start_soon(get, "full", read(timeout=5.0))  # a deadline: the full path
+            await anyio.wait_all_tasks_blocked()
+            assert len(faults.entered) == 1  # both joined the first query
+            faults.gate.set()
+        assert (
+            found["first"] == found["lane"] == found["full"] == {"source": "slow", "action": "get"}
+        )
+        assert found["lane"] is not found["first"]  # each caller its own copy
+        stats = engine.stats()
+        assert (stats.reads_shared, stats.submitted, stats.completed) == (2, 3, 3)
+        assert_idle(engine)
+
+
+async def test_when_a_lane_read_fails_its_joiners_run_their_own(
+    faults: Faults, config: Config
+) -> None:
+    cfg = config(
+        datasources={"slow": {"type": "faulty", "block": True, "fail": 1, "retryable": False}}
+    )
+    async with Engine(cfg, plugins=[faults]) as engine:
+        found: dict[str, Any] = {}
+
+        async def first() -> None:
+            with pytest.raises(DataSourceError, match="failed on purpose"):
+                await engine.submit(read())
+
+        async def joined() -> None:
+            found["joined"] = (await engine.submit(read())).value
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            await faults.until(lambda: len(faults.entered) == 1)
+            group.start_soon(joined)
+            await anyio.wait_all_tasks_blocked()
+            assert len(faults.entered) == 1
+            faults.gate.set()
+        assert found["joined"] == {"source": "slow", "action": "get"}
+        assert len(faults.entered) == 2  # its own query, not the failed one's error
+        stats = engine.stats()
+        assert (stats.reads_shared, stats.submitted, stats.completed, stats.failed) == (0, 2, 1, 1)
+        assert_idle(engine)

@@ -13,11 +13,11 @@ from wf78_core.core.admission import Admission, Counters
 from wf78_core.core.agents import Agent
 from wf78_core.core.bus import EventBus
 from wf78_core.core.fallback import Fallbacks, execute_within, failed_as
-from wf78_core.core.lanes import Lane, Lanes
+from wf78_core.core.lanes import Lanes
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.routing import Router
 from wf78_core.core.scheduling import Limit
-from wf78_core.core.sharing import SHARED_ACTIONS, SharedReads
+from wf78_core.core.sharing import SHARED_ACTIONS, Flight, SharedReads
 from wf78_core.core.sources import Source, SourcePool
 from wf78_core.core.tickets import Ticket
 from wf78_core.core.tracing import instrument
@@ -86,8 +86,12 @@ class Dispatcher:
             pool,
             pending=self._pending_alone,
             running=self._running_alone,
-            joins_reads=bool(self.settings.shared_reads),
             timeouts=self._timeouts,
+            counters=counters,
+            reads=self.shared_reads,
+            life=life,
+            fallbacks=self.fallbacks,
+            scheduler=self._scheduler,
         )
         self.lanes.open = self.tracer is None
 
@@ -127,6 +131,14 @@ class Dispatcher:
             and self._scheduler.try_acquire(lane.taken)
         ):
             # Every slot free at once: run inline (see wf78_core.core.lanes).
+            flight = None
+            if lane.shares:
+                reads = self.shared_reads
+                assert reads is not None  # a lane shares reads only when they are on
+                flight, leads = reads.enter(op.data_source, op)
+                if flight is not None and not leads:  # the same read in flight: join it
+                    self._scheduler.release(lane.taken)
+                    return await self._lane_join(op, priority, context, flight)
             self.counters.submitted += 1
             source = lane.source
             try:
@@ -134,25 +146,29 @@ class Dispatcher:
                     op = self.prepare(op)  # a bad operation is the caller's, not the source's
             except BaseException:
                 self._scheduler.release(lane.taken)
-                self._lane_done(op, failed=True)
+                self.lanes.done(op, failed=True)
                 raise
             started = time.perf_counter()
             try:
                 value = await source.adapter.execute(op)
             except Exception as failure:
+                if flight is not None:
+                    flight.drop()
                 self._scheduler.release(lane.running)
-                return await self._lane_failed(op, lane, priority, failure, started)
+                return await self.lanes.failed(op, lane, priority, failure, started)
             except BaseException:
+                if flight is not None:
+                    flight.drop()
                 self._scheduler.release(lane.taken)
-                self._lane_done(op, failed=True)
+                self.lanes.done(op, failed=True)
                 raise
             finished = time.perf_counter()
             self._scheduler.release(lane.taken)
             source.counters.ops += 1
             source.counters.latency.record(finished - started)
             lane.agent.completed += 1
-            self._lane_done(op, failed=False)
-            return Result(
+            self.lanes.done(op, failed=False)
+            result = Result(
                 value=value,
                 data_source=source.name,
                 source_type=source.type,
@@ -160,6 +176,9 @@ class Dispatcher:
                 agent=lane.agent.id,
                 elapsed=finished - started,
             )
+            if flight is not None:
+                result = flight.land(result)
+            return result
         return await self._submit(op, priority, context)
 
     async def _submit(
@@ -212,45 +231,21 @@ class Dispatcher:
             if self._life.closing:
                 self._life.work_done()
 
-    def _lane_done(self, op: Operation, *, failed: bool) -> None:
-        """Book an operation of a lane that has given back its slots."""
-        if failed:
-            self.counters.failed += 1
-        else:
-            self.counters.completed += 1
-        reads = self.shared_reads
-        if reads is not None:
-            reads.wrote(op)
-        if self._life.closing:
-            self._life.work_done()
-
-    async def _lane_failed(
+    async def _lane_join(
         self,
         op: Operation,
-        lane: Lane,
         priority: int | None,
-        failure: Exception,
-        started: float,
+        context: Mapping[str, Any] | None,
+        flight: Flight,
     ) -> Result:
-        """A lane's first attempt failed (its attempt's slots given back, its admission
-        slot still held): the retries and fallbacks of the full path, or the error."""
-        failed = True
-        try:
-            reported = failed_as(lane.source, failure)
-            if not reported.retryable:
-                reported.attempts = 1
-                if reported is failure:
-                    raise reported
-                raise reported from failure
-            level = self.settings.submit_priority if priority is None else priority
-            result = await self.fallbacks.recover(
-                op, level, None, self._running_alone, lane.source, lane.reason, reported, started
-            )
-            failed = False
-            return result
-        finally:
-            self._scheduler.release(self._pending_alone)
-            self._lane_done(op, failed=failed)
+        """A lane's read that joined the same read in flight (its slots given back): a copy
+        of that read's result, or its own read on the full path when that one failed."""
+        result = await flight.reads.follow(flight)
+        if result is None:
+            return await self._submit(op, priority, context)
+        self.counters.submitted += 1
+        self.lanes.done(op, failed=False)
+        return result
 
     def prepare(self, op: Operation, task: tuple[str, str] | None = None) -> Operation:
         """:func:`~wf78_core.idempotency.prepare` (``prepare_task`` for a run's ``(run id,

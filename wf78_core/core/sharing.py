@@ -30,7 +30,7 @@ import msgspec
 from wf78_core.core.admission import Counters
 from wf78_core.definitions import Operation, Result
 
-__all__ = ["SHARED_ACTIONS", "SharedReads"]
+__all__ = ["SHARED_ACTIONS", "Flight", "SharedReads"]
 
 #: The actions that may share one query.
 SHARED_ACTIONS = frozenset({"get", "count", "search"})
@@ -40,28 +40,49 @@ _READS = frozenset({"get", "count", "search", "cache_get", "health", "noop", "li
 _ENCODER = msgspec.json.Encoder()
 
 
-class _Flight:
+class Flight:
     """One read in flight: its generation, whether others joined, and how it ended."""
 
-    __slots__ = ("done", "generation", "joined", "result")
+    __slots__ = ("done", "generation", "joined", "key", "reads", "result")
 
-    def __init__(self, generation: tuple[int, int]) -> None:
+    def __init__(self, reads: SharedReads, key: bytes, generation: tuple[int, int]) -> None:
+        self.reads = reads
+        self.key = key
         self.generation = generation
         # Made by the first caller to join: a read nobody joins (most) needs none.
         self.done: anyio.Event | None = None
         self.joined = 0
         self.result: Result | None = None
 
+    def land(self, result: Result) -> Result:
+        """The leader's ``result``: kept for the callers that joined, and the leader's own
+        copy when anyone did."""
+        if self.joined:
+            # Others copy the kept result after this caller has its own.
+            self.result = result
+            result = _copy(result)
+        self.drop()
+        return result
+
+    def drop(self) -> None:
+        """End this flight (after :meth:`land`, or without a result: its followers run on
+        their own)."""
+        flights = self.reads.flights
+        if flights.get(self.key) is self:
+            del flights[self.key]
+        if self.done is not None:
+            self.done.set()
+
 
 class SharedReads:
     """The reads in flight, by what they read, and each table's write generation."""
 
-    __slots__ = ("_counters", "_everything", "_flights", "_tables")
+    __slots__ = ("_counters", "_everything", "_tables", "flights")
 
     def __init__(self, counters: Counters) -> None:
         # counters.reads_shared: reads answered by another caller's query.
         self._counters = counters
-        self._flights: dict[bytes, _Flight] = {}
+        self.flights: dict[bytes, Flight] = {}
         self._tables: dict[str, int] = {}
         # Bumped by a write without a table: every table's generation moves with it.
         self._everything = 0
@@ -69,7 +90,7 @@ class SharedReads:
     @property
     def in_flight(self) -> int:
         """Reads running now that another may join."""
-        return len(self._flights)
+        return len(self.flights)
 
     def wrote(self, op: Operation) -> None:
         """Note that ``op`` finished: a write starts a new generation of its table."""
@@ -81,14 +102,13 @@ class SharedReads:
         else:
             self._tables[table] = self._tables.get(table, 0) + 1
 
-    async def read(
-        self, source: str | None, op: Operation, run: Callable[[], Awaitable[Result]]
-    ) -> Result:
-        """``run()``, or the result of the same read already in flight (a copy of it).
-        ``source``: the source the read names (None: the one routing picks for it; a read
-        in flight on another replica of the table is as good as a new one there)."""
+    def key(self, source: str | None, op: Operation) -> bytes | None:
+        """What ``op`` reads, as the key of its flight; None: a value JSON cannot name
+        (such a read is its own). ``source``: the source the read names (None: the one
+        routing picks for it; a read in flight on another replica of the table is as good
+        as a new one there)."""
         try:
-            key = _ENCODER.encode(
+            return _ENCODER.encode(
                 (
                     source,
                     op.action,
@@ -103,33 +123,70 @@ class SharedReads:
                 )
             )
         except (TypeError, msgspec.EncodeError):
-            return await run()  # a value JSON cannot name: this read is its own
-        generation = (self._everything, self._tables.get(op.table or "", 0))
-        flight = self._flights.get(key)
-        if flight is not None and flight.generation == generation:
-            flight.joined += 1
-            if flight.done is None:
-                flight.done = anyio.Event()
-            await flight.done.wait()
-            result = flight.result
-            if result is None:
-                return await run()
-            self._counters.reads_shared += 1
-            return _copy(result)
-        flight = _Flight(generation)
-        self._flights[key] = flight
+            return None
+
+    def enter(self, source: str | None, op: Operation) -> tuple[Flight | None, bool]:
+        """Where a read ``op`` stands: the same read in flight, to :meth:`follow`
+        (``(flight, False)``), or the flight it now leads, to land or drop when it ends
+        (``(flight, True)``; ``(None, True)``: it cannot be shared)."""
+        key = self.key(source, op)
+        if key is None:
+            return None, True
+        flight = self.joinable(key, op)
+        if flight is not None:
+            return flight, False
+        return self.lead(key, op), True
+
+    def joinable(self, key: bytes, op: Operation) -> Flight | None:
+        """The read in flight under ``key`` begun in the current generation of ``op``'s
+        table, to :meth:`follow`; None: the caller runs its read and should :meth:`lead`."""
+        flight = self.flights.get(key)
+        if flight is not None and flight.generation == self._generation(op):
+            return flight
+        return None
+
+    def lead(self, key: bytes, op: Operation) -> Flight:
+        """Start the flight of ``key``: reads arriving now join it until :meth:`land` or
+        :meth:`drop`."""
+        flight = self.flights[key] = Flight(self, key, self._generation(op))
+        return flight
+
+    async def follow(self, flight: Flight) -> Result | None:
+        """Wait for ``flight``: its result (a copy), or None when it failed or was cancelled
+        (then the caller runs its read on its own)."""
+        flight.joined += 1
+        if flight.done is None:
+            flight.done = anyio.Event()
+        await flight.done.wait()
+        result = flight.result
+        if result is None:
+            return None
+        self._counters.reads_shared += 1
+        return _copy(result)
+
+    def _generation(self, op: Operation) -> tuple[int, int]:
+        return (self._everything, self._tables.get(op.table or "", 0))
+
+    async def read(
+        self, source: str | None, op: Operation, run: Callable[[], Awaitable[Result]]
+    ) -> Result:
+        """``run()``, or the result of the same read already in flight (a copy of it)."""
+        key = self.key(source, op)
+        if key is None:
+            return await run()
+        flight = self.joinable(key, op)
+        if flight is not None:
+            result = await self.follow(flight)
+            if result is not None:
+                return result
+            return await run()
+        flight = self.lead(key, op)
         try:
             result = await run()
-            if flight.joined:
-                # Others copy the kept result after this caller has its own.
-                flight.result = result
-                return _copy(result)
-            return result
-        finally:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            if flight.done is not None:
-                flight.done.set()
+        except BaseException:
+            flight.drop()
+            raise
+        return flight.land(result)
 
 
 def _copy(result: Result) -> Result:
