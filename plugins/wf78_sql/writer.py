@@ -125,7 +125,9 @@ class GroupCommitWriter(ABC):
         self.transactions = 0
         self.writes = 0
         self.fallbacks = 0
-        self._lock = anyio.Lock()
+        # No yield when free: a caller committing its own write alone costs no extra turn
+        # of the event loop (every path that takes it awaits the database anyway).
+        self._lock = anyio.Lock(fast_acquire=True)
         self._running = False
         self._batches: deque[_Batch] = deque()
         self._queued = 0
