@@ -8,6 +8,13 @@ its own items' answers: one refused document (a duplicate id, a mapping error) f
 its caller. A failed request (unreachable cluster, timeout, 429 or 5xx for the whole
 request) fails every item it carried with the mapped, usually retryable, error.
 
+With tracing on, a write handed to the loop notes its operation's span
+(:func:`~wf78_core.plugin.operation_span`), and the loop sends each batch inside a span
+``BULK {source}`` (:func:`~wf78_core.plugin.batch_span`): a root span linked to the span of
+every operation it carried, with ``wf78.batch.size`` (its writes; one write larger than
+``max_bulk`` goes out in several requests under that one span). A write sent by its caller
+(no loop running) runs under its operation's span and makes no batch span.
+
 ``client.bulk`` is called directly rather than through ``helpers.async_bulk``: the helper
 reports only the failed items, without their position, and may split or retry on its own.
 """
@@ -24,7 +31,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from elasticsearch import AsyncElasticsearch
 
-from wf78_core.plugin import DataSourceError
+from wf78_core.plugin import DataSourceError, batch_span, operation_span
 
 from .errors import closed_error, map_error
 
@@ -45,6 +52,8 @@ class Write:
     items: list[Item]
     responses: list[Response | None] = field(init=False)
     done: anyio.Event = field(default_factory=anyio.Event)
+    #: the span of the operation it serves (tracing on), linked from its batch's span
+    span: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.responses = [None] * len(self.items)
@@ -94,6 +103,7 @@ class BulkWriter:
         if send is None:
             await self._flush([write])
         else:
+            write.span = operation_span()
             try:
                 await send.send(write)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -124,7 +134,7 @@ class BulkWriter:
                 batch, carried = self._gather(head, receive)
                 # Writes taken from the stream are sent even when shutdown cancels us.
                 with anyio.CancelScope(shield=True):
-                    await self._flush(batch)
+                    await self._traced_flush(batch)
         finally:
             self._send = None
             # No await from here on, so no sender slips in between draining and closing;
@@ -155,6 +165,11 @@ class BulkWriter:
             batch.append(write)
             size += len(write.items)
         return batch, None
+
+    async def _traced_flush(self, batch: Sequence[Write]) -> None:
+        """:meth:`_flush`, as a span linked to each write's operation (tracing on)."""
+        with batch_span(f"BULK {self.source}", [write.span for write in batch]):
+            await self._flush(batch)
 
     async def _flush(self, batch: Sequence[Write]) -> None:
         """Send ``batch`` (in chunks of ``max_bulk`` items when one write is larger) and

@@ -20,11 +20,21 @@ under one timeout per round trip instead of one per reply; a connection without 
 gets its replies through ``read_response`` itself. A round trip that fails (reset, timeout,
 cancellation) closes its connection, so replies it still owes never reach the next user;
 the connection reconnects on its next use.
+
+With tracing on, a command that joins a batch notes its operation's span
+(:func:`~wf78_core.plugin.operation_span`), and the loop sends the batch inside a span
+``PIPELINE {source}`` (:func:`~wf78_core.plugin.batch_span`): a root span linked to the span
+of every operation whose command it carried, with ``wf78.batch.size`` (its commands). A lone
+command, sent by its own caller, runs under its operation's span and makes no batch span.
+Whether spans may record is decided once, when the pipeline is made (as the engine decides
+when it is built): without a tracer provider then, a queued command costs one attribute
+test and a batch one more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +45,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wf78_core.plugin import batch_span, operation_span
 
 from .errors import closed_error, map_error
 from .scripts import Script
@@ -67,12 +79,14 @@ if _NOT_ENOUGH_DATA is None:  # pragma: no cover
 class _Batch:
     """Commands sent in one round trip, and the future of each command's caller."""
 
-    __slots__ = ("packed", "scripts", "waiters")
+    __slots__ = ("packed", "scripts", "spans", "waiters")
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
         self.waiters: list[asyncio.Future[Any]] = []
         self.scripts: dict[int, Script] | None = None
+        # the operation span of each command (None: untraced); None until one is traced
+        self.spans: list[Any] | None = None
 
 
 # The reply of a command the pipeline stopped before sending.
@@ -96,6 +110,7 @@ class AutoPipeline:
         self.pipelines = 0
         self.commands = 0
         self._pack = _packer(self.pool.connection_kwargs)
+        self._traced = _may_trace()  # else no command looks for its operation's span
         self._running = False
         self._busy = False  # a round trip on the kept connection is in flight
         self._kept: Any = None  # the connection of round trips while ``run`` runs
@@ -155,6 +170,13 @@ class AutoPipeline:
             if batch.scripts is None:
                 batch.scripts = {}
             batch.scripts[len(batch.packed)] = script
+        if self._traced:
+            span = operation_span()  # the caller's, linked from the batch's span
+            if batch.spans is not None:
+                batch.spans.append(span)
+            elif span is not None:
+                batch.spans = [None] * len(batch.packed)
+                batch.spans.append(span)
         batch.packed.append(packed)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         batch.waiters.append(waiter)
@@ -193,7 +215,10 @@ class AutoPipeline:
                 self._busy = True
                 try:
                     with anyio.CancelScope(shield=True):
-                        replies = await self._answer(batch.packed, batch.scripts, kept=True)
+                        if batch.spans is None:  # none of its commands is traced
+                            replies = await self._answer(batch.packed, batch.scripts, kept=True)
+                        else:
+                            replies = await self._traced_answer(batch, batch.spans)
                 finally:
                     self._busy = False
                 for waiter, reply in zip(batch.waiters, replies, strict=True):
@@ -213,6 +238,11 @@ class AutoPipeline:
             if not self._busy:  # else the lone caller in flight gives the connection back
                 with anyio.CancelScope(shield=True):
                     await self._give_back()
+
+    async def _traced_answer(self, batch: _Batch, spans: list[Any]) -> list[Any]:
+        """A batch's round trip, as a span linked to its operations' ``spans``."""
+        with batch_span(f"PIPELINE {self.source}", spans):
+            return await self._answer(batch.packed, batch.scripts, kept=True)
 
     async def _alone(self, packed: bytes, script: Script | None) -> Any:
         """Send a command in its own round trip, on a connection of the pool."""
@@ -275,6 +305,17 @@ class AutoPipeline:
         connection, self._kept = self._kept, None
         if connection is not None:
             await self.pool.release(connection)
+
+
+def _may_trace() -> bool:
+    """Whether a span may record in this process: the OpenTelemetry API is loaded and the
+    app set a tracer provider (what ``wf78_core.core.tracing.detect`` asks, once per engine).
+    redis-py loads the API itself, so being loaded alone says nothing."""
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
+        return False
+    provider = api.get_tracer_provider()
+    return not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
 
 
 def _packer(settings: dict[str, Any]) -> Packer:
