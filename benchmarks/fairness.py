@@ -10,7 +10,8 @@ B16 ``noisy_fair`` / ``noisy_fifo`` (``fair_by = "cid"`` / ``""``): the source t
 fair shares act. Tenant B first sends one ``mAdd`` every 5 ms for :data:`IDLE_SECONDS`
 alone (its p99 idle); then tenant A floods ``--n`` ``mAdd`` from ``--in-flight`` (64)
 workers while B keeps sending one every 5 ms (its p99 during the flood). Reports both
-p99s, their ratio and A's throughput. The database file is on tmpfs (``/dev/shm``): the
+p99s and p50s, their ratios and A's throughput (``fairness_stages`` runs the same case with
+probes and tells where B's request waits). The database file is on tmpfs (``/dev/shm``): the
 disk's fsyncs, shared with whatever else the machine runs, would swamp the queueing.
 
 B18 ``routes_fair`` / ``routes_fifo``: B10b (``mAdd``, 64 in flight, one tenant, the
@@ -25,6 +26,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,9 @@ ROUTE = "/api/bench/items/mAdd"
 MEMORY_DIR = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 _encode = msgspec.json.Encoder().encode
+
+#: In tenant B's pacer task: ``"idle"`` or ``"flood"`` (what ``fairness_stages`` probes key on).
+B_PHASE: ContextVar[str] = ContextVar("b16_phase", default="")
 
 
 def _headers(token: str) -> list[tuple[bytes, bytes]]:
@@ -71,8 +76,11 @@ async def _add(driver: AsgiDriver, token: str, i: int) -> None:
         raise RuntimeError(f"add {i}: {status} {answer[:200]!r}")
 
 
-async def _paced(driver: AsgiDriver, stop: asyncio.Event, latencies: list[float]) -> None:
+async def _paced(
+    driver: AsgiDriver, stop: asyncio.Event, latencies: list[float], phase: str
+) -> None:
     """Tenant B: one request every 5 ms (on a fixed schedule) until ``stop``."""
+    B_PHASE.set(phase)  # this task's context only: B's requests of this phase
     loop = asyncio.get_running_loop()
     due = loop.time()
     i = 0
@@ -97,13 +105,13 @@ async def _noisy(args: argparse.Namespace, fair_by: str) -> Measurement:
                 await _add(driver, "a-token" if i % 2 else "b-token", -1 - i)
             idle: list[float] = []
             stop = asyncio.Event()
-            pacer = asyncio.create_task(_paced(driver, stop, idle))
+            pacer = asyncio.create_task(_paced(driver, stop, idle, "idle"))
             await asyncio.sleep(IDLE_SECONDS)
             stop.set()
             await pacer
             flood: list[float] = []
             stop = asyncio.Event()
-            pacer = asyncio.create_task(_paced(driver, stop, flood))
+            pacer = asyncio.create_task(_paced(driver, stop, flood, "flood"))
             began = time.perf_counter()
             result = await time_requests(
                 lambda i: _add(driver, "a-token", i), args.n, args.in_flight, warmup=0
@@ -116,8 +124,10 @@ async def _noisy(args: argparse.Namespace, fair_by: str) -> Measurement:
         "fair_by": fair_by,
         "b_idle_p99_ms": idle_p99 * 1e3,
         "b_flood_p99_ms": flood_p99 * 1e3,
+        "b_idle_p50_ms": statistics.median(idle) * 1e3,
         "b_flood_p50_ms": statistics.median(flood) * 1e3,
         "b_ratio": flood_p99 / idle_p99,
+        "b_p50_ratio": statistics.median(flood) / statistics.median(idle),
         "b_requests_in_flood": len(flood),
         "a_requests_per_s": result["requests_per_s"],
         "total_requests_per_s": (args.n + len(flood)) / elapsed,

@@ -49,7 +49,8 @@ def noisy_neighbour(plan: Plan) -> list[Outcome]:
         progress(
             f"B16 round {number}/{plan.rounds}: B's p99 flood/idle fair "
             f"{fair['b_ratio']:.2f}x ({fair['b_flood_p99_ms']:.1f} ms), fifo "
-            f"{fifo['b_ratio']:.2f}x ({fifo['b_flood_p99_ms']:.1f} ms)"
+            f"{fifo['b_ratio']:.2f}x ({fifo['b_flood_p99_ms']:.1f} ms); idle p99 fair "
+            f"{fair['b_idle_p99_ms']:.1f} ms, fifo {fifo['b_idle_p99_ms']:.1f} ms"
         )
     title = f"noisy neighbour: A floods {n:,} mAdd (64 in flight), B one every 5 ms"
     fair_ratio = _outcome(
@@ -63,6 +64,13 @@ def noisy_neighbour(plan: Plan) -> list[Outcome]:
     )
     fifo_ratio = [r["fifo"]["b_ratio"] for r in rounds]
     fair_ratio.notes = [f'fair_by = "" (contrast): {median_and_spread(fifo_ratio)[0]:.2f}x']
+    for side in ("fair", "fifo"):  # the p50s: steadier than p99s on a shared machine
+        p50 = median_and_spread([r[side]["b_p50_ratio"] for r in rounds])[0]
+        idle = median_and_spread([r[side]["b_idle_p50_ms"] for r in rounds])[0]
+        flood = median_and_spread([r[side]["b_flood_p50_ms"] for r in rounds])[0]
+        fair_ratio.notes.append(
+            f"{side}: B's p50 flood/idle {p50:.2f}x ({flood:.2f} / {idle:.2f} ms)"
+        )
     throughput = _outcome(
         "B16b",
         "noisy neighbour: total requests/s with fair shares vs without",
