@@ -231,7 +231,7 @@ class Engine:
         self.admission = Admission(
             self.settings, fair_by=resolve_fair_by(self.settings.fair_by, owned)
         )
-        #: ``[limits.<name>]``, asked by the data routes (wf78_core.core.limits)
+        #: ``[limits.<name>]``, asked by each caller's Table call (wf78_core.data.tenancy)
         self.limits = Limiter(self.config.limits)
         self.scheduler = self.admission.scheduler
         self.counters = Counters()

@@ -27,15 +27,13 @@ from urllib.parse import unquote, urlsplit
 
 import aiomysql
 import anyio
-import msgspec
 from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 
 from wf78_core.plugin import ConfigError, SourceSpec
 from wf78_sql import (
-    DEFAULT_OUTBOX_TABLE,
     Params,
-    SqlSource,
-    check_outbox_table,
+    ServerOptions,
+    ServerSource,
     convert_options,
     create_table_sql,
 )
@@ -57,40 +55,21 @@ _INIT_COMMAND = (
 _MAX_STATEMENT = 4 * 1024 * 1024
 
 
-class MySQLOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The ``[datasources.<name>]`` keys of type ``mysql`` besides ``type`` and ``url``."""
+class MySQLOptions(ServerOptions, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The ``[datasources.<name>]`` keys of type ``mysql`` besides ``type`` and ``url``: the
+    shared ones (:class:`wf78_sql.ServerOptions`; ``minsize`` and ``maxsize`` bound the pool,
+    whose writer keeps one connection; the pool replaces a connection idle longer than
+    ``pool_recycle``, the writer its own once older) and these."""
 
-    # Pool bounds; the writer keeps one connection, readers share the others.
-    minsize: int = 1
-    maxsize: int = 10
     charset: str = "utf8mb4"
-    connect_timeout: float = 5.0
-    # Writes applied per group-commit transaction at most.
-    max_batch: int = 1000
-    # Writes waiting for the writer at most; further writers wait for room.
-    queue_size: int = 10_000
-    # Create missing declared tables on open, and let the engine create today's shards at
-    # start; false: nothing is created on this source unless ``wf78 maintain`` asks.
-    create_tables: bool = True
-    # Seconds after which an idle pooled connection is replaced.
-    pool_recycle: float = 3600
-    # The transactional outbox feeding table mirrors (created on first use).
-    outbox_table: str = DEFAULT_OUTBOX_TABLE
 
     def __post_init__(self) -> None:
-        check_outbox_table(self.outbox_table)
-        for name in ("max_batch", "queue_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
         if self.maxsize < 2:
             raise ValueError("maxsize must be >= 2: the writer keeps one connection")
-        if not 0 <= self.minsize <= self.maxsize:
-            raise ValueError("minsize must be between 0 and maxsize")
-        if self.connect_timeout <= 0:
-            raise ValueError("connect_timeout must be positive")
+        super().__post_init__()
 
 
-class MySQLSource(SqlSource):
+class MySQLSource(ServerSource):
     """A :class:`~wf78_core.plugin.DataSource` on one MySQL or MariaDB database.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
@@ -103,6 +82,7 @@ class MySQLSource(SqlSource):
     Options = MySQLOptions
     kind = "mysql"
     dialect = MYSQL
+    counted = ("multi_row_inserts",)
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
@@ -111,7 +91,6 @@ class MySQLSource(SqlSource):
         self.settings = connection_settings(spec)
         self.concurrency = min(self.options.queue_size, 1024)
         self._pool: Any = None
-        self._counts = {"discarded": 0, "multi_row_inserts": 0, "fallbacks": 0}
 
     # -- counters ---------------------------------------------------------------------------
 
@@ -121,29 +100,15 @@ class MySQLSource(SqlSource):
         return self._pool
 
     @property
-    def discarded(self) -> int:
-        """Writer connections closed (not pooled again) after they failed."""
-        return self._count("discarded")
-
-    @property
     def multi_row_inserts(self) -> int:
         """INSERT statements sent for several rows at once."""
         return self._count("multi_row_inserts")
-
-    @property
-    def fallbacks(self) -> int:
-        """Groups of identical INSERTs applied one by one because some row failed."""
-        return self._count("fallbacks")
 
     @property
     def writer_thread_id(self) -> int | None:
         """The server thread id of the writer's connection, None before its first batch."""
         writer = self._writer
         return writer.thread_id if isinstance(writer, MySQLWriter) else None
-
-    def _count(self, name: str) -> int:
-        writer = self._writer
-        return self._counts[name] + (getattr(writer, name) if writer is not None else 0)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -179,6 +144,7 @@ class MySQLSource(SqlSource):
                 queue_size=options.queue_size,
                 # Leave room for the packet header and the INSERT's head and tail.
                 max_statement=max(1024, min(packet, _MAX_STATEMENT) - 16 * 1024),
+                recycle=options.pool_recycle,
             )
             if options.create_tables:
                 await self.ensure_tables()
@@ -192,9 +158,6 @@ class MySQLSource(SqlSource):
         (idempotent)."""
         writer, pool = self._retire_writer(), self._pool
         self._pool = None
-        if isinstance(writer, MySQLWriter):
-            for name in self._counts:
-                self._counts[name] += getattr(writer, name)
         with anyio.CancelScope(shield=True):
             try:
                 if writer is not None:

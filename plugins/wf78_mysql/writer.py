@@ -22,8 +22,8 @@ from aiomysql.cursors import RE_INSERT_VALUES
 from pymysql.constants import SERVER_STATUS  # type: ignore[import-untyped]
 from pymysql.converters import escape_string  # type: ignore[import-untyped]
 
-from wf78_core.plugin import DataSourceError, OperationError
-from wf78_sql import GroupCommitWriter, Params, closed_error
+from wf78_core.plugin import OperationError
+from wf78_sql import ConnectionWriter, Params
 
 from .connections import prepare
 from .errors import CommitUnknown, aborts_transaction, is_connection_lost, map_error
@@ -36,13 +36,15 @@ __all__ = ["MySQLWriter"]
 _FRESH_SECONDS = 0.01
 
 
-class MySQLWriter(GroupCommitWriter):
+class MySQLWriter(ConnectionWriter):
     """Batches writes on a connection of ``pool``.
 
-    ``discarded`` counts connections closed after they failed, ``multi_row_inserts`` the
-    INSERTs sent for several rows at once (a chunk counts once per ``executemany``).
+    ``discarded`` counts connections closed after they failed, ``recycled`` those replaced
+    for their age (``recycle`` seconds), ``multi_row_inserts`` the INSERTs sent for several
+    rows at once (a chunk counts once per ``executemany``).
     """
 
+    kind = "mysql"
     begin_sql = "START TRANSACTION"
     savepoint = "wf78_write"  # WRITE is a reserved word in MySQL
     autocommits = True
@@ -55,13 +57,12 @@ class MySQLWriter(GroupCommitWriter):
         max_batch: int,
         queue_size: int,
         max_statement: int,
+        recycle: float = float("inf"),
     ) -> None:
-        super().__init__(source=source, max_batch=max_batch, queue_size=queue_size)
+        super().__init__(source=source, max_batch=max_batch, queue_size=queue_size, recycle=recycle)
         self.pool = pool
         self.max_statement = max_statement
-        self.connection: Any = None
         self._used_at = 0.0
-        self.discarded = 0
         self.multi_row_inserts = 0
 
     @property
@@ -76,44 +77,40 @@ class MySQLWriter(GroupCommitWriter):
     def map_error(self, error: BaseException, *, retryable: bool | None = None) -> OperationError:
         return map_error(error, self.source, retryable=retryable)
 
-    def closed_error(self) -> DataSourceError:
-        return closed_error("mysql", self.source)
-
     def aborts_batch(self, error: BaseException) -> bool:
         return aborts_transaction(error)
 
-    async def _begin(self) -> None:
-        # A connection the server dropped while idle fails at once; nothing of the batch has
-        # run yet, so one fresh connection is worth a try before failing the batch.
-        for attempt in range(2):
-            await self._connect()
-            try:
-                await self._sql(self.begin_sql)
-                return
-            except Exception as error:
-                if attempt or not is_connection_lost(error):
-                    raise
-                self._drop(counted=True)
+    def is_connection_lost(self, error: BaseException) -> bool:
+        return is_connection_lost(error)
 
-    async def _end(self) -> None:
-        try:
-            await self.connection.commit()
-        except Exception as error:
-            if is_connection_lost(error):
-                raise CommitUnknown(error) from error
-            raise
+    def commit_unknown(self, error: BaseException) -> Exception:
+        return CommitUnknown(error)
 
-    async def _abort(self, error: BaseException) -> None:
-        connection = self.connection
-        if connection is None:
-            return
-        if connection.closed or is_connection_lost(error):
-            self._drop(counted=True)
-            return
+    async def _commit_connection(self) -> None:
+        await self.connection.commit()
+
+    async def _rollback_connection(self) -> None:
+        await self.connection.rollback()
+
+    def _is_closed(self, connection: Any) -> bool:
+        closed: bool = connection.closed
+        return closed
+
+    async def _open(self) -> Any:
+        connection = await self.pool.acquire()
         try:
-            await connection.rollback()
+            await prepare(connection)
+            await connection.autocommit(True)
         except Exception:
-            self._drop(counted=True)  # a connection that cannot roll back is not reused
+            self._release(connection)
+            self.discarded += 1
+            raise
+        return connection
+
+    def _release(self, connection: Any) -> None:
+        """Close ``connection`` and give its pool slot back, without the connection."""
+        connection.close()
+        self.pool.release(connection)  # a closed connection only leaves the pool's books
 
     async def _close_connection(self) -> None:
         connection = self.connection
@@ -127,36 +124,13 @@ class MySQLWriter(GroupCommitWriter):
         finally:
             self._drop(counted=False)
 
-    async def _connect(self) -> Any:
-        if self.connection is not None and self.connection.closed:
-            self._drop(counted=True)
-        if self.connection is None:
-            connection = await self.pool.acquire()
-            self.connection = connection
-            try:
-                await prepare(connection)
-                await connection.autocommit(True)
-            except Exception:
-                self._drop(counted=True)
-                raise
-        return self.connection
-
-    def _drop(self, *, counted: bool) -> None:
-        """Close the writer's connection and give its pool slot back, without the connection."""
-        connection, self.connection = self.connection, None
-        if connection is None:
-            return
-        connection.close()
-        self.pool.release(connection)  # a closed connection only leaves the pool's books
-        if counted:
-            self.discarded += 1
-
     def _may_autocommit(self) -> bool:
         connection = self.connection
         return (
             connection is not None
             and not connection.closed
             and time.monotonic() - self._used_at < _FRESH_SECONDS
+            and not self.expired  # else BEGIN goes first, on a new connection
         )
 
     def _one_statement(self, sql: str, rows: list[Params]) -> Callable[[], Awaitable[Any]] | None:

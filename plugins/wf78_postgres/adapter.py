@@ -31,12 +31,11 @@ import msgspec
 
 from wf78_core.plugin import ConfigError, InvalidOperation, Operation, SourceSpec
 from wf78_sql import (
-    DEFAULT_OUTBOX_TABLE,
     Params,
-    SqlSource,
+    ServerOptions,
+    ServerSource,
     TableSql,
     Write,
-    check_outbox_table,
     convert_options,
     create_table_sql,
 )
@@ -57,41 +56,23 @@ _SERVER_SETTINGS = {"timezone": "UTC", "application_name": "wf78"}
 _CREATED_MEANWHILE = frozenset({"23505", "42P07", "42710"})
 
 
-class PostgresOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The ``[datasources.<name>]`` keys of type ``postgres`` besides ``type`` and ``url``."""
+class PostgresOptions(ServerOptions, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The ``[datasources.<name>]`` keys of type ``postgres`` besides ``type`` and ``url``:
+    the shared ones (:class:`wf78_sql.ServerOptions`; the writer keeps one connection besides
+    ``maxsize`` readers) and these."""
 
-    # Reader connections opened at start and at most; the writer keeps one of its own.
-    minsize: int = 1
-    maxsize: int = 10
-    connect_timeout: float = 5.0
     # Prepared statements asyncpg keeps per reader connection.
     statement_cache_size: int = 256
-    # Writes applied per group-commit transaction at most.
-    max_batch: int = 1000
-    # Writes waiting for the writer at most; further writers wait for room.
-    queue_size: int = 10_000
-    # Let the engine create the declared tables and today's shards at start; false: nothing
-    # is created on this source unless ``wf78 maintain`` asks.
-    create_tables: bool = True
     # Sharded tables as native partitions of one partitioned table; false: a table per shard.
     partitions: bool = True
-    # The transactional outbox feeding table mirrors (created on first use).
-    outbox_table: str = DEFAULT_OUTBOX_TABLE
 
     def __post_init__(self) -> None:
-        check_outbox_table(self.outbox_table)
-        for name in ("max_batch", "queue_size", "maxsize"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not 0 <= self.minsize <= self.maxsize:
-            raise ValueError("minsize must be between 0 and maxsize")
-        if self.connect_timeout <= 0:
-            raise ValueError("connect_timeout must be positive")
+        super().__post_init__()
         if self.statement_cache_size < 0:
             raise ValueError("statement_cache_size must be >= 0")
 
 
-class PostgresSource(SqlSource):
+class PostgresSource(ServerSource):
     """A :class:`~wf78_core.plugin.DataSource` on one PostgreSQL database.
 
     Call :meth:`open`, then start :meth:`run` in a task group (``await tg.start(source.run)``)
@@ -99,12 +80,16 @@ class PostgresSource(SqlSource):
     created by the engine's start-up maintenance (or :meth:`ensure_tables`), so that a
     sharded table's is made a partitioned one. Counters: ``transactions`` and ``writes``,
     ``discarded`` (writer connections closed after failing), ``pipelines`` (``executemany``
-    calls of several rows), ``copies`` (groups of INSERTs sent as one COPY) and ``fallbacks`` (groups applied row by row after a bad row).
+    calls of several rows), ``copies`` (groups of INSERTs sent as one COPY), ``fallbacks``
+    (groups applied row by row after a bad row) and ``recycled`` (connections replaced for
+    being older than ``pool_recycle``: readers at their next checkout, the writer's between
+    batches).
     """
 
     Options = PostgresOptions
     kind = "postgres"
     dialect = POSTGRES
+    counted = ("pipelines", "copies")
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
@@ -113,7 +98,7 @@ class PostgresSource(SqlSource):
         self.url = connection_url(spec)
         self.concurrency = min(self.options.queue_size, 1024)
         self._readers: Readers | None = None
-        self._counts = {"discarded": 0, "pipelines": 0, "copies": 0, "fallbacks": 0}
+        self._readers_recycled = 0
         self._partitions = (
             Partitions(dialect=POSTGRES, tables=spec.tables, read=self._read, alone=self._run_alone)
             if self.options.partitions
@@ -128,10 +113,6 @@ class PostgresSource(SqlSource):
         return self._readers
 
     @property
-    def discarded(self) -> int:
-        return self._count("discarded")
-
-    @property
     def pipelines(self) -> int:
         return self._count("pipelines")
 
@@ -140,18 +121,20 @@ class PostgresSource(SqlSource):
         return self._count("copies")
 
     @property
-    def fallbacks(self) -> int:
-        return self._count("fallbacks")
+    def recycled(self) -> int:
+        """Connections closed and replaced for their age, readers' and writer's."""
+        readers = self._readers
+        return (
+            self._count("recycled")
+            + self._readers_recycled
+            + (readers.recycled if readers is not None else 0)
+        )
 
     @property
     def writer_pid(self) -> int | None:
         """The server process of the writer's connection, None before its first batch."""
         writer = self._writer
         return writer.backend_pid if isinstance(writer, PostgresWriter) else None
-
-    def _count(self, name: str) -> int:
-        writer = self._writer
-        return self._counts[name] + (getattr(writer, name) if writer is not None else 0)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -161,7 +144,7 @@ class PostgresSource(SqlSource):
         if self._readers is not None:
             return
         options = self.options
-        readers = Readers(self._connect_reader, options.maxsize)
+        readers = Readers(self._connect_reader, options.maxsize, recycle=options.pool_recycle)
         try:
             await readers.fill(max(options.minsize, 1))
         except Exception as error:
@@ -173,6 +156,7 @@ class PostgresSource(SqlSource):
             source=self.name,
             max_batch=options.max_batch,
             queue_size=options.queue_size,
+            recycle=options.pool_recycle,
         )
 
     async def _connect_reader(self) -> Any:
@@ -197,9 +181,8 @@ class PostgresSource(SqlSource):
         """Close the writer's connection after the batch in progress, then the readers."""
         writer, readers = self._retire_writer(), self._readers
         self._readers = None
-        if isinstance(writer, PostgresWriter):
-            for name in self._counts:
-                self._counts[name] += getattr(writer, name)
+        if readers is not None:
+            self._readers_recycled += readers.recycled
         with anyio.CancelScope(shield=True):
             try:
                 if writer is not None:

@@ -43,12 +43,16 @@ def sqlstate(error: BaseException) -> str | None:
 
 
 def is_connection_lost(error: BaseException) -> bool:
-    """Whether the connection that raised ``error`` is unusable."""
+    """Whether the connection that raised ``error`` is unusable. asyncpg's
+    InternalClientError ("cannot switch to state ...; another operation is in progress")
+    is a connection whose protocol an earlier failure (the server killed mid-query) left
+    in the middle of an operation: it never works again."""
     if isinstance(
         error,
         CommitUnknown
         | asyncpg.PostgresConnectionError
         | asyncpg.InterfaceError
+        | asyncpg.InternalClientError
         | ConnectionError
         | OSError,
     ) and not isinstance(error, asyncpg.DataError):

@@ -6,8 +6,10 @@ Bind/Execute per row and waits once: one round trip for the batch), measured aga
 multi-row ``INSERT ... VALUES`` and ``COPY`` in ``benchmarks/postgres_writes.py``. A bad row
 fails the ``executemany``; the shared loop then applies the batch write by write, each under
 a savepoint, so only its own caller gets the error. Statements are prepared once per
-connection (kept by the writer). A connection lost mid-batch fails every write of the
-batch as retryable and is closed: the server rolls back what it never saw committed.
+connection (kept by the writer), so a new connection prepares them again. A connection lost
+mid-batch fails every write of the batch as retryable and is closed: the server rolls back
+what it never saw committed. One older than ``pool_recycle`` is replaced between batches
+(:class:`wf78_sql.ConnectionWriter`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from wf78_core.plugin import DataSourceError, OperationError
-from wf78_sql import GroupCommitWriter, Params, closed_error
+from wf78_core.plugin import OperationError
+from wf78_sql import ConnectionWriter, Params
 
 from .errors import CommitUnknown, is_connection_lost, map_error
 from .statements import IGNORE_TAIL, native
@@ -65,19 +67,27 @@ def changed_rows(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-class PostgresWriter(GroupCommitWriter):
+class PostgresWriter(ConnectionWriter):
     """Batches writes on a connection from ``connect``; ``discarded`` counts connections
-    closed after they failed, ``pipelines`` the ``executemany`` calls of several rows,
-    ``copies`` the groups of at least ``copy_rows`` plain INSERTs sent as one COPY."""
+    closed after they failed, ``recycled`` those replaced for their age (``recycle``
+    seconds), ``pipelines`` the ``executemany`` calls of several rows, ``copies`` the groups
+    of at least ``copy_rows`` plain INSERTs sent as one COPY."""
 
+    kind = "postgres"
     savepoint = "wf78_write"
 
-    def __init__(self, connect: Connect, *, source: str, max_batch: int, queue_size: int) -> None:
-        super().__init__(source=source, max_batch=max_batch, queue_size=queue_size)
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        source: str,
+        max_batch: int,
+        queue_size: int,
+        recycle: float = float("inf"),
+    ) -> None:
+        super().__init__(source=source, max_batch=max_batch, queue_size=queue_size, recycle=recycle)
         self._connect_new = connect
-        self.connection: Any = None
         self._statements: dict[str, Any] = {}
-        self.discarded = 0
         self.pipelines = 0
         self.copies = 0
         self.copy_rows = COPY_ROWS
@@ -94,44 +104,27 @@ class PostgresWriter(GroupCommitWriter):
     def map_error(self, error: BaseException, *, retryable: bool | None = None) -> OperationError:
         return map_error(error, self.source, retryable=retryable)
 
-    def closed_error(self) -> DataSourceError:
-        return closed_error("postgres", self.source)
-
     def aborts_batch(self, error: BaseException) -> bool:
         return is_connection_lost(error)
 
-    async def _begin(self) -> None:
-        # A connection the server dropped while idle fails at once; nothing of the batch has
-        # run yet, so one fresh connection is worth a try before failing the batch.
-        for attempt in range(2):
-            await self._connect()
-            try:
-                await self.connection.execute("BEGIN")
-                return
-            except Exception as error:
-                if attempt or not is_connection_lost(error):
-                    raise
-                self._drop(counted=True)
+    def is_connection_lost(self, error: BaseException) -> bool:
+        return is_connection_lost(error)
 
-    async def _end(self) -> None:
-        try:
-            await self.connection.execute("COMMIT")
-        except Exception as error:
-            if is_connection_lost(error):
-                raise CommitUnknown(error) from error
-            raise
+    def commit_unknown(self, error: BaseException) -> Exception:
+        return CommitUnknown(error)
 
-    async def _abort(self, error: BaseException) -> None:
-        connection = self.connection
-        if connection is None:
-            return
-        if connection.is_closed() or is_connection_lost(error):
-            self._drop(counted=True)
-            return
-        try:
-            await connection.execute("ROLLBACK")
-        except Exception:
-            self._drop(counted=True)  # a connection that cannot roll back is not reused
+    async def _open(self) -> Any:
+        connection = await self._connect_new()
+        self._statements = {}  # prepared statements belong to their connection
+        return connection
+
+    def _release(self, connection: Any) -> None:
+        self._statements = {}
+        connection.terminate()
+
+    def _is_closed(self, connection: Any) -> bool:
+        closed: bool = connection.is_closed()
+        return closed
 
     async def _close_connection(self) -> None:
         connection, self.connection = self.connection, None
@@ -142,23 +135,6 @@ class PostgresWriter(GroupCommitWriter):
             await connection.close(timeout=5)
         except Exception:
             connection.terminate()
-
-    async def _connect(self) -> Any:
-        if self.connection is not None and self.connection.is_closed():
-            self._drop(counted=True)
-        if self.connection is None:
-            self.connection = await self._connect_new()
-            self._statements = {}
-        return self.connection
-
-    def _drop(self, *, counted: bool) -> None:
-        connection, self.connection = self.connection, None
-        self._statements = {}
-        if connection is None:
-            return
-        connection.terminate()
-        if counted:
-            self.discarded += 1
 
     async def _sql(self, sql: str) -> None:
         await self.connection.execute(sql)

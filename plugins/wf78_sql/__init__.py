@@ -8,6 +8,9 @@
 - :class:`SqlSource`: the actions, their checks and result shapes, less the driver.
 - :class:`OutboxSql`: the transactional outbox that feeds a table's mirrors.
 - :class:`IdempotencySql`: callers' idempotency keys, recorded in the write's transaction.
+- :class:`ServerOptions`, :class:`ConnectionWriter`, :class:`ServerSource`: what the
+  client-server adapters (MySQL, PostgreSQL) share: options, a writer on a connection of its
+  own (replaced when lost or too old), counters (``server``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .errors import closed_error
 from .idempotency import DEFAULT_IDEMPOTENCY_TABLE, IdempotencySql
 from .options import convert_options
 from .outbox import DEFAULT_OUTBOX_TABLE, OUTBOX_ACTIONS, OutboxSql, check_outbox_table
+from .server import ConnectionWriter, ServerOptions, ServerSource
 from .source import SQL_ACTIONS, SqlSource
 from .statements import (
     Params,
@@ -36,12 +40,15 @@ __all__ = [
     "DEFAULT_OUTBOX_TABLE",
     "OUTBOX_ACTIONS",
     "SQL_ACTIONS",
+    "ConnectionWriter",
     "Dialect",
     "GroupCommitWriter",
     "IdempotencySql",
     "OutboxSql",
     "Params",
     "Route",
+    "ServerOptions",
+    "ServerSource",
     "SqlSource",
     "Statement",
     "TableSql",

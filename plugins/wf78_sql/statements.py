@@ -108,6 +108,8 @@ class TableSql:
         self._insert_shapes: dict[tuple[object, ...], tuple[tuple[str, ...], str]] = {}
         # SELECT text and column names by statement shape (see select)
         self._select_sql: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
+        # The same for the commonest shape, a get by one key's value: by the key's name.
+        self._select_one: dict[str, tuple[str, tuple[str, ...]]] = {}
         # Columns whose stored value decode converts; rows of other columns are copied as is.
         self._converted = {
             name: kind
@@ -174,10 +176,22 @@ class TableSql:
     def decode_rows(
         self, columns: Sequence[str], rows: Iterable[Sequence[Any]]
     ) -> list[dict[str, Any]]:
-        """:meth:`decode` of every row; plain copies when no column needs converting."""
-        if self._converted.keys().isdisjoint(columns):
-            return [dict(zip(columns, row, strict=True)) for row in rows]
-        return [self.decode(columns, row) for row in rows]
+        """:meth:`decode` of every row; plain copies when no column needs converting.
+
+        Every get takes this, so decode's steps are written out here, and ``zip`` is not
+        strict: ``columns`` and the rows come from one statement (strict costs a third)."""
+        converted = self._converted
+        if converted.keys().isdisjoint(columns):
+            return [dict(zip(columns, row, strict=False)) for row in rows]
+        decoded = []
+        for row in rows:
+            out = dict(zip(columns, row, strict=False))
+            for name, kind in converted.items():
+                value = out.get(name)
+                if value is not None:
+                    out[name] = self._convert(kind, value)
+            decoded.append(out)
+        return decoded
 
     def decode(self, columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
         """A result row as a dict: bools and JSON decoded, datetimes as ISO strings."""
@@ -283,10 +297,10 @@ class TableSql:
         so only the values are encoded again.
         """
         if where and len(where) == 1 and not columns and not order and limit is None:
-            # A get by one key, the commonest shape: its cache key is made directly.
+            # A get by one key, the commonest shape: kept by the key's name.
             ((name, value),) = where.items()
-            if not offset and value is not None and not isinstance(value, list | tuple):
-                known_one = self._select_sql.get((None, ((name, -2),), None, False))
+            if not offset and value is not None and not isinstance(value, (list, tuple)):
+                known_one = self._select_one.get(name)
                 if known_one is not None:
                     try:
                         param = self.encode(name, value, "where")
@@ -326,7 +340,10 @@ class TableSql:
             if key is not None:
                 if len(self._select_sql) >= _SELECT_CACHE:
                     self._select_sql.clear()
-                self._select_sql[key] = (statement.sql, tuple(names))
+                entry = self._select_sql[key] = (statement.sql, tuple(names))
+                if key[0] is None and key[2] is None and not paged and len(shape) == 1:
+                    if shape[0][1] == -2 and isinstance(shape[0][0], str):
+                        self._select_one[shape[0][0]] = entry
             return statement, names
         sql, known = cached
         if paged:

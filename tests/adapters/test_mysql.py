@@ -217,12 +217,15 @@ def test_url_parts_are_unquoted(names: Names) -> None:
         ({"maxsize": 1}, "datasources.my"),
         ({"minsize": 5, "maxsize": 4}, "datasources.my"),
         ({"nope": 1}, "datasources.my.nope"),
+        ({"pool_recycle": 0}, "datasources.my"),
+        ({"pool_recycle": "soon"}, "datasources.my.pool_recycle"),
     ],
 )
 def test_bad_options_name_their_path(names: Names, options: dict[str, Any], path: str) -> None:
     with pytest.raises(ConfigError) as caught:
         make_source(names, options=options)
     assert caught.value.problems[0].path == path
+    assert next(iter(options)) in str(caught.value)  # the key, in the path or the message
 
 
 @pytest.mark.parametrize(

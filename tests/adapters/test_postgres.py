@@ -3,6 +3,7 @@ lost connections, native partitions and selection."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 from uuid import uuid4
 
 import anyio
+import asyncpg
 import httpx
 import pymysql
 import pytest
@@ -28,7 +30,7 @@ from wf78_core.plugin import SourceInfo
 from wf78_core.plugin.datasource import DataSource, SourceSpec, TableSchema, load_factory
 from wf78_core.plugin.registry import Registry
 from wf78_postgres import PostgresSource, wf78_register_datasources
-from wf78_postgres.errors import map_error
+from wf78_postgres.errors import is_connection_lost, map_error
 from wf78_postgres.partitions import period
 from wf78_selection import choose
 
@@ -355,6 +357,12 @@ def test_lost_connections_map_to_retryable_errors() -> None:
     lost = map_error(ConnectionResetError("reset by peer"), "pg")
     assert isinstance(lost, DataSourceError) and lost.retryable and not lost.conflict
     assert "lost its connection" in str(lost)
+    # A connection left mid-operation by a killed server refuses every later operation.
+    stuck = asyncpg.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert is_connection_lost(stuck)
+    assert map_error(stuck, "pg").retryable
 
 
 async def test_http_status_of_each_error_class(names: Names) -> None:
@@ -540,6 +548,104 @@ async def test_an_idle_writer_connection_killed_is_replaced_transparently(names:
         assert await source.execute(op("add", names.items, values={"id": "second"})) == "second"
         assert source.discarded == 1
         assert [row["id"] for row in await all_rows(source, names.items)] == ["first", "second"]
+
+
+# --- connections recycled by age -------------------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock a test advances by hand; ``jump`` seconds are added just after the
+    next reading (which sets ``jumped``)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+        self.jump = 0.0
+        self.jumped = anyio.Event()
+
+    def __call__(self) -> float:
+        now = self.now
+        if self.jump:
+            self.now, self.jump = now + self.jump, 0.0
+            self.jumped.set()
+        return now
+
+
+async def backend_pid(source: PostgresSource) -> int:
+    rows = await source.execute(op("execute", None, sql="SELECT pg_backend_pid() AS pid"))
+    pid: int = rows[0]["pid"]
+    return pid
+
+
+async def test_a_reader_connection_older_than_pool_recycle_is_replaced_at_checkout(
+    names: Names,
+) -> None:
+    async with running(names, maxsize=1, pool_recycle=60) as source:
+        readers = source.readers
+        assert readers is not None
+        clock = readers.clock = Clock()
+        await source.execute(op("add", names.items, values={"id": "a", "qty": 1}))
+        get = op("get", names.items, where={"id": "a"}, columns=["id", "qty"])
+        first = await backend_pid(source)
+        assert await source.execute(get) == [{"id": "a", "qty": 1}]
+        clock.now += 59
+        assert await backend_pid(source) == first  # not old enough yet
+        clock.now += 1
+        second = await backend_pid(source)
+        assert second != first and source.recycled == 1
+        # The same query again on the new connection: its prepared statement is made anew.
+        assert await source.execute(get) == [{"id": "a", "qty": 1}]
+        assert await backend_pid(source) == second
+        assert readers.discarded == 0
+
+
+async def test_a_reader_connection_is_never_recycled_during_its_query(names: Names) -> None:
+    async with running(names, maxsize=1, pool_recycle=60) as source:
+        readers = source.readers
+        assert readers is not None
+        clock = readers.clock = Clock()
+        first = await backend_pid(source)
+        slow = op("execute", None, sql="SELECT pg_backend_pid() AS pid, 7 AS n FROM pg_sleep(0.3)")
+        found: list[Any] = []
+
+        async def query() -> None:
+            found.append(await source.execute(slow))
+
+        async with anyio.create_task_group() as tg:
+            # The connection ages past pool_recycle just after the first read checked it out.
+            clock.jump = 3600
+            tg.start_soon(query)
+            await clock.jumped.wait()
+            # A second read waits for the only connection, then replaces it before running.
+            tg.start_soon(query)
+        assert len(found) == 2 and all(rows[0]["n"] == 7 for rows in found)
+        assert found[0] == [{"pid": first, "n": 7}]  # the first ran to its end, undisturbed
+        assert found[1][0]["pid"] != first and source.recycled == 1
+        assert readers.discarded == 0
+
+
+async def test_the_writer_connection_is_recycled_between_batches(names: Names) -> None:
+    async with running(names, pool_recycle=0.05) as source:
+        assert await source.execute(op("add", names.items, values={"id": "a"})) == "a"
+        first = source.writer_pid
+        await anyio.sleep(0.1)  # older than pool_recycle by the next batch
+        assert await source.execute(op("add", names.items, values={"id": "b"})) == "b"
+        second = source.writer_pid
+        assert first is not None and second is not None and second != first
+        assert source.recycled >= 1 and source.discarded == 0
+        # Every write of the batches is there; prepared INSERTs were made again.
+        assert await source.execute(op("add", names.items, values={"id": "c"})) == "c"
+        assert [row["id"] for row in await all_rows(source, names.items)] == ["a", "b", "c"]
+    assert source.recycled >= 2  # kept once closed
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "soon"])
+def test_a_bad_pool_recycle_is_a_config_error_naming_it(value: Any) -> None:
+    spec = SourceSpec(
+        name="pg", type="postgres", url=URL, options={"pool_recycle": value}, tables={}
+    )
+    with pytest.raises(ConfigError) as caught:
+        PostgresSource(spec)
+    assert "datasources.pg" in str(caught.value) and "pool_recycle" in str(caught.value)
 
 
 # --- idempotency and the outbox ----------------------------------------------------------------

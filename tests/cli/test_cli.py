@@ -98,6 +98,16 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         assert re.search(rf"^\s+{command}\s+\w", out, re.MULTILINE), out
 
 
+@pytest.mark.parametrize("command", ["serve", "worker", "run", "maintain"])
+def test_the_long_running_commands_offer_json_logs(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    assert main([command, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--log-format {text,json}" in out and "--log-level" in out, out
+    assert "tenant" in out, out
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from importlib.metadata import version
 

@@ -236,18 +236,6 @@ def test_config_errors_name_their_path(fields: dict[str, Any], path: str, messag
     assert message in found[path]
 
 
-def test_the_redis_backend_refuses_concurrency_keys() -> None:
-    found = problems_of(
-        {
-            "engine": {"backend": "redis"},
-            "workflows": [
-                {"id": "w", "tasks": TASKS, "concurrency_key": "context.c", "max_per_key": 1}
-            ],
-        }
-    )
-    assert "in-process backend only" in found["workflows[0].concurrency_key"]
-
-
 def test_a_valid_key_is_accepted() -> None:
     config = parse_config(
         {

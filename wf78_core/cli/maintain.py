@@ -10,7 +10,7 @@ import sys
 import anyio
 import msgspec
 
-from wf78_core.cli.common import config_path, plugin_modules
+from wf78_core.cli.common import config_path, configure_logging, plugin_modules
 from wf78_core.data.sharding import MaintenanceReport, maintain
 from wf78_core.engine import Engine
 
@@ -18,6 +18,7 @@ __all__ = ["maintain_command"]
 
 
 def maintain_command(args: argparse.Namespace) -> int:
+    configure_logging(args)
     migrate = bool(args.migrate)
     engine = Engine(config_path(args), plugins=plugin_modules(args), migrate=migrate)
     report = anyio.run(_maintain_now, engine)

@@ -6,7 +6,7 @@ import argparse
 from importlib import metadata
 from typing import Protocol
 
-from wf78_core.cli.common import add_config_option, add_plugin_option
+from wf78_core.cli.common import add_config_option, add_log_options, add_plugin_option
 from wf78_core.cli.demo import demo_command
 from wf78_core.cli.maintain import maintain_command
 from wf78_core.cli.run import run_command
@@ -99,6 +99,7 @@ def _add_run(commands: _Commands) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the run as JSON")
     add_plugin_option(parser)
+    add_log_options(parser, default="warning")
     parser.set_defaults(handler=run_command)
 
 
@@ -161,18 +162,11 @@ def _add_serve(commands: _Commands) -> None:
         default=".",
         help="look for MODULE in this directory first (default: the current directory)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("critical", "error", "warning", "info", "debug", "trace"),
-        help="uvicorn's log level (default: info)",
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=("text", "json"),
-        help="json: one JSON object per line on stderr, wf78's records with run_id, task_id, "
-        "workflow, data_source, tenant and the trace and span ids (default: text, uvicorn's)",
+    add_log_options(
+        parser,
+        levels=("critical", "error", "warning", "info", "debug", "trace"),
+        level_help="uvicorn's log level",
+        text_help="text: uvicorn's",
     )
     add_plugin_option(parser)
     parser.set_defaults(handler=serve_command)
@@ -196,6 +190,7 @@ def _add_maintain(commands: _Commands) -> None:
         "(additive only: nothing is dropped or changed)",
     )
     add_plugin_option(parser)
+    add_log_options(parser, default="warning")
     parser.set_defaults(handler=maintain_command)
 
 
@@ -218,10 +213,5 @@ def _add_worker(commands: _Commands) -> None:
         "work, and remove it when it stops taking work (a signal) or exits: a readiness "
         "check for supervisors",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("critical", "error", "warning", "info", "debug"),
-        help="log level (default: info)",
-    )
+    add_log_options(parser)
     parser.set_defaults(handler=worker_command)

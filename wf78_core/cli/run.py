@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from wf78_core.cli.common import UsageError, config_path, plugin_modules
+from wf78_core.cli.common import UsageError, config_path, configure_logging, plugin_modules
 from wf78_core.core.runs import Run
 from wf78_core.definitions import Result
 from wf78_core.engine import Engine
@@ -90,6 +90,7 @@ def _parse_context(text: str | None) -> dict[str, Any]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    configure_logging(args)
     context = _parse_context(args.context)
     config = config_path(args)
     # The tracker must exist before the engine: observers are registered at construction.

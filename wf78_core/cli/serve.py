@@ -18,9 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from wf78_core.cli.common import UsageError, config_path, plugin_modules
+from wf78_core.cli.common import UsageError, config_path, log_config, plugin_modules
 from wf78_core.cli.server import check_port, run_server, url_host
-from wf78_core.core.logcontext import ContextFilter, JsonFormatter
+from wf78_core.core.logcontext import JsonFormatter
 from wf78_core.engine import Engine
 from wf78_core.errors import Wf78Error
 from wf78_core.http.middleware import Wf78Middleware
@@ -136,33 +136,19 @@ class JsonAccessFormatter(JsonFormatter):
 
 def logging_options(args: argparse.Namespace) -> dict[str, Any]:
     """uvicorn's ``log_config`` for ``--log-format json`` (nothing for ``text``): every
-    record (uvicorn's, wf78's, the app's) as one JSON object per line on stderr."""
+    record (uvicorn's, wf78's, the app's) as one JSON object per line on stderr
+    (:func:`~wf78_core.cli.common.log_config`), uvicorn's access lines without their
+    query string."""
     if getattr(args, "log_format", "text") != "json":
         return {}
     level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
-    handler = {
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stderr",
-        "filters": ["context"],
-    }
-    config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter}},
-        "formatters": {
-            "json": {"()": JsonFormatter},
-            "access": {"()": JsonAccessFormatter},
-        },
-        "handlers": {
-            "default": {**handler, "formatter": "json"},
-            "access": {**handler, "formatter": "access"},
-        },
-        "loggers": {
-            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
-            "uvicorn.error": {"level": level},
-            "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False},
-        },
-        "root": {"handlers": ["default"], "level": level},
+    config = log_config(level, "json")
+    config["formatters"]["access"] = {"()": JsonAccessFormatter}
+    config["handlers"]["access"] = {**config["handlers"]["default"], "formatter": "access"}
+    config["loggers"] = {
+        "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+        "uvicorn.error": {"level": level},
+        "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False},
     }
     return {"log_config": config}
 

@@ -1,4 +1,6 @@
-"""``wf78 worker``: run workflow tasks from the redis backend, without HTTP."""
+"""``wf78 worker``: run workflow tasks from the redis backend, without HTTP; its records
+(``--log-format json``: one JSON object per line) name the run, task, workflow, data
+source and tenant of the task they are about."""
 
 from __future__ import annotations
 
@@ -8,15 +10,16 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 import anyio
 
-from wf78_core.cli.common import UsageError, config_path, plugin_modules
+from wf78_core.cli.common import UsageError, config_path, configure_logging, plugin_modules
 from wf78_core.engine import Engine
 
 __all__ = ["loop_options", "worker_command"]
+
+logger = logging.getLogger("wf78.worker")
 
 
 def worker_command(args: argparse.Namespace) -> int:
@@ -33,11 +36,7 @@ def worker_command(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--ready-file {str(ready)!r}: the folder {str(ready.parent)!r} does not exist"
         )
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args)
     return anyio.run(_work_until_signal, engine, ready, backend_options=loop_options())
 
 
@@ -71,7 +70,7 @@ async def _work_until_signal(engine: Engine, ready: Path | None = None) -> int:
                     _write_ready(ready, engine)
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    print(f"wf78 worker: {name}: finishing the tasks it holds", file=sys.stderr)
+                    logger.info("wf78 worker: %s: finishing the tasks it holds", name)
                     break
             finally:
                 if ready is not None:  # it takes no more work from here on

@@ -26,9 +26,11 @@ from redis.exceptions import RedisError
 
 from wf78_core.cluster.keys import RedisRunKeys
 from wf78_core.cluster.nodes import NodeLease
+from wf78_core.cluster.shares import run_key_of
 from wf78_core.cluster.streams import RedisStreams
-from wf78_core.cluster.wire import TRACE_FIELD, json_encode
+from wf78_core.cluster.wire import TENANT_FIELD, TRACE_FIELD, json_encode
 from wf78_core.cluster.worker import StreamWorker
+from wf78_core.core.fairness import TENANT
 from wf78_core.core.ports import RunStats
 from wf78_core.core.records import DeadLetter, Journal
 from wf78_core.core.runkeys import KeyedRun, RunKey, event_key, run_key
@@ -180,26 +182,38 @@ class RedisBackend:
         *,
         waited: bool = False,
         run_id: str | None = None,
+        tenant: str = "",
     ) -> Run:
-        """Queue a run in Redis; returns once Redis holds it."""
+        """Queue a run in Redis; returns once Redis holds it. ``tenant``: whose run it is
+        ("": schedules', events', runs started without one)."""
         level = workflow.priority if priority is None else priority
         run_id = run_id or uuid4().hex
         created = time.time()
         values = dict(context or {})
         # Sent again under the same id while its answer is lost: stored once, whichever
         # attempt Redis took (start_run's False). With tracing on, the run's span and the
-        # traceparent its workers' spans join (kept in the stored context).
+        # traceparent its workers' spans join (kept in the stored context, as the tenant).
         with queued_run(workflow.id, run_id) as traceparent:
             stored = values if traceparent is None else {**values, TRACE_FIELD: traceparent}
-            await self.streams.start_run(run_id, workflow, stored, level, created, waited=waited)
+            if tenant:
+                stored = {**stored, TENANT_FIELD: tenant}
+            await self.streams.start_run(
+                run_id, workflow, stored, level, created, waited=waited, tenant=tenant
+            )
+        # A keyed workflow's run without a value for its key failed at once (in Redis too).
+        refused = run_key_of(workflow, values)[1] or None
         return Run(
             id=run_id,
             workflow=workflow.id,
-            status="running",
-            tasks={t.id: TaskRun(id=t.id, state="pending") for t in workflow.tasks},
+            status="failed" if refused else "running",
+            tasks={
+                t.id: TaskRun(id=t.id, state="skipped" if refused else "pending", error=refused)
+                for t in workflow.tasks
+            },
             context=values,
             created=created,
             started=created,
+            error=refused,
         )
 
     async def start(
@@ -213,11 +227,14 @@ class RedisBackend:
     ) -> Run:
         claim = run_key(key, workflow.id, context, priority)
         run_id = uuid4().hex
+        tenant = TENANT.get()  # the caller's, for its workers' log records and fair shares
         if claim is not None:
-            first = await self._claim(claim, run_id, workflow, context, priority)
+            first = await self._claim(claim, run_id, workflow, context, priority, tenant)
             if first is not None:
                 return await self._replay(first, workflow, context, wait=wait)
-        started = await self._queue(workflow, context, priority, waited=wait, run_id=run_id)
+        started = await self._queue(
+            workflow, context, priority, waited=wait, run_id=run_id, tenant=tenant
+        )
         return await self.streams.wait_run(started.id) if wait else started
 
     async def start_event(
@@ -242,6 +259,7 @@ class RedisBackend:
         workflow: WorkflowDefinition,
         context: Mapping[str, Any] | None,
         priority: int | None,
+        tenant: str = "",
     ) -> str | None:
         """Claim ``key`` for ``run_id`` (None), or the id of the run it started first. A
         first run Redis does not hold within ``run_ttl`` of its claim was never stored (its
@@ -257,7 +275,7 @@ class RedisBackend:
             with self._reaching():
                 missing = await self.streams.fetch_run(first_id) is None
             if missing:
-                await self._queue(workflow, context, priority, run_id=first_id)
+                await self._queue(workflow, context, priority, run_id=first_id, tenant=tenant)
         return first_id
 
     async def _replay(

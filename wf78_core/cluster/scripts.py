@@ -12,19 +12,31 @@ Keys under the prefix ``P``:
 
 ``P q:<capability>:<level>``
     a stream per capability and priority level; its consumer group is the capability;
-    entries carry ``r`` (run), ``t`` (task) and ``w`` (workflow); acknowledged entries are
-    deleted, so the stream holds only undelivered and in-flight work
+    entries carry ``r`` (run), ``t`` (task), ``w`` (workflow) and ``m`` (when the task
+    became ready, ms); acknowledged entries are deleted, so the stream holds only
+    undelivered (at most a batch, moved in from the lanes by TAKE) and in-flight work
+``P fr:<capability>:<level>``, ``P fr:<capability>:<level><US><tenant>``, ``P fc:...``, ``P fw``
+    the stream's turn order of tenants, each tenant's lane of ready tasks (a ready task
+    waits there until TAKE moves it into the stream in its tenant's turn), the credit
+    left to the tenant whose turn it is, the tenants' weights
+    (:mod:`wf78_core.cluster.shares`)
 ``P levels:<capability>``, ``P caps``
     the levels and capabilities that have a stream
 ``P run:<id>``
-    a hash per run: ``wf st pri ctx cr sa fi err left nf`` and per task ``s:`` state,
+    a hash per run: ``wf st pri ctx cr sa fi err left nf``, ``tn`` its tenant, ``ck`` its
+    concurrency key value (``ckw`` its place while it waits for a slot), and per task ``s:`` state,
     ``n:`` dependencies not yet done, ``c:`` capability, ``a:`` attempts, ``r:`` result,
     ``e:`` error, ``d:`` data source, ``ts:``/``tf:`` start and finish times
 ``P lease:<workflow>``
     a sorted set of the workflow's leases (``run<US>task``), scored by expiry in ms;
     ``+inf`` while the task waits in its stream, ``now + lease_ttl`` once a worker holds it
-``P wait:<workflow>``
-    tasks ready but over ``max_concurrent``, scored by level, FIFO within a level
+    (a task takes its lease as it enters the stream: waiting in a lane holds none)
+``P wait:<workflow>``, ``P wr:<workflow>``
+    tasks ready but over ``max_concurrent``, scored by level, then in their tenants'
+    rounds, FIFO within a round; the rounds given to each tenant and the one served
+``P ck:<workflow><US><value>``, ``P ckq:...``, ``P cks``, ``P kmax:<workflow>``
+    a concurrency key value's running runs and its waiting runs (by level, FIFO), the
+    key values in use, the workflow's ``max_per_key``
 ``P mc:<workflow>``, ``P wfs``
     the workflow's ``max_concurrent``; the workflows seen
 ``P hb:<consumer>``
@@ -35,13 +47,16 @@ Keys under the prefix ``P``:
 
 from __future__ import annotations
 
+from wf78_core.cluster.shares import KEYED, LANES
+
 __all__ = ["CANCEL", "COMMON", "COMPLETE", "DEPTHS", "RECONCILE", "REOPEN", "SCRIPTS", "START"]
 
 #: the scripts of this module, by name
 SCRIPTS = ("CANCEL", "COMPLETE", "DEPTHS", "RECONCILE", "REOPEN", "START")
 
 # ARGV[1] = the key prefix, ARGV[2] = seconds a finished run is kept.
-COMMON = r"""
+COMMON = (
+    r"""
 local P = ARGV[1]
 local RUN_TTL = tonumber(ARGV[2])
 local SEP = '\031'
@@ -68,7 +83,11 @@ local function fields_of(flat)
   return f
 end
 
-local function push(run, task, cap, level, wf)
+"""
+    + LANES
+    + r"""
+-- The stream of a capability and level, made (with its consumer group) when first used.
+local function stream_of(cap, level)
   local q = qkey(cap, level)
   if not streams[q] then
     if redis.call('EXISTS', q) == 0 then
@@ -78,7 +97,25 @@ local function push(run, task, cap, level, wf)
     end
     streams[q] = true
   end
-  redis.call('XADD', q, '*', 'r', run, 't', task, 'w', wf)
+  return q
+end
+
+-- Whether the workflow has a lease free (expired leases are dropped only when it looks
+-- full: they count only then).
+local function room(wf)
+  local lease = lease_key(wf)
+  local limit = limit_of(wf)
+  if redis.call('ZCARD', lease) < limit then return true end
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
+  return redis.call('ZCARD', lease) < limit
+end
+
+-- A ready task waits in its tenant's lane of its stream; TAKE moves it into the stream
+-- in its tenant's turn, with a lease of its workflow, or into the workflow's wait set
+-- when the workflow is full (wf78_core.cluster.shares).
+local function admit(run, task, cap, level, wf, tenant)
+  stream_of(cap, level)
+  lane_push(cap, level, tenant or '', run, task, wf)
   -- Ring (once per script call, whatever it queued): idle workers wait for the bell,
   -- busy ones come back for more by themselves. Rung whenever something was queued,
   -- not only when nothing was ready before: a worker may be idle while work waits for
@@ -86,45 +123,33 @@ local function push(run, task, cap, level, wf)
   rung = true
 end
 
--- A ready task enters its stream holding a lease, or waits for one (expired leases are
--- dropped only when the workflow looks full: they count only then).
-local function admit(run, task, cap, level, wf)
-  local lease = lease_key(wf)
-  local limit = limit_of(wf)
-  local room = redis.call('ZCARD', lease) < limit
-  if not room then
-    redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
-    room = redis.call('ZCARD', lease) < limit
-  end
-  if room then
-    redis.call('ZADD', lease, 'inf', run .. SEP .. task)
-    push(run, task, cap, level, wf)
-  else
-    local seq = redis.call('INCR', P .. 'seq')
-    redis.call('ZADD', P .. 'wait:' .. wf, level,
-      string.format('%016d', seq) .. SEP .. run .. SEP .. task .. SEP .. cap)
-  end
-end
-
 local function live(rk, task)
   return redis.call('HGET', rk, 'st') == 'running'
     and redis.call('HGET', rk, 's:' .. task) == 'queued'
 end
 
--- Freed leases go to the most urgent waiting tasks of the workflow.
+-- Freed leases go to the most urgent waiting tasks of the workflow (by level, then the
+-- tenants' rounds), straight into their streams.
 local function promote(wf)
   local lease = lease_key(wf)
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', NOW)
   local limit = limit_of(wf)
+  local popped = false
   while redis.call('ZCARD', lease) < limit do
     local top = redis.call('ZPOPMIN', P .. 'wait:' .. wf)
-    if #top == 0 then return end
-    local _, run, task, cap = string.match(top[1],
+    if #top == 0 then break end
+    popped = true
+    local order, run, task, cap = string.match(top[1],
       '^([^\031]*)\031([^\031]*)\031(.*)\031([^\031]*)$')
     if run and live(P .. 'run:' .. run, task) then
       redis.call('ZADD', lease, 'inf', run .. SEP .. task)
-      push(run, task, cap, top[2], wf)
+      redis.call('XADD', stream_of(cap, top[2]), '*', 'r', run, 't', task, 'w', wf)
+      rung = true
+      wait_served(wf, order)
     end
+  end
+  if popped and redis.call('EXISTS', P .. 'wait:' .. wf) == 0 then
+    redis.call('DEL', P .. 'wr:' .. wf)
   end
 end
 
@@ -139,9 +164,13 @@ local function drop(q, cap, id, wf, run, task)
   release(wf, run, task)
 end
 
+"""
+    + KEYED
+    + r"""
 -- A run's last task ended: ``fields`` (the task's own, to set with the run's end) and
 -- the run's status in one HSET. The caller adds the run to the stats' runs_finished.
-local function ended(rk, run, failed, waited, fields)
+-- ``keyed``: the run holds a slot of its concurrency key, which goes to the next run.
+local function ended(rk, run, failed, waited, fields, keyed)
   local status = 'succeeded'
   if failed then status = 'failed' end
   fields[#fields + 1] = 'st'
@@ -150,6 +179,7 @@ local function ended(rk, run, failed, waited, fields)
   fields[#fields + 1] = NOW_S
   redis.call('HSET', rk, unpack(fields))
   redis.call('EXPIRE', rk, RUN_TTL)
+  if keyed then key_leave(rk, run) end
   if waited == '1' then redis.call('PUBLISH', P .. 'done', run) end
 end
 
@@ -165,6 +195,7 @@ local function undelivered()
           local f = fields_of(g)
           if f['name'] == cap then
             depth[level] = (depth[level] or 0) + redis.call('XLEN', q) - f['pending']
+              + lane_depth(cap, level)
           end
         end
       end
@@ -177,18 +208,21 @@ local function ring()
   if rung then redis.call('PUBLISH', P .. 'bell', '1') end
 end
 """
+)
 
 # ARGV: prefix, ttl, runs (msgpack: a list of [run, workflow, level, max_concurrent,
 # context JSON, created, waited (1: someone waits for the run's done message), tasks as
-# [task, capability, unfinished dependencies]]), run history. Returns 1 per run stored,
-# 0 per run id already known.
+# [task, capability, unfinished dependencies], tenant, concurrency key value, the error
+# that fails the run at once ('' none), max_per_key, the tenant's weight]), run history.
+# Returns 1 per run stored, 0 per run id already known.
 START = (
     COMMON
     + r"""
 local history = tonumber(ARGV[4])
-local answers, known, stored = {}, {}, 0
+local answers, known, stored, refused = {}, {}, 0, 0  -- known: workflows, SEP tenants
 for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
   local run, wf, level, tasks = r[1], r[2], tostring(r[3]), r[8]
+  local tenant, key, why = r[9] or '', r[10] or '', r[11] or ''
   local rk = P .. 'run:' .. run
   if redis.call('EXISTS', rk) == 1 then
     answers[#answers + 1] = 0
@@ -197,14 +231,35 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
       known[wf] = true
       redis.call('SET', P .. 'mc:' .. wf, r[4])
       redis.call('SADD', P .. 'wfs', wf)
+      if (r[12] or 0) > 0 then redis.call('SET', P .. 'kmax:' .. wf, r[12]) end
     end
     redis.call('HSET', rk, 'wf', wf, 'st', 'running', 'pri', level, 'ctx', r[5],
       'cr', r[6], 'sa', NOW_S, 'left', #tasks, 'nf', 0, 'w', r[7])
+    if tenant ~= '' then
+      redis.call('HSET', rk, 'tn', tenant)
+      if not known[SEP .. tenant] then
+        known[SEP .. tenant] = true
+        if (r[13] or 1) > 1 then
+          redis.call('HSET', P .. 'fw', tenant, r[13])
+        else
+          redis.call('HDEL', P .. 'fw', tenant)
+        end
+      end
+    end
+    local go = why == ''
+    if go and key ~= '' then
+      redis.call('HSET', rk, 'ck', key)
+      go = key_enter(rk, run, wf, key, level)
+      if not go then redis.call('HDEL', rk, 'sa') end
+    end
     local roots, batch = {}, {}
     for _, t in ipairs(tasks) do
       local task, cap, remaining = t[1], t[2], t[3]
       local state = 'pending'
-      if remaining == 0 then
+      if why ~= '' then
+        state = 'skipped'
+        for _, v in ipairs({'e:' .. task, why, 'tf:' .. task, NOW_S}) do batch[#batch + 1] = v end
+      elseif remaining == 0 and go then
         state = 'queued'
         roots[#roots + 1] = t
       end
@@ -217,7 +272,12 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
       end
     end
     if #batch > 0 then redis.call('HSET', rk, unpack(batch)) end
-    for _, root in ipairs(roots) do admit(run, root[1], root[2], level, wf) end
+    if why ~= '' then
+      -- No value for its concurrency key: failed at once, its tasks skipped.
+      ended(rk, run, true, r[7] == 1 and '1' or '0', {'err', why, 'left', 0})
+      refused = refused + 1
+    end
+    for _, root in ipairs(roots) do admit(run, root[1], root[2], level, wf, tenant) end
     redis.call('ZADD', P .. 'recent', r[6], run)
     answers[#answers + 1] = 1
     stored = stored + 1
@@ -225,6 +285,7 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[3])) do
 end
 redis.call('ZREMRANGEBYRANK', P .. 'recent', 0, -history - 1)
 redis.call('HINCRBY', KEYS[1], 'runs_started', stored)
+if refused > 0 then redis.call('HINCRBY', KEYS[1], 'runs_finished', refused) end
 ring()
 return answers
 """
@@ -248,7 +309,7 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
   local extra, dead_id, dead, followers = c[13], c[14], c[15], c[16]
   local pending = redis.pcall('XPENDING', q, cap, id, id, 1)
   local rk = P .. 'run:' .. run
-  local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w', 'left')
+  local v = redis.call('HMGET', rk, 'st', 's:' .. task, 'pri', 'nf', 'w', 'left', 'tn', 'ck')
   local state = v[2]
   local live = v[1] == 'running' and (state == 'running' or state == 'queued')
   if type(pending) == 'table' and #pending == 1 and pending[1][2] == owner
@@ -273,7 +334,7 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
           if redis.call('HINCRBY', rk, 'n:' .. dep, -1) == 0
             and redis.call('HGET', rk, 's:' .. dep) == 'pending' then
             redis.call('HSET', rk, 's:' .. dep, 'queued')
-            admit(run, dep, redis.call('HGET', rk, 'c:' .. dep), level, wf)
+            admit(run, dep, redis.call('HGET', rk, 'c:' .. dep), level, wf, v[7])
           end
         end
       else
@@ -295,7 +356,7 @@ for _, c in ipairs(cmsgpack.unpack(ARGV[3])) do
       fields[#fields + 1] = left
       tasks = tasks + 1
       if left <= 0 then
-        ended(rk, run, failed, v[5], fields)
+        ended(rk, run, failed, v[5], fields, v[8])
         finished = finished + 1
       else
         redis.call('HSET', rk, unpack(fields))
@@ -317,7 +378,7 @@ CANCEL = (
 local rk = P .. 'run:' .. ARGV[3]
 local status = redis.call('HGET', rk, 'st')
 if not status then return -1 end
-if status ~= 'running' then return 0 end
+if status ~= 'running' and status ~= 'pending' then return 0 end
 local all = redis.call('HGETALL', rk)
 local fields = {'err', ARGV[4], 'left', 0}
 for k = 1, #all, 2 do
@@ -333,6 +394,9 @@ end
 redis.call('HSET', rk, unpack(fields))
 redis.call('HSET', rk, 'st', 'cancelled', 'fi', NOW_S)
 redis.call('EXPIRE', rk, RUN_TTL)
+-- Its concurrency key's slot (or its place waiting for one) goes to the next run.
+key_leave(rk, ARGV[3])
+ring()
 redis.call('HINCRBY', KEYS[1], 'runs_finished', 1)
 if redis.call('HGET', rk, 'w') == '1' then redis.call('PUBLISH', P .. 'done', ARGV[3]) end
 -- Workers running its tasks interrupt them.
@@ -353,7 +417,7 @@ local rk = P .. 'run:' .. ARGV[4]
 local status = redis.call('HGET', rk, 'st')
 if not status then return -1 end
 if redis.call('HEXISTS', P .. 'dead', ARGV[3]) == 0 then return -2 end
-if status == 'running' then return 0 end
+if status == 'running' or status == 'pending' then return 0 end
 local chosen = {}
 for i, t in ipairs(cmsgpack.unpack(ARGV[5])) do
   if i == 1 or redis.call('HGET', rk, 's:' .. t[1]) == 'skipped' then
@@ -378,10 +442,15 @@ redis.call('HSET', rk, 'st', 'running', 'w', 0)
 redis.call('PERSIST', rk)
 redis.call('HDEL', P .. 'dead', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'runs_finished', -1)
-local wf, level = redis.call('HGET', rk, 'wf'), redis.call('HGET', rk, 'pri')
-for _, task in ipairs(ready) do
-  redis.call('HSET', rk, 's:' .. task, 'queued')
-  admit(ARGV[4], task, redis.call('HGET', rk, 'c:' .. task), level, wf)
+local v = redis.call('HMGET', rk, 'wf', 'pri', 'tn', 'ck')
+local wf, level = v[1], v[2]
+-- A keyed run takes a slot of its key again, or waits for one (its ready tasks stay
+-- pending until then).
+if not v[4] or key_enter(rk, ARGV[4], wf, v[4], level) then
+  for _, task in ipairs(ready) do
+    redis.call('HSET', rk, 's:' .. task, 'queued')
+    admit(ARGV[4], task, redis.call('HGET', rk, 'c:' .. task), level, wf, v[3])
+  end
 end
 ring()
 return 1
@@ -411,6 +480,7 @@ for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
   end
   promote(wf)
 end
+dropped = dropped + key_repair()
 ring()
 return dropped
 """
@@ -423,6 +493,7 @@ DEPTHS = (
     COMMON
     + r"""
 local depth = undelivered()
+key_depth(depth)
 for _, wf in ipairs(redis.call('SMEMBERS', P .. 'wfs')) do
   for _, pair in ipairs({redis.call('ZRANGE', P .. 'wait:' .. wf, 0, -1, 'WITHSCORES')}) do
     for k = 2, #pair, 2 do depth[pair[k]] = (depth[pair[k]] or 0) + 1 end

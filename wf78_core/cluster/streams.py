@@ -2,10 +2,12 @@
 
 ``[engine] backend = "redis"`` keeps workflow runs in Redis instead of this process:
 
-* a ready task is an entry in the stream of its capability (the task's ``data_source``,
-  or ``*`` for any worker) and priority level; workers read the most urgent entries
-  across their capabilities' streams (level minus one per ``aging_seconds`` waited, the
-  same aging as in process), and only as many as they have free slots;
+* a ready task waits in its run's tenant's lane of the stream of its capability (the
+  task's ``data_source``, or ``*`` for any worker) and priority level; workers read the
+  most urgent entries across their capabilities' streams (level minus one per
+  ``aging_seconds`` waited, the same aging as in process), and only as many as they have
+  free slots, moving tasks from the lanes into the stream in the tenants' turns (fair
+  shares across the cluster, :mod:`wf78_core.cluster.shares`);
 * ``max_concurrent`` holds across all processes: a task enters its stream holding one of
   its workflow's leases, or waits in the workflow's wait set for one; a worker renews the
   leases of the tasks it runs with its heartbeat, every exit path releases them, and a
@@ -16,6 +18,8 @@
   the task's budget), so an entry nobody works on (lost with a Redis restart, or past
   its budget) is taken over (``XAUTOCLAIM``) once idle for a lease plus ``claim_margin``;
   an entry delivered more than ``max_deliveries`` times is a dead letter;
+* a run of a workflow with ``concurrency_key`` holds a slot of its key value from its
+  start to its end, or waits for one, in Redis (:mod:`wf78_core.cluster.shares`);
 * cancelling a run rings the workers' bell: those running its tasks interrupt them;
 * run state and results live in a hash per run, kept ``run_ttl`` seconds after the run
   finished; every key carries the namespace's hash tag, so Redis Cluster works.
@@ -35,12 +39,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import msgspec
 from anyio.abc import TaskStatus
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from wf78_core.cluster import scripts, work_scripts
+from wf78_core.cluster.shares import start_row
 from wf78_core.cluster.wire import (
     BATCH,
     Batcher,
@@ -219,28 +223,20 @@ class RedisStreams:
         created: float,
         *,
         waited: bool = False,
+        tenant: str = "",
     ) -> bool:
         """Store a run and queue its first tasks; returns once Redis has both: True, or
         False when Redis held a run of this id already (stored by an earlier attempt).
         ``waited``: :meth:`wait_run` will wait for it (Redis then announces its end).
+        ``tenant``: whose turns its tasks wait in (:func:`~wf78_core.cluster.shares.start_row`).
 
         A start is idempotent by its run id, so one whose answer was lost is sent again
         under the same id, for up to ``overload_timeout``; then :class:`BackendUnavailable`
         (naming the run when an attempt may have reached Redis)."""
-        try:
-            text = json_encode(context).decode()
-        except (TypeError, msgspec.EncodeError) as error:
-            raise Wf78Error(f"the run context cannot be kept in redis as JSON: {error}") from None
-        call = [
-            run_id,
-            workflow.id,
-            priority,
-            max(1, workflow.max_concurrent),
-            text,
-            repr(created),
-            int(waited),
-            self._graphs[workflow.id].rows,
-        ]
+        graph, weights = self._graphs[workflow.id], self.settings.fair_weights
+        call = start_row(
+            run_id, workflow, graph, context, priority, created, waited, tenant, weights
+        )
         deadline = time.monotonic() + self.settings.overload_timeout
         sent = False  # whether an attempt may have reached Redis
         while True:

@@ -18,6 +18,7 @@ from wf78_core.definitions import Result, WorkflowDefinition
 from wf78_core.errors import Wf78Error
 
 __all__ = [
+    "TENANT_FIELD",
     "TRACE_FIELD",
     "Batcher",
     "Bell",
@@ -55,14 +56,18 @@ pack = msgspec.msgpack.Encoder().encode
 #: queueing (see wf78_core.core.tracing): the workers' task spans join the submitter's
 #: trace. Taken out again when the context is read (:func:`context_of`).
 TRACE_FIELD = "__wf78_traceparent__"
+#: the field of a stored run context that carries the run's tenant (the ``fair_by`` field
+#: of the identity that started it; absent: ``""``, as in runs stored before it existed)
+TENANT_FIELD = "__wf78_tenant__"
 
 
-def context_of(raw: bytes | None) -> tuple[dict[str, Any], str | None]:
-    """A run context as stored, and the traceparent queued with it (None: none)."""
+def context_of(raw: bytes | None) -> tuple[dict[str, Any], str | None, str]:
+    """A run context as stored, the traceparent queued with it (None: none) and the
+    run's tenant (``""``: none)."""
     if not raw:
-        return {}, None
+        return {}, None, ""
     context: dict[str, Any] = decode_value(raw)
-    return context, context.pop(TRACE_FIELD, None)
+    return context, context.pop(TRACE_FIELD, None), context.pop(TENANT_FIELD, "")
 
 
 def encode_result(value: Any) -> str:
@@ -142,6 +147,7 @@ class Taken:
         "run_id",
         "stream",
         "task",
+        "tenant",
         "traceparent",
         "workflow",
     )
@@ -155,7 +161,7 @@ class Taken:
         self.workflow: str = row[5].decode()
         self.priority = int(row[6])
         self.attempts = int(row[7])
-        self.context, self.traceparent = context_of(row[8])
+        self.context, self.traceparent, self.tenant = context_of(row[8])
         self.deliveries = int(row[9])
         #: its dependencies' results, when read with its batch's (None: not read yet)
         self.results: dict[str, Any] | None = None

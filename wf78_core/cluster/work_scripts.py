@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from wf78_core.cluster.scripts import COMMON
+from wf78_core.cluster.shares import REFILL
 
 __all__ = ["HEARTBEAT", "RECLAIM", "SCRIPTS", "TAKE"]
 
@@ -16,10 +17,19 @@ SCRIPTS = ("HEARTBEAT", "RECLAIM", "TAKE")
 # level minus the aging credit of the entry's wait, then level, then age.
 TAKE = (
     COMMON
+    + REFILL
     + r"""
 local consumer, need = ARGV[3], tonumber(ARGV[4])
 local aging, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local function ms_of(id) return tonumber(string.match(id, '^(%d+)')) end
+-- When an entry's task became ready: its 'm' (set when it left its tenant's lane), else
+-- its id's time.
+local function ms_of(e)
+  local flat = e[2]
+  for i = 1, #flat, 2 do
+    if flat[i] == 'm' then return tonumber(flat[i + 1]) end
+  end
+  return tonumber(string.match(e[1], '^(%d+)'))
+end
 local function eff(level, ms)
   if aging <= 0 then return level end
   return level - math.floor((NOW - ms) / aging)
@@ -38,10 +48,16 @@ local function last_delivered(q, cap)
   end
   return nil
 end
+-- The stream's next undelivered entry; with none left, the lanes' next turns move in
+-- (only as many as this worker still takes: the turn order decides the rest later).
 local function head(c)
   local h = redis.call('XRANGE', c.q, '(' .. c.last, '+', 'COUNT', 1)
-  if #h == 0 then return false end
-  c.ms = ms_of(h[1][1])
+  if #h == 0 then
+    if refill(c.q, c.cap, c.lv, need) == 0 then return false end
+    h = redis.call('XRANGE', c.q, '(' .. c.last, '+', 'COUNT', 1)
+    if #h == 0 then return false end
+  end
+  c.ms = ms_of(h[1])
   c.eff = eff(c.level, c.ms)
   return true
 end
@@ -52,7 +68,7 @@ for i = 1, tonumber(ARGV[7]) do
     local q = qkey(cap, level)
     local last = last_delivered(q, cap)
     if last then
-      local c = {q = q, cap = cap, level = tonumber(level), last = last}
+      local c = {q = q, cap = cap, level = tonumber(level), lv = level, last = last}
       if head(c) then cands[#cands + 1] = c end
     end
   end
@@ -66,7 +82,7 @@ while need > 0 and #cands > 0 do
   if second then
     n = 0
     for _, e in ipairs(redis.call('XRANGE', best.q, '(' .. best.last, '+', 'COUNT', need)) do
-      local ms = ms_of(e[1])
+      local ms = ms_of(e)
       if n > 0 and not before(eff(best.level, ms), best.level, ms, second) then break end
       n = n + 1
     end
@@ -129,9 +145,8 @@ local function claimed(q, cap, id, flat, deliveries)
       redis.call('XACK', q, cap, id)
       redis.call('XDEL', q, id)
       redis.call('HSET', rk, 's:' .. f.t, 'queued')
-      local seq = redis.call('INCR', P .. 'seq')
-      redis.call('ZADD', P .. 'wait:' .. f.w, redis.call('HGET', rk, 'pri'),
-        string.format('%016d', seq) .. SEP .. f.r .. SEP .. f.t .. SEP .. cap)
+      local v = redis.call('HMGET', rk, 'pri', 'tn')
+      wait_add(f.w, v[1], f.r, f.t, cap, v[2])
       return
     end
   end

@@ -33,6 +33,7 @@ from wf78_core.core.agents import Agent
 from wf78_core.core.bus import EventBus
 from wf78_core.core.dispatch import Dispatcher
 from wf78_core.core.lifecycle import Lifecycle
+from wf78_core.core.logcontext import bind, unbind
 from wf78_core.core.records import DeadLetter
 from wf78_core.core.sources import SourcePool
 from wf78_core.core.taskspans import run_task
@@ -206,7 +207,15 @@ class StreamWorker:
             self._running += 1
             budget = self._budgets.get((taken.workflow, taken.task), 0.0)
             held = self._held[taken.stream, taken.entry] = _Held(taken, now + budget)
+            # The task started copies the fields: its records, reporting included, name it.
+            fields = bind(
+                run_id=taken.run_id,
+                task_id=taken.task,
+                workflow=taken.workflow,
+                tenant=taken.tenant or None,
+            )
             self._group.start_soon(self._execute, held)
+            unbind(fields)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -320,6 +329,7 @@ class StreamWorker:
                 workflow=taken.workflow,
                 attempt=number,
                 parent=taken.traceparent,
+                tenant=taken.tenant,
             )
             if error is None:
                 try:

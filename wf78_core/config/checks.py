@@ -22,7 +22,7 @@ def check_definitions(config: Config) -> list[Problem]:
     for w_index, workflow in enumerate(config.workflows):
         base = f"workflows[{w_index}]"
         problems.extend(_check_workflow(workflow, base))
-        problems.extend(_check_concurrency_key(workflow, base, config.engine.backend))
+        problems.extend(_check_concurrency_key(workflow, base))
         if workflow.id in seen_workflows:
             problems.append(Problem(f"{base}.id", f"duplicate workflow id {workflow.id!r}"))
         seen_workflows.add(workflow.id)
@@ -167,9 +167,10 @@ def _check_workflow(workflow: WorkflowDefinition, base: str) -> list[Problem]:
     return problems
 
 
-def _check_concurrency_key(workflow: WorkflowDefinition, base: str, backend: str) -> list[Problem]:
+def _check_concurrency_key(workflow: WorkflowDefinition, base: str) -> list[Problem]:
     """``concurrency_key = "context.<field>"`` and ``max_per_key`` go together (see
-    wf78_core.core.concurrency_keys); the in-process backend keeps them."""
+    wf78_core.core.concurrency_keys; with the redis backend, wf78_core.cluster.shares
+    keeps them for the whole cluster)."""
     key, most = workflow.concurrency_key, workflow.max_per_key
     if key is None:
         if most is None:
@@ -189,14 +190,6 @@ def _check_concurrency_key(workflow: WorkflowDefinition, base: str, backend: str
     if workflow.trigger == "schedule":
         problems.append(
             Problem(path, "a scheduled run's context has no field to key on: use max_concurrent")
-        )
-    if backend != "memory":
-        problems.append(
-            Problem(
-                path,
-                "concurrency keys are kept by the in-process backend only, not [engine] "
-                f'backend = "{backend}" (use max_concurrent there)',
-            )
         )
     return problems
 

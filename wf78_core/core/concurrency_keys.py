@@ -17,7 +17,10 @@ error naming the field, instead of being counted under some shared key. Values a
 compared as text (``1`` and ``"1"`` are one key). A dotted path reads nested objects
 (``context.customer.id``).
 
-The keys are kept by the process that runs the runs: the in-process backend.
+Here the keys are kept by the process that runs the runs (the in-process backend); with
+``[engine] backend = "redis"`` the same rules hold for the whole cluster, kept in Redis by
+the backend's Lua scripts (wf78_core.cluster.shares), which read a run's key with
+:func:`key_value`.
 """
 
 from __future__ import annotations

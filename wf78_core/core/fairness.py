@@ -7,10 +7,11 @@ tenant whose turn it is, which then moves to the back (after ``weight`` turns in
 ``[engine.fair_weights]``). A tenant that starts waiting joins at the back, so it waits
 at most one turn of each tenant already waiting.
 
-The tenant of a waiter is :data:`TENANT` when it starts waiting: the HTTP data routes set
-it to the caller's ``fair_by`` field (``cid`` or ``uid``); work without an identity
-(schedules, events, an engine used from Python without :func:`tenant`) is the tenant
-``""``, one tenant like any other. Nothing here runs unless a task has to wait: taking
+The tenant of a waiter is :data:`TENANT` when it starts waiting: a ``Table`` call with an
+identity (a data route's included) and ``POST {prefix}/runs`` set it to the caller's
+``fair_by`` field (``cid`` or ``uid``), and a run's tasks run as the run's tenant; work
+without an identity (schedules, events, an engine used from Python without :func:`tenant`)
+is the tenant ``""``, one tenant like any other. Nothing here runs unless a task has to wait: taking
 a free slot never looks at tenants.
 """
 

@@ -16,6 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from wf78_core.config import EngineSettings
 from wf78_core.core.admission import Admission
+from wf78_core.core.fairness import TENANT
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.ports import RunStats
 from wf78_core.core.records import DeadLetter, Journal, JournaledRun
@@ -138,9 +139,10 @@ class InProcessBackend:
         context: Mapping[str, Any] | None,
         priority: int | None,
         run_id: str | None = None,
+        tenant: str = "",
     ) -> RunState:
         level = workflow.priority if priority is None else priority
-        run = RunState(run_id or uuid4().hex, workflow, dict(context or {}), level)
+        run = RunState(run_id or uuid4().hex, workflow, dict(context or {}), level, tenant)
         self.runs.add(run)
         return run
 
@@ -180,7 +182,8 @@ class InProcessBackend:
                 return await self._replay(first, workflow, context, wait=wait)
         try:
             await self._admission.enter(workflow.priority)
-            run = self._new_run(workflow, context, priority, run_id)
+            # The caller's tenant (schedules and events have none: their own, "").
+            run = self._new_run(workflow, context, priority, run_id, TENANT.get())
             await self._journal_started(run)
         except BaseException:
             if claim is not None:

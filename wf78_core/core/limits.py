@@ -2,9 +2,10 @@
 
 Each limit is kept per key: the identity fields it names (``key = "cid"``, ``"uid"``,
 ``"cid,table"``), over the data routes of its ``tables`` and koa78 ``methods`` (default
-all). The HTTP data routes ask :meth:`Limiter.enter` before serving; a refusal is
-:class:`~wf78_core.errors.RateLimited` (HTTP 429 with ``Retry-After`` and the IETF
-``RateLimit-Policy`` / ``RateLimit`` headers).
+all). Every call of a table by a caller (a ``Table`` method with an identity, or a data
+route's request: :mod:`wf78_core.data.tenancy`) asks :meth:`Limiter.enter` once before it
+runs; a refusal is :class:`~wf78_core.errors.RateLimited` (over HTTP, 429 with
+``Retry-After`` and the IETF ``RateLimit-Policy`` / ``RateLimit`` headers).
 
 Rate: GCRA (the generic cell rate algorithm), one number per key, the theoretical
 arrival time (TAT) of the next request. A request at ``now`` passes when ``TAT - now <=
@@ -285,7 +286,7 @@ class Limiter:
         return bool(self.rules)
 
     def rules_for(self, table: str, method: str) -> tuple[Rule, ...]:
-        """The limits a data route's request passes (remembered per route)."""
+        """The limits a call of ``table``/``method`` passes (remembered per pair)."""
         found = self._by_route.get((table, method))
         if found is None:
             found = self._by_route[(table, method)] = tuple(

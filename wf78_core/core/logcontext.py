@@ -2,11 +2,12 @@
 being done when it was logged, and the trace and span ids when tracing is on.
 
 The engine binds these fields in a :class:`~contextvars.ContextVar` around the work they
-describe (a task attempt: :mod:`wf78_core.core.taskspans`); the tenant is the one the data
-routes set for fair shares (:data:`wf78_core.core.fairness.TENANT`). :class:`ContextFilter`
-copies them onto each
-:class:`logging.LogRecord` that passes a handler it is attached to, and
-:class:`JsonFormatter` writes one JSON object per record (``wf78 serve --log-format json``).
+describe (a task attempt, with its run's tenant: :mod:`wf78_core.core.taskspans`); else the
+tenant is the one set for fair shares (:data:`wf78_core.core.fairness.TENANT`: by a
+``Table`` call with an identity, a data route's included). :class:`ContextFilter` copies
+them onto each :class:`logging.LogRecord` that passes a handler it is attached to, and
+:class:`JsonFormatter` writes one JSON object per record (``--log-format json`` of
+``wf78 serve``, ``worker``, ``run`` and ``maintain``).
 A record names what was done, never the values of rows or tokens: the fields hold ids and
 names only, and the formatter adds nothing but the record's own message.
 

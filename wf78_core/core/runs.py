@@ -105,15 +105,23 @@ class RunState:
         "started",
         "status",
         "tasks",
+        "tenant",
         "trace",
         "workflow",
     )
 
     def __init__(
-        self, run_id: str, workflow: WorkflowDefinition, context: dict[str, Any], priority: int
+        self,
+        run_id: str,
+        workflow: WorkflowDefinition,
+        context: dict[str, Any],
+        priority: int,
+        tenant: str = "",
     ) -> None:
         self.id = run_id
         self.priority = priority
+        #: whose run it is: its tasks' log records and fair shares ("": no identity's)
+        self.tenant = tenant
         self.workflow = workflow
         self.context = context
         self.status: RunStatus = "pending"

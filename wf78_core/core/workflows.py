@@ -15,6 +15,7 @@ from wf78_core.core.admission import Admission, Counters
 from wf78_core.core.bus import EventBus
 from wf78_core.core.concurrency_keys import ConcurrencyKeys
 from wf78_core.core.dispatch import Dispatcher
+from wf78_core.core.fairness import TENANT
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.records import DeadLetter, Journal
 from wf78_core.core.recovery import checkpoint_of
@@ -118,7 +119,11 @@ class WorkflowRunner:
             slot.waiter = None
             work.start_soon(self._run_task, run, slot, limits)
 
-        slot.waiter = self._scheduler.enqueue(run.priority, limits, granted)
+        tenant = TENANT.set(run.tenant)  # it waits in its run's tenant's turn
+        try:
+            slot.waiter = self._scheduler.enqueue(run.priority, limits, granted)
+        finally:
+            TENANT.reset(tenant)
 
     async def _run_task(self, run: RunState, slot: TaskSlot, limits: tuple[Limit, ...]) -> None:
         if slot.done:  # cancelled between the grant and this task starting
@@ -153,6 +158,7 @@ class WorkflowRunner:
                     workflow=run.workflow.id,
                     attempt=slot.attempts,
                     parent=run.trace,
+                    tenant=run.tenant,
                 )
             except BaseException:
                 # Shutdown cancels past our own scope: finish the task (and run) anyway so

@@ -11,10 +11,10 @@ the table and the argument, before anything is submitted.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -22,6 +22,7 @@ from wf78_core.config import Identity, TableConfig
 from wf78_core.data import sharding
 from wf78_core.data.outbox import TableMirrors
 from wf78_core.data.ports import EnginePort
+from wf78_core.data.tenancy import Headers, call_as
 from wf78_core.definitions import Operation
 from wf78_core.errors import InvalidOperation
 from wf78_core.idempotency import AUTO_PREFIX, MAX_KEY, derive_key, fingerprint
@@ -42,6 +43,7 @@ _SCOPE_ENCODER = msgspec.json.Encoder()
 # every shard, names the same request. A context variable, not an attribute: one view may
 # serve many tasks at once.
 _CALL: ContextVar[str | None] = ContextVar("wf78_table_call", default=None)
+T = TypeVar("T")
 
 
 def owner_problem(value: str) -> str | None:
@@ -100,6 +102,22 @@ class TableView:
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, owner={self.owner!r})"
+
+    async def call_as(
+        self,
+        method: str,
+        headers: Headers | None,
+        function: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+    ) -> T:
+        """``function(*args)`` as one call of the koa78 ``method`` by this view's caller,
+        identity or not (a data route's request): the limits are passed (else
+        :class:`~wf78_core.errors.RateLimited`) and the tenant set once for every method
+        called inside; on success ``headers`` get the ``RateLimit`` headers to answer."""
+        return await call_as(
+            self.engine, self.name, self.identity, method, headers, function, *args
+        )
 
     # -- operations -----------------------------------------------------------------------
 

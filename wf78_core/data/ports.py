@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from wf78_core.config import Config, EngineSettings
+from wf78_core.core.admission import Admission
+from wf78_core.core.limits import Limiter
 from wf78_core.core.ports import Backend
 from wf78_core.core.sources import SourcePool
 from wf78_core.data.outbox import TableMirrors
@@ -47,8 +49,9 @@ class RelayPort(Protocol):
 
 
 class EnginePort(Protocol):
-    """The engine as the data layer sees it: its configuration, its sources, its relay and
-    ``submit`` (every table operation goes through it)."""
+    """The engine as the data layer sees it: its configuration, its sources, its relay,
+    ``submit`` (every table operation goes through it) and what a caller's table call passes
+    first (its limits, and its tenant's fair share)."""
 
     @property
     def config(self) -> Config: ...
@@ -75,4 +78,14 @@ class EnginePort(Protocol):
     @property
     def backend(self) -> Backend:
         """Where runs live: maintenance purges their idempotency keys."""
+        ...
+
+    @property
+    def limits(self) -> Limiter:
+        """The ``[limits.<name>]`` a caller's table call passes first."""
+        ...
+
+    @property
+    def admission(self) -> Admission:
+        """Its ``fair_by``: the identity field a caller's tenant is (``""``: fair shares off)."""
         ...

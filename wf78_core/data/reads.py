@@ -18,6 +18,7 @@ import anyio
 from wf78_core.data import sharding
 from wf78_core.data.arguments import DEFAULT_NUMBER, TableView
 from wf78_core.data.outbox import cache_key, is_missing_index, search_body
+from wf78_core.data.tenancy import as_caller
 from wf78_core.errors import OperationError
 
 __all__ = ["TableReads"]
@@ -56,6 +57,7 @@ class TableReads(TableView):
         kind: Literal["search"] | None = ...,
     ) -> tuple[list[dict[str, Any]], int]: ...
 
+    @as_caller
     async def get(
         self,
         *,
@@ -129,6 +131,7 @@ class TableReads(TableView):
         total: Literal[True],
     ) -> tuple[list[dict[str, Any]], int]: ...
 
+    @as_caller
     async def search(
         self,
         query: str | Mapping[str, Any] | None = None,
@@ -231,6 +234,7 @@ class TableReads(TableView):
         until: date | datetime | str | None = ...,
     ) -> tuple[list[dict[str, Any]], int]: ...
 
+    @as_caller
     async def get_public(
         self,
         bcid: str,

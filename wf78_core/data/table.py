@@ -25,6 +25,7 @@ from typing import Any, Literal
 from wf78_core.data import sharding
 from wf78_core.data.arguments import DEFAULT_NUMBER, MAX_NUMBER, owner_problem
 from wf78_core.data.reads import TableReads
+from wf78_core.data.tenancy import as_caller
 from wf78_core.errors import RowNotFound
 from wf78_core.idempotency import AUTO_PREFIX, derive_key, key_id
 from wf78_core.ids import snowflake_id
@@ -45,12 +46,18 @@ class Table(TableReads):
     the ``Idempotency-Key`` header, scoped by the caller): each write method called without
     its own key uses ``{key}:{table}:{method}``, so a replayed request writes nothing twice.
 
+    With an ``identity``, each method call runs as that caller (:mod:`wf78_core.data.tenancy`):
+    it passes the ``[limits.<name>]`` of its table and koa78 method first (else
+    :class:`~wf78_core.errors.RateLimited`), and its operations, log records and spans are
+    the identity's tenant's (``[engine] fair_by``).
+
     Reads are :class:`~wf78_core.data.reads.TableReads`' and the argument checks
     :class:`~wf78_core.data.arguments.TableView`'s; this class adds the writes.
     """
 
     # -- writes ---------------------------------------------------------------------------
 
+    @as_caller
     async def add(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
         """Insert one row (koa78 ``mAdd``); returns its new id. On a table with text ids
         (``id = "text"``) ``values["id"]`` is that id, and required."""
@@ -70,6 +77,7 @@ class Table(TableReads):
         )
         return result
 
+    @as_caller
     async def add_many(
         self,
         rows: Sequence[Mapping[str, Any] | Sequence[Any]],
@@ -101,6 +109,7 @@ class Table(TableReads):
         )
         return ids
 
+    @as_caller
     async def add_many_by_id(
         self, rows: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> int:
@@ -130,6 +139,7 @@ class Table(TableReads):
         )
         return inserted
 
+    @as_caller
     async def update(
         self, id: str | int, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> int:
@@ -140,6 +150,7 @@ class Table(TableReads):
             raise self._invalid("values: update needs at least one column to set")
         return await self._update(self._row_id(id, "id"), changes, key)
 
+    @as_caller
     async def update_by_id(
         self, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> int:
@@ -148,6 +159,7 @@ class Table(TableReads):
         row_id, rest = self._split_id(values, "values")
         return await self.update(row_id, rest, idempotency_key=key)
 
+    @as_caller
     async def update_many(
         self, rows: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> int:
@@ -184,6 +196,7 @@ class Table(TableReads):
 
         return await self._by_id([row["id"] for row in prepared], key, write)
 
+    @as_caller
     async def upsert(self, values: Mapping[str, Any], *, idempotency_key: str | None = None) -> str:
         """Update the row ``values["id"]`` when this owner has it, else insert it with that
         id (koa78 ``mByid``); returns the id. On an owned table each owner has its own ids:
@@ -224,6 +237,7 @@ class Table(TableReads):
         # another owner): answered as an id nobody has, telling nothing of other owners.
         raise RowNotFound(self.name, row_id)
 
+    @as_caller
     async def upsert_by_first_field(
         self, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> str:
@@ -255,6 +269,7 @@ class Table(TableReads):
             )
         return added
 
+    @as_caller
     async def delete(self, id: str | int, *, idempotency_key: str | None = None) -> int:
         """Delete the row ``id`` of this owner (koa78 ``mdel``); returns rows deleted."""
         key = self._key(idempotency_key, "delete", id)
@@ -269,6 +284,7 @@ class Table(TableReads):
 
         return await self._by_id([row_id], key, write)
 
+    @as_caller
     async def delete_many(
         self, ids: Sequence[str | int], *, idempotency_key: str | None = None
     ) -> int:
@@ -295,6 +311,7 @@ class Table(TableReads):
 
         return await self._by_id(wanted, key, write)
 
+    @as_caller
     async def update_search_doc(
         self, id: str | int, values: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> int:

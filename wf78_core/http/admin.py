@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import msgspec
 
 from wf78_core.config import Identity
+from wf78_core.core.fairness import tenant
+from wf78_core.data.tenancy import tenant_of
 from wf78_core.engine import Engine
 from wf78_core.errors import (
     BackendUnavailable,
@@ -369,14 +371,17 @@ class AdminApp:
             message = f"context: JSON nested more than {MAX_JSON_DEPTH} levels deep"
             await _error(send, 400, message, field="context")
             return
+        # The run is the caller's: its tasks wait in the caller's turn and log its tenant.
+        caller = tenant_of(client.identity, self.engine.admission.fair_by)
         try:
-            run = await self.engine.run(
-                request.workflow,
-                request.context,
-                wait=False,
-                priority=client.priority,
-                idempotency_key=key,
-            )
+            with tenant(caller):
+                run = await self.engine.run(
+                    request.workflow,
+                    request.context,
+                    wait=False,
+                    priority=client.priority,
+                    idempotency_key=key,
+                )
         except UnknownWorkflow as error:
             await _error(send, 404, str(error), field="workflow")
             return

@@ -2,7 +2,9 @@
 
 The request is walked once: the caller's identity (the ``wf78_authenticate`` chain), the
 priority header, the parameters, the owner check, then one :class:`Table` call and one
-answer. An HTTP method other than GET or POST is 405.
+answer. An HTTP method other than GET or POST is 405. The call enters the table once as the
+route's koa78 method (:meth:`Table.call_as`): its ``[limits.<name>]`` (a refusal is 429 with
+``Retry-After`` and the ``RateLimit`` headers, a pass answers them too) and its tenant.
 
 Older koa78 clients' encoded ``pars`` (``v``, ``jsonbase64``, ``base64``) are decoded first
 (:mod:`.encoding`); a route answering as koa78 answers a write that matched nothing with
@@ -21,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from wf78_core.config import Identity
 from wf78_core.core.auth import bearer_token
-from wf78_core.core.fairness import TENANT
 from wf78_core.data.table import Table, owner_problem
 from wf78_core.errors import RowNotFound
 from wf78_core.http.asgi import Receive, Scope, Send, header, parse_priority
@@ -81,8 +82,6 @@ class DataRoutes:
         #: find a route.
         self.claims: tuple[str, ...] = paths.claims
         self.match = paths.match  # bound once: matching is on every claimed request
-        self._limits = engine.limits
-        self._fair_by = engine.admission.fair_by
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, route: DataRoute) -> None:
         # Asked before anything is answered: a failing authentication plugin fails the
@@ -161,19 +160,9 @@ class DataRoutes:
             priority=effective_priority(priority, identity),
             idempotency_key=_idempotency_key(scope, info, identity),
         )
-        limits = self._limits
-        if not (self._fair_by or limits):
-            return await route.handler(info, table, params)
-        # A [limits.<name>] may refuse (RateLimited: 429); the work waits in its tenant's turn.
-        admitted = await limits.enter(identity, info.name, route.method) if limits else None
-        token = TENANT.set(getattr(identity, self._fair_by) if identity and self._fair_by else "")
-        try:
-            return await route.handler(info, table, params)
-        finally:
-            TENANT.reset(token)
-            if admitted is not None:
-                headers += admitted.headers
-                await admitted.leave()
+        # Once for the request, whatever Table methods its handler calls: a [limits.<name>]
+        # may refuse (RateLimited: 429); the work waits in its tenant's turn.
+        return await table.call_as(route.method, headers, route.handler, info, table, params)
 
 
 def _check_identity(info: TableRoutes, identity: Identity | None) -> None:
