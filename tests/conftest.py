@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+import redis
 
 from wf78_core import DataSourceError, Engine, Operation, TaskContext, TaskEvent, hookimpl
 from wf78_core.plugin.datasource import SourceSpec
@@ -243,3 +245,17 @@ def make_config(*workflows: dict[str, Any], **sections: Any) -> dict[str, Any]:
 def config() -> Callable[..., dict[str, Any]]:
     """``config(*workflows, **sections)``: see :func:`make_config`."""
     return make_config
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A fresh key namespace of the Redis backend on the local Redis; its keys removed after."""
+    name = f"t{uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        keys = list(client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -24,7 +24,6 @@ from uuid import uuid4
 import anyio
 import httpx
 import pytest
-import redis
 from asgi_lifespan import LifespanManager
 
 from tests.cli.test_serve import free_port, wait_until_answers
@@ -263,19 +262,6 @@ class Records(logging.Handler):
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def test_a_stored_context_without_a_tenant_still_decodes() -> None:

@@ -17,7 +17,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,19 +38,6 @@ from wf78_core.config import parse_config
 pytestmark = pytest.mark.anyio
 
 URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(URL)
-    try:
-        keys = list(client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 class Held(Watch):

@@ -11,10 +11,8 @@ in is read back from Redis (each task's start time, stamped by the TAKE script).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import pytest
@@ -27,19 +25,6 @@ from wf78_core.core.fairness import tenant
 pytestmark = pytest.mark.anyio
 
 URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(URL)
-    try:
-        keys = list(client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def config(namespace: str, **engine: Any) -> dict[str, Any]:

@@ -11,15 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import httpx
 import pytest
-import redis.asyncio
 from asgi_lifespan import LifespanManager
 from conftest import Probe
 
@@ -30,21 +28,6 @@ pytestmark = pytest.mark.anyio
 
 URL = "redis://127.0.0.1:6379/0"
 TESTS = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-
-    async def clean() -> None:
-        client = redis.asyncio.Redis.from_url(URL)
-        keys = [key async for key in client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-    anyio.run(clean)
 
 
 def config(namespace: str, *workflows: dict[str, Any], **engine: Any) -> dict[str, Any]:

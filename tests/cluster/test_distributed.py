@@ -38,19 +38,6 @@ MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 
 
 @pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(URL)
-    try:
-        keys = list(client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def raw() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(URL, decode_responses=True)
     yield client

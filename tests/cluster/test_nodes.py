@@ -4,9 +4,8 @@ and give them up at close; a configured ``[engine] node_id`` leases nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import pytest
@@ -19,21 +18,6 @@ from wf78_core.ids import node_id, snowflake_fields, snowflake_id
 pytestmark = pytest.mark.anyio
 
 URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-
-    async def clean() -> None:
-        client = redis.asyncio.Redis.from_url(URL)
-        keys = [key async for key in client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-    anyio.run(clean)
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import httpx
@@ -36,21 +35,6 @@ from wf78_core.config import EngineSettings
 pytestmark = pytest.mark.anyio
 
 URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-
-    async def clean() -> None:
-        client = redis.asyncio.Redis.from_url(URL)
-        keys = [key async for key in client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-    anyio.run(clean)
 
 
 @pytest.fixture

@@ -8,13 +8,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
-import redis
 from distributed_util import TESTS, Process
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -41,19 +38,6 @@ FLOW = {
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(URL)
-    try:
-        keys = list(client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def config(namespace: str, *, consume: bool) -> dict[str, Any]:

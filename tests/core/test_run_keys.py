@@ -6,7 +6,7 @@ Redis backend; keys expire after ``[engine] idempotency_ttl`` and maintenance pu
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -184,21 +184,6 @@ async def test_post_runs_and_events_take_the_header(admin: httpx.AsyncClient) ->
 
 
 # -- the Redis backend ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"t{uuid4().hex[:12]}"
-    yield name
-
-    async def clean() -> None:
-        client = redis.asyncio.Redis.from_url(REDIS_URL)
-        keys = [key async for key in client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-    anyio.run(clean)
 
 
 @pytest.mark.anyio

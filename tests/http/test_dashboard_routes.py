@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import anyio
 import httpx
 import pytest
-import redis.asyncio
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 
@@ -390,21 +388,6 @@ async def test_a_non_admin_learns_nothing_of_which_runs_exist(client: httpx.Asyn
 
 
 # -- the cluster's history ---------------------------------------------------------------
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"dash{uuid4().hex[:10]}"
-    yield name
-
-    async def clean() -> None:
-        client = redis.asyncio.Redis.from_url(REDIS)
-        keys = [key async for key in client.scan_iter(match=f"wf78:{{{name}}}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-    anyio.run(clean)
 
 
 async def test_history_on_redis_merges_every_process(namespace: str, tmp_path: Path) -> None:
