@@ -34,7 +34,6 @@ test and a batch one more.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wf78_core.plugin import batch_span, operation_span
+from wf78_core.plugin import batch_span, may_trace, operation_span
 
 from .errors import closed_error, map_error
 from .scripts import Script
@@ -110,7 +109,7 @@ class AutoPipeline:
         self.pipelines = 0
         self.commands = 0
         self._pack = _packer(self.pool.connection_kwargs)
-        self._traced = _may_trace()  # else no command looks for its operation's span
+        self._traced = may_trace()  # else no command looks for its operation's span
         self._running = False
         self._busy = False  # a round trip on the kept connection is in flight
         self._kept: Any = None  # the connection of round trips while ``run`` runs
@@ -305,17 +304,6 @@ class AutoPipeline:
         connection, self._kept = self._kept, None
         if connection is not None:
             await self.pool.release(connection)
-
-
-def _may_trace() -> bool:
-    """Whether a span may record in this process: the OpenTelemetry API is loaded and the
-    app set a tracer provider (what ``wf78_core.core.tracing.detect`` asks, once per engine).
-    redis-py loads the API itself, so being loaded alone says nothing."""
-    api = sys.modules.get("opentelemetry.trace")
-    if api is None:
-        return False
-    provider = api.get_tracer_provider()
-    return not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
 
 
 def _packer(settings: dict[str, Any]) -> Packer:

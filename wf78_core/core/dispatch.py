@@ -12,7 +12,7 @@ from wf78_core.config import Config, EngineSettings
 from wf78_core.core.admission import Admission, Counters
 from wf78_core.core.agents import Agent
 from wf78_core.core.bus import EventBus
-from wf78_core.core.fallback import Fallbacks, execute_within, failed_as
+from wf78_core.core.fallback import Fallbacks, run_attempt
 from wf78_core.core.lanes import Lanes
 from wf78_core.core.lifecycle import Lifecycle
 from wf78_core.core.routing import Router
@@ -69,7 +69,7 @@ class Dispatcher:
         #: the OpenTelemetry tracer (None: off); when on, ``execute`` and ``enqueue`` are
         #: replaced on this instance by traced ones (:mod:`wf78_core.core.tracing`)
         self.tracer = instrument(self, pool)
-        #: the attempts after a retryable first failure: retries, then fallback sources
+        #: what follows a first failure: its error, or retries, then fallback sources
         self.fallbacks = Fallbacks(
             counters=counters,
             pool=pool,
@@ -376,21 +376,10 @@ class Dispatcher:
                 # From here the limits are held; they are released on every path.
                 attempt_started = time.perf_counter()
                 try:
-                    if timeout is None:
-                        value = await source.adapter.execute(op)
-                    else:
-                        value = await execute_within(source, op, timeout)
-                except Exception as failure:
-                    reported = failed_as(source, failure)
-                    if reported is failure:
-                        raise
-                    raise reported from failure
+                    value = await run_attempt(source, op, timeout)
                 finally:
                     self._scheduler.release(limits)
             except OperationError as failure:
-                if not failure.retryable:
-                    failure.attempts = 1
-                    raise
                 return await self.fallbacks.recover(
                     op, level, task, outer, source, reason, failure, started
                 )

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["TENANT", "FairLevel", "Queued", "resolve_fair_by", "tenant"]
+__all__ = ["TENANT", "FairLevel", "Queued", "resolve_fair_by", "tenant", "tenant_of"]
 
 #: The tenant of the work started in this context ("" = no identity).
 TENANT: ContextVar[str] = ContextVar("wf78_tenant", default="")
@@ -37,6 +37,14 @@ def tenant(name: str) -> Iterator[None]:
         yield
     finally:
         TENANT.reset(token)
+
+
+def tenant_of(identity: object | None, fair_by: str) -> str:
+    """The tenant of ``identity`` for fair shares: its ``fair_by`` field ("" when fair
+    shares are off or it has none)."""
+    if identity is None or not fair_by:
+        return ""
+    return str(getattr(identity, fair_by, "") or "")
 
 
 def resolve_fair_by(fair_by: str | None, owned_tables: bool) -> str:

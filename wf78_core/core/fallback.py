@@ -20,7 +20,7 @@ from wf78_core.core.tracing import noted
 from wf78_core.definitions import Operation, Result, TaskDefinition
 from wf78_core.errors import DataSourceError, NoDataSource, OperationError, TaskTimeout
 
-__all__ = ["Fallbacks", "execute_within", "failed_as"]
+__all__ = ["Fallbacks", "failed_as", "run_attempt"]
 
 
 class Fallbacks:
@@ -94,8 +94,12 @@ class Fallbacks:
         error: OperationError,
         started: float,
     ) -> Result:
-        """After a retryable first failure: the remaining retries on ``source`` with
-        backoff, then each fallback source once (the note's "degrade")."""
+        """After a first failure ``error``: raised as it is (one attempt) when it is not
+        retryable; else the remaining retries on ``source`` with backoff, then each
+        fallback source once (the note's "degrade")."""
+        if not error.retryable:
+            error.attempts = 1
+            raise error
         fallback, retry, timeout = self.budget(op, task, source)
         attempts = 1
         tried: tuple[str, ...] = ()
@@ -147,15 +151,7 @@ class Fallbacks:
         agent, limits = await self._router.acquire(op, source, level, outer)
         began = time.perf_counter()
         try:
-            if seconds is None:
-                value = await source.adapter.execute(op)
-            else:
-                value = await execute_within(source, op, seconds)
-        except Exception as failure:
-            reported = failed_as(source, failure)
-            if reported is failure:
-                raise
-            raise reported from failure
+            value = await run_attempt(source, op, seconds)
         finally:
             self._scheduler.release(limits)
         elapsed = time.perf_counter() - began
@@ -186,10 +182,19 @@ def failed_as(source: Source, failure: Exception) -> OperationError:
     )
 
 
-async def execute_within(source: Source, op: Operation, seconds: float) -> Any:
-    """One attempt under a deadline: :class:`TaskTimeout` when it passes."""
-    with anyio.CancelScope(deadline=anyio.current_time() + seconds):
-        return await source.adapter.execute(op)
-    raise TaskTimeout(
-        f"{op.action} on {source.name!r} timed out after {seconds}s", data_source=source.name
-    )
+async def run_attempt(source: Source, op: Operation, seconds: float | None) -> Any:
+    """One attempt of ``op`` on ``source`` within ``seconds`` (None: no deadline); its
+    failure raised as the source's :class:`OperationError` (:func:`failed_as`)."""
+    try:
+        if seconds is None:
+            return await source.adapter.execute(op)
+        with anyio.CancelScope(deadline=anyio.current_time() + seconds):
+            return await source.adapter.execute(op)
+        raise TaskTimeout(
+            f"{op.action} on {source.name!r} timed out after {seconds}s", data_source=source.name
+        )
+    except Exception as failure:
+        reported = failed_as(source, failure)
+        if reported is failure:
+            raise
+        raise reported from failure

@@ -117,15 +117,13 @@ class Lanes:
         started: float,
     ) -> Result:
         """A lane's first attempt failed (its attempt's slots given back, its admission
-        slot still held): the retries and fallbacks of the full path, or the error."""
+        slot still held): the retries and fallbacks of the full path, or the error
+        (:meth:`Fallbacks.recover <wf78_core.core.fallback.Fallbacks.recover>`)."""
         failed = True
         try:
             reported = failed_as(lane.source, failure)
-            if not reported.retryable:
-                reported.attempts = 1
-                if reported is failure:
-                    raise reported
-                raise reported from failure
+            if reported is not failure:
+                reported.__cause__ = failure  # as ``raise reported from failure``
             level = self._submit_priority if priority is None else priority
             result = await self._fallbacks.recover(
                 op, level, None, self._running, lane.source, lane.reason, reported, started

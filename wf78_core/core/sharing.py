@@ -102,7 +102,7 @@ class SharedReads:
         else:
             self._tables[table] = self._tables.get(table, 0) + 1
 
-    def key(self, source: str | None, op: Operation) -> bytes | None:
+    def _key(self, source: str | None, op: Operation) -> bytes | None:
         """What ``op`` reads, as the key of its flight; None: a value JSON cannot name
         (such a read is its own). ``source``: the source the read names (None: the one
         routing picks for it; a read in flight on another replica of the table is as good
@@ -129,23 +129,23 @@ class SharedReads:
         """Where a read ``op`` stands: the same read in flight, to :meth:`follow`
         (``(flight, False)``), or the flight it now leads, to land or drop when it ends
         (``(flight, True)``; ``(None, True)``: it cannot be shared)."""
-        key = self.key(source, op)
+        key = self._key(source, op)
         if key is None:
             return None, True
-        flight = self.joinable(key, op)
+        flight = self._joinable(key, op)
         if flight is not None:
             return flight, False
-        return self.lead(key, op), True
+        return self._lead(key, op), True
 
-    def joinable(self, key: bytes, op: Operation) -> Flight | None:
+    def _joinable(self, key: bytes, op: Operation) -> Flight | None:
         """The read in flight under ``key`` begun in the current generation of ``op``'s
-        table, to :meth:`follow`; None: the caller runs its read and should :meth:`lead`."""
+        table, to :meth:`follow`; None: the caller runs its read and should :meth:`_lead`."""
         flight = self.flights.get(key)
         if flight is not None and flight.generation == self._generation(op):
             return flight
         return None
 
-    def lead(self, key: bytes, op: Operation) -> Flight:
+    def _lead(self, key: bytes, op: Operation) -> Flight:
         """Start the flight of ``key``: reads arriving now join it until :meth:`land` or
         :meth:`drop`."""
         flight = self.flights[key] = Flight(self, key, self._generation(op))
@@ -171,16 +171,12 @@ class SharedReads:
         self, source: str | None, op: Operation, run: Callable[[], Awaitable[Result]]
     ) -> Result:
         """``run()``, or the result of the same read already in flight (a copy of it)."""
-        key = self.key(source, op)
-        if key is None:
+        flight, leads = self.enter(source, op)
+        if flight is None:
             return await run()
-        flight = self.joinable(key, op)
-        if flight is not None:
+        if not leads:
             result = await self.follow(flight)
-            if result is not None:
-                return result
-            return await run()
-        flight = self.lead(key, op)
+            return await run() if result is None else result
         try:
             result = await run()
         except BaseException:

@@ -23,10 +23,10 @@ from functools import wraps
 from typing import Any, Protocol, TypeVar, cast
 
 from wf78_core.config import Identity
-from wf78_core.core.fairness import TENANT
+from wf78_core.core.fairness import TENANT, tenant_of
 from wf78_core.data.ports import EnginePort
 
-__all__ = ["KOA78_METHOD", "Headers", "as_caller", "call_as", "tenant_of"]
+__all__ = ["KOA78_METHOD", "Headers", "as_caller", "call_as"]
 
 #: The koa78 method of each public Table method: what ``[limits.<name>] methods`` name.
 #: ``search`` is ``get(kind="search")`` spelt otherwise; koa78's ``m`` (update, else
@@ -103,14 +103,6 @@ async def call_as(
     if admitted is not None and headers is not None:
         headers += admitted.headers
     return result
-
-
-def tenant_of(identity: Identity | None, fair_by: str) -> str:
-    """The tenant of ``identity`` for fair shares: its ``fair_by`` field ("" when fair
-    shares are off or it has none)."""
-    if identity is None or not fair_by:
-        return ""
-    return str(getattr(identity, fair_by, "") or "")
 
 
 class _View(Protocol):

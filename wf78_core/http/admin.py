@@ -21,8 +21,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from wf78_core.config import Identity
-from wf78_core.core.fairness import tenant
-from wf78_core.data.tenancy import tenant_of
+from wf78_core.core.fairness import tenant, tenant_of
 from wf78_core.engine import Engine
 from wf78_core.errors import (
     BackendUnavailable,

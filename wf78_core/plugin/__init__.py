@@ -38,7 +38,7 @@ from wf78_core.plugin.datasource import (
 )
 from wf78_core.plugin.drivers import MissingDriver, require_driver
 from wf78_core.plugin.registry import Registry
-from wf78_core.plugin.spans import batch_span, operation_span
+from wf78_core.plugin.spans import batch_span, may_trace, operation_span
 from wf78_core.plugin.spec import hookimpl
 from wf78_core.plugin.types import Action, AgentInfo, Choice, MaybeAwaitable, Scope
 
@@ -76,6 +76,7 @@ __all__ = [
     "generated_ids",
     "hookimpl",
     "is_auto",
+    "may_trace",
     "operation_span",
     "recall",
     "record",

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["batch_span", "operation_span"]
+__all__ = ["batch_span", "may_trace", "operation_span"]
 
 _API = "opentelemetry.trace"
 # The API's global tracer provider, None until the app sets one (or the API loads the one
@@ -25,6 +25,17 @@ _API = "opentelemetry.trace"
 # (redis-py does), so this test, not the import, is what keeps an untraced process from
 # looking up its current span for every write (about 3x the time of this test).
 _PROVIDER = "_TRACER_PROVIDER"
+
+
+def may_trace() -> bool:
+    """Whether a span may record in this process: the OpenTelemetry API is loaded and the
+    app set a tracer provider (what ``wf78_core.core.tracing`` asks once per engine). A
+    plugin asks once, when its source opens, where a per-operation look would cost."""
+    api = sys.modules.get(_API)
+    if api is None:
+        return False
+    provider = api.get_tracer_provider()
+    return not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
 
 
 def operation_span() -> Any | None:
